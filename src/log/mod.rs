@@ -1,0 +1,40 @@
+//! The log layer: an append-only, checksummed, segmented write-ahead log.
+//!
+//! **Promises.** An append acknowledged as [`Durability::Durable`] survives a
+//! process kill or power loss. Open never fails on a state a crash can
+//! produce: a torn final write is cut (and its bytes saved beside the log);
+//! damage to acknowledged data is reported as [`Error::Corruption`] with
+//! segment and offset, never skipped (unless [`RecoveryMode::Lossy`]). After
+//! a failed write or `fdatasync` every call fails with [`Error::Poisoned`]
+//! until the log is reopened. One owner per directory (advisory lock), any
+//! number of read-only [`LogReader`]s.
+//!
+//! **Boundaries.** The log knows nothing of units, effects or queues: a record
+//! is a kind byte and opaque bytes. Every byte reaches the disk through the
+//! [`storage::Storage`] seam.
+//!
+//! ```
+//! use agentwal::log::{Log, LogOptions};
+//! let dir = tempfile::tempdir().unwrap();
+//! let log = Log::open(dir.path(), LogOptions { segment_size: 1 << 20, ..Default::default() }).unwrap();
+//! let lsn = log.append(b"hello").unwrap();
+//! let back: Vec<_> = log.read_from(lsn).unwrap().map(|r| r.unwrap().payload().to_vec()).collect();
+//! assert_eq!(back, vec![b"hello".to_vec()]);
+//! ```
+
+mod error;
+mod reader;
+pub mod record;
+pub mod scan;
+pub mod segment;
+pub mod snapshot;
+pub mod storage;
+mod writer;
+
+pub use error::{Error, Result};
+pub use reader::{LogIter, LogReader};
+pub use record::{Lsn, Record};
+pub use scan::{Corruption, ScanReport, SegmentScan, TornTail};
+pub use snapshot::Snapshot;
+pub use storage::{FsStorage, SimStorage, Storage};
+pub use writer::{Durability, Log, LogOptions, OpenReport, RecoveryMode};

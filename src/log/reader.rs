@@ -1,0 +1,188 @@
+//! Reading: record iterators and the read-only [`LogReader`].
+//!
+//! A `LogReader` never takes the owner lock and never writes, so it can run
+//! while another process owns and appends to the directory. Segments are
+//! mapped one at a time (memmap2 on the real file system) and unmapped when
+//! the iterator moves on, so memory stays flat in the log size.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::{Error, Result};
+use super::record::{decode_at, Decoded, Lsn, Record};
+use super::scan::{scan_dir, ScanReport};
+use super::segment::SEGMENT_HEADER;
+use super::snapshot::{self, Snapshot};
+use super::storage::{FileBytes, FsStorage, Storage};
+
+/// Iterator over records `from..=last` of a list of segments.
+#[derive(Debug)]
+pub struct LogIter {
+    storage: Arc<dyn Storage>,
+    segments: Vec<(Lsn, PathBuf)>,
+    idx: usize,
+    current: Option<(FileBytes, usize)>,
+    next_lsn: Lsn,
+    from: Lsn,
+    last: Lsn,
+    failed: bool,
+}
+
+impl LogIter {
+    pub(crate) fn new(storage: Arc<dyn Storage>, segments: Vec<(Lsn, PathBuf)>, from: Lsn, last: Lsn) -> Self {
+        // Start at the last segment whose first LSN is <= from.
+        let idx = segments
+            .iter()
+            .rposition(|(first, _)| *first <= from)
+            .unwrap_or(0);
+        let next_lsn = segments.get(idx).map_or(from, |s| s.0);
+        LogIter {
+            storage,
+            segments,
+            idx,
+            current: None,
+            next_lsn,
+            from,
+            last,
+            failed: false,
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Option<Result<Record>> {
+        self.failed = true;
+        Some(Err(e))
+    }
+}
+
+impl Iterator for LogIter {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            if self.failed || self.next_lsn > self.last {
+                return None;
+            }
+            if self.current.is_none() {
+                let Some((first, path)) = self.segments.get(self.idx).cloned() else {
+                    return None;
+                };
+                if first != self.next_lsn {
+                    let e = Error::Corruption {
+                        segment: path,
+                        offset: 0,
+                        reason: format!("expected LSN {}, segment starts at {first}", self.next_lsn),
+                    };
+                    return self.fail(e);
+                }
+                match self.storage.map(&path) {
+                    Ok(b) => self.current = Some((b, SEGMENT_HEADER)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return self.fail(Error::LsnOutOfRange {
+                            lsn: self.next_lsn,
+                            first: self.next_lsn,
+                            last: self.last,
+                        })
+                    }
+                    Err(e) => return self.fail(Error::io("map segment", path, e)),
+                }
+            }
+            let (bytes, pos) = self.current.as_mut().expect("mapped above");
+            match decode_at(bytes, *pos) {
+                Decoded::Valid { record, next } if record.lsn == self.next_lsn => {
+                    *pos = next;
+                    self.next_lsn += 1;
+                    if record.lsn >= self.from {
+                        return Some(Ok(record));
+                    }
+                }
+                _ => {
+                    // End of this segment: continue in the next one, if any.
+                    let at = *pos as u64;
+                    self.current = None;
+                    self.idx += 1;
+                    if self.idx >= self.segments.len() {
+                        let path = self.segments[self.idx - 1].1.clone();
+                        let e = Error::Corruption {
+                            segment: path,
+                            offset: at,
+                            reason: format!("record LSN {} is missing or damaged", self.next_lsn),
+                        };
+                        return self.fail(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A read-only view of a journal directory. Takes no lock, writes nothing.
+#[derive(Debug)]
+pub struct LogReader {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    scan: ScanReport,
+    snapshot: Option<Snapshot>,
+}
+
+impl LogReader {
+    /// Opens `dir` read-only on the real file system.
+    pub fn open(dir: impl AsRef<Path>) -> Result<LogReader> {
+        Self::open_with(Arc::new(FsStorage), dir)
+    }
+
+    /// Opens `dir` read-only through any [`Storage`]. A torn tail or
+    /// corruption does not fail the open: both are in [`LogReader::scan`].
+    pub fn open_with(storage: Arc<dyn Storage>, dir: impl AsRef<Path>) -> Result<LogReader> {
+        let dir = dir.as_ref().to_path_buf();
+        match storage.is_dir(&dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                let reason = if storage.map(&dir).is_ok() {
+                    "it is a file"
+                } else {
+                    "no such directory"
+                };
+                return Err(Error::NotAJournal {
+                    path: dir,
+                    reason: reason.into(),
+                });
+            }
+            Err(e) => return Err(Error::io("stat", &dir, e)),
+        }
+        let snapshot = snapshot::read_latest(storage.as_ref(), &dir)?;
+        let scan = scan_dir(storage.as_ref(), &dir, snapshot.as_ref().map(|s| s.lsn + 1))?;
+        Ok(LogReader {
+            storage,
+            dir,
+            scan,
+            snapshot,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the scan found (segments, torn tail, corruption).
+    pub fn scan(&self) -> &ScanReport {
+        &self.scan
+    }
+
+    /// The newest snapshot, if any.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// Records with LSN `>= from`, up to the last valid record found by the scan.
+    pub fn iter_from(&self, from: Lsn) -> LogIter {
+        let segments = self
+            .scan
+            .segments
+            .iter()
+            .map(|s| (s.first_lsn, s.path.clone()))
+            .collect();
+        let last = self.scan.last_lsn().unwrap_or(0);
+        LogIter::new(self.storage.clone(), segments, from, last)
+    }
+}

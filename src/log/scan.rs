@@ -1,0 +1,293 @@
+//! Recovery scan: reads every segment of a directory, checks every header and
+//! record, and decides where the log ends and whether damage is a torn tail or
+//! corruption. It never modifies anything; [`crate::log::Log::open`] applies
+//! the decision, `wal-inspect` reports it.
+//!
+//! # Decision table (see `docs/recovery.md`)
+//!
+//! | what is found at the first position that is not a valid next record | decision |
+//! |---|---|
+//! | only zero bytes up to the end of the file | clean end |
+//! | damage in the **last** segment, and no later record proves it was synced | torn tail: cut |
+//! | damage anywhere, and a later valid record has `synced_lsn >=` the damaged LSN | corruption |
+//! | damage (any non-zero byte past the end) in a **sealed** segment | corruption |
+//! | next segment does not start at the expected LSN | corruption (LSN gap) |
+//! | bad header in the **last** segment, nothing but zeros after it | torn segment creation: remove |
+//! | bad header in a sealed segment, or records after a bad header | corruption |
+//! | wrong magic / newer version | typed error |
+//!
+//! A sealed segment is always fully synced before its successor is created,
+//! and a record's `synced_lsn` only counts syncs that completed, which is why
+//! these rules never call acknowledged data a torn tail and never call an
+//! unacknowledged tail corruption, except in one case no format can decide:
+//! damage to the very last synced records with nothing written after them.
+
+use std::path::{Path, PathBuf};
+
+use super::error::{Error, Result};
+use super::record::{decode_at, Decoded, Lsn, ALIGN};
+use super::segment::{decode_header, segment_files, HeaderProblem, SEGMENT_HEADER};
+use super::storage::{FileBytes, Storage};
+
+/// One segment as found by the scan.
+#[derive(Debug, Clone)]
+pub struct SegmentScan {
+    /// Segment file.
+    pub path: PathBuf,
+    /// LSN of its first record (from the header).
+    pub first_lsn: Lsn,
+    /// Number of valid records.
+    pub records: u64,
+    /// Offset just past the last valid record (where the next append goes).
+    pub end_offset: u64,
+    /// File length.
+    pub file_len: u64,
+}
+
+impl SegmentScan {
+    /// LSN of its last valid record, if it has any.
+    pub fn last_lsn(&self) -> Option<Lsn> {
+        (self.records > 0).then(|| self.first_lsn + self.records - 1)
+    }
+}
+
+/// An unacknowledged, partially written tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// Segment file holding it.
+    pub segment: PathBuf,
+    /// Offset where the valid log ends.
+    pub offset: u64,
+    /// Non-zero bytes after that offset (what a cut removes).
+    pub bytes: u64,
+    /// True when the whole segment is a torn creation (bad header, no data).
+    pub whole_segment: bool,
+}
+
+/// Damage to data that was (or may have been) acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    /// Segment file.
+    pub segment: PathBuf,
+    /// Byte offset in it.
+    pub offset: u64,
+    /// What was found.
+    pub reason: String,
+    /// LSN that was expected at that place.
+    pub expected_lsn: Lsn,
+}
+
+impl Corruption {
+    /// As a typed error.
+    pub fn to_error(&self) -> Error {
+        Error::Corruption {
+            segment: self.segment.clone(),
+            offset: self.offset,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// Result of scanning a journal directory.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    /// Segments holding the valid log, in LSN order (segments after a
+    /// corruption are not included; see `dropped_segments`).
+    pub segments: Vec<SegmentScan>,
+    /// A torn tail found at the end, if any.
+    pub torn_tail: Option<TornTail>,
+    /// The first corruption found, if any. The valid log stops before it.
+    pub corruption: Option<Corruption>,
+    /// Segments after the corruption point (what a lossy repair would remove).
+    pub dropped_segments: Vec<PathBuf>,
+    /// Bytes in the valid records (headers and padding included).
+    pub record_bytes: u64,
+}
+
+impl ScanReport {
+    /// LSN of the first record, if any.
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        self.segments.iter().find(|s| s.records > 0).map(|s| s.first_lsn)
+    }
+    /// LSN of the last valid record, if any.
+    pub fn last_lsn(&self) -> Option<Lsn> {
+        self.segments.iter().rev().find_map(|s| s.last_lsn())
+    }
+    /// Total valid records.
+    pub fn records(&self) -> u64 {
+        self.segments.iter().map(|s| s.records).sum()
+    }
+    /// The LSN the next append gets.
+    pub fn next_lsn(&self) -> Option<Lsn> {
+        self.segments.last().map(|s| s.first_lsn + s.records)
+    }
+}
+
+/// Offset just past the last non-zero byte at or after `from`, or `from`.
+fn nonzero_end(b: &[u8], from: usize) -> usize {
+    b.iter()
+        .rposition(|&x| x != 0)
+        .map_or(from, |p| (p + 1).max(from))
+}
+
+/// Looks past damage at `from` for a valid record proving that LSN `expected`
+/// was synced (its `synced_lsn >= expected`). Bounded work on any input.
+fn acknowledged_after(b: &FileBytes, from: usize, end: usize, expected: Lsn) -> Option<(u64, Lsn)> {
+    let mut budget: u64 = 2 * b.len() as u64 + (1 << 20);
+    let mut pos = from + ALIGN;
+    while pos < end {
+        let h = &b[pos..];
+        if h.len() >= 24 {
+            let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as u64;
+            let lsn = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+            let synced = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+            if lsn > expected && synced >= expected && synced < lsn && len <= h.len() as u64 {
+                if budget < len {
+                    // Too much adversarial data to classify cheaply: treat the
+                    // damage as corruption rather than guess it away.
+                    return Some((pos as u64, lsn));
+                }
+                budget -= len;
+                if let Decoded::Valid { record, .. } = decode_at(b, pos) {
+                    return Some((pos as u64, record.lsn));
+                }
+            }
+        }
+        pos += ALIGN;
+    }
+    None
+}
+
+/// Scans the segments of `dir`. `expected_first` is the LSN the log must
+/// contain next (one past the snapshot), if a snapshot exists.
+pub fn scan_dir(storage: &dyn Storage, dir: &Path, expected_first: Option<Lsn>) -> Result<ScanReport> {
+    let listing = storage
+        .list_dir(dir)
+        .map_err(|e| Error::io("list directory", dir, e))?;
+    let files = segment_files(listing);
+    let mut report = ScanReport::default();
+    let count = files.len();
+    let mut expected: Option<Lsn> = None;
+
+    for (i, (name_lsn, path)) in files.into_iter().enumerate() {
+        let last = i + 1 == count;
+        if report.corruption.is_some() {
+            report.dropped_segments.push(path);
+            continue;
+        }
+        let bytes = match storage.map(&path) {
+            Ok(b) => b,
+            // Removed by the owner's compaction between listing and mapping.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && report.segments.is_empty() => continue,
+            Err(e) => return Err(Error::io("map segment", &path, e)),
+        };
+        let corrupt = |offset: u64, reason: String, expected_lsn: Lsn| Corruption {
+            segment: path.clone(),
+            offset,
+            reason,
+            expected_lsn,
+        };
+        let first_lsn = match decode_header(&path, &bytes) {
+            Ok(l) => l,
+            Err(HeaderProblem::Fatal(e)) => return Err(e),
+            Err(HeaderProblem::Damaged(why)) => {
+                let data_end = nonzero_end(&bytes, SEGMENT_HEADER.min(bytes.len()));
+                if last && data_end <= SEGMENT_HEADER {
+                    report.torn_tail = Some(TornTail {
+                        segment: path.clone(),
+                        offset: 0,
+                        bytes: bytes.iter().filter(|&&b| b != 0).count() as u64,
+                        whole_segment: true,
+                    });
+                } else {
+                    report.corruption = Some(corrupt(0, why.to_string(), expected.unwrap_or(name_lsn)));
+                }
+                continue;
+            }
+        };
+        if first_lsn != name_lsn {
+            report.corruption = Some(corrupt(
+                0,
+                format!("header says first LSN {first_lsn}, file name says {name_lsn}"),
+                expected.unwrap_or(name_lsn),
+            ));
+            continue;
+        }
+        match expected {
+            Some(e) if e != first_lsn => {
+                report.corruption = Some(corrupt(
+                    0,
+                    format!("LSN gap: expected the segment to start at LSN {e}, it starts at {first_lsn}"),
+                    e,
+                ));
+                continue;
+            }
+            None => {
+                if let Some(e) = expected_first {
+                    if first_lsn > e {
+                        report.corruption = Some(corrupt(
+                            0,
+                            format!("LSN gap after snapshot: expected LSN {e}, first segment starts at {first_lsn}"),
+                            e,
+                        ));
+                        continue;
+                    }
+                }
+            }
+            _ => {}
+        }
+
+        let mut seg = SegmentScan {
+            path: path.clone(),
+            first_lsn,
+            records: 0,
+            end_offset: SEGMENT_HEADER as u64,
+            file_len: bytes.len() as u64,
+        };
+        let mut pos = SEGMENT_HEADER;
+        let mut next = first_lsn;
+        let stop_reason: Option<String> = loop {
+            match decode_at(&bytes, pos) {
+                Decoded::Valid { record, next: after } if record.lsn == next => {
+                    report.record_bytes += (after - pos) as u64;
+                    pos = after;
+                    next += 1;
+                    seg.records += 1;
+                }
+                Decoded::Valid { record, .. } => {
+                    break Some(format!("record has LSN {}, expected {next}", record.lsn));
+                }
+                Decoded::Zero => break None,
+                Decoded::Invalid(why) => break Some(why.to_string()),
+            }
+        };
+        seg.end_offset = pos as u64;
+        let data_end = nonzero_end(&bytes, pos);
+        if data_end > pos {
+            let why = stop_reason.unwrap_or_else(|| "zero record header followed by data".into());
+            if let Some((at, lsn)) = acknowledged_after(&bytes, pos, data_end, next) {
+                report.corruption = Some(corrupt(
+                    pos as u64,
+                    format!("{why}; record LSN {lsn} at offset {at} proves LSN {next} was acknowledged durable"),
+                    next,
+                ));
+            } else if !last {
+                report.corruption = Some(corrupt(
+                    pos as u64,
+                    format!("{why} in a sealed segment (expected LSN {next})"),
+                    next,
+                ));
+            } else {
+                report.torn_tail = Some(TornTail {
+                    segment: path.clone(),
+                    offset: pos as u64,
+                    bytes: (data_end - pos) as u64,
+                    whole_segment: false,
+                });
+            }
+        }
+        expected = Some(next);
+        report.segments.push(seg);
+    }
+    Ok(report)
+}

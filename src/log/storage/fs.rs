@@ -1,0 +1,138 @@
+//! The real file system behind the [`Storage`] seam.
+
+use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{DirLock, FileBytes, LockFailure, OpenMode, Storage, StorageFile};
+
+/// Name of the lock file inside a journal directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// The operating system's file system (Linux/Unix).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsStorage;
+
+#[derive(Debug)]
+struct FsFile(File);
+
+impl StorageFile for FsFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+#[derive(Debug)]
+struct FsLock {
+    _file: File,
+}
+impl DirLock for FsLock {}
+
+impl Storage for FsStorage {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        DirBuilder::new().recursive(true).mode(0o700).create(path)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                out.push(entry.path());
+            }
+        }
+        Ok(out)
+    }
+
+    fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(m.is_dir()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let mut o = OpenOptions::new();
+        match mode {
+            OpenMode::CreateNew => o.read(true).write(true).create_new(true).mode(0o600),
+            OpenMode::ReadWrite => o.read(true).write(true),
+            OpenMode::ReadOnly => o.read(true),
+        };
+        Ok(Arc::new(FsFile(o.open(path)?)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        // fsync on a directory handle makes created/renamed/removed entries durable.
+        File::open(dir)?.sync_all()
+    }
+
+    fn map(&self, path: &Path) -> io::Result<FileBytes> {
+        let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            return Ok(FileBytes::new(Vec::new()));
+        }
+        // SAFETY: the map is read-only. agentwal never shrinks a segment file that
+        // another handle may have mapped while the directory is shared: the owner
+        // only appends and overwrites its preallocated tail, and `repair` (the only
+        // truncating path) requires the exclusive owner lock. A foreign process
+        // truncating the file underneath us is outside the contract, as for every
+        // mmap-based reader.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(FileBytes::new(map))
+    }
+
+    fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(LockFailure::Io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut s = String::new();
+                let _ = file.read_to_string(&mut s);
+                return Err(LockFailure::Held {
+                    pid: s.trim().parse().ok(),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(LockFailure::Io(e)),
+        }
+        // Record our pid for the next would-be owner's error message. Best effort:
+        // the lock itself, not this content, is what protects the directory.
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        Ok(Box::new(FsLock { _file: file }))
+    }
+}

@@ -1,0 +1,601 @@
+//! An in-memory file system that can lose power.
+//!
+//! [`SimStorage`] keeps, for every file, the bytes a reader sees now (*live*)
+//! and the bytes that would survive a power loss (*durable*), plus the list of
+//! writes issued since the last `sync_data`. Directory entries are tracked the
+//! same way: a create, rename or remove is durable only after `sync_dir` on
+//! the parent directory.
+//!
+//! # Fault model
+//!
+//! [`SimStorage::crash`] builds the image a real disk may hold after power is
+//! cut at this instant, chosen by a seed:
+//!
+//! * synced data is always kept;
+//! * every unsynced write is, independently, kept, dropped, or *torn* at
+//!   512-byte sector granularity (some sectors new, some old) — this also
+//!   models out-of-order persistence of unsynced writes within a file;
+//! * unsynced `set_len` changes are kept or dropped;
+//! * directory operations since the parent's last `sync_dir` survive as a
+//!   random *prefix* (file systems journal metadata in order), so a file
+//!   created or renamed without a directory sync may vanish;
+//! * with [`CrashMode::KeepAll`] everything live survives (a process kill:
+//!   the page cache outlives the process).
+//!
+//! Errors are injected with [`SimStorage::inject`] (EIO or ENOSPC on the n-th
+//! write, a failing `fdatasync`, …) and [`SimStorage::halt_after`] makes every
+//! mutating operation after the n-th fail, which is how tests stop a workload
+//! at an exact write boundary before calling `crash`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{DirLock, FileBytes, LockFailure, OpenMode, Storage, StorageFile};
+
+/// Sector size used when tearing unsynced writes.
+pub const SECTOR: usize = 512;
+
+/// What survives a simulated crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Only synced data and synced directory entries survive.
+    DropUnsynced,
+    /// Everything survives (a process kill with the OS still running).
+    KeepAll,
+    /// A random, seed-determined mix (see the module documentation).
+    Random(u64),
+}
+
+/// The operation a fault is injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    /// `write_at`.
+    Write,
+    /// `sync_data` or `sync_all` on a file.
+    Sync,
+    /// `sync_dir`.
+    SyncDir,
+    /// `open` with [`OpenMode::CreateNew`].
+    Create,
+    /// `rename`.
+    Rename,
+}
+
+/// The error an injected fault returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `EIO`.
+    Eio,
+    /// `ENOSPC`; a failing write persists nothing.
+    NoSpace,
+}
+
+impl FaultKind {
+    fn error(self) -> io::Error {
+        match self {
+            FaultKind::Eio => io::Error::from_raw_os_error(5),
+            FaultKind::NoSpace => io::Error::from_raw_os_error(28),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    op: FaultOp,
+    countdown: u64,
+    kind: FaultKind,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Inode {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug, Clone)]
+enum DirOp {
+    Link(PathBuf, u64),
+    Unlink(PathBuf),
+    Rename(PathBuf, PathBuf),
+}
+
+impl DirOp {
+    fn parent(&self) -> Option<&Path> {
+        match self {
+            DirOp::Link(p, _) | DirOp::Unlink(p) | DirOp::Rename(_, p) => p.parent(),
+        }
+    }
+    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
+        match self {
+            DirOp::Link(p, ino) => {
+                names.insert(p.clone(), *ino);
+            }
+            DirOp::Unlink(p) => {
+                names.remove(p);
+            }
+            DirOp::Rename(from, to) => {
+                if let Some(ino) = names.remove(from) {
+                    names.insert(to.clone(), ino);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    inodes: HashMap<u64, Inode>,
+    next_ino: u64,
+    dirs: HashSet<PathBuf>,
+    live: BTreeMap<PathBuf, u64>,
+    durable: BTreeMap<PathBuf, u64>,
+    pending_dir: Vec<DirOp>,
+    locks: HashSet<PathBuf>,
+    faults: Vec<Fault>,
+    halt_after: Option<u64>,
+    mutations: u64,
+    syncs: u64,
+    capacity: Option<u64>,
+}
+
+impl State {
+    /// Counts a mutating operation and applies halts and injected faults.
+    fn mutate(&mut self, op: FaultOp) -> io::Result<()> {
+        if let Some(limit) = self.halt_after {
+            if self.mutations >= limit {
+                return Err(io::Error::other("simulated power loss: storage halted"));
+            }
+        }
+        self.mutations += 1;
+        for f in &mut self.faults {
+            if f.op == op {
+                if f.countdown == 0 {
+                    let kind = f.kind;
+                    f.countdown = u64::MAX;
+                    self.faults.retain(|f| f.countdown != u64::MAX);
+                    return Err(kind.error());
+                }
+                f.countdown -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.inodes.values().map(|i| i.live.len() as u64).sum()
+    }
+}
+
+/// An in-memory, crashable file system. Clones share the same state.
+#[derive(Debug, Clone, Default)]
+pub struct SimStorage {
+    state: Arc<Mutex<State>>,
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: not found", path.display()))
+}
+
+fn write_into(buf: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let off = offset as usize;
+    if buf.len() < off + data.len() {
+        buf.resize(off + data.len(), 0);
+    }
+    buf[off..off + data.len()].copy_from_slice(data);
+}
+
+/// A tiny deterministic generator (splitmix64) so crash images depend on the seed only.
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        SimRng(seed)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+impl SimStorage {
+    /// An empty file system.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Injects a fault: the `after`-th next `op` (0 = the very next) fails with `kind`.
+    pub fn inject(&self, op: FaultOp, after: u64, kind: FaultKind) {
+        self.state.lock().faults.push(Fault {
+            op,
+            countdown: after,
+            kind,
+        });
+    }
+
+    /// Removes all injected faults and halts.
+    pub fn clear_faults(&self) {
+        let mut s = self.state.lock();
+        s.faults.clear();
+        s.halt_after = None;
+    }
+
+    /// After `n` more mutating operations every mutating operation fails, as if
+    /// the machine lost power at that instant. Use [`SimStorage::crash`] next.
+    pub fn halt_after(&self, n: u64) {
+        let mut s = self.state.lock();
+        s.halt_after = Some(s.mutations + n);
+    }
+
+    /// Total bytes the files may hold; writes beyond fail with ENOSPC.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.state.lock().capacity = bytes;
+    }
+
+    /// Number of mutating operations (writes, syncs, creates, renames, removes) so far.
+    pub fn mutations(&self) -> u64 {
+        self.state.lock().mutations
+    }
+
+    /// Number of successful `sync_data`/`sync_all` calls so far.
+    pub fn syncs(&self) -> u64 {
+        self.state.lock().syncs
+    }
+
+    /// The live content of a file, if it exists.
+    pub fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        let s = self.state.lock();
+        s.live.get(path).map(|ino| s.inodes[ino].live.clone())
+    }
+
+    /// Overwrites live *and* durable bytes of a file (for corruption tests).
+    pub fn poke(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let ino = *s.live.get(path).ok_or_else(|| not_found(path))?;
+        let inode = s.inodes.get_mut(&ino).expect("inode of a live name");
+        write_into(&mut inode.live, offset, data);
+        write_into(&mut inode.durable, offset, data);
+        Ok(())
+    }
+
+    /// Truncates live and durable content of a file (for corruption tests).
+    pub fn chop(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let ino = *s.live.get(path).ok_or_else(|| not_found(path))?;
+        let inode = s.inodes.get_mut(&ino).expect("inode of a live name");
+        inode.live.truncate(len as usize);
+        inode.durable.truncate(len as usize);
+        Ok(())
+    }
+
+    /// Creates (or replaces) a file whose content is durable at once (for tests
+    /// and fuzzing that build a directory image).
+    pub fn put(&self, path: &Path, data: &[u8]) {
+        let mut s = self.state.lock();
+        if let Some(parent) = path.parent() {
+            s.dirs.insert(parent.to_path_buf());
+        }
+        let ino = s.next_ino;
+        s.next_ino += 1;
+        s.inodes.insert(
+            ino,
+            Inode {
+                live: data.to_vec(),
+                durable: data.to_vec(),
+                pending: Vec::new(),
+            },
+        );
+        s.live.insert(path.to_path_buf(), ino);
+        s.durable.insert(path.to_path_buf(), ino);
+    }
+
+    /// The image a disk may hold if power were lost now, as a new, independent
+    /// file system (locks released, no faults). This storage is left untouched.
+    pub fn crash(&self, mode: CrashMode) -> SimStorage {
+        let s = self.state.lock();
+        let mut rng = match mode {
+            CrashMode::Random(seed) => Some(SimRng::new(seed)),
+            _ => None,
+        };
+        // Directory entries: durable ones plus a prefix of the pending operations.
+        let names = match mode {
+            CrashMode::KeepAll => s.live.clone(),
+            CrashMode::DropUnsynced => s.durable.clone(),
+            CrashMode::Random(_) => {
+                let rng = rng.as_mut().expect("rng for random mode");
+                let keep = rng.below(s.pending_dir.len() as u64 + 1) as usize;
+                let mut names = s.durable.clone();
+                for op in &s.pending_dir[..keep] {
+                    op.apply(&mut names);
+                }
+                names
+            }
+        };
+        let mut inodes = HashMap::new();
+        for ino in names.values() {
+            if inodes.contains_key(ino) {
+                continue;
+            }
+            let inode = &s.inodes[ino];
+            let content = match mode {
+                CrashMode::KeepAll => inode.live.clone(),
+                CrashMode::DropUnsynced => inode.durable.clone(),
+                CrashMode::Random(_) => {
+                    let rng = rng.as_mut().expect("rng for random mode");
+                    let mut content = inode.durable.clone();
+                    for p in &inode.pending {
+                        match p {
+                            Pending::SetLen(len) => {
+                                if rng.below(2) == 0 {
+                                    content.resize(*len as usize, 0);
+                                }
+                            }
+                            Pending::Write { offset, data } => match rng.below(3) {
+                                0 => {}
+                                1 => write_into(&mut content, *offset, data),
+                                _ => {
+                                    // Torn: each sector of the write independently.
+                                    let mut pos = 0usize;
+                                    while pos < data.len() {
+                                        let abs = *offset as usize + pos;
+                                        let end = ((abs / SECTOR + 1) * SECTOR - *offset as usize)
+                                            .min(data.len());
+                                        if rng.below(2) == 0 {
+                                            write_into(&mut content, abs as u64, &data[pos..end]);
+                                        }
+                                        pos = end;
+                                    }
+                                }
+                            },
+                        }
+                    }
+                    content
+                }
+            };
+            inodes.insert(
+                *ino,
+                Inode {
+                    live: content.clone(),
+                    durable: content,
+                    pending: Vec::new(),
+                },
+            );
+        }
+        let state = State {
+            inodes,
+            next_ino: s.next_ino,
+            dirs: s.dirs.clone(),
+            live: names.clone(),
+            durable: names,
+            ..State::default()
+        };
+        SimStorage {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SimFile {
+    state: Arc<Mutex<State>>,
+    ino: u64,
+    writable: bool,
+}
+
+impl SimFile {
+    fn check_writable(&self) -> io::Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(9)) // EBADF, like a read-only fd
+        }
+    }
+}
+
+impl StorageFile for SimFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        let mut s = self.state.lock();
+        s.mutate(FaultOp::Write)?;
+        if let Some(cap) = s.capacity {
+            let cur = s.inodes[&self.ino].live.len() as u64;
+            let grow = (offset + buf.len() as u64).saturating_sub(cur);
+            if s.live_bytes() + grow > cap {
+                return Err(FaultKind::NoSpace.error());
+            }
+        }
+        let inode = s.inodes.get_mut(&self.ino).expect("open inode");
+        write_into(&mut inode.live, offset, buf);
+        inode.pending.push(Pending::Write {
+            offset,
+            data: buf.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let s = self.state.lock();
+        let live = &s.inodes[&self.ino].live;
+        let start = (offset as usize).min(live.len());
+        let n = (live.len() - start).min(buf.len());
+        buf[..n].copy_from_slice(&live[start..start + n]);
+        Ok(n)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.mutate(FaultOp::Sync)?;
+        s.syncs += 1;
+        let inode = s.inodes.get_mut(&self.ino).expect("open inode");
+        inode.durable = inode.live.clone();
+        inode.pending.clear();
+        Ok(())
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        self.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        let mut s = self.state.lock();
+        s.mutate(FaultOp::Write)?;
+        let inode = s.inodes.get_mut(&self.ino).expect("open inode");
+        inode.live.resize(len as usize, 0);
+        inode.pending.push(Pending::SetLen(len));
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.state.lock().inodes[&self.ino].live.len() as u64)
+    }
+}
+
+#[derive(Debug)]
+struct SimLock {
+    state: Arc<Mutex<State>>,
+    dir: PathBuf,
+}
+impl DirLock for SimLock {}
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        self.state.lock().locks.remove(&self.dir);
+    }
+}
+
+impl Storage for SimStorage {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        for a in path.ancestors() {
+            s.dirs.insert(a.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let s = self.state.lock();
+        if !s.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(s.live
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect())
+    }
+
+    fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        Ok(self.state.lock().dirs.contains(path))
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let mut s = self.state.lock();
+        let ino = match mode {
+            OpenMode::CreateNew => {
+                if s.live.contains_key(path) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{}: exists", path.display()),
+                    ));
+                }
+                let parent = path.parent().unwrap_or(Path::new(""));
+                if !s.dirs.contains(parent) {
+                    return Err(not_found(parent));
+                }
+                s.mutate(FaultOp::Create)?;
+                let ino = s.next_ino;
+                s.next_ino += 1;
+                s.inodes.insert(ino, Inode::default());
+                s.live.insert(path.to_path_buf(), ino);
+                s.pending_dir.push(DirOp::Link(path.to_path_buf(), ino));
+                ino
+            }
+            OpenMode::ReadWrite | OpenMode::ReadOnly => {
+                *s.live.get(path).ok_or_else(|| not_found(path))?
+            }
+        };
+        Ok(Arc::new(SimFile {
+            state: self.state.clone(),
+            ino,
+            writable: mode != OpenMode::ReadOnly,
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        if !s.live.contains_key(from) {
+            return Err(not_found(from));
+        }
+        s.mutate(FaultOp::Rename)?;
+        let ino = s.live.remove(from).expect("checked above");
+        s.live.insert(to.to_path_buf(), ino);
+        s.pending_dir
+            .push(DirOp::Rename(from.to_path_buf(), to.to_path_buf()));
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        if !s.live.contains_key(path) {
+            return Err(not_found(path));
+        }
+        s.mutate(FaultOp::Rename)?;
+        s.live.remove(path);
+        s.pending_dir.push(DirOp::Unlink(path.to_path_buf()));
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.mutate(FaultOp::SyncDir)?;
+        let (now, later): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut s.pending_dir)
+            .into_iter()
+            .partition(|op| op.parent() == Some(dir));
+        let mut durable = std::mem::take(&mut s.durable);
+        for op in &now {
+            op.apply(&mut durable);
+        }
+        s.durable = durable;
+        s.pending_dir = later;
+        Ok(())
+    }
+
+    fn map(&self, path: &Path) -> io::Result<FileBytes> {
+        let s = self.state.lock();
+        let ino = s.live.get(path).ok_or_else(|| not_found(path))?;
+        Ok(FileBytes::new(s.inodes[ino].live.clone()))
+    }
+
+    fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
+        let mut s = self.state.lock();
+        if !s.locks.insert(dir.to_path_buf()) {
+            return Err(LockFailure::Held {
+                pid: Some(std::process::id()),
+            });
+        }
+        Ok(Box::new(SimLock {
+            state: self.state.clone(),
+            dir: dir.to_path_buf(),
+        }))
+    }
+}

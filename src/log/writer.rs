@@ -1,0 +1,648 @@
+//! The owning writer: open with recovery, append with group commit, rotate,
+//! snapshot and truncate.
+//!
+//! # Where the syncs are, and why
+//!
+//! 1. **Group commit** (`wait_durable`): one writer at a time becomes the
+//!    leader and calls `fdatasync` on the active segment for everything
+//!    written so far; the others wait on a condition variable and return when
+//!    `durable_lsn` covers their LSN. Segments are preallocated with zeros, so
+//!    this `fdatasync` overwrites allocated blocks and never has to commit a
+//!    size change (about 40 % cheaper than an appending sync).
+//! 2. **Rotation**: the full segment is `fdatasync`ed *before* the next one is
+//!    created, so every sealed segment is entirely durable (recovery relies on
+//!    this: damage in a sealed segment is always corruption). The new segment
+//!    is written (header + zero fill), `fsync`ed and its directory entry
+//!    `fsync`ed *before* the first record goes into it, so a crash can never
+//!    leave acknowledged records in a file whose name is not durable.
+//! 3. **Recovery**: a torn tail is zeroed and `fdatasync`ed before the first
+//!    new append, so stale bytes can never reappear behind new records.
+//! 4. A failed write or sync **poisons** the log: the kernel may have dropped
+//!    the dirty pages, so a retry could report success for lost data.
+
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::error::{Error, Result};
+use super::reader::LogIter;
+use super::record::{encode, encoded_len, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER};
+use super::scan::{scan_dir, Corruption, ScanReport, TornTail};
+use super::segment::{encode_header, segment_name, SEGMENT_HEADER};
+use super::snapshot::{self, Snapshot};
+use super::storage::{DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile};
+
+/// What to do when recovery finds corruption of acknowledged data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Refuse to open (`Error::Corruption` with segment and offset). A torn
+    /// tail is still cut. The default.
+    #[default]
+    Strict,
+    /// Truncate at the first damaged record, set later segments aside
+    /// (renamed `*.dropped`) and report what was cut in [`OpenReport`].
+    Lossy,
+}
+
+/// How durable an append must be before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Return after an `fdatasync` covering the record completed.
+    #[default]
+    Durable,
+    /// Return after the `write`; the caller makes it durable later with
+    /// [`Log::sync`] or a later durable append. Lost on power loss until then.
+    Buffered,
+}
+
+/// Options of [`Log::open`].
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Size at which a segment is sealed and a new one started (default 64 MiB).
+    pub segment_size: u64,
+    /// Largest payload accepted (default 4 MiB). Larger appends fail with
+    /// [`Error::RecordTooLarge`] before anything is written.
+    pub max_record_bytes: u64,
+    /// Fill new segments with zeros up to `segment_size` (default true), so
+    /// durable appends overwrite allocated blocks instead of growing the file.
+    pub preallocate: bool,
+    /// Policy for corruption found at open.
+    pub recovery: RecoveryMode,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_size: 64 << 20,
+            max_record_bytes: 4 << 20,
+            preallocate: true,
+            recovery: RecoveryMode::Strict,
+        }
+    }
+}
+
+impl LogOptions {
+    fn validate(&self) -> Result<()> {
+        let room = self.segment_size.saturating_sub((SEGMENT_HEADER + RECORD_HEADER + 8) as u64);
+        if self.segment_size < 4096 {
+            return Err(Error::InvalidOptions("segment_size must be at least 4096".into()));
+        }
+        if self.max_record_bytes > room || self.max_record_bytes > FORMAT_MAX_PAYLOAD {
+            return Err(Error::InvalidOptions(format!(
+                "max_record_bytes {} does not fit in a segment of {} bytes",
+                self.max_record_bytes, self.segment_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What recovery did when the log was opened.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// A torn (never acknowledged) tail that was cut.
+    pub torn_tail: Option<TornTail>,
+    /// Where the cut bytes were saved.
+    pub cut_saved_to: Option<PathBuf>,
+    /// In lossy mode: the corruption at which the log was truncated.
+    pub lossy_cut: Option<Corruption>,
+    /// In lossy mode: segments set aside (renamed to `*.dropped`).
+    pub dropped_segments: Vec<PathBuf>,
+    /// Valid records found.
+    pub records: u64,
+}
+
+#[derive(Debug)]
+struct WriterState {
+    file: Arc<dyn StorageFile>,
+    /// First LSN of each live segment and its path; the last one is active.
+    segments: Vec<(Lsn, PathBuf)>,
+    pos: u64,
+    next_lsn: Lsn,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    opts: LogOptions,
+    writer: Mutex<WriterState>,
+    syncing: Mutex<bool>,
+    synced: Condvar,
+    durable_lsn: AtomicU64,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<Option<String>>,
+    report: OpenReport,
+    snapshot_lsn: AtomicU64,
+    _lock: Box<dyn DirLock>,
+}
+
+/// An open, exclusively owned log. Cheap to clone (shared handle); all
+/// methods take `&self` and are safe to call from many threads.
+#[derive(Debug, Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
+        Self::open_with(Arc::new(FsStorage), dir, opts)
+    }
+
+    /// Opens the log in `dir` through any [`Storage`].
+    pub fn open_with(storage: Arc<dyn Storage>, dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        if storage.list_dir(&dir).is_err() {
+            let is_file = storage.map(&dir).is_ok();
+            if is_file {
+                return Err(Error::NotAJournal {
+                    path: dir,
+                    reason: "it is a file".into(),
+                });
+            }
+            storage
+                .create_dir_all(&dir)
+                .map_err(|e| Error::io("create directory", &dir, e))?;
+        }
+        let lock = storage.lock_dir(&dir).map_err(|f| match f {
+            LockFailure::Held { pid } => Error::Locked { dir: dir.clone(), pid },
+            LockFailure::Io(e) => Error::io("lock", dir.join("LOCK"), e),
+        })?;
+        let snap = snapshot::read_latest(storage.as_ref(), &dir)?;
+        let snap_lsn = snap.as_ref().map_or(0, |s| s.lsn);
+        let scan = scan_dir(storage.as_ref(), &dir, snap.as_ref().map(|s| s.lsn + 1))?;
+        let mut report = OpenReport {
+            records: scan.records(),
+            ..OpenReport::default()
+        };
+        let (segments, pos) = apply_recovery(storage.as_ref(), &dir, &opts, scan, &mut report)?;
+        let next_lsn = match segments.last() {
+            Some(s) => s.first_lsn + s.records,
+            None => snap_lsn + 1,
+        };
+        let mut list: Vec<(Lsn, PathBuf)> = segments.iter().map(|s| (s.first_lsn, s.path.clone())).collect();
+        let (file, pos) = match list.last() {
+            Some((_, path)) => {
+                let f = storage
+                    .open(path, OpenMode::ReadWrite)
+                    .map_err(|e| Error::io("open segment", path, e))?;
+                (f, pos)
+            }
+            None => {
+                let (f, path) = create_segment(storage.as_ref(), &dir, &opts, next_lsn)?;
+                list.push((next_lsn, path));
+                (f, SEGMENT_HEADER as u64)
+            }
+        };
+        let inner = Inner {
+            storage,
+            dir,
+            opts,
+            writer: Mutex::new(WriterState {
+                file,
+                segments: list,
+                pos,
+                next_lsn,
+                buf: Vec::new(),
+            }),
+            syncing: Mutex::new(false),
+            synced: Condvar::new(),
+            // Everything recovered is on disk (a torn tail was cut and synced).
+            durable_lsn: AtomicU64::new(next_lsn - 1),
+            poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
+            report,
+            snapshot_lsn: AtomicU64::new(snap_lsn),
+            _lock: lock,
+        };
+        Ok(Log { inner: Arc::new(inner) })
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The storage this log writes through.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.inner.opts
+    }
+
+    /// What recovery did at open.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.inner.report
+    }
+
+    /// Highest LSN known durable (0 if none).
+    pub fn durable_lsn(&self) -> Lsn {
+        self.inner.durable_lsn.load(Ordering::Acquire)
+    }
+
+    /// LSN the next append will get.
+    pub fn next_lsn(&self) -> Lsn {
+        self.inner.writer.lock().next_lsn
+    }
+
+    /// LSN covered by the newest snapshot (0 if none).
+    pub fn snapshot_lsn(&self) -> Lsn {
+        self.inner.snapshot_lsn.load(Ordering::Acquire)
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            let cause = self.inner.poison_cause.lock().clone().unwrap_or_default();
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(())
+    }
+
+    fn poison(&self, err: &Error) {
+        let mut c = self.inner.poison_cause.lock();
+        if c.is_none() {
+            *c = Some(err.to_string());
+        }
+        self.inner.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Appends one durable record of kind 0.
+    pub fn append(&self, payload: &[u8]) -> Result<Lsn> {
+        self.append_with(0, payload, Durability::Durable)
+    }
+
+    /// Appends one record of `kind` with the given durability.
+    pub fn append_with(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<Lsn> {
+        Ok(*self.append_batch(&[(kind, payload)], durability)?.end())
+    }
+
+    /// Appends records as one write (and, if durable, one shared sync).
+    /// Returns the LSNs assigned. An empty batch is an `InvalidOptions` error.
+    pub fn append_batch(&self, records: &[(u8, &[u8])], durability: Durability) -> Result<RangeInclusive<Lsn>> {
+        if records.is_empty() {
+            return Err(Error::InvalidOptions("empty batch".into()));
+        }
+        let limit = self.inner.opts.max_record_bytes;
+        for (_, p) in records {
+            if p.len() as u64 > limit {
+                return Err(Error::RecordTooLarge {
+                    size: p.len() as u64,
+                    limit,
+                });
+            }
+        }
+        self.check_poison()?;
+        let range = {
+            let mut w = self.inner.writer.lock();
+            let r = self.write_locked(&mut w, records);
+            if let Err(e) = &r {
+                self.poison(e);
+            }
+            r?
+        };
+        if durability == Durability::Durable {
+            self.wait_durable(*range.end())?;
+        }
+        Ok(range)
+    }
+
+    fn write_locked(&self, w: &mut WriterState, records: &[(u8, &[u8])]) -> Result<RangeInclusive<Lsn>> {
+        let first = w.next_lsn;
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        let synced = self.durable_lsn();
+        for (kind, payload) in records {
+            let need = encoded_len(payload.len()) as u64;
+            if w.pos + buf.len() as u64 + need > self.inner.opts.segment_size {
+                self.flush_buf(w, &buf)?;
+                buf.clear();
+                self.rotate(w)?;
+            }
+            encode(&mut buf, w.next_lsn, synced, *kind, payload);
+            w.next_lsn += 1;
+        }
+        self.flush_buf(w, &buf)?;
+        w.buf = buf;
+        Ok(first..=w.next_lsn - 1)
+    }
+
+    fn flush_buf(&self, w: &mut WriterState, buf: &[u8]) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        w.file
+            .write_at(w.pos, buf)
+            .map_err(|e| Error::io("write", &w.segments.last().expect("active segment").1, e))?;
+        w.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&self, w: &mut WriterState) -> Result<()> {
+        let path = w.segments.last().expect("active segment").1.clone();
+        // Seal: the whole segment must be durable before a successor exists
+        // (recovery treats damage in a sealed segment as corruption).
+        w.file.sync_data().map_err(|e| Error::io("fdatasync", &path, e))?;
+        self.inner.durable_lsn.fetch_max(w.next_lsn - 1, Ordering::AcqRel);
+        let (file, new_path) = create_segment(self.inner.storage.as_ref(), &self.inner.dir, &self.inner.opts, w.next_lsn)?;
+        w.file = file;
+        w.segments.push((w.next_lsn, new_path));
+        w.pos = SEGMENT_HEADER as u64;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable; returns the durable LSN.
+    pub fn sync(&self) -> Result<Lsn> {
+        let last = self.next_lsn() - 1;
+        self.wait_durable(last)?;
+        Ok(self.durable_lsn())
+    }
+
+    /// Blocks until a sync covering `lsn` completed (group commit: one caller
+    /// syncs for everyone waiting).
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        if self.durable_lsn() >= lsn {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let mut syncing = inner.syncing.lock();
+        loop {
+            self.check_poison()?;
+            if self.durable_lsn() >= lsn {
+                return Ok(());
+            }
+            if *syncing {
+                inner.synced.wait(&mut syncing);
+                continue;
+            }
+            *syncing = true;
+            drop(syncing);
+            // Everything up to `target` is in `file` or in a sealed (already
+            // durable) segment, so one fdatasync of `file` covers it.
+            let (file, target, path) = {
+                let w = inner.writer.lock();
+                (w.file.clone(), w.next_lsn - 1, w.segments.last().expect("active").1.clone())
+            };
+            let r = file.sync_data();
+            syncing = inner.syncing.lock();
+            *syncing = false;
+            match r {
+                Ok(()) => {
+                    inner.durable_lsn.fetch_max(target, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    let err = Error::io("fdatasync", path, e);
+                    self.poison(&err);
+                    inner.synced.notify_all();
+                    return Err(err);
+                }
+            }
+            inner.synced.notify_all();
+        }
+    }
+
+    /// Reads records with LSN `>= from` up to the last record written now.
+    pub fn read_from(&self, from: Lsn) -> Result<LogIter> {
+        let (segments, last) = {
+            let w = self.inner.writer.lock();
+            (w.segments.clone(), w.next_lsn - 1)
+        };
+        Ok(LogIter::new(self.inner.storage.clone(), segments, from, last))
+    }
+
+    /// Writes a snapshot covering every record `<= lsn` (atomically and
+    /// durably). Call [`Log::truncate_before`] afterwards to drop old segments.
+    pub fn write_snapshot(&self, lsn: Lsn, data: &[u8]) -> Result<PathBuf> {
+        self.check_poison()?;
+        if lsn >= self.next_lsn() {
+            return Err(Error::InvalidOptions(format!("snapshot LSN {lsn} is beyond the log")));
+        }
+        // A snapshot must never cover records that could still vanish.
+        self.wait_durable(lsn)?;
+        let p = snapshot::write(self.inner.storage.as_ref(), &self.inner.dir, lsn, data)?;
+        self.inner.snapshot_lsn.fetch_max(lsn, Ordering::AcqRel);
+        Ok(p)
+    }
+
+    /// The newest snapshot, if any.
+    pub fn latest_snapshot(&self) -> Result<Option<Snapshot>> {
+        snapshot::read_latest(self.inner.storage.as_ref(), &self.inner.dir)
+    }
+
+    /// Removes whole sealed segments whose records are all `< lsn` and that a
+    /// snapshot covers. Returns how many were removed.
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
+        self.check_poison()?;
+        let lsn = lsn.min(self.snapshot_lsn() + 1);
+        let mut w = self.inner.writer.lock();
+        let mut removed = 0;
+        // Oldest first, so a crash in between leaves a contiguous log.
+        while w.segments.len() > 1 && w.segments[1].0 <= lsn {
+            let (_, path) = w.segments.remove(0);
+            self.inner
+                .storage
+                .remove_file(&path)
+                .map_err(|e| Error::io("remove segment", &path, e))?;
+            removed += 1;
+        }
+        drop(w);
+        if removed > 0 {
+            self.inner
+                .storage
+                .sync_dir(&self.inner.dir)
+                .map_err(|e| Error::io("fsync directory", &self.inner.dir, e))?;
+        }
+        Ok(removed)
+    }
+
+    /// Bytes in live segment files (preallocated space included).
+    pub fn disk_bytes(&self) -> u64 {
+        let w = self.inner.writer.lock();
+        let sealed = w.segments.len().saturating_sub(1) as u64;
+        let active = if self.inner.opts.preallocate {
+            self.inner.opts.segment_size
+        } else {
+            w.pos
+        };
+        sealed * self.inner.opts.segment_size + active
+    }
+
+    /// Number of live segment files.
+    pub fn segment_count(&self) -> usize {
+        self.inner.writer.lock().segments.len()
+    }
+
+    /// Syncs everything and closes the log (releasing the directory lock once
+    /// every clone is dropped).
+    pub fn close(self) -> Result<()> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return self.check_poison();
+        }
+        self.sync().map(|_| ())
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Log {
+    /// Async durable append: runs on tokio's blocking pool so the runtime's
+    /// worker threads never wait for `fdatasync`.
+    pub async fn append_async(&self, kind: u8, payload: Vec<u8>) -> Result<Lsn> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.append_with(kind, &payload, Durability::Durable))
+            .await
+            .map_err(|e| Error::io("append task", self.dir(), std::io::Error::other(e)))?
+    }
+
+    /// Async [`Log::sync`].
+    pub async fn sync_async(&self) -> Result<Lsn> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.sync())
+            .await
+            .map_err(|e| Error::io("sync task", self.dir(), std::io::Error::other(e)))?
+    }
+}
+
+/// Creates a new segment durably: header, zero fill, fsync, directory fsync.
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    opts: &LogOptions,
+    first_lsn: Lsn,
+) -> Result<(Arc<dyn StorageFile>, PathBuf)> {
+    let path = dir.join(segment_name(first_lsn));
+    let file = storage
+        .open(&path, OpenMode::CreateNew)
+        .map_err(|e| Error::io("create segment", &path, e))?;
+    let io = |op, e| Error::io(op, &path, e);
+    if opts.preallocate {
+        // Real zeros (not fallocate): an unwritten extent would make every
+        // later fdatasync commit an extent conversion, as costly as appending.
+        let chunk = vec![0u8; 1 << 20];
+        let mut off = SEGMENT_HEADER as u64;
+        while off < opts.segment_size {
+            let n = (opts.segment_size - off).min(chunk.len() as u64) as usize;
+            file.write_at(off, &chunk[..n]).map_err(|e| io("preallocate", e))?;
+            off += n as u64;
+        }
+    }
+    file.write_at(0, &encode_header(first_lsn)).map_err(|e| io("write header", e))?;
+    // Header and size durable before any record is written into the file…
+    file.sync_all().map_err(|e| io("fsync", e))?;
+    // …and the file's name durable too, or a crash could lose the whole
+    // segment together with records acknowledged from it.
+    storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    Ok((file, path))
+}
+
+/// Applies the scan's decision: cut a torn tail (saving the bytes), or in
+/// lossy mode cut at corruption; returns the segments and the append offset.
+fn apply_recovery(
+    storage: &dyn Storage,
+    dir: &Path,
+    opts: &LogOptions,
+    scan: ScanReport,
+    report: &mut OpenReport,
+) -> Result<(Vec<super::scan::SegmentScan>, u64)> {
+    let ScanReport {
+        segments,
+        torn_tail,
+        corruption,
+        dropped_segments,
+        ..
+    } = scan;
+    let mut cut: Option<(PathBuf, u64)> = None;
+    if let Some(c) = corruption {
+        if opts.recovery == RecoveryMode::Strict {
+            return Err(c.to_error());
+        }
+        for p in &dropped_segments {
+            let to = p.with_extension("wal.dropped");
+            storage.rename(p, &to).map_err(|e| Error::io("set aside segment", p, e))?;
+        }
+        report.dropped_segments = dropped_segments;
+        if c.offset == 0 {
+            // A whole damaged segment: set it aside too.
+            let to = c.segment.with_extension("wal.dropped");
+            storage
+                .rename(&c.segment, &to)
+                .map_err(|e| Error::io("set aside segment", &c.segment, e))?;
+            report.dropped_segments.insert(0, c.segment.clone());
+        } else {
+            cut = Some((c.segment.clone(), c.offset));
+        }
+        report.lossy_cut = Some(c);
+        storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    } else if let Some(t) = torn_tail.clone() {
+        if t.whole_segment {
+            let saved = save_cut(storage, dir, &t.segment, 0)?;
+            report.cut_saved_to = Some(saved);
+            storage
+                .remove_file(&t.segment)
+                .map_err(|e| Error::io("remove torn segment", &t.segment, e))?;
+            storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+        } else {
+            cut = Some((t.segment.clone(), t.offset));
+        }
+        report.torn_tail = Some(t);
+    }
+    if let Some((path, offset)) = cut {
+        let saved = save_cut(storage, dir, &path, offset)?;
+        if report.cut_saved_to.is_none() {
+            report.cut_saved_to = Some(saved);
+        }
+        zero_from(storage, &path, offset, opts)?;
+    }
+    let pos = segments.last().map_or(SEGMENT_HEADER as u64, |s| s.end_offset);
+    Ok((segments, pos))
+}
+
+/// Copies the bytes of `path` from `offset` to its last non-zero byte into a
+/// side file `cut-<segment>-<offset>.bin`, durably.
+fn save_cut(storage: &dyn Storage, dir: &Path, path: &Path, offset: u64) -> Result<PathBuf> {
+    let bytes = storage.map(path).map_err(|e| Error::io("map segment", path, e))?;
+    let start = (offset as usize).min(bytes.len());
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(start, |p| (p + 1).max(start));
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("segment");
+    let mut side = dir.join(format!("cut-{stem}-{offset}.bin"));
+    let mut n = 1;
+    while storage.map(&side).is_ok() {
+        side = dir.join(format!("cut-{stem}-{offset}.{n}.bin"));
+        n += 1;
+    }
+    let f = storage
+        .open(&side, OpenMode::CreateNew)
+        .map_err(|e| Error::io("create cut file", &side, e))?;
+    f.write_at(0, &bytes[start..end]).map_err(|e| Error::io("write cut file", &side, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync cut file", &side, e))?;
+    storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    Ok(side)
+}
+
+/// Overwrites `path` from `offset` to its end with zeros and syncs, so stale
+/// bytes can never be mistaken for records written after recovery.
+fn zero_from(storage: &dyn Storage, path: &Path, offset: u64, opts: &LogOptions) -> Result<()> {
+    let f = storage
+        .open(path, OpenMode::ReadWrite)
+        .map_err(|e| Error::io("open segment", path, e))?;
+    let len = f.len().map_err(|e| Error::io("stat segment", path, e))?;
+    if !opts.preallocate {
+        f.set_len(offset).map_err(|e| Error::io("truncate", path, e))?;
+    } else {
+        let chunk = vec![0u8; 1 << 20];
+        let mut off = offset;
+        while off < len {
+            let n = (len - off).min(chunk.len() as u64) as usize;
+            f.write_at(off, &chunk[..n]).map_err(|e| Error::io("zero torn tail", path, e))?;
+            off += n as u64;
+        }
+    }
+    f.sync_all().map_err(|e| Error::io("fsync", path, e))
+}

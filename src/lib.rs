@@ -3,13 +3,21 @@
 //! An embedded write-ahead log that lets AI agents and long-running workers be
 //! killed at any moment without losing work or sending a message twice.
 //!
-//! Layers (dependencies point downward only):
+//! Layers (dependencies point downward only: runtime → journal → log; inspect
+//! reads journal and log):
 //!
 //! * [`log`] — segmented, checksummed, group-committed storage engine with
 //!   crash recovery and a fault-injecting storage seam.
+//! * [`journal`] — units of side effects with idempotency keys and replay.
+//! * [`runtime`] — graceful shutdown, checkpointed batches, work queue, health.
+//! * [`inspect`] — the library behind the `wal-inspect` operator tool.
 //!
 //! See `docs/` for the on-disk format, the recovery algorithm and operations.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod inspect;
+pub mod journal;
 pub mod log;
+#[cfg(feature = "tokio")]
+pub mod runtime;

@@ -1,0 +1,3 @@
+//! The journal layer: units, side effects, idempotency keys, replay.
+//!
+//! Built on the public API of [`crate::log`] only; the log knows nothing of units.

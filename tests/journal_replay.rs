@@ -360,3 +360,29 @@ fn view_load_works_on_a_directory_owned_by_an_open_journal() {
     assert_eq!(view.units[0].state, UnitState::Committed);
     assert_eq!(view.committed_total(), 1);
 }
+
+#[test]
+fn an_undecodable_journal_record_is_reported_with_its_lsn() {
+    let storage = SimStorage::new();
+    let log = Log::open_with(Arc::new(storage.clone()), DIR, opts().log).unwrap();
+    log.append_with(0, b"not the journal's", Durability::Durable)
+        .unwrap();
+    log.append_with(5, b"{\"type\":\"commit\"", Durability::Durable)
+        .unwrap();
+    drop(log);
+    match Journal::open_with(Arc::new(storage.clone()), DIR, opts()) {
+        Err(agentwal::journal::Error::BadRecordAt {
+            lsn: 2, kind: 5, ..
+        }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    // A kind reserved for a newer version is refused, not skipped.
+    let storage = SimStorage::new();
+    let log = Log::open_with(Arc::new(storage.clone()), DIR, opts().log).unwrap();
+    log.append_with(17, b"{}", Durability::Durable).unwrap();
+    drop(log);
+    assert!(matches!(
+        Journal::open_with(Arc::new(storage), DIR, opts()),
+        Err(agentwal::journal::Error::UnknownRecordKind { kind: 17 })
+    ));
+}

@@ -51,8 +51,13 @@ enum Step {
 }
 
 fn record(step: Step) -> JournalRecord {
-    let unit = "u".to_string();
-    let key = |s: u32| format!("u/e{s}/{s}");
+    record_for("u", step)
+}
+
+fn record_for(unit: &str, step: Step) -> JournalRecord {
+    let prefix = unit;
+    let unit = unit.to_string();
+    let key = |s: u32| format!("{prefix}/e{s}/{s}");
     match step {
         Step::Intent(s) => JournalRecord::EffectIntent {
             unit,
@@ -385,4 +390,75 @@ fn an_undecodable_journal_record_is_reported_with_its_lsn() {
         Journal::open_with(Arc::new(storage), DIR, opts()),
         Err(agentwal::journal::Error::UnknownRecordKind { kind: 17 })
     ));
+}
+
+#[test]
+fn two_units_interleaved_are_classified_independently_at_every_cut() {
+    let begin = |unit: &str| JournalRecord::UnitBegin {
+        unit: unit.into(),
+        kind: "test".into(),
+        payload: json!(null),
+        at_ms: 0,
+    };
+    let hs = histories();
+    let mut rng = agentwal::log::storage::sim::SimRng::new(7);
+    let mut checked = 0;
+    for round in 0..24 {
+        // Two histories (with their begin), merged in a random interleaving.
+        let hu = &hs[rng.below(hs.len() as u64) as usize];
+        let hv = &hs[rng.below(hs.len() as u64) as usize];
+        let mut seq_u: Vec<Option<Step>> = vec![None];
+        seq_u.extend(hu.iter().map(|s| Some(*s)));
+        let mut seq_v: Vec<Option<Step>> = vec![None];
+        seq_v.extend(hv.iter().map(|s| Some(*s)));
+        let (mut iu, mut iv) = (0, 0);
+        let mut merged: Vec<(&str, Option<Step>)> = Vec::new();
+        while iu < seq_u.len() || iv < seq_v.len() {
+            let take_u = iv == seq_v.len() || (iu < seq_u.len() && rng.below(2) == 0);
+            if take_u {
+                merged.push(("u", seq_u[iu]));
+                iu += 1;
+            } else {
+                merged.push(("v", seq_v[iv]));
+                iv += 1;
+            }
+        }
+        for cut in 0..=merged.len() {
+            let storage = SimStorage::new();
+            let recs: Vec<JournalRecord> = merged[..cut]
+                .iter()
+                .map(|(unit, s)| match s {
+                    None => begin(unit),
+                    Some(s) => record_for(unit, *s),
+                })
+                .collect();
+            write_records(&storage, &recs);
+            let j = Journal::open_with(Arc::new(storage), DIR, opts()).unwrap();
+            for unit in ["u", "v"] {
+                let mine: Vec<Option<Step>> = merged[..cut]
+                    .iter()
+                    .filter(|(u, _)| *u == unit)
+                    .map(|(_, s)| *s)
+                    .collect();
+                if mine.is_empty() {
+                    assert_eq!(j.unit_state(unit), None);
+                    continue;
+                }
+                let steps: Vec<Step> = mine.into_iter().flatten().collect();
+                let (state, effects, _) = expected(&steps);
+                assert_eq!(
+                    j.unit_state(unit),
+                    Some(state),
+                    "round {round} cut {cut} {unit}"
+                );
+                if state == UnitState::Incomplete {
+                    for (s, want) in effects.iter().enumerate() {
+                        assert_eq!(j.effect_status(unit, s as u32), Some(*want));
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300, "{checked}");
 }

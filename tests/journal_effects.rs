@@ -676,3 +676,36 @@ fn units_on_many_threads_share_the_journal_and_each_effect_runs_once() {
     assert!(j.replay_report().incomplete.is_empty());
     assert_eq!(j.stats().keys, 100);
 }
+
+#[test]
+fn async_units_run_concurrently_in_spawned_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let j = rt
+        .block_on(Journal::open_async(dir.path(), opts()))
+        .unwrap();
+    let tasks: Vec<_> = (0..16u32)
+        .map(|i| {
+            let j = j.clone();
+            rt.spawn(async move {
+                let mut u = j.begin_async(&format!("a{i}"), "t", &i).await?;
+                let v: u32 = u
+                    .run_async(Effect::retry_same_key("call"), |_ctx| async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        Ok::<_, String>(i * 2)
+                    })
+                    .await?;
+                u.commit_async().await?;
+                Ok::<_, Error>(v)
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(rt.block_on(t).unwrap().unwrap(), i as u32 * 2);
+    }
+    assert_eq!(j.stats().committed, 16);
+}

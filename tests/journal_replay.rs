@@ -462,3 +462,57 @@ fn two_units_interleaved_are_classified_independently_at_every_cut() {
     }
     assert!(checked > 300, "{checked}");
 }
+
+fn arbitrary_step() -> impl proptest::strategy::Strategy<Value = Option<Step>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(None),
+        (0..4u32).prop_map(|s| Some(Step::Intent(s))),
+        (0..4u32, any::<bool>()).prop_map(|(s, ok)| Some(Step::Outcome(s, ok))),
+        Just(Some(Step::Checkpoint)),
+        (0..4u32).prop_map(|s| Some(Step::CompIntent(s))),
+        (0..4u32).prop_map(|s| Some(Step::CompOutcome(s))),
+        Just(Some(Step::Commit)),
+        Just(Some(Step::Abort)),
+    ]
+}
+
+proptest::proptest! {
+    /// Arbitrary (mostly invalid) record sequences: replay never panics; it
+    /// either reports the inconsistency or yields a view whose effects are
+    /// numbered 0..n and whose keys are all in the key index.
+    #[test]
+    fn replay_of_arbitrary_sequences_never_panics(
+        seq in proptest::collection::vec((proptest::bool::ANY, arbitrary_step()), 0..40)
+    ) {
+        let recs: Vec<(u64, JournalRecord)> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, (v, s))| {
+                let unit = if *v { "v" } else { "u" };
+                let r = match s {
+                    None => JournalRecord::UnitBegin {
+                        unit: unit.into(),
+                        kind: "k".into(),
+                        payload: json!(null),
+                        at_ms: 0,
+                    },
+                    Some(s) => record_for(unit, *s),
+                };
+                (i as u64 + 1, r)
+            })
+            .collect();
+        let bytes: Vec<(u64, u8, Vec<u8>)> =
+            recs.iter().map(|(l, r)| (*l, r.kind(), r.encode())).collect();
+        if let Ok(view) =
+            JournalView::replay(None, bytes.iter().map(|(l, k, b)| (*l, *k, b.as_slice())))
+        {
+            for u in &view.units {
+                for (i, e) in u.effects.iter().enumerate() {
+                    proptest::prop_assert_eq!(e.seq as usize, i);
+                    proptest::prop_assert!(view.keys.iter().any(|k| k.key == e.key));
+                }
+            }
+        }
+    }
+}

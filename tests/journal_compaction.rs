@@ -169,29 +169,43 @@ impl Side {
 
     /// Everything observable about the journal's state.
     fn observe(&self) -> String {
-        let j = self.j();
-        let mut out = format!("{:?}\n", j.incomplete_units());
-        for u in 0..UNITS {
-            out += &format!("u{u}: {:?}\n", j.unit_state(&format!("u{u}")));
-        }
-        let mut keys: Vec<String> = Vec::new();
-        for u in 0..UNITS {
-            for step in 0..40 {
-                for name in 0..3 {
-                    keys.push(format!("u{u}/e{name}/{step}"));
-                }
-            }
-        }
-        keys.extend((0..3).map(|k| format!("shared-{k}")));
-        for k in keys {
-            if let Some(s) = j.key_status(&k) {
-                out += &format!("{s:?} {:?}\n", j.key_outcome(&k));
-            }
-        }
-        let s = j.stats();
-        out += &format!("committed {} aborted {}\n", s.committed, s.aborted);
-        out
+        observe(self.j())
     }
+}
+
+/// Everything observable about a journal's state (units u0..u3, r0..r199).
+fn observe(j: &Journal) -> String {
+    let mut out = format!("{:?}\n", j.incomplete_units());
+    for u in 0..UNITS {
+        out += &format!("u{u}: {:?}\n", j.unit_state(&format!("u{u}")));
+    }
+    let mut keys: Vec<String> = Vec::new();
+    for u in 0..UNITS {
+        for step in 0..40 {
+            for name in 0..3 {
+                keys.push(format!("u{u}/e{name}/{step}"));
+            }
+        }
+    }
+    keys.extend((0..3).map(|k| format!("shared-{k}")));
+    for k in keys {
+        if let Some(s) = j.key_status(&k) {
+            out += &format!("{s:?} {:?}\n", j.key_outcome(&k));
+        }
+    }
+    for r in 0..200 {
+        let k = format!("r{r}/send/0");
+        if let Some(s) = j.key_status(&k) {
+            out += &format!(
+                "{s:?} {:?} {:?}\n",
+                j.key_outcome(&k),
+                j.unit_state(&format!("r{r}"))
+            );
+        }
+    }
+    let s = j.stats();
+    out += &format!("committed {} aborted {}\n", s.committed, s.aborted);
+    out
 }
 
 fn open(storage: &SimStorage) -> Journal {
@@ -341,4 +355,55 @@ fn retention_by_age_retires_old_keys() {
     assert_eq!(r.retired, 10, "5 keys and 5 finished unit ids: {r:?}");
     assert!(j.key_status("r0/send/0").is_none());
     assert_eq!(j.unit_state("r0"), None);
+}
+
+#[test]
+fn power_loss_at_every_step_of_compaction_keeps_the_state() {
+    use agentwal::log::storage::sim::CrashMode;
+    let base = SimStorage::new();
+    {
+        let j = open(&base);
+        run_units(&j, 0, 120); // several 16 KiB segments
+        for u in 0..UNITS {
+            let mut h = j.begin(&format!("u{u}"), "t", &u).unwrap();
+            h.run(Effect::retry_same_key("e0"), |_| Ok::<_, String>(u))
+                .unwrap();
+        }
+        j.sync().unwrap();
+    }
+    let expected = observe(&open(&base.crash(CrashMode::KeepAll)));
+    assert!(expected.contains("Incomplete"));
+    // Mutations of a clean compaction.
+    let probe = base.crash(CrashMode::KeepAll);
+    let j = open(&probe);
+    let m0 = probe.mutations();
+    let r = j.compact().unwrap();
+    assert!(r.segments_removed >= 2, "{r:?}");
+    let total = probe.mutations() - m0;
+    drop(j);
+    for cut in 0..=total {
+        for mode in [
+            CrashMode::DropUnsynced,
+            CrashMode::KeepAll,
+            CrashMode::Random(cut),
+        ] {
+            let s = base.crash(CrashMode::KeepAll);
+            {
+                let j = open(&s);
+                s.halt_after(cut);
+                let _ = j.compact();
+            }
+            let after = s.crash(mode);
+            let j = open(&after);
+            assert_eq!(observe(&j), expected, "cut {cut} {mode:?}");
+            // And it keeps working: compact again, reopen, same state.
+            j.compact().unwrap();
+            drop(j);
+            assert_eq!(
+                observe(&open(&after)),
+                expected,
+                "cut {cut} {mode:?} (second)"
+            );
+        }
+    }
 }

@@ -361,6 +361,8 @@ impl Log {
 
     /// Makes everything written so far durable; returns the durable LSN.
     pub fn sync(&self) -> Result<Lsn> {
+        // A poisoned log refuses every call, even when nothing is pending.
+        self.check_poison()?;
         let last = self.next_lsn() - 1;
         self.wait_durable(last)?;
         Ok(self.durable_lsn())

@@ -172,8 +172,11 @@ impl State {
         Ok(())
     }
 
+    /// Bytes held by files that have a name (removed files free their space,
+    /// as on a real file system once the last handle is gone).
     fn live_bytes(&self) -> u64 {
-        self.inodes.values().map(|i| i.live.len() as u64).sum()
+        let linked: HashSet<u64> = self.live.values().copied().collect();
+        linked.iter().map(|i| self.inodes[i].live.len() as u64).sum()
     }
 }
 
@@ -255,6 +258,11 @@ impl SimStorage {
     /// Number of mutating operations (writes, syncs, creates, renames, removes) so far.
     pub fn mutations(&self) -> u64 {
         self.state.lock().mutations
+    }
+
+    /// Bytes the named files hold now (what [`SimStorage::set_capacity`] limits).
+    pub fn live_bytes(&self) -> u64 {
+        self.state.lock().live_bytes()
     }
 
     /// Number of successful `sync_data`/`sync_all` calls so far.

@@ -22,6 +22,11 @@
 //! * with [`CrashMode::KeepAll`] everything live survives (a process kill:
 //!   the page cache outlives the process).
 //!
+//! * a failed `fdatasync` (injected) loses the file's unsynced writes for
+//!   good, as Linux does after a writeback error ("fsyncgate"): they stay
+//!   readable until the crash but a later successful sync does not persist
+//!   them.
+//!
 //! Errors are injected with [`SimStorage::inject`] (EIO or ENOSPC on the n-th
 //! write, a failing `fdatasync`, …) and [`SimStorage::halt_after`] makes every
 //! mutating operation after the n-th fail, which is how tests stop a workload
@@ -452,11 +457,29 @@ impl StorageFile for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.state.lock();
-        s.mutate(FaultOp::Sync)?;
+        if let Err(e) = s.mutate(FaultOp::Sync) {
+            if e.raw_os_error().is_some() {
+                // "fsyncgate": after a writeback error Linux marks the dirty
+                // pages clean. Readers still see the new bytes (live), but
+                // they never reach the disk, not even after a later sync
+                // that succeeds.
+                s.inodes.get_mut(&self.ino).expect("open inode").pending.clear();
+            }
+            return Err(e);
+        }
         s.syncs += 1;
         let inode = s.inodes.get_mut(&self.ino).expect("open inode");
-        inode.durable = inode.live.clone();
-        inode.pending.clear();
+        // Durable = the old durable image plus every write still pending (those
+        // dropped by a failed sync stay lost); without a failed sync this is
+        // exactly the live image.
+        let mut durable = std::mem::take(&mut inode.durable);
+        for p in inode.pending.drain(..) {
+            match p {
+                Pending::SetLen(len) => durable.resize(len as usize, 0),
+                Pending::Write { offset, data } => write_into(&mut durable, offset, &data),
+            }
+        }
+        inode.durable = durable;
         Ok(())
     }
 

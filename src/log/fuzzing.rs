@@ -43,9 +43,18 @@ pub fn decode_record(data: &[u8]) {
             Decoded::Valid { record, next } => {
                 let start = record.offset() as usize;
                 assert_eq!(start, pos, "record offset must be where it was decoded");
-                assert!(next > pos && next % ALIGN == pos % ALIGN, "next record offset {next} after {pos}");
-                assert!(record.payload().len() <= data.len(), "payload larger than the input");
-                assert!(record.synced_lsn < record.lsn, "a valid record has synced_lsn < lsn");
+                assert!(
+                    next > pos && next % ALIGN == pos % ALIGN,
+                    "next record offset {next} after {pos}"
+                );
+                assert!(
+                    record.payload().len() <= data.len(),
+                    "payload larger than the input"
+                );
+                assert!(
+                    record.synced_lsn < record.lsn,
+                    "a valid record has synced_lsn < lsn"
+                );
             }
             Decoded::Zero | Decoded::Invalid(_) => {}
         }
@@ -81,10 +90,15 @@ pub fn dir_image(storage: &SimStorage, dir: &Path, options: u8) -> Vec<u8> {
         let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let Some(data) = storage.read(&p) else { continue };
+        let Some(data) = storage.read(&p) else {
+            continue;
+        };
         if let Some(stem) = name.strip_suffix(".wal") {
             files.push((0, stem.parse().unwrap_or(0), data));
-        } else if let Some(stem) = name.strip_prefix("snap-").and_then(|s| s.strip_suffix(".snap")) {
+        } else if let Some(stem) = name
+            .strip_prefix("snap-")
+            .and_then(|s| s.strip_suffix(".snap"))
+        {
             files.push((5, stem.parse().unwrap_or(0), data));
         }
     }
@@ -95,7 +109,13 @@ fn file_name_for(tag: u8, lsn: Lsn, data: &[u8]) -> String {
     match tag % 8 {
         0..=4 => segment_name(lsn),
         5 => format!("snap-{lsn:020}.snap"),
-        6 => ["LOCK", "cut-00000000000000000001-32.bin", "snap-1.tmp", "x.wal.dropped"][(lsn % 4) as usize].into(),
+        6 => [
+            "LOCK",
+            "cut-00000000000000000001-32.bin",
+            "snap-1.tmp",
+            "x.wal.dropped",
+        ][(lsn % 4) as usize]
+            .into(),
         _ => {
             // A segment named after the first LSN in its own header.
             let first = data
@@ -163,7 +183,11 @@ fn read_all(log: &Log) -> Vec<(Lsn, u8, Vec<u8>)> {
         out.push((r.lsn, r.kind, r.payload().to_vec()));
     }
     if let Some(x) = expect {
-        assert_eq!(x, log.next_lsn(), "reading must reach the last recovered record");
+        assert_eq!(
+            x,
+            log.next_lsn(),
+            "reading must reach the last recovered record"
+        );
     }
     out
 }
@@ -187,13 +211,18 @@ pub fn recover_dir(data: &[u8]) {
                 Err(_) => break,
             }
         }
-        assert!(n <= scan.records(), "reader returned more records than the scan found");
+        assert!(
+            n <= scan.records(),
+            "reader returned more records than the scan found"
+        );
     }
 
     let opts = fuzz_options(options);
     let log = match Log::open_with(storage, dir, opts.clone()) {
         Ok(log) => log,
-        Err(Error::Corruption { .. } | Error::BadMagic { .. } | Error::UnsupportedVersion { .. }) => return,
+        Err(
+            Error::Corruption { .. } | Error::BadMagic { .. } | Error::UnsupportedVersion { .. },
+        ) => return,
         Err(e) => panic!("open failed with an unexpected error: {e}"),
     };
     let before = read_all(&log);
@@ -211,9 +240,22 @@ pub fn recover_dir(data: &[u8]) {
     let log = Log::open_with(Arc::new(after), dir, strict)
         .unwrap_or_else(|e| panic!("reopen after a durable append failed: {e}"));
     let again = read_all(&log);
-    assert_eq!(again.len(), before.len() + 1, "records before: {}, after: {}", before.len(), again.len());
-    assert_eq!(&again[..before.len()], &before[..], "recovered records changed");
-    assert_eq!(again.last().map(|r| (r.0, r.1, &r.2[..])), Some((lsn, 7, &b"fuzz-append"[..])));
+    assert_eq!(
+        again.len(),
+        before.len() + 1,
+        "records before: {}, after: {}",
+        before.len(),
+        again.len()
+    );
+    assert_eq!(
+        &again[..before.len()],
+        &before[..],
+        "recovered records changed"
+    );
+    assert_eq!(
+        again.last().map(|r| (r.0, r.1, &r.2[..])),
+        Some((lsn, 7, &b"fuzz-append"[..]))
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -265,7 +307,12 @@ fn payload(rng: &mut SimRng, lsn: Lsn, max: usize) -> Vec<u8> {
     };
     let salt = rng.next_u64();
     (0..len)
-        .map(|i| (salt.wrapping_add(lsn.wrapping_mul(31)).wrapping_add(i as u64 * 7) >> 3) as u8)
+        .map(|i| {
+            (salt
+                .wrapping_add(lsn.wrapping_mul(31))
+                .wrapping_add(i as u64 * 7)
+                >> 3) as u8
+        })
         .collect()
 }
 
@@ -273,10 +320,15 @@ fn payload(rng: &mut SimRng, lsn: Lsn, max: usize) -> Vec<u8> {
 /// in line with what recovery kept. Returns a description of the first
 /// broken invariant.
 fn verify(log: &Log, model: &mut Model) -> Result<(), String> {
-    let snap = log.latest_snapshot().map_err(|e| format!("latest_snapshot: {e}"))?;
+    let snap = log
+        .latest_snapshot()
+        .map_err(|e| format!("latest_snapshot: {e}"))?;
     let s = snap.as_ref().map_or(0, |s| s.lsn);
     if s < model.snap_acked {
-        return Err(format!("acknowledged snapshot {} lost (found {s})", model.snap_acked));
+        return Err(format!(
+            "acknowledged snapshot {} lost (found {s})",
+            model.snap_acked
+        ));
     }
     if let Some(snap) = &snap {
         if snap.data != snap_data(s) {
@@ -284,23 +336,37 @@ fn verify(log: &Log, model: &mut Model) -> Result<(), String> {
         }
     }
     if log.snapshot_lsn() != s {
-        return Err(format!("snapshot_lsn {} but newest snapshot is {s}", log.snapshot_lsn()));
+        return Err(format!(
+            "snapshot_lsn {} but newest snapshot is {s}",
+            log.snapshot_lsn()
+        ));
     }
     let last = log.next_lsn() - 1;
     if last < model.acked {
-        return Err(format!("acknowledged LSN {} lost: log ends at {last}", model.acked));
+        return Err(format!(
+            "acknowledged LSN {} lost: log ends at {last}",
+            model.acked
+        ));
     }
     if last < s {
         return Err(format!("log ends at {last}, before its snapshot {s}"));
     }
     if last > model.records.len() as Lsn {
-        return Err(format!("phantom records: log ends at {last}, only {} appended", model.records.len()));
+        return Err(format!(
+            "phantom records: log ends at {last}, only {} appended",
+            model.records.len()
+        ));
     }
     if log.durable_lsn() != last {
-        return Err(format!("durable_lsn {} after open, log ends at {last}", log.durable_lsn()));
+        return Err(format!(
+            "durable_lsn {} after open, log ends at {last}",
+            log.durable_lsn()
+        ));
     }
     let mut expect = s + 1;
-    let iter = log.read_from(s + 1).map_err(|e| format!("read_from: {e}"))?;
+    let iter = log
+        .read_from(s + 1)
+        .map_err(|e| format!("read_from: {e}"))?;
     for r in iter {
         let r = r.map_err(|e| format!("reading LSN {expect}: {e}"))?;
         if r.lsn != expect {
@@ -316,7 +382,8 @@ fn verify(log: &Log, model: &mut Model) -> Result<(), String> {
         return Err(format!("read stopped at LSN {expect}, log ends at {last}"));
     }
     // A read-only reader must agree and see neither damage nor a torn tail.
-    let reader = LogReader::open_with(log.storage().clone(), log.dir()).map_err(|e| format!("LogReader: {e}"))?;
+    let reader = LogReader::open_with(log.storage().clone(), log.dir())
+        .map_err(|e| format!("LogReader: {e}"))?;
     let scan = reader.scan();
     if scan.corruption.is_some() || scan.torn_tail.is_some() {
         return Err(format!(
@@ -326,7 +393,10 @@ fn verify(log: &Log, model: &mut Model) -> Result<(), String> {
     }
     let n = reader.iter_from(s + 1).filter(|r| r.is_ok()).count() as u64;
     if n != last - s {
-        return Err(format!("reader sees {n} records after the snapshot, log has {}", last - s));
+        return Err(format!(
+            "reader sees {n} records after the snapshot, log has {}",
+            last - s
+        ));
     }
     model.records.truncate(last as usize);
     // Everything recovery kept is on disk now.
@@ -387,9 +457,18 @@ pub fn crash_case(seed: u64, max_rounds: u64) -> Result<CaseStats, String> {
         // Arm this round's failure: a power cut or an injected I/O error.
         let fault = rng.below(5) == 0;
         if fault {
-            let op = [FaultOp::Write, FaultOp::Sync, FaultOp::SyncDir, FaultOp::Create, FaultOp::Rename]
-                [rng.below(5) as usize];
-            let kind = if rng.below(2) == 0 { FaultKind::Eio } else { FaultKind::NoSpace };
+            let op = [
+                FaultOp::Write,
+                FaultOp::Sync,
+                FaultOp::SyncDir,
+                FaultOp::Create,
+                FaultOp::Rename,
+            ][rng.below(5) as usize];
+            let kind = if rng.below(2) == 0 {
+                FaultKind::Eio
+            } else {
+                FaultKind::NoSpace
+            };
             sim.inject(op, rng.below(8), kind);
         } else if rng.below(10) == 0 {
             // A full disk: a little room left.
@@ -404,7 +483,8 @@ pub fn crash_case(seed: u64, max_rounds: u64) -> Result<CaseStats, String> {
             match r {
                 Ok(()) => {}
                 Err(Step::Failed(e, poisons)) => {
-                    if matches!(e, Error::Io { ref source, .. } if source.raw_os_error().is_some()) {
+                    if matches!(e, Error::Io { ref source, .. } if source.raw_os_error().is_some())
+                    {
                         stats.faults += 1;
                     }
                     expected_error(&e).map_err(ctx)?;
@@ -445,19 +525,31 @@ enum Step {
 
 /// One random operation. `failed` says an earlier write or sync failed, so
 /// appends and syncs must now report `Poisoned`.
-fn step(log: &Log, rng: &mut SimRng, model: &mut Model, opts: &LogOptions, failed: bool) -> Result<(), Step> {
+fn step(
+    log: &Log,
+    rng: &mut SimRng,
+    model: &mut Model,
+    opts: &LogOptions,
+    failed: bool,
+) -> Result<(), Step> {
     let poisoned_check = |r: &Error| -> Result<(), Step> {
         if failed && !matches!(r, Error::Poisoned { .. }) {
             // A failed snapshot does not poison; later appends may still hit the halt.
             if !matches!(r, Error::Io { .. }) {
-                return Err(Step::Broken(format!("after a failed write expected Poisoned, got {r}")));
+                return Err(Step::Broken(format!(
+                    "after a failed write expected Poisoned, got {r}"
+                )));
             }
         }
         Ok(())
     };
     match rng.below(20) {
         0..=9 => {
-            let durability = if rng.below(3) == 0 { Durability::Buffered } else { Durability::Durable };
+            let durability = if rng.below(3) == 0 {
+                Durability::Buffered
+            } else {
+                Durability::Durable
+            };
             let next = model.next();
             let kind = rng.below(256) as u8;
             let data = payload(rng, next, opts.max_record_bytes as usize);
@@ -468,7 +560,9 @@ fn step(log: &Log, rng: &mut SimRng, model: &mut Model, opts: &LogOptions, faile
                         return Err(Step::Broken("append succeeded on a poisoned log".into()));
                     }
                     if lsn != next {
-                        return Err(Step::Broken(format!("append got LSN {lsn}, expected {next}")));
+                        return Err(Step::Broken(format!(
+                            "append got LSN {lsn}, expected {next}"
+                        )));
                     }
                     if durability == Durability::Durable {
                         model.acked = model.acked.max(lsn);
@@ -483,7 +577,11 @@ fn step(log: &Log, rng: &mut SimRng, model: &mut Model, opts: &LogOptions, faile
         }
         10..=13 => {
             let n = 1 + rng.below(6) as usize;
-            let durability = if rng.below(2) == 0 { Durability::Buffered } else { Durability::Durable };
+            let durability = if rng.below(2) == 0 {
+                Durability::Buffered
+            } else {
+                Durability::Durable
+            };
             let first = model.next();
             let mut batch = Vec::new();
             for i in 0..n {
@@ -499,7 +597,10 @@ fn step(log: &Log, rng: &mut SimRng, model: &mut Model, opts: &LogOptions, faile
                         return Err(Step::Broken("batch succeeded on a poisoned log".into()));
                     }
                     if *range.start() != first || *range.end() != first + n as Lsn - 1 {
-                        return Err(Step::Broken(format!("batch got {range:?}, expected {first}..={}", first + n as Lsn - 1)));
+                        return Err(Step::Broken(format!(
+                            "batch got {range:?}, expected {first}..={}",
+                            first + n as Lsn - 1
+                        )));
                     }
                     if durability == Durability::Durable {
                         model.acked = model.acked.max(*range.end());
@@ -518,7 +619,10 @@ fn step(log: &Log, rng: &mut SimRng, model: &mut Model, opts: &LogOptions, faile
                     return Err(Step::Broken("sync succeeded on a poisoned log".into()));
                 }
                 if d != model.next() - 1 {
-                    return Err(Step::Broken(format!("sync returned {d}, log ends at {}", model.next() - 1)));
+                    return Err(Step::Broken(format!(
+                        "sync returned {d}, log ends at {}",
+                        model.next() - 1
+                    )));
                 }
                 model.acked = model.acked.max(d);
                 Ok(())

@@ -152,6 +152,7 @@ struct State {
     mutations: u64,
     syncs: u64,
     capacity: Option<u64>,
+    sync_delay: Option<std::time::Duration>,
 }
 
 impl State {
@@ -258,6 +259,13 @@ impl SimStorage {
     /// Total bytes the files may hold; writes beyond fail with ENOSPC.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.state.lock().capacity = bytes;
+    }
+
+    /// Makes every file sync take at least `delay` (slept without holding the
+    /// simulator's lock), like a real device. Lets tests observe group
+    /// commit: writers that arrive during a sync share the next one.
+    pub fn set_sync_delay(&self, delay: Option<std::time::Duration>) {
+        self.state.lock().sync_delay = delay;
     }
 
     /// Number of mutating operations (writes, syncs, creates, renames, removes) so far.
@@ -456,6 +464,10 @@ impl StorageFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = self.state.lock().sync_delay;
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let mut s = self.state.lock();
         if let Err(e) = s.mutate(FaultOp::Sync) {
             if e.raw_os_error().is_some() {

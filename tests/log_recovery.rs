@@ -221,7 +221,7 @@ fn row_damage_in_sealed_segment_is_corruption() {
     let victim = locs
         .iter()
         .filter(|l| l.segment == first_seg)
-        .last()
+        .next_back()
         .unwrap();
     flip(&sim, &victim.segment, victim.offset + 40);
     let reason = expect_corruption(open(&sim, opts()), &first_seg, victim.offset);
@@ -235,7 +235,7 @@ fn row_damage_in_sealed_segment_is_corruption() {
         let v = locs
             .iter()
             .filter(|l| l.segment == first_seg)
-            .last()
+            .next_back()
             .unwrap();
         v.offset + 528
     };

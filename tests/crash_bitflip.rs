@@ -30,6 +30,8 @@ struct Journal {
     records: BTreeMap<u64, Vec<u8>>,
     /// (segment, offset, end of header + payload, lsn) of every record.
     locs: Vec<(PathBuf, u64, u64, u64)>,
+    /// synced_lsn of every record, by LSN.
+    synced: BTreeMap<u64, u64>,
     segments: Vec<PathBuf>,
     snapshot: u64,
     preallocate: bool,
@@ -67,6 +69,14 @@ fn build(preallocate: bool) -> Journal {
         segments.len() >= 3,
         "the journal spans several segments: {segments:?}"
     );
+    let synced = log
+        .read_from(1)
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.lsn, r.synced_lsn)
+        })
+        .collect();
     let locs = log
         .read_from(1)
         .unwrap()
@@ -104,6 +114,7 @@ fn build(preallocate: bool) -> Journal {
         files,
         records,
         locs,
+        synced,
         segments,
         snapshot: 3,
         preallocate,
@@ -128,6 +139,14 @@ impl Journal {
         self.locs
             .iter()
             .find(|(s, start, end, _)| s == f && (*start..*end).contains(&offset))
+    }
+
+    /// True when a later record of the same segment says `lsn` was synced:
+    /// damage to it can never be mistaken for a torn tail.
+    fn proven(&self, f: &Path, lsn: u64) -> bool {
+        self.locs
+            .iter()
+            .any(|l| l.0 == f && l.3 > lsn && self.synced[&l.3] >= lsn)
     }
 
     /// Checks an opened log: records after the snapshot read back equal to
@@ -202,6 +221,13 @@ impl Journal {
                 } else {
                     min_last
                 };
+                if let Some(d) = damaged {
+                    assert!(
+                        !self.proven(f, d.3),
+                        "{what}: damage to LSN {} was cut as a torn tail, but a later record proves it durable",
+                        d.3
+                    );
+                }
                 self.check_ok(&log, min_last.max(self.snapshot), &what);
             }
             Err(Error::Corruption {

@@ -320,9 +320,6 @@ fn log_options(sizes: &[u64], lossy: bool) -> LogOptions {
 
 /// Whether another process holds the journal's owner lock, without taking
 /// it or writing anything: `Some(pid)` when held.
-// `File::try_lock_shared` is std since 1.89 (the crate's toolchain is 1.95;
-// the log's own lock uses `File::try_lock` the same way).
-#[allow(clippy::incompatible_msrv)]
 fn probe_lock(dir: &Path) -> Option<Option<u32>> {
     let path = dir.join("LOCK");
     let file = std::fs::File::open(&path).ok()?;

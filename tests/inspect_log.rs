@@ -316,6 +316,8 @@ fn lossy_repair_says_exactly_what_is_dropped() {
         .map(|g| g["records"].as_u64().unwrap())
         .sum();
     assert!(lost_readable > 0);
+    // LSN 11..=100 are all still readable and all lost with the cut.
+    assert_eq!(v["readable_records_lost"], 90, "{v}");
     assert!(v["dropped_bytes"].as_u64().unwrap() > 0);
     let text = inspect_dir("repair", d.path(), &["--lossy", "--dry-run"]).stdout;
     assert!(text.contains("records from LSN 10 on are lost"), "{text}");

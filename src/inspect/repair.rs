@@ -24,7 +24,8 @@ use super::open::{
     display, glance_segment, is_segment, is_snapshot, CorruptionInfo, Inspection, OpenOptions,
     SegmentGlance, TornTailInfo,
 };
-use crate::log::storage::LockFailure;
+use crate::log::record::{decode_at, Decoded, ALIGN, RECORD_HEADER};
+use crate::log::storage::{FileBytes, LockFailure};
 use crate::log::{self, FsStorage, Log, LogOptions, Lsn, RecoveryMode, Storage};
 
 /// Options of [`repair`].
@@ -76,6 +77,9 @@ pub struct RepairReport {
     /// With corruption: segments set aside as `*.wal.dropped`, with what
     /// they still held.
     pub dropped_segments: Vec<SegmentGlance>,
+    /// With corruption: readable records that are (or would be) lost too,
+    /// after the damaged one and in set-aside segments.
+    pub readable_records_lost: u64,
     /// Records in the log after the repair.
     pub records_kept: u64,
     /// Last LSN in the log after the repair.
@@ -189,7 +193,11 @@ pub fn repair_with(
 fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
     let f = insp.findings();
     let scan = insp.reader().scan();
-    let would = if opts.dry_run { "would " } else { "" };
+    let (would, will_be) = if opts.dry_run {
+        ("would ", "would be")
+    } else {
+        ("", "are")
+    };
     let mut r = RepairReport {
         dir: display(insp.dir()),
         dry_run: opts.dry_run,
@@ -201,6 +209,7 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         dropped_from_lsn: None,
         dropped_bytes: 0,
         dropped_segments: Vec::new(),
+        readable_records_lost: 0,
         records_kept: scan.records(),
         last_lsn_kept: scan.last_lsn(),
         verified_after: None,
@@ -217,9 +226,14 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
             return Ok(r);
         }
         r.dropped_from_lsn = c.expected_lsn.or_else(|| scan.next_lsn());
+        let mut same_segment = ReadableAfter::default();
         if c.offset > 0 {
-            r.dropped_bytes =
-                nonzero_bytes_after(insp.storage().as_ref(), Path::new(&c.segment), c.offset)?;
+            let b = insp
+                .storage()
+                .map(Path::new(&c.segment))
+                .map_err(|e| Error::io("read", Path::new(&c.segment), e))?;
+            r.dropped_bytes = nonzero_bytes_after(&b, c.offset);
+            same_segment = readable_after(&b, c.offset);
         }
         for s in &f.unreachable_segments {
             r.dropped_segments
@@ -230,8 +244,24 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
             "corruption in {} at offset {}: {}",
             c.segment, c.offset, c.reason
         );
+        r.readable_records_lost = same_segment.records + lost_records;
+        let in_seg = if same_segment.records > 0 {
+            format!(
+                " (the damaged record and {}{} readable record(s) after it, LSN {} .. {})",
+                if same_segment.exhausted {
+                    "at least "
+                } else {
+                    ""
+                },
+                same_segment.records,
+                same_segment.first.unwrap_or(0),
+                same_segment.last.unwrap_or(0)
+            )
+        } else {
+            String::new()
+        };
         let drop_desc = format!(
-            "records from LSN {} on are lost: {} bytes cut from {} at offset {}, {} later segment(s) set aside as *.wal.dropped (holding {} readable record(s))",
+            "records from LSN {} on are lost: {} bytes cut from {} at offset {}{in_seg}, {} later segment(s) set aside as *.wal.dropped (holding {} readable record(s))",
             r.dropped_from_lsn.map_or_else(|| "?".into(), |l| l.to_string()),
             r.dropped_bytes,
             c.segment,
@@ -259,13 +289,13 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         if t.whole_segment {
             r.action = RepairAction::RemovedTornSegment;
             r.messages.push(format!(
-                "{would}remove {}: its creation was torn by a crash (no records); its {} non-zero bytes {would}be saved first",
+                "{would}remove {}: its creation was torn by a crash (no records); its {} non-zero bytes {will_be} saved first",
                 t.segment, t.bytes
             ));
         } else {
             r.action = RepairAction::CutTornTail;
             r.messages.push(format!(
-                "{would}cut a torn tail of {} bytes in {} at offset {} (an append that was never acknowledged); the bytes {would}be saved in a cut-*.bin file first",
+                "{would}cut a torn tail of {} bytes in {} at offset {} (an append that was never acknowledged); the bytes {will_be} saved in a cut-*.bin file first",
                 t.bytes, t.segment, t.offset
             ));
         }
@@ -276,14 +306,53 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
     Ok(r)
 }
 
-fn nonzero_bytes_after(storage: &dyn Storage, path: &Path, offset: u64) -> Result<u64> {
-    let b = storage.map(path).map_err(|e| Error::io("read", path, e))?;
+fn nonzero_bytes_after(b: &[u8], offset: u64) -> u64 {
     let start = (offset as usize).min(b.len());
     let end = b
         .iter()
         .rposition(|&x| x != 0)
         .map_or(start, |p| (p + 1).max(start));
-    Ok((end - start) as u64)
+    (end - start) as u64
+}
+
+/// Valid records found after damage at `offset` (what a lossy cut loses
+/// besides the damaged record).
+#[derive(Debug, Default)]
+struct ReadableAfter {
+    records: u64,
+    first: Option<Lsn>,
+    last: Option<Lsn>,
+    /// The search stopped at its work budget: there may be more.
+    exhausted: bool,
+}
+
+fn readable_after(b: &FileBytes, offset: u64) -> ReadableAfter {
+    let mut out = ReadableAfter::default();
+    // Bounded work on adversarial bytes: at most this many bytes checksummed.
+    let mut budget = 2 * b.len() as u64 + (1 << 20);
+    let mut pos = offset as usize + ALIGN;
+    while pos + RECORD_HEADER <= b.len() {
+        let len = u32::from_le_bytes(b[pos + 4..pos + 8].try_into().expect("4 bytes")) as u64;
+        if (pos + RECORD_HEADER) as u64 + len > b.len() as u64 {
+            pos += ALIGN; // cannot be a record: no checksum work
+            continue;
+        }
+        if len > budget {
+            out.exhausted = true;
+            break;
+        }
+        budget -= len.min(b.len() as u64);
+        match decode_at(b, pos) {
+            Decoded::Valid { record, next } => {
+                out.records += 1;
+                out.first.get_or_insert(record.lsn);
+                out.last = Some(record.lsn);
+                pos = next;
+            }
+            _ => pos += ALIGN,
+        }
+    }
+    out
 }
 
 fn insp_segment_sizes(storage: &dyn Storage, dir: &Path) -> Vec<u64> {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use agentwal::inspect::dump::{dump, DumpOptions};
 use agentwal::inspect::repair::{repair, RepairOptions};
 use agentwal::inspect::{self as ins, text, Error, Inspection, OpenOptions};
+use agentwal::journal::UnitState;
 use agentwal::log::FsStorage;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -216,25 +217,53 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32, Error> {
             Ok(v.exit_code())
         }
         Command::Units { journal_dir, state } => {
-            let _ = (journal_dir, state);
-            Err(Error::Output(io::Error::other(
-                "units: not available in this build",
-            )))
+            let insp = open(&journal_dir)?;
+            let view = ins::units::load_view(&insp)?;
+            let state = state.map(|s| match s {
+                StateArg::Committed => UnitState::Committed,
+                StateArg::Aborted => UnitState::Aborted,
+                StateArg::Incomplete => UnitState::Incomplete,
+            });
+            let rows = ins::units::units(&view, state);
+            if json {
+                out.json(&rows)?;
+            } else {
+                out.text(&text::units(&rows))?;
+            }
+            Ok(0)
         }
         Command::Show {
             journal_dir,
             unit_id,
         } => {
-            let _ = (journal_dir, unit_id);
-            Err(Error::Output(io::Error::other(
-                "show: not available in this build",
-            )))
+            // Accept `show <UNIT_ID> <JOURNAL_DIR>` too: operators type both.
+            let (dir, id) = if !journal_dir.is_dir() && Path::new(&unit_id).is_dir() {
+                (
+                    PathBuf::from(&unit_id),
+                    journal_dir.to_string_lossy().into_owned(),
+                )
+            } else {
+                (journal_dir, unit_id)
+            };
+            let insp = open(&dir)?;
+            let view = ins::units::load_view(&insp)?;
+            let d = ins::units::show(&insp, &view, &id)?;
+            if json {
+                out.json(&d)?;
+            } else {
+                out.text(&text::show(&d))?;
+            }
+            Ok(0)
         }
         Command::Keys { journal_dir } => {
-            let _ = journal_dir;
-            Err(Error::Output(io::Error::other(
-                "keys: not available in this build",
-            )))
+            let insp = open(&journal_dir)?;
+            let keys = ins::units::keys(&ins::units::load_view(&insp)?);
+            if json {
+                out.json(&keys)?;
+            } else {
+                out.text(&text::keys(&keys))?;
+            }
+            Ok(0)
         }
         Command::Dump {
             journal_dir,

@@ -36,6 +36,11 @@ pub enum Error {
     #[error("{0}")]
     Log(#[from] crate::log::Error),
 
+    /// The journal's records could not be interpreted (a record kind this
+    /// build does not know, a malformed record).
+    #[error("cannot interpret the journal's records: {0}")]
+    Journal(#[from] crate::journal::Error),
+
     /// No unit with this id is in the journal.
     #[error("no unit {id:?} in journal {}; `wal-inspect units` lists the ids", dir.display())]
     UnitNotFound {

@@ -35,6 +35,7 @@ pub mod repair;
 mod semantics;
 pub mod summary;
 pub mod text;
+pub mod units;
 pub mod verify;
 
 pub use error::{Error, Result};

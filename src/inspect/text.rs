@@ -7,7 +7,9 @@ use super::dump::DumpRecord;
 use super::queue::QueueReport;
 use super::repair::RepairReport;
 use super::summary::Summary;
+use super::units::{UnitDetail, UnitRow};
 use super::verify::VerifyReport;
+use crate::journal::KeyView;
 
 /// A plain text table: left-aligned columns separated by two spaces.
 #[derive(Debug, Clone, Default)]
@@ -146,6 +148,13 @@ pub fn summary(s: &Summary) -> String {
     for l in &s.leftovers {
         let _ = writeln!(o, "leftover file      {l}");
     }
+    if s.units.incomplete > 0 {
+        let _ = writeln!(
+            o,
+            "next               wal-inspect units {} --state incomplete; wal-inspect show {} <UNIT_ID>",
+            s.dir, s.dir
+        );
+    }
     o
 }
 
@@ -266,5 +275,103 @@ pub fn queue(q: &QueueReport) -> String {
     if let Some(n) = &q.note {
         let _ = writeln!(o, "note               {n}");
     }
+    o
+}
+
+/// `units` as a table.
+pub fn units(rows: &[UnitRow]) -> String {
+    let mut t = Table::new(&[
+        "UNIT",
+        "KIND",
+        "STATE",
+        "EFFECTS DONE",
+        "IN DOUBT",
+        "LAST CHECKPOINT",
+        "BEGIN LSN",
+        "END LSN",
+    ]);
+    for r in rows {
+        t.row(vec![
+            r.id.clone(),
+            r.kind.clone(),
+            r.state.to_string(),
+            format!("{}/{}", r.effects_done, r.effects),
+            if r.effects_in_doubt > 0 {
+                format!("{} !", r.effects_in_doubt)
+            } else {
+                "0".into()
+            },
+            opt(r.last_checkpoint_lsn),
+            r.begin_lsn.to_string(),
+            opt(r.end_lsn),
+        ]);
+    }
+    let mut o = t.render();
+    let _ = writeln!(o, "{} unit(s)", rows.len());
+    o
+}
+
+/// `show` as text.
+pub fn show(d: &UnitDetail) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "unit      {} (kind {})", d.id, d.kind);
+    let _ = writeln!(o, "state     {}", d.summary);
+    let _ = writeln!(
+        o,
+        "LSNs      begin {}, end {}, last checkpoint {}",
+        d.begin_lsn,
+        opt(d.end_lsn),
+        opt(d.last_checkpoint_lsn)
+    );
+    let _ = writeln!(
+        o,
+        "\neffects ({} done, {} in doubt):",
+        d.effects_done, d.effects_in_doubt
+    );
+    if d.effects.is_empty() {
+        let _ = writeln!(o, "  (none recorded)");
+    }
+    for e in &d.effects {
+        let _ = writeln!(
+            o,
+            "  {} #{} {}  key {}  policy {}  intent LSN {}  outcome LSN {}",
+            if e.in_doubt { "!!" } else { "  " },
+            e.effect.seq,
+            e.effect.name,
+            e.effect.key,
+            e.effect.policy,
+            e.effect.intent_lsn,
+            opt(e.effect.outcome_lsn)
+        );
+        let _ = writeln!(o, "       {}", e.explanation);
+    }
+    let _ = writeln!(o, "\nhistory:");
+    for h in &d.history {
+        let _ = writeln!(o, "  {:>8}  {:<21} {}", h.lsn, h.kind, h.record);
+    }
+    if let Some(n) = &d.note {
+        let _ = writeln!(o, "  ({n})");
+    }
+    o
+}
+
+/// `keys` as a table.
+pub fn keys(keys: &[KeyView]) -> String {
+    let mut t = Table::new(&["KEY", "STATUS", "SETTLED LSN", "UNIT", "EFFECT"]);
+    for k in keys {
+        let status = serde_json::to_value(k.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        t.row(vec![
+            k.key.clone(),
+            status,
+            opt(k.settled_lsn),
+            k.unit.clone(),
+            k.effect.clone(),
+        ]);
+    }
+    let mut o = t.render();
+    let _ = writeln!(o, "{} key(s)", keys.len());
     o
 }

@@ -21,7 +21,8 @@
 //! use agentwal::inspect::{summary::summary, Inspection};
 //! use agentwal::log::{Log, LogOptions};
 //! let dir = tempfile::tempdir().unwrap();
-//! let log = Log::open(dir.path(), LogOptions { segment_size: 1 << 16, ..Default::default() }).unwrap();
+//! let opts = LogOptions { segment_size: 1 << 16, max_record_bytes: 1 << 12, ..LogOptions::default() };
+//! let log = Log::open(dir.path(), opts).unwrap();
 //! log.append(b"hello").unwrap();
 //! let report = summary(&Inspection::open(dir.path()).unwrap());
 //! assert_eq!((report.records, report.corruption.is_none()), (1, true));

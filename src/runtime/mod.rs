@@ -10,7 +10,11 @@
 //! Dependencies point downward only: runtime → journal → log.
 
 mod error;
+#[cfg(feature = "http")]
+pub mod health;
+pub mod metrics;
 pub mod shutdown;
 
 pub use error::Error;
+pub use metrics::Metrics;
 pub use shutdown::{Shutdown, ShutdownReason, UnitGuard, UnitsWait};

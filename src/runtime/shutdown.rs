@@ -211,7 +211,10 @@ impl Shutdown {
 
     /// Like [`Shutdown::new`], but a second signal calls `force` with the exit
     /// code instead of [`std::process::exit`] (for tests of the second-signal path).
-    pub fn with_force_exit(timeout: Duration, force: impl Fn(i32) + Send + Sync + 'static) -> Shutdown {
+    pub fn with_force_exit(
+        timeout: Duration,
+        force: impl Fn(i32) + Send + Sync + 'static,
+    ) -> Shutdown {
         let (trigger_tx, _) = watch::channel(false);
         let (units_tx, _) = watch::channel(0usize);
         Shutdown {
@@ -380,7 +383,9 @@ impl Shutdown {
         let n = s.units;
         drop(s);
         self.inner.units_tx.send_replace(n);
-        Ok(UnitGuard { shutdown: self.clone() })
+        Ok(UnitGuard {
+            shutdown: self.clone(),
+        })
     }
 
     /// Units in progress now.
@@ -413,9 +418,15 @@ impl Shutdown {
 
     /// Waits until every unit finished or the deadline passed (async).
     pub async fn wait_units(&self) -> UnitsWait {
-        let limit = self.deadline().unwrap_or_else(|| Instant::now() + self.inner.timeout);
+        let limit = self
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + self.inner.timeout);
         let mut rx = self.inner.units_tx.subscribe();
-        let finished = tokio::time::timeout_at(tokio::time::Instant::from_std(limit), rx.wait_for(|n| *n == 0)).await;
+        let finished = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(limit),
+            rx.wait_for(|n| *n == 0),
+        )
+        .await;
         match finished {
             Ok(_) => UnitsWait {
                 outstanding: 0,
@@ -463,7 +474,10 @@ mod tests {
         assert_eq!(parse_timeout("25").unwrap(), Duration::from_secs(25));
         assert_eq!(parse_timeout(" 0.5 ").unwrap(), Duration::from_millis(500));
         for bad in ["", "-1", "abc", "NaN", "inf", "100000"] {
-            assert!(matches!(parse_timeout(bad), Err(Error::InvalidSetting { .. })), "{bad}");
+            assert!(
+                matches!(parse_timeout(bad), Err(Error::InvalidSetting { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -492,9 +506,15 @@ mod tests {
     fn second_signal_forces_exit_with_first_code() {
         let code = Arc::new(AtomicI32::new(-1));
         let c = code.clone();
-        let s = Shutdown::with_force_exit(Duration::from_secs(5), move |x| c.store(x, Ordering::SeqCst));
+        let s = Shutdown::with_force_exit(Duration::from_secs(5), move |x| {
+            c.store(x, Ordering::SeqCst)
+        });
         s.on_signal(ShutdownReason::Sigterm);
-        assert_eq!(code.load(Ordering::SeqCst), -1, "first signal must not force");
+        assert_eq!(
+            code.load(Ordering::SeqCst),
+            -1,
+            "first signal must not force"
+        );
         s.on_signal(ShutdownReason::Sigint);
         assert_eq!(code.load(Ordering::SeqCst), 0, "forced with SIGTERM's code");
     }
@@ -562,6 +582,9 @@ mod tests {
     #[test]
     fn install_outside_a_runtime_is_a_typed_error() {
         let s = Shutdown::new(Duration::from_secs(1));
-        assert!(matches!(s.listen_on_current_runtime(), Err(Error::NoRuntime)));
+        assert!(matches!(
+            s.listen_on_current_runtime(),
+            Err(Error::NoRuntime)
+        ));
     }
 }

@@ -16,7 +16,9 @@
 //!    `fsync`ed *before* the first record goes into it, so a crash can never
 //!    leave acknowledged records in a file whose name is not durable.
 //! 3. **Recovery**: a torn tail is zeroed and `fdatasync`ed before the first
-//!    new append, so stale bytes can never reappear behind new records.
+//!    new append, so stale bytes can never reappear behind new records; then
+//!    the active segment and the directory are `fsync`ed, because what was
+//!    found may be a killed process's unsynced pages or unsynced file name.
 //! 4. A failed write or sync **poisons** the log: the kernel may have dropped
 //!    the dirty pages, so a retry could report success for lost data.
 
@@ -233,6 +235,18 @@ impl Log {
                 let f = storage
                     .open(path, OpenMode::ReadWrite)
                     .map_err(|e| Error::io("open segment", path, e))?;
+                // The records found may be dirty pages of a killed process
+                // (never synced), and the segment's name may never have been
+                // made durable (a kill inside `create_segment`). Make both
+                // durable now, or `durable_lsn` below would be a lie: `sync`
+                // would return at once, appends would go into a file whose
+                // name a power loss can take away, and new records would carry
+                // a `synced_lsn` claiming unsynced ones, turning a later torn
+                // tail into "corruption" that refuses to open.
+                f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+                storage
+                    .sync_dir(&dir)
+                    .map_err(|e| Error::io("fsync directory", &dir, e))?;
                 (f, pos)
             }
             None => {

@@ -418,7 +418,17 @@ impl Journal {
 
     /// Records the outcome of an in-doubt effect by hand (an operator checked
     /// whether it happened). The unit can then be resumed or rolled back.
+    /// Refused with [`Error::UnitBusy`] while the unit is open in this
+    /// process: the open unit may be running that very step, and two
+    /// outcomes for one step would make the journal unreadable at replay.
     pub fn resolve_in_doubt(&self, id: &str, seq: u32, outcome: Outcome) -> Result<u64> {
+        if !self.inner.active.lock().insert(id.to_string()) {
+            return Err(Error::UnitBusy {
+                unit: id.to_string(),
+            });
+        }
+        // Released on every return; no unit handle can open `id` meanwhile.
+        let _guard = unit::ActiveGuard::new(self.clone(), id.to_string());
         let key = {
             let st = self.inner.state.lock();
             let u = st

@@ -11,7 +11,9 @@
 //!    with the buffered unit-begin and previous outcome), runs the closure,
 //!    and appends the outcome **buffered** (made durable by the next intent
 //!    or by the commit);
-//! 4. an effect found *in doubt* (intent, no outcome) follows its policy.
+//! 4. an effect found *in doubt* (intent, no outcome) follows its policy —
+//!    unless another unit has meanwhile recorded an outcome for its key:
+//!    that outcome is recorded for the step and returned, nothing runs.
 
 use std::fmt::Display;
 
@@ -222,6 +224,9 @@ pub struct RollbackReport {
 enum Prep {
     Recorded(Outcome),
     Reuse(EffectCtx, JournalRecord, Outcome),
+    /// This unit's step is in doubt, but its key was settled (by another
+    /// unit): record that outcome for the step, run nothing.
+    Settled(EffectCtx, Outcome),
     Fresh(EffectCtx, JournalRecord),
     InDoubt(EffectCtx, Option<JournalRecord>),
 }
@@ -390,7 +395,12 @@ impl Unit {
             }
             return Ok(match &e.outcome {
                 Some((o, _, _)) => Prep::Recorded(o.clone()),
-                None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), None),
+                // In doubt here, but another unit has since recorded an
+                // outcome for the same key: that outcome stands, nothing runs.
+                None => match st.keys.get(&e.key).and_then(|k| k.outcome.as_ref()) {
+                    Some(o) => Prep::Settled(ctx(&e.key, Attempt::Retry), o.clone()),
+                    None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), None),
+                },
             });
         }
         let key = key.map_or_else(|| default_key(id, name, seq), str::to_string);
@@ -432,17 +442,18 @@ impl Unit {
     }
 
     fn reuse_records(ctx: &EffectCtx, intent: JournalRecord, o: &Outcome) -> Vec<JournalRecord> {
-        vec![
-            intent,
-            JournalRecord::EffectOutcome {
-                unit: ctx.unit.clone(),
-                seq: ctx.seq,
-                key: ctx.key.clone(),
-                outcome: o.clone(),
-                via: OutcomeVia::KeyIndex,
-                at_ms: now_ms(),
-            },
-        ]
+        vec![intent, Self::key_index_outcome(ctx, o)]
+    }
+
+    fn key_index_outcome(ctx: &EffectCtx, o: &Outcome) -> JournalRecord {
+        JournalRecord::EffectOutcome {
+            unit: ctx.unit.clone(),
+            seq: ctx.seq,
+            key: ctx.key.clone(),
+            outcome: o.clone(),
+            via: OutcomeVia::KeyIndex,
+            at_ms: now_ms(),
+        }
     }
 
     /// Turns the closure's result into the outcome record and the value to return.
@@ -582,6 +593,15 @@ impl Unit {
                 j.append(
                     &id,
                     &Self::reuse_records(&ctx, intent, &o),
+                    Durability::Buffered,
+                )?;
+                self.next_seq += 1;
+                self.decode(seq, &name, o)
+            }
+            Prep::Settled(ctx, o) => {
+                j.append(
+                    &id,
+                    &[Self::key_index_outcome(&ctx, &o)],
                     Durability::Buffered,
                 )?;
                 self.next_seq += 1;
@@ -812,6 +832,15 @@ impl Unit {
             }
             Prep::Reuse(ctx, intent, o) => {
                 write(Self::reuse_records(&ctx, intent, &o), Durability::Buffered).await?;
+                self.next_seq += 1;
+                return self.decode(seq, &name, o);
+            }
+            Prep::Settled(ctx, o) => {
+                write(
+                    vec![Self::key_index_outcome(&ctx, &o)],
+                    Durability::Buffered,
+                )
+                .await?;
                 self.next_seq += 1;
                 return self.decode(seq, &name, o);
             }

@@ -135,3 +135,38 @@ fn resolving_a_step_of_an_open_unit_is_refused_and_the_journal_stays_openable() 
         .expect("a journal written through the API must reopen");
     assert_eq!(j.unit_state("u"), Some(UnitState::Committed));
 }
+
+/// Two units on different threads run a `never_repeat` effect with the same
+/// explicit key. At most one execution may ever happen: the second unit
+/// either reuses the recorded outcome or finds the key in doubt and stops.
+/// The key-index check and the intent append must be one atomic step, or
+/// both units can see the key unknown and both run it.
+#[test]
+fn two_units_racing_on_one_never_repeat_key_run_it_at_most_once() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Barrier;
+    for round in 0..300u32 {
+        let storage = SimStorage::new();
+        let j = open(&storage);
+        let runs = AtomicU32::new(0);
+        let barrier = Barrier::new(2);
+        let key = format!("shared-{round}");
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let (j, runs, barrier, key) = (j.clone(), &runs, &barrier, key.clone());
+                s.spawn(move || {
+                    let mut u = j.begin(&format!("u{t}"), "t", &()).unwrap();
+                    barrier.wait();
+                    let _ = u.run(Effect::never_repeat("pay").key(key), |_| {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, String>(1u32)
+                    });
+                });
+            }
+        });
+        assert!(
+            runs.load(Ordering::SeqCst) <= 1,
+            "round {round}: a never_repeat effect ran twice for one key"
+        );
+    }
+}

@@ -550,10 +550,35 @@ impl Journal {
     /// state lock, then waits for durability outside it (group commit).
     fn append(&self, unit: &str, recs: &[JournalRecord], durability: Durability) -> Result<u64> {
         let encoded: Vec<(u8, Vec<u8>)> = recs.iter().map(|r| (r.kind(), r.encode())).collect();
+        let last = {
+            let mut st = self.inner.state.lock();
+            self.append_encoded_locked(&mut st, unit, recs, &encoded)?
+        };
+        if durability == Durability::Durable {
+            self.inner.log.wait_durable(last)?;
+        }
+        Ok(last)
+    }
+
+    /// Appends `recs` buffered and applies them, with the state lock held by
+    /// the caller, so that a decision taken under that lock (a key is still
+    /// unknown) and the record acting on it are one atomic step. Returns the
+    /// last LSN; the caller waits for durability *after* releasing the lock.
+    fn append_locked(&self, st: &mut State, unit: &str, recs: &[JournalRecord]) -> Result<u64> {
+        let encoded: Vec<(u8, Vec<u8>)> = recs.iter().map(|r| (r.kind(), r.encode())).collect();
+        self.append_encoded_locked(st, unit, recs, &encoded)
+    }
+
+    fn append_encoded_locked(
+        &self,
+        st: &mut State,
+        unit: &str,
+        recs: &[JournalRecord],
+        encoded: &[(u8, Vec<u8>)],
+    ) -> Result<u64> {
         let refs: Vec<(u8, &[u8])> = encoded.iter().map(|(k, p)| (*k, p.as_slice())).collect();
         let bytes: u64 = encoded.iter().map(|(_, p)| p.len() as u64 + 32).sum();
         let last = {
-            let mut st = self.inner.state.lock();
             let range = self
                 .inner
                 .log
@@ -576,9 +601,6 @@ impl Journal {
             let mut c = self.inner.counters.lock();
             c.records += recs.len() as u64;
             c.bytes += bytes;
-        }
-        if durability == Durability::Durable {
-            self.inner.log.wait_durable(last)?;
         }
         Ok(last)
     }

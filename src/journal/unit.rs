@@ -227,8 +227,11 @@ enum Prep {
     /// This unit's step is in doubt, but its key was settled (by another
     /// unit): record that outcome for the step, run nothing.
     Settled(EffectCtx, Outcome),
-    Fresh(EffectCtx, JournalRecord),
-    InDoubt(EffectCtx, Option<JournalRecord>),
+    /// Intent appended (buffered) at this LSN: wait durable, then run.
+    Fresh(EffectCtx, u64),
+    /// In doubt; `Some(lsn)`: this unit's intent was appended at `lsn`
+    /// (the key is in doubt in another unit) and must become durable first.
+    InDoubt(EffectCtx, Option<u64>),
 }
 
 /// An open unit. Obtained from [`Journal::begin`] (new or resumed); ended
@@ -350,6 +353,11 @@ impl Unit {
         })
     }
 
+    /// Classifies the next step. For an effect that is about to run for
+    /// the first time in this unit (fresh, or in doubt elsewhere) the intent
+    /// is appended *here*, under the same state lock as the key-index
+    /// lookup: otherwise two units could both find a key unknown and both
+    /// run it. The returned LSN must be made durable before the effect runs.
     fn prepare(
         &self,
         name: &str,
@@ -359,7 +367,7 @@ impl Unit {
     ) -> Result<Prep> {
         let seq = self.next_seq;
         let id = self.id();
-        let st = self.j().inner.state.lock();
+        let mut st = self.j().inner.state.lock();
         let u = st
             .units
             .get(id)
@@ -412,15 +420,18 @@ impl Unit {
             policy,
             compensable,
         };
-        Ok(match st.keys.get(&key) {
-            Some(k) if k.outcome.is_some() => Prep::Reuse(
-                ctx(&key, Attempt::First),
-                intent,
-                k.outcome.clone().expect("checked"),
-            ),
+        let known = st.keys.get(&key).map(|k| k.outcome.clone());
+        Ok(match known {
+            Some(Some(outcome)) => Prep::Reuse(ctx(&key, Attempt::First), intent, outcome),
             // Started elsewhere and not settled: it may have happened.
-            Some(_) => Prep::InDoubt(ctx(&key, Attempt::Retry), Some(intent)),
-            None => Prep::Fresh(ctx(&key, Attempt::First), intent),
+            Some(None) => {
+                let lsn = self.j().append_locked(&mut st, id, &[intent])?;
+                Prep::InDoubt(ctx(&key, Attempt::Retry), Some(lsn))
+            }
+            None => {
+                let lsn = self.j().append_locked(&mut st, id, &[intent])?;
+                Prep::Fresh(ctx(&key, Attempt::First), lsn)
+            }
         })
     }
 
@@ -607,18 +618,18 @@ impl Unit {
                 self.next_seq += 1;
                 self.decode(seq, &name, o)
             }
-            Prep::Fresh(ctx, intent) => {
+            Prep::Fresh(ctx, lsn) => {
                 // The intent must be durable before the effect can happen:
                 // this is the sync that makes a crash during `f` visible as
                 // "in doubt" instead of "never started".
-                j.append(&id, &[intent], Durability::Durable)?;
+                j.inner.log.wait_durable(lsn)?;
                 self.next_seq += 1;
                 let r = f(&ctx);
                 self.finish(&ctx, r, OutcomeVia::Run)
             }
-            Prep::InDoubt(ctx, intent) => {
-                if let Some(intent) = intent {
-                    j.append(&id, &[intent], Durability::Durable)?;
+            Prep::InDoubt(ctx, intent_lsn) => {
+                if let Some(lsn) = intent_lsn {
+                    j.inner.log.wait_durable(lsn)?;
                 }
                 match policy {
                     Policy::NeverRepeat => Err(self.in_doubt_error(&ctx)),
@@ -825,6 +836,10 @@ impl Unit {
             let (j, id) = (j.clone(), id.clone());
             super::blocking(move || j.append(&id, &recs, d))
         };
+        let wait_durable = |lsn: u64| {
+            let j = j.clone();
+            super::blocking(move || Ok(j.inner.log.wait_durable(lsn)?))
+        };
         let (ctx, via) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
@@ -844,14 +859,14 @@ impl Unit {
                 self.next_seq += 1;
                 return self.decode(seq, &name, o);
             }
-            Prep::Fresh(ctx, intent) => {
+            Prep::Fresh(ctx, lsn) => {
                 // Durable before the effect can happen (see `run`).
-                write(vec![intent], Durability::Durable).await?;
+                wait_durable(lsn).await?;
                 (ctx, OutcomeVia::Run)
             }
-            Prep::InDoubt(ctx, intent) => {
-                if let Some(intent) = intent {
-                    write(vec![intent], Durability::Durable).await?;
+            Prep::InDoubt(ctx, intent_lsn) => {
+                if let Some(lsn) = intent_lsn {
+                    wait_durable(lsn).await?;
                 }
                 match policy {
                     Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),

@@ -539,11 +539,17 @@ impl Log {
         let mut removed = 0;
         // Oldest first, so a crash in between leaves a contiguous log.
         while w.segments.len() > 1 && w.segments[1].0 <= lsn {
-            let (_, path) = w.segments.remove(0);
-            self.inner
-                .storage
-                .remove_file(&path)
-                .map_err(|e| Error::io("remove segment", &path, e))?;
+            let path = w.segments[0].1.clone();
+            // Forget a segment only once it is gone: if its removal fails it
+            // stays first in line, so a later call can never remove a newer
+            // segment while an older one survives (that gap would make the
+            // next open refuse the log as corrupt).
+            match self.inner.storage.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove segment", &path, e)),
+            }
+            w.segments.remove(0);
             removed += 1;
         }
         drop(w);

@@ -121,9 +121,31 @@ pub struct UnitDetail {
 /// Builds the `show` report for unit `id`.
 pub fn show(insp: &Inspection, view: &JournalView, id: &str) -> Result<UnitDetail> {
     let Some(u) = view.units.iter().find(|u| u.id == id) else {
+        let compacted = view.compacted_committed + view.compacted_aborted;
+        let keys: Vec<&str> = view
+            .keys
+            .iter()
+            .filter(|k| k.unit == id)
+            .map(|k| k.key.as_str())
+            .collect();
+        let hint = if !keys.is_empty() {
+            format!(
+                ": it finished before the snapshot at LSN {} and was compacted; its settled keys are still known: {} (see `wal-inspect keys`)",
+                view.snapshot_lsn,
+                keys.join(", ")
+            )
+        } else if compacted > 0 {
+            format!(
+                "; {compacted} finished unit(s) were compacted into the snapshot at LSN {} and are only counted; `wal-inspect units` lists the others",
+                view.snapshot_lsn
+            )
+        } else {
+            "; `wal-inspect units` lists the ids".to_string()
+        };
         return Err(Error::UnitNotFound {
             id: id.to_string(),
             dir: insp.dir().to_path_buf(),
+            hint,
         });
     };
     let reader = insp.reader();

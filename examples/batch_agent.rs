@@ -86,7 +86,7 @@ fn unit_id(i: u32) -> String {
     format!("record-{i:06}")
 }
 
-/// One record = one unit: work, model call (journaled), send (journaled).
+/// One record = one unit: model call (journaled), work, send (journaled).
 fn process(
     journal: &Journal,
     sink: &mut File,
@@ -99,7 +99,6 @@ fn process(
     if unit.is_resumed() {
         t.resumed_units += 1;
     }
-    std::thread::sleep(work);
 
     // The model call: journaled so that a resumed unit does not pay again.
     // In doubt after a kill it is simply called again (same key).
@@ -115,6 +114,10 @@ fn process(
         t.model_replayed += 1;
         t.tokens_saved += reply.tokens;
     }
+
+    // The simulated work on the model's answer. A kill here leaves the unit
+    // incomplete with its model call recorded: the re-run replays it.
+    std::thread::sleep(work);
 
     // The message: one line per delivery attempt, written before the
     // outcome is recorded. In doubt after a kill → re-sent with the same key.

@@ -642,3 +642,70 @@ fn async_api_runs_effects_without_blocking_the_runtime() {
         assert_eq!(j.unit_state("a"), Some(UnitState::Committed));
     });
 }
+
+#[test]
+fn units_on_many_threads_share_the_journal_and_each_effect_runs_once() {
+    let storage = SimStorage::new();
+    let j = open(&storage);
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let s0 = storage.syncs();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (j, runs) = (&j, &runs);
+            s.spawn(move || {
+                for i in 0..25 {
+                    let mut u = j.begin(&format!("t{t}-{i}"), "t", &i).unwrap();
+                    let v: u32 = u
+                        .run(Effect::retry_same_key("send"), |_| {
+                            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            Ok::<_, String>(i)
+                        })
+                        .unwrap();
+                    assert_eq!(v, i);
+                    u.commit().unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 100);
+    // Never more than two syncs per unit (fewer when group commit shares them).
+    assert!(storage.syncs() - s0 <= 200);
+    drop(j);
+    let j = open(&storage);
+    assert_eq!(j.replay_report().committed, 100);
+    assert!(j.replay_report().incomplete.is_empty());
+    assert_eq!(j.stats().keys, 100);
+}
+
+#[test]
+fn async_units_run_concurrently_in_spawned_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let j = rt
+        .block_on(Journal::open_async(dir.path(), opts()))
+        .unwrap();
+    let tasks: Vec<_> = (0..16u32)
+        .map(|i| {
+            let j = j.clone();
+            rt.spawn(async move {
+                let mut u = j.begin_async(&format!("a{i}"), "t", &i).await?;
+                let v: u32 = u
+                    .run_async(Effect::retry_same_key("call"), |_ctx| async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        Ok::<_, String>(i * 2)
+                    })
+                    .await?;
+                u.commit_async().await?;
+                Ok::<_, Error>(v)
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(rt.block_on(t).unwrap().unwrap(), i as u32 * 2);
+    }
+    assert_eq!(j.stats().committed, 16);
+}

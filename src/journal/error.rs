@@ -47,6 +47,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// The journal record at `lsn` could not be decoded (the log's checksum
+    /// was valid, so it was written this way: a bug or a foreign writer).
+    #[error("journal record at LSN {lsn} (kind {kind}) is invalid: {reason}")]
+    BadRecordAt {
+        /// Its LSN.
+        lsn: u64,
+        /// The log record kind.
+        kind: u8,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A log record has a journal kind (1..=31) this build does not know:
     /// the journal was written by a newer version of agentwal.
     #[error("journal record kind {kind} is unknown to this version; upgrade agentwal to read this journal")]

@@ -61,7 +61,7 @@ mod error;
 pub mod record;
 mod state;
 mod unit;
-mod view;
+pub mod view;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -389,7 +389,10 @@ impl State {
             self.last_lsn = self.last_lsn.max(lsn);
             return Ok(());
         }
-        let rec = JournalRecord::decode(kind, payload)?;
+        let rec = JournalRecord::decode(kind, payload).map_err(|e| match e {
+            Error::BadRecord { kind, reason } => Error::BadRecordAt { lsn, kind, reason },
+            e => e,
+        })?;
         self.apply(lsn, &rec)
     }
 

@@ -231,6 +231,36 @@ impl JournalView {
         ))
     }
 
+    /// Replays an optional snapshot payload (`(lsn, data)`) and journal
+    /// records `(lsn, kind, payload)` without any log: the entry point for
+    /// fuzzing and for tools that already hold the records. Records must be
+    /// in LSN order and after the snapshot; kinds outside 1..=31 are skipped.
+    ///
+    /// ```
+    /// use agentwal::journal::{JournalRecord, JournalView, UnitState};
+    /// let begin = JournalRecord::UnitBegin {
+    ///     unit: "u".into(), kind: "k".into(), payload: serde_json::Value::Null, at_ms: 0,
+    /// };
+    /// let bytes = begin.encode();
+    /// let view = JournalView::replay(None, [(1, begin.kind(), bytes.as_slice())]).unwrap();
+    /// assert_eq!(view.units[0].state, UnitState::Incomplete);
+    /// assert!(JournalView::replay(None, [(1, 5, &b"{}"[..])]).is_err());
+    /// ```
+    pub fn replay<'a>(
+        snapshot: Option<(u64, &[u8])>,
+        records: impl IntoIterator<Item = (u64, u8, &'a [u8])>,
+    ) -> Result<JournalView> {
+        let (mut state, snapshot_lsn) = match snapshot {
+            Some((lsn, data)) => (State::from_snapshot(lsn, data, true)?, lsn),
+            None => (State::new(true), 0),
+        };
+        let (cc, ca) = (state.committed, state.aborted);
+        for (lsn, kind, payload) in records {
+            state.apply_log_record(lsn, kind, payload)?;
+        }
+        Ok(Self::from_state(&state, cc, ca, snapshot_lsn))
+    }
+
     pub(crate) fn from_state(
         state: &State,
         compacted_committed: u64,

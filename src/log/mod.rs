@@ -24,6 +24,8 @@
 //! ```
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod reader;
 pub mod record;
 pub mod scan;

@@ -190,3 +190,58 @@ fn flipped_bit_anywhere_in_the_log_is_found_by_verify() {
     }
     assert!(checked >= 20);
 }
+
+#[test]
+fn progress_reports_every_segment_and_ends_at_the_total() {
+    let dir = Path::new("/j");
+    let sim = SimStorage::new();
+    {
+        let log = Log::open_with(Arc::new(sim.clone()), dir, opts()).unwrap();
+        for i in 1..=80 {
+            log.append(&payload(i)).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let seg_bytes: Vec<u64> = {
+        let mut v: Vec<_> = sim
+            .list_dir(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .collect();
+        v.sort();
+        v.iter()
+            .map(|p| sim.read(p).unwrap().len() as u64)
+            .collect()
+    };
+    assert!(seg_bytes.len() >= 3, "{seg_bytes:?}");
+    let total: u64 = seg_bytes.iter().sum();
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = calls.clone();
+    let progress: agentwal::inspect::open::ProgressFn = Arc::new(move |done, total| {
+        c.lock().unwrap().push((done, total));
+    });
+    let insp = Inspection::open_with(
+        Arc::new(sim.clone()),
+        dir,
+        OpenOptions {
+            progress: Some(progress),
+        },
+    )
+    .unwrap();
+    assert_eq!(insp.reader().scan().records(), 80);
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls.len() > seg_bytes.len(),
+        "one call per segment and a final one: {calls:?}"
+    );
+    assert!(calls.iter().all(|&(_, t)| t == total), "{calls:?}");
+    assert!(
+        calls.windows(2).all(|w| w[0].0 <= w[1].0),
+        "monotonic: {calls:?}"
+    );
+    assert_eq!(calls.last(), Some(&(total, total)));
+    // Before the last segment is scanned, everything before it is counted.
+    let before_last: u64 = seg_bytes[..seg_bytes.len() - 1].iter().sum();
+    assert!(calls.contains(&(before_last, total)), "{calls:?}");
+}

@@ -124,6 +124,7 @@ pub struct Inspection {
     storage: Arc<dyn Storage>,
     reader: LogReader,
     findings: Findings,
+    hidden: BTreeSet<PathBuf>,
 }
 
 impl Inspection {
@@ -193,15 +194,35 @@ impl Inspection {
     pub fn findings(&self) -> &Findings {
         &self.findings
     }
+
+    /// A new reader over the journal as it is now, hiding the same damaged
+    /// files (used to retry a read that raced with the owner's compaction).
+    pub fn fresh_reader(&self) -> Result<LogReader> {
+        let view = Arc::new(View {
+            inner: self.storage.clone(),
+            hidden: self.hidden.clone(),
+            progress: None,
+            counting: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+            total: 0,
+        });
+        Ok(LogReader::open_with(view, &self.dir)?)
+    }
+}
+
+/// True for errors a concurrent compaction of the owner can cause (a
+/// segment removed between the scan and the read): worth a retry.
+pub(crate) fn is_transient_log(e: &log::Error) -> bool {
+    match e {
+        log::Error::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+        log::Error::LsnOutOfRange { .. } => true,
+        _ => false,
+    }
 }
 
 fn is_transient(e: &Error) -> bool {
-    match e {
-        // A segment removed by the owner's compaction between listing and reading.
-        Error::Log(log::Error::Io { source, .. }) => source.kind() == io::ErrorKind::NotFound,
-        Error::Log(log::Error::LsnOutOfRange { .. }) => true,
-        _ => false,
-    }
+    // A segment removed by the owner's compaction between listing and reading.
+    matches!(e, Error::Log(l) if is_transient_log(l))
 }
 
 /// Rejects paths that are not journal directories with one clear reason.
@@ -388,6 +409,7 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
         storage: storage.clone(),
         reader,
         findings,
+        hidden,
     })
 }
 

@@ -6,15 +6,28 @@
 use serde::Serialize;
 
 use super::error::{Error, Result};
-use super::open::Inspection;
+use super::open::{is_transient_log, Inspection};
 use crate::journal::{
     EffectState, EffectView, JournalRecord, JournalView, KeyView, UnitState, UnitView,
 };
 use crate::log::Lsn;
 
 /// Loads the journal view of an opened journal (snapshot + log after it).
+/// A read that races with the owner's compaction (a segment removed under
+/// it) is retried on a fresh reader.
 pub fn load_view(insp: &Inspection) -> Result<JournalView> {
-    Ok(JournalView::load(insp.reader())?)
+    let mut attempt = 0;
+    let mut result = JournalView::load(insp.reader());
+    loop {
+        match result {
+            Err(crate::journal::Error::Log(ref e)) if is_transient_log(e) && attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
+                result = JournalView::load(&insp.fresh_reader()?);
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 /// One row of `units` (one element of the `units --json` array).

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::error::{Error, Result};
-use crate::log::segment::{decode_header, parse_segment_name, SEGMENT_HEADER};
+use crate::log::segment::{decode_header, parse_segment_name, SEGMENT_HEADER, SEGMENT_MAGIC};
 use crate::log::storage::{DirLock, FileBytes, LockFailure, OpenMode, StorageFile};
 use crate::log::{self, record, FsStorage, LogReader, Lsn, Storage};
 
@@ -344,6 +344,26 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
     };
 
     let scan = reader.scan();
+    if hid_segment && scan.segments.is_empty() && reader.snapshot().is_none() {
+        // Not one file here is an agentwal segment: this is not a damaged
+        // journal but something else (garbage named like segments).
+        let segs: Vec<&PathBuf> = listing.iter().filter(|p| is_segment(p)).collect();
+        let any_magic = segs.iter().any(|p| {
+            storage
+                .map(p)
+                .is_ok_and(|b| b.get(..SEGMENT_MAGIC.len()) == Some(&SEGMENT_MAGIC[..]))
+        });
+        if !any_magic {
+            return Err(Error::NotAJournal {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "none of its {} segment file(s) is an agentwal segment (bad magic in {})",
+                    segs.len(),
+                    segs.first().map_or_else(String::new, |p| file_name(p))
+                ),
+            });
+        }
+    }
     let mut findings = Findings::default();
     let mut torn = scan.torn_tail.as_ref().map(|t| TornTailInfo {
         segment: display(&t.segment),

@@ -11,9 +11,11 @@
 //! * A damaged newest snapshot is recorded as corruption and hidden, so the
 //!   segments can still be read (unit counts are then partial).
 //! * A writer appending while the scan runs can make a record look damaged
-//!   for an instant. Corruption is only reported when two consecutive scans
-//!   find it at the same place; a race shows up as a torn tail (which is what
-//!   an in-progress append is) and disappears on the next scan.
+//!   for an instant. [`LogReader`] reports corruption only when two
+//!   consecutive scans find it at the same place; a race shows up as a torn
+//!   tail (which is what an in-progress append is) or as nothing at all.
+//! * A segment removed by the owner's compaction between listing and reading
+//!   makes the open start again (a few times).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -29,8 +31,8 @@ use crate::log::segment::{decode_header, parse_segment_name, SEGMENT_HEADER, SEG
 use crate::log::storage::{DirLock, FileBytes, LockFailure, OpenMode, StorageFile};
 use crate::log::{self, record, FsStorage, LogReader, Lsn, Storage};
 
-/// How many scans an open may take before it reports what it sees.
-const MAX_SCANS: usize = 4;
+/// How many times an open that races with the owner's compaction is retried.
+const MAX_OPENS: usize = 4;
 
 /// Damage to data that was (or may have been) acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,25 +148,14 @@ impl Inspection {
     ) -> Result<Inspection> {
         let dir = dir.as_ref().to_path_buf();
         check_journal_dir(storage.as_ref(), &dir)?;
-        let mut previous: Option<(String, u64)> = None;
         let mut last_err = None;
-        for attempt in 0..MAX_SCANS {
+        for attempt in 0..MAX_OPENS {
             if attempt > 0 {
-                // Give an appending writer time to finish the write we raced with.
+                // Give the owner's compaction time to finish what we raced with.
                 std::thread::sleep(Duration::from_millis(20 * attempt as u64));
             }
             match open_once(&storage, &dir, &opts) {
-                Ok(insp) => {
-                    let at = insp
-                        .findings
-                        .corruption
-                        .first()
-                        .map(|c| (c.segment.clone(), c.offset));
-                    if at.is_none() || at == previous || attempt + 1 == MAX_SCANS {
-                        return Ok(insp);
-                    }
-                    previous = at;
-                }
+                Ok(insp) => return Ok(insp),
                 Err(e) if is_transient(&e) => last_err = Some(e),
                 Err(e) => return Err(e),
             }

@@ -29,7 +29,12 @@ pub struct LogIter {
 }
 
 impl LogIter {
-    pub(crate) fn new(storage: Arc<dyn Storage>, segments: Vec<(Lsn, PathBuf)>, from: Lsn, last: Lsn) -> Self {
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        segments: Vec<(Lsn, PathBuf)>,
+        from: Lsn,
+        last: Lsn,
+    ) -> Self {
         // Start at the last segment whose first LSN is <= from.
         let idx = segments
             .iter()
@@ -63,14 +68,15 @@ impl Iterator for LogIter {
                 return None;
             }
             if self.current.is_none() {
-                let Some((first, path)) = self.segments.get(self.idx).cloned() else {
-                    return None;
-                };
+                let (first, path) = self.segments.get(self.idx).cloned()?;
                 if first != self.next_lsn {
                     let e = Error::Corruption {
                         segment: path,
                         offset: 0,
-                        reason: format!("expected LSN {}, segment starts at {first}", self.next_lsn),
+                        reason: format!(
+                            "expected LSN {}, segment starts at {first}",
+                            self.next_lsn
+                        ),
                     };
                     return self.fail(e);
                 }

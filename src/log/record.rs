@@ -121,7 +121,10 @@ pub fn decode_at(bytes: &FileBytes, pos: usize) -> Decoded {
         return Decoded::Zero;
     }
     let len = u32_at(header, 4) as usize;
-    let Some(end) = (pos + RECORD_HEADER).checked_add(len).filter(|&e| e <= b.len()) else {
+    let Some(end) = (pos + RECORD_HEADER)
+        .checked_add(len)
+        .filter(|&e| e <= b.len())
+    else {
         return Decoded::Invalid("length field runs past the end of the segment");
     };
     if header[25..28] != [0, 0, 0] {
@@ -216,8 +219,17 @@ mod tests {
 
     #[test]
     fn zeros_are_unwritten_space() {
-        assert!(matches!(decode_at(&FileBytes::new(vec![0u8; 64]), 0), Decoded::Zero));
-        assert!(matches!(decode_at(&FileBytes::new(vec![0u8; 5]), 0), Decoded::Zero));
-        assert!(matches!(decode_at(&FileBytes::new(vec![0u8; 5]), 9), Decoded::Zero));
+        assert!(matches!(
+            decode_at(&FileBytes::new(vec![0u8; 64]), 0),
+            Decoded::Zero
+        ));
+        assert!(matches!(
+            decode_at(&FileBytes::new(vec![0u8; 5]), 0),
+            Decoded::Zero
+        ));
+        assert!(matches!(
+            decode_at(&FileBytes::new(vec![0u8; 5]), 9),
+            Decoded::Zero
+        ));
     }
 }

@@ -107,7 +107,10 @@ pub struct ScanReport {
 impl ScanReport {
     /// LSN of the first record, if any.
     pub fn first_lsn(&self) -> Option<Lsn> {
-        self.segments.iter().find(|s| s.records > 0).map(|s| s.first_lsn)
+        self.segments
+            .iter()
+            .find(|s| s.records > 0)
+            .map(|s| s.first_lsn)
     }
     /// LSN of the last valid record, if any.
     pub fn last_lsn(&self) -> Option<Lsn> {
@@ -124,10 +127,27 @@ impl ScanReport {
 }
 
 /// Offset just past the last non-zero byte at or after `from`, or `from`.
-fn nonzero_end(b: &[u8], from: usize) -> usize {
-    b.iter()
-        .rposition(|&x| x != 0)
-        .map_or(from, |p| (p + 1).max(from))
+///
+/// Compares 4 KiB blocks against a zero block (a `memcmp`), because the tail
+/// of a preallocated segment is megabytes of zeros scanned at every open.
+pub fn nonzero_end(b: &[u8], from: usize) -> usize {
+    const BLOCK: usize = 4096;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let from = from.min(b.len());
+    let mut end = b.len();
+    while end > from {
+        let start = end.saturating_sub(BLOCK).max(from);
+        let block = &b[start..end];
+        if block != &ZEROS[..block.len()] {
+            let last = block
+                .iter()
+                .rposition(|&x| x != 0)
+                .expect("block is not all zeros");
+            return start + last + 1;
+        }
+        end = start;
+    }
+    from
 }
 
 /// Looks past damage at `from` for a valid record proving that LSN `expected`
@@ -160,7 +180,11 @@ fn acknowledged_after(b: &FileBytes, from: usize, end: usize, expected: Lsn) -> 
 
 /// Scans the segments of `dir`. `expected_first` is the LSN the log must
 /// contain next (one past the snapshot), if a snapshot exists.
-pub fn scan_dir(storage: &dyn Storage, dir: &Path, expected_first: Option<Lsn>) -> Result<ScanReport> {
+pub fn scan_dir(
+    storage: &dyn Storage,
+    dir: &Path,
+    expected_first: Option<Lsn>,
+) -> Result<ScanReport> {
     let listing = storage
         .list_dir(dir)
         .map_err(|e| Error::io("list directory", dir, e))?;
@@ -178,7 +202,9 @@ pub fn scan_dir(storage: &dyn Storage, dir: &Path, expected_first: Option<Lsn>) 
         let bytes = match storage.map(&path) {
             Ok(b) => b,
             // Removed by the owner's compaction between listing and mapping.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && report.segments.is_empty() => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && report.segments.is_empty() => {
+                continue
+            }
             Err(e) => return Err(Error::io("map segment", &path, e)),
         };
         let corrupt = |offset: u64, reason: String, expected_lsn: Lsn| Corruption {
@@ -200,7 +226,8 @@ pub fn scan_dir(storage: &dyn Storage, dir: &Path, expected_first: Option<Lsn>) 
                         whole_segment: true,
                     });
                 } else {
-                    report.corruption = Some(corrupt(0, why.to_string(), expected.unwrap_or(name_lsn)));
+                    report.corruption =
+                        Some(corrupt(0, why.to_string(), expected.unwrap_or(name_lsn)));
                 }
                 continue;
             }
@@ -248,7 +275,10 @@ pub fn scan_dir(storage: &dyn Storage, dir: &Path, expected_first: Option<Lsn>) 
         let mut next = first_lsn;
         let stop_reason: Option<String> = loop {
             match decode_at(&bytes, pos) {
-                Decoded::Valid { record, next: after } if record.lsn == next => {
+                Decoded::Valid {
+                    record,
+                    next: after,
+                } if record.lsn == next => {
                     report.record_bytes += (after - pos) as u64;
                     pos = after;
                     next += 1;

@@ -131,7 +131,10 @@ mod tests {
         let p = Path::new("seg");
         let h = encode_header(77);
         assert_eq!(decode_header(p, &h).ok(), Some(77));
-        assert!(matches!(decode_header(p, &h[..10]), Err(HeaderProblem::Damaged(_))));
+        assert!(matches!(
+            decode_header(p, &h[..10]),
+            Err(HeaderProblem::Damaged(_))
+        ));
         for bit in 0..24 * 8 {
             let mut x = h;
             x[bit / 8] ^= 1 << (bit % 8);
@@ -143,7 +146,10 @@ mod tests {
         v2[24..28].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             decode_header(p, &v2),
-            Err(HeaderProblem::Fatal(Error::UnsupportedVersion { found: 2, .. }))
+            Err(HeaderProblem::Fatal(Error::UnsupportedVersion {
+                found: 2,
+                ..
+            }))
         ));
     }
 }

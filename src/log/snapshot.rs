@@ -46,7 +46,11 @@ fn snapshot_name(lsn: Lsn) -> String {
 }
 
 fn parse_snapshot_name(path: &Path) -> Option<Lsn> {
-    let stem = path.file_name()?.to_str()?.strip_prefix("snap-")?.strip_suffix(".snap")?;
+    let stem = path
+        .file_name()?
+        .to_str()?
+        .strip_prefix("snap-")?
+        .strip_suffix(".snap")?;
     (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
         .then(|| stem.parse().ok())
         .flatten()
@@ -107,7 +111,10 @@ pub fn decode(path: &Path, b: &[u8]) -> Result<(Lsn, Vec<u8>)> {
     let lsn = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
     let len = u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"));
     if len != (b.len() - HEADER) as u64 {
-        return Err(corrupt(24, "snapshot length field does not match the file size"));
+        return Err(corrupt(
+            24,
+            "snapshot length field does not match the file size",
+        ));
     }
     let mut h = crc32fast::Hasher::new();
     h.update(&b[..32]);
@@ -124,7 +131,9 @@ pub fn read_latest(storage: &dyn Storage, dir: &Path) -> Result<Option<Snapshot>
     let Some((_, path)) = snapshot_files(storage, dir)?.pop() else {
         return Ok(None);
     };
-    let bytes = storage.map(&path).map_err(|e| Error::io("map snapshot", &path, e))?;
+    let bytes = storage
+        .map(&path)
+        .map_err(|e| Error::io("map snapshot", &path, e))?;
     let (lsn, data) = decode(&path, &bytes)?;
     Ok(Some(Snapshot { lsn, data, path }))
 }
@@ -141,7 +150,8 @@ pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result
         .map_err(|e| Error::io("write snapshot", &tmp, e))?;
     // The content must be durable before the rename can be: otherwise a crash
     // could persist the new name pointing at an empty or partial file.
-    file.sync_all().map_err(|e| Error::io("fsync snapshot", &tmp, e))?;
+    file.sync_all()
+        .map_err(|e| Error::io("fsync snapshot", &tmp, e))?;
     storage
         .rename(&tmp, &path)
         .map_err(|e| Error::io("rename snapshot", &path, e))?;

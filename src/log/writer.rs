@@ -86,9 +86,13 @@ impl Default for LogOptions {
 
 impl LogOptions {
     fn validate(&self) -> Result<()> {
-        let room = self.segment_size.saturating_sub((SEGMENT_HEADER + RECORD_HEADER + 8) as u64);
+        let room = self
+            .segment_size
+            .saturating_sub((SEGMENT_HEADER + RECORD_HEADER + 8) as u64);
         if self.segment_size < 4096 {
-            return Err(Error::InvalidOptions("segment_size must be at least 4096".into()));
+            return Err(Error::InvalidOptions(
+                "segment_size must be at least 4096".into(),
+            ));
         }
         if self.max_record_bytes > room || self.max_record_bytes > FORMAT_MAX_PAYLOAD {
             return Err(Error::InvalidOptions(format!(
@@ -155,7 +159,11 @@ impl Log {
     }
 
     /// Opens the log in `dir` through any [`Storage`].
-    pub fn open_with(storage: Arc<dyn Storage>, dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: LogOptions,
+    ) -> Result<Log> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
         if storage.list_dir(&dir).is_err() {
@@ -171,7 +179,10 @@ impl Log {
                 .map_err(|e| Error::io("create directory", &dir, e))?;
         }
         let lock = storage.lock_dir(&dir).map_err(|f| match f {
-            LockFailure::Held { pid } => Error::Locked { dir: dir.clone(), pid },
+            LockFailure::Held { pid } => Error::Locked {
+                dir: dir.clone(),
+                pid,
+            },
             LockFailure::Io(e) => Error::io("lock", dir.join("LOCK"), e),
         })?;
         let snap = snapshot::read_latest(storage.as_ref(), &dir)?;
@@ -186,7 +197,23 @@ impl Log {
             Some(s) => s.first_lsn + s.records,
             None => snap_lsn + 1,
         };
-        let mut list: Vec<(Lsn, PathBuf)> = segments.iter().map(|s| (s.first_lsn, s.path.clone())).collect();
+        if next_lsn <= snap_lsn {
+            let (segment, offset) = segments
+                .last()
+                .map_or((dir.clone(), 0), |s| (s.path.clone(), s.end_offset));
+            return Err(Error::Corruption {
+                segment,
+                offset,
+                reason: format!(
+                    "the log ends at LSN {} but the snapshot covers up to LSN {snap_lsn}",
+                    next_lsn - 1
+                ),
+            });
+        }
+        let mut list: Vec<(Lsn, PathBuf)> = segments
+            .iter()
+            .map(|s| (s.first_lsn, s.path.clone()))
+            .collect();
         let (file, pos) = match list.last() {
             Some((_, path)) => {
                 let f = storage
@@ -221,7 +248,9 @@ impl Log {
             snapshot_lsn: AtomicU64::new(snap_lsn),
             _lock: lock,
         };
-        Ok(Log { inner: Arc::new(inner) })
+        Ok(Log {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The journal directory.
@@ -287,7 +316,11 @@ impl Log {
 
     /// Appends records as one write (and, if durable, one shared sync).
     /// Returns the LSNs assigned. An empty batch is an `InvalidOptions` error.
-    pub fn append_batch(&self, records: &[(u8, &[u8])], durability: Durability) -> Result<RangeInclusive<Lsn>> {
+    pub fn append_batch(
+        &self,
+        records: &[(u8, &[u8])],
+        durability: Durability,
+    ) -> Result<RangeInclusive<Lsn>> {
         if records.is_empty() {
             return Err(Error::InvalidOptions("empty batch".into()));
         }
@@ -315,7 +348,11 @@ impl Log {
         Ok(range)
     }
 
-    fn write_locked(&self, w: &mut WriterState, records: &[(u8, &[u8])]) -> Result<RangeInclusive<Lsn>> {
+    fn write_locked(
+        &self,
+        w: &mut WriterState,
+        records: &[(u8, &[u8])],
+    ) -> Result<RangeInclusive<Lsn>> {
         let first = w.next_lsn;
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
@@ -350,9 +387,18 @@ impl Log {
         let path = w.segments.last().expect("active segment").1.clone();
         // Seal: the whole segment must be durable before a successor exists
         // (recovery treats damage in a sealed segment as corruption).
-        w.file.sync_data().map_err(|e| Error::io("fdatasync", &path, e))?;
-        self.inner.durable_lsn.fetch_max(w.next_lsn - 1, Ordering::AcqRel);
-        let (file, new_path) = create_segment(self.inner.storage.as_ref(), &self.inner.dir, &self.inner.opts, w.next_lsn)?;
+        w.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &path, e))?;
+        self.inner
+            .durable_lsn
+            .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
+        let (file, new_path) = create_segment(
+            self.inner.storage.as_ref(),
+            &self.inner.dir,
+            &self.inner.opts,
+            w.next_lsn,
+        )?;
         w.file = file;
         w.segments.push((w.next_lsn, new_path));
         w.pos = SEGMENT_HEADER as u64;
@@ -389,7 +435,11 @@ impl Log {
             // durable) segment, so one fdatasync of `file` covers it.
             let (file, target, path) = {
                 let w = inner.writer.lock();
-                (w.file.clone(), w.next_lsn - 1, w.segments.last().expect("active").1.clone())
+                (
+                    w.file.clone(),
+                    w.next_lsn - 1,
+                    w.segments.last().expect("active").1.clone(),
+                )
             };
             let r = file.sync_data();
             syncing = inner.syncing.lock();
@@ -415,7 +465,12 @@ impl Log {
             let w = self.inner.writer.lock();
             (w.segments.clone(), w.next_lsn - 1)
         };
-        Ok(LogIter::new(self.inner.storage.clone(), segments, from, last))
+        Ok(LogIter::new(
+            self.inner.storage.clone(),
+            segments,
+            from,
+            last,
+        ))
     }
 
     /// Writes a snapshot covering every record `<= lsn` (atomically and
@@ -423,7 +478,9 @@ impl Log {
     pub fn write_snapshot(&self, lsn: Lsn, data: &[u8]) -> Result<PathBuf> {
         self.check_poison()?;
         if lsn >= self.next_lsn() {
-            return Err(Error::InvalidOptions(format!("snapshot LSN {lsn} is beyond the log")));
+            return Err(Error::InvalidOptions(format!(
+                "snapshot LSN {lsn} is beyond the log"
+            )));
         }
         // A snapshot must never cover records that could still vanish.
         self.wait_durable(lsn)?;
@@ -529,16 +586,20 @@ fn create_segment(
         let mut off = SEGMENT_HEADER as u64;
         while off < opts.segment_size {
             let n = (opts.segment_size - off).min(chunk.len() as u64) as usize;
-            file.write_at(off, &chunk[..n]).map_err(|e| io("preallocate", e))?;
+            file.write_at(off, &chunk[..n])
+                .map_err(|e| io("preallocate", e))?;
             off += n as u64;
         }
     }
-    file.write_at(0, &encode_header(first_lsn)).map_err(|e| io("write header", e))?;
+    file.write_at(0, &encode_header(first_lsn))
+        .map_err(|e| io("write header", e))?;
     // Header and size durable before any record is written into the file…
     file.sync_all().map_err(|e| io("fsync", e))?;
     // …and the file's name durable too, or a crash could lose the whole
     // segment together with records acknowledged from it.
-    storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    storage
+        .sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok((file, path))
 }
 
@@ -565,7 +626,9 @@ fn apply_recovery(
         }
         for p in &dropped_segments {
             let to = p.with_extension("wal.dropped");
-            storage.rename(p, &to).map_err(|e| Error::io("set aside segment", p, e))?;
+            storage
+                .rename(p, &to)
+                .map_err(|e| Error::io("set aside segment", p, e))?;
         }
         report.dropped_segments = dropped_segments;
         if c.offset == 0 {
@@ -579,7 +642,9 @@ fn apply_recovery(
             cut = Some((c.segment.clone(), c.offset));
         }
         report.lossy_cut = Some(c);
-        storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+        storage
+            .sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
     } else if let Some(t) = torn_tail.clone() {
         if t.whole_segment {
             let saved = save_cut(storage, dir, &t.segment, 0)?;
@@ -587,7 +652,9 @@ fn apply_recovery(
             storage
                 .remove_file(&t.segment)
                 .map_err(|e| Error::io("remove torn segment", &t.segment, e))?;
-            storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+            storage
+                .sync_dir(dir)
+                .map_err(|e| Error::io("fsync directory", dir, e))?;
         } else {
             cut = Some((t.segment.clone(), t.offset));
         }
@@ -600,17 +667,24 @@ fn apply_recovery(
         }
         zero_from(storage, &path, offset, opts)?;
     }
-    let pos = segments.last().map_or(SEGMENT_HEADER as u64, |s| s.end_offset);
+    let pos = segments
+        .last()
+        .map_or(SEGMENT_HEADER as u64, |s| s.end_offset);
     Ok((segments, pos))
 }
 
 /// Copies the bytes of `path` from `offset` to its last non-zero byte into a
 /// side file `cut-<segment>-<offset>.bin`, durably.
 fn save_cut(storage: &dyn Storage, dir: &Path, path: &Path, offset: u64) -> Result<PathBuf> {
-    let bytes = storage.map(path).map_err(|e| Error::io("map segment", path, e))?;
+    let bytes = storage
+        .map(path)
+        .map_err(|e| Error::io("map segment", path, e))?;
     let start = (offset as usize).min(bytes.len());
-    let end = bytes.iter().rposition(|&b| b != 0).map_or(start, |p| (p + 1).max(start));
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("segment");
+    let end = super::scan::nonzero_end(&bytes, start);
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("segment");
     let mut side = dir.join(format!("cut-{stem}-{offset}.bin"));
     let mut n = 1;
     while storage.map(&side).is_ok() {
@@ -620,9 +694,13 @@ fn save_cut(storage: &dyn Storage, dir: &Path, path: &Path, offset: u64) -> Resu
     let f = storage
         .open(&side, OpenMode::CreateNew)
         .map_err(|e| Error::io("create cut file", &side, e))?;
-    f.write_at(0, &bytes[start..end]).map_err(|e| Error::io("write cut file", &side, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync cut file", &side, e))?;
-    storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    f.write_at(0, &bytes[start..end])
+        .map_err(|e| Error::io("write cut file", &side, e))?;
+    f.sync_all()
+        .map_err(|e| Error::io("fsync cut file", &side, e))?;
+    storage
+        .sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok(side)
 }
 
@@ -634,15 +712,220 @@ fn zero_from(storage: &dyn Storage, path: &Path, offset: u64, opts: &LogOptions)
         .map_err(|e| Error::io("open segment", path, e))?;
     let len = f.len().map_err(|e| Error::io("stat segment", path, e))?;
     if !opts.preallocate {
-        f.set_len(offset).map_err(|e| Error::io("truncate", path, e))?;
+        f.set_len(offset)
+            .map_err(|e| Error::io("truncate", path, e))?;
     } else {
         let chunk = vec![0u8; 1 << 20];
         let mut off = offset;
         while off < len {
             let n = (len - off).min(chunk.len() as u64) as usize;
-            f.write_at(off, &chunk[..n]).map_err(|e| Error::io("zero torn tail", path, e))?;
+            f.write_at(off, &chunk[..n])
+                .map_err(|e| Error::io("zero torn tail", path, e))?;
             off += n as u64;
         }
     }
     f.sync_all().map_err(|e| Error::io("fsync", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::storage::sim::CrashMode;
+    use crate::log::SimStorage;
+
+    fn small() -> LogOptions {
+        LogOptions {
+            segment_size: 4096,
+            max_record_bytes: 1024,
+            ..LogOptions::default()
+        }
+    }
+
+    fn payloads(log: &Log, from: Lsn) -> Vec<Vec<u8>> {
+        log.read_from(from)
+            .unwrap()
+            .map(|r| r.unwrap().payload().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn append_rotate_reopen_and_read_back() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let want: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| vec![i as u8; (i % 90) as usize])
+            .collect();
+        {
+            let log = Log::open_with(Arc::new(sim.clone()), dir, small()).unwrap();
+            for (i, p) in want.iter().enumerate() {
+                assert_eq!(log.append(p).unwrap(), i as u64 + 1);
+            }
+            assert!(log.segment_count() > 3, "small segments rotate");
+            assert_eq!(payloads(&log, 1), want);
+        }
+        let after = sim.crash(CrashMode::DropUnsynced);
+        let log = Log::open_with(Arc::new(after), dir, small()).unwrap();
+        assert_eq!(payloads(&log, 1), want);
+        assert_eq!(log.next_lsn(), 201);
+        assert_eq!(payloads(&log, 150), want[149..].to_vec());
+    }
+
+    #[test]
+    fn buffered_tail_lost_on_power_loss_but_durable_kept() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let log = Log::open_with(Arc::new(sim.clone()), dir, small()).unwrap();
+        log.append(b"durable").unwrap();
+        log.append_with(0, b"buffered", Durability::Buffered)
+            .unwrap();
+        let after = sim.crash(CrashMode::DropUnsynced);
+        drop(log);
+        let log = Log::open_with(Arc::new(after), dir, small()).unwrap();
+        assert_eq!(payloads(&log, 1), vec![b"durable".to_vec()]);
+        assert_eq!(log.append(b"next").unwrap(), 2);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_saved_and_overwritten() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let log = Log::open_with(Arc::new(sim.clone()), dir, small()).unwrap();
+        log.append(b"one").unwrap();
+        log.append_with(0, b"two-not-synced", Durability::Buffered)
+            .unwrap();
+        let seg = dir.join(segment_name(1));
+        let image = sim.crash(CrashMode::KeepAll);
+        drop(log);
+        // Tear the second record: keep its header, garble its payload.
+        let off = SEGMENT_HEADER as u64 + encoded_len(3) as u64 + 30;
+        image.poke(&seg, off, b"XX").unwrap();
+        let log = Log::open_with(Arc::new(image.clone()), dir, small()).unwrap();
+        let t = log
+            .open_report()
+            .torn_tail
+            .clone()
+            .expect("torn tail reported");
+        assert_eq!(t.offset, SEGMENT_HEADER as u64 + encoded_len(3) as u64);
+        assert!(log.open_report().cut_saved_to.is_some());
+        assert_eq!(payloads(&log, 1), vec![b"one".to_vec()]);
+        log.append(b"2").unwrap();
+        drop(log);
+        let log = Log::open_with(Arc::new(image), dir, small()).unwrap();
+        assert!(log.open_report().torn_tail.is_none());
+        assert_eq!(payloads(&log, 1), vec![b"one".to_vec(), b"2".to_vec()]);
+    }
+
+    #[test]
+    fn damage_before_a_later_synced_record_is_corruption() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let log = Log::open_with(Arc::new(sim.clone()), dir, small()).unwrap();
+        log.append(b"one").unwrap();
+        log.append(b"two").unwrap();
+        log.append(b"three").unwrap();
+        drop(log);
+        let seg = dir.join(segment_name(1));
+        let off = SEGMENT_HEADER as u64 + encoded_len(3) as u64;
+        sim.poke(&seg, off + 29, b"!").unwrap();
+        match Log::open_with(Arc::new(sim.clone()), dir, small()) {
+            Err(Error::Corruption {
+                segment, offset, ..
+            }) => {
+                assert_eq!(segment, seg);
+                assert_eq!(offset, off);
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        let lossy = LogOptions {
+            recovery: RecoveryMode::Lossy,
+            ..small()
+        };
+        let log = Log::open_with(Arc::new(sim), dir, lossy).unwrap();
+        assert!(log.open_report().lossy_cut.is_some());
+        assert_eq!(payloads(&log, 1), vec![b"one".to_vec()]);
+    }
+
+    #[test]
+    fn poisoned_after_failed_sync_and_reopen_recovers() {
+        use crate::log::storage::sim::{FaultKind, FaultOp};
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let log = Log::open_with(Arc::new(sim.clone()), dir, small()).unwrap();
+        log.append(b"ok").unwrap();
+        sim.inject(FaultOp::Sync, 0, FaultKind::Eio);
+        assert!(matches!(log.append(b"fails"), Err(Error::Io { .. })));
+        assert!(matches!(
+            log.append(b"refused"),
+            Err(Error::Poisoned { .. })
+        ));
+        drop(log);
+        let log =
+            Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), dir, small()).unwrap();
+        assert_eq!(payloads(&log, 1), vec![b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn second_owner_is_locked_out() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let _a = Log::open_with(Arc::new(sim.clone()), dir, small()).unwrap();
+        assert!(matches!(
+            Log::open_with(Arc::new(sim), dir, small()),
+            Err(Error::Locked { .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_and_truncate_keep_the_tail() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let log = Log::open_with(Arc::new(sim.clone()), dir, small()).unwrap();
+        for i in 0..300u32 {
+            log.append(&i.to_le_bytes()).unwrap();
+        }
+        let before = log.segment_count();
+        log.write_snapshot(250, b"state").unwrap();
+        assert!(log.truncate_before(251).unwrap() > 0);
+        assert!(log.segment_count() < before);
+        drop(log);
+        let log =
+            Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), dir, small()).unwrap();
+        let snap = log.latest_snapshot().unwrap().unwrap();
+        assert_eq!((snap.lsn, snap.data.as_slice()), (250, &b"state"[..]));
+        let tail = payloads(&log, 251);
+        assert_eq!(tail.len(), 50);
+        assert_eq!(tail[0], 250u32.to_le_bytes().to_vec());
+    }
+
+    #[test]
+    fn group_commit_shares_syncs_between_threads() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let log = Log::open_with(
+            Arc::new(sim.clone()),
+            dir,
+            LogOptions {
+                segment_size: 1 << 20,
+                ..small()
+            },
+        )
+        .unwrap();
+        let base = sim.syncs();
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let log = log.clone();
+                s.spawn(move || {
+                    for i in 0..50u8 {
+                        log.append(&[t, i]).unwrap();
+                    }
+                });
+            }
+        });
+        let mut seen: Vec<Vec<u8>> = payloads(&log, 1);
+        assert_eq!(seen.len(), 400);
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 400);
+        assert!(sim.syncs() - base <= 400);
+    }
 }

@@ -184,7 +184,10 @@ pub struct SimStorage {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: not found", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: not found", path.display()),
+    )
 }
 
 fn write_into(buf: &mut Vec<u8>, offset: u64, data: &[u8]) {

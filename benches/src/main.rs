@@ -41,7 +41,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: agentwal-bench [--quick] [--dir DIR] [--no-write] [--only PHASE]...\n\
          phases: latency, writers, tasks, units, baselines, replay, compaction\n\
-         (internal: agentwal-bench --child verify|replay|crc|idle DIR)"
+         (internal: agentwal-bench --child verify|replay|crc|idle|grow DIR)"
     );
     std::process::exit(2)
 }

@@ -345,6 +345,15 @@ pub fn child(what: &str, dir: &Path) -> Res<serde_json::Value> {
     let mut out = serde_json::Map::new();
     match what {
         "idle" => {}
+        "grow" => {
+            // For profiling by hand: `--child grow DIR` (size in
+            // AGENTWAL_BENCH_GROW_MIB, default 512).
+            let mib: u64 = std::env::var("AGENTWAL_BENCH_GROW_MIB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(512);
+            grow_log(dir, mib << 20)?;
+        }
         "verify" => {
             // Verify = the read-only open: it scans every segment and checks
             // every header and every record checksum.

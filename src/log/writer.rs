@@ -1009,4 +1009,40 @@ mod tests {
         assert_eq!(seen.len(), 400);
         assert!(sim.syncs() - base <= 400);
     }
+
+    #[test]
+    fn gathering_leaves_no_waiter_behind_and_a_lone_writer_still_syncs() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        let opts = LogOptions {
+            segment_size: 1 << 20,
+            ..small()
+        };
+        let log = Log::open_with(Arc::new(sim.clone()), dir, opts.clone()).unwrap();
+        // Several writers make the next leaders expect a group…
+        std::thread::scope(|s| {
+            for t in 0..6u8 {
+                let log = log.clone();
+                s.spawn(move || {
+                    for i in 0..30u8 {
+                        log.append(&[t, i]).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(log.inner.syncing.lock().waiters.is_empty());
+        // …then they are gone: a lone writer must still get every append
+        // durable (the gather times out or is skipped, never waits forever).
+        for i in 0..20u8 {
+            let lsn = log.append(&[99, i]).unwrap();
+            assert!(log.durable_lsn() >= lsn);
+        }
+        assert!(log.inner.syncing.lock().waiters.is_empty());
+        drop(log);
+        let after = sim.crash(CrashMode::DropUnsynced);
+        let log = Log::open_with(Arc::new(after), dir, opts).unwrap();
+        let seen = payloads(&log, 1);
+        assert_eq!(seen.len(), 6 * 30 + 20);
+        assert_eq!(seen.last().unwrap(), &vec![99u8, 19]);
+    }
 }

@@ -83,6 +83,8 @@ where
 #[derive(Debug, Clone)]
 pub struct Latencies {
     sorted_ns: Vec<u64>,
+    /// The same samples in the order they were taken.
+    in_order: Vec<u64>,
     /// Wall time of the whole run.
     pub secs: f64,
 }
@@ -110,36 +112,53 @@ impl Latencies {
             secs: self.secs,
         }
     }
-    /// Merges several runs (for interleaved rounds).
-    pub fn merge(runs: &[Latencies]) -> Latencies {
-        let mut sorted_ns: Vec<u64> = runs
-            .iter()
-            .flat_map(|r| r.sorted_ns.iter().copied())
-            .collect();
-        sorted_ns.sort_unstable();
-        Latencies {
-            sorted_ns,
-            secs: runs.iter().map(|r| r.secs).sum(),
-        }
+    /// Splits the run into `n` consecutive slices (to see drift).
+    pub fn slices(&self, n: usize) -> Vec<Latencies> {
+        let len = self.in_order.len().div_ceil(n.max(1)).max(1);
+        self.in_order
+            .chunks(len)
+            .map(|c| {
+                let mut sorted_ns = c.to_vec();
+                sorted_ns.sort_unstable();
+                Latencies {
+                    secs: sorted_ns.iter().sum::<u64>() as f64 / 1e9,
+                    sorted_ns,
+                    in_order: c.to_vec(),
+                }
+            })
+            .collect()
     }
 }
 
-/// Calls `op` in a loop for `dur` on this thread, timing every call.
-pub fn latencies(dur: Duration, mut op: impl FnMut() -> Res) -> Res<Latencies> {
-    let mut v = Vec::with_capacity(1 << 16);
-    let start = Instant::now();
-    let deadline = start + dur;
-    loop {
-        let t = Instant::now();
-        if t >= deadline {
-            break;
+/// Calls the operations in turn (0, 1, 2, 0, 1, 2, ...) on this thread for
+/// `dur`, timing every call: a paired comparison that the machine's load
+/// drift cannot bias.
+pub fn paired_latencies<const N: usize>(
+    dur: Duration,
+    mut ops: [&mut dyn FnMut() -> Res; N],
+) -> Res<[Latencies; N]> {
+    let mut v: [Vec<u64>; N] = std::array::from_fn(|_| Vec::with_capacity(1 << 15));
+    let mut busy = [0f64; N];
+    let deadline = Instant::now() + dur;
+    while Instant::now() < deadline {
+        for (i, op) in ops.iter_mut().enumerate() {
+            let t = Instant::now();
+            op()?;
+            let e = t.elapsed();
+            v[i].push(e.as_nanos() as u64);
+            busy[i] += e.as_secs_f64();
         }
-        op()?;
-        v.push(t.elapsed().as_nanos() as u64);
     }
-    let secs = start.elapsed().as_secs_f64();
-    v.sort_unstable();
-    Ok(Latencies { sorted_ns: v, secs })
+    Ok(std::array::from_fn(|i| {
+        let in_order = std::mem::take(&mut v[i]);
+        let mut sorted_ns = in_order.clone();
+        sorted_ns.sort_unstable();
+        Latencies {
+            sorted_ns,
+            in_order,
+            secs: busy[i],
+        }
+    }))
 }
 
 /// Runs `n` tokio tasks on a 2-worker multi-thread runtime for `dur`; each

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::measure::{median, Res, Throughput};
-use crate::scenarios::Results;
+use crate::measure::{Res, Throughput};
+use crate::scenarios::{round_ratio, Cell, Results};
 
 /// One plotted series: name, colour, points.
 type Series<'a> = (&'a str, &'a str, &'a [(usize, Throughput)]);
@@ -49,34 +49,32 @@ struct Target {
 
 fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
-    let lat_ratio = (!r.round_ratios.is_empty()).then(|| median(&r.round_ratios));
+    let lat_ratio = r
+        .raw_prealloc
+        .as_ref()
+        .zip(r.agent1.as_ref())
+        .map(|(raw, a)| a.quantile_us(0.5) / raw.quantile_us(0.5));
     t.push(Target {
-        name: "1-writer durable append latency / raw `pwrite`+`fdatasync` latency (p50; median of interleaved rounds)",
+        name: "1-writer durable append latency / raw `pwrite`+`fdatasync` latency (p50, operations interleaved)",
         measured: lat_ratio.map_or("n/a".into(), |x| format!("{x:.3}×")),
         goal: "≤ 1.15×",
         met: lat_ratio.map(|x| x <= 1.15),
     });
-    let scale = get(&r.threads, 8)
-        .zip(get(&r.threads, 1))
-        .map(|(a, b)| a / b);
+    let scale = round_ratio(r, Cell::Threads(8), Cell::Threads(1));
     t.push(Target {
         name: "8 writers / 1 writer durable appends/s (threads)",
         measured: scale.map_or("n/a".into(), |x| format!("{x:.2}×")),
         goal: "≥ 5×",
         met: scale.map(|x| x >= 5.0),
     });
-    let sq = get(&r.threads, 8)
-        .zip(get(&r.sqlite, 8))
-        .map(|(a, b)| a / b);
+    let sq = round_ratio(r, Cell::Threads(8), Cell::Sqlite(8));
     t.push(Target {
         name: "agentwal / SQLite WAL `synchronous=FULL`, 8 writers, durable ops/s",
         measured: sq.map_or("n/a".into(), |x| format!("{x:.2}×")),
         goal: "≥ 5×",
         met: sq.map(|x| x >= 5.0),
     });
-    let ok = get(&r.threads, 8)
-        .zip(get(&r.okaywal, 8))
-        .map(|(a, b)| a / b);
+    let ok = round_ratio(r, Cell::Threads(8), Cell::Okaywal(8));
     t.push(Target {
         name: "agentwal / okaywal durable commit, 8 writers, ops/s",
         measured: ok.map_or("n/a".into(), |x| format!("{x:.2}×")),
@@ -122,11 +120,12 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "{BEGIN}");
     let _ = writeln!(
         s,
-        "\nRun: `{cmd}` — {} mode, {} s per throughput cell, {} interleaved rounds for the 1-writer latency, \
-         256-byte payloads, files on `{}`, kernel {}, {} CPUs.\n",
+        "\nRun: `{cmd}` — {} mode; throughput: {} rounds, every cell {} s per round, cells interleaved, \
+         median per cell, ratios = median of per-round ratios; 1-writer latency: operations of the three \
+         systems interleaved one by one; 256-byte payloads; files on `{}`, kernel {}, {} CPUs.\n",
         if r.quick { "quick" } else { "full" },
-        r.cell_secs,
         r.rounds,
+        r.cell_secs,
         fs_type(),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -148,7 +147,7 @@ pub fn markdown(r: &Results) -> String {
 
     if let (Some(raw), Some(agent)) = (&r.raw_prealloc, &r.agent1) {
         let _ = writeln!(s, "\n### One writer, durable, latency (µs)\n");
-        let _ = writeln!(s, "| system | ops/s | mean | p50 | p99 | p99.9 | vs raw (p50) |\n|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| system | ops/s (1 / mean) | mean | p50 | p99 | p99.9 | vs raw (p50) |\n|---|---:|---:|---:|---:|---:|---:|");
         let mut row = |name: &str, l: &crate::measure::Latencies| {
             let _ = writeln!(
                 s,
@@ -171,7 +170,8 @@ pub fn markdown(r: &Results) -> String {
         row("agentwal `append_with(Durable)`", agent);
         let _ = writeln!(
             s,
-            "\nPer-round latency ratios (agentwal p50 / raw p50, rounds interleaved): {}.",
+            "\nagentwal p50 / raw p50 in each {}-th of the run (drift check): {}.",
+            r.round_ratios.len(),
             r.round_ratios
                 .iter()
                 .map(|x| format!("{x:.3}"))
@@ -187,9 +187,8 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| writers | agentwal threads | × 1 thread | agentwal tokio tasks (`append_async`) | SQLite WAL FULL | okaywal |\n|---:|---:|---:|---:|---:|---:|"
+            "| writers | agentwal threads | × 1 thread (per-round median) | agentwal tokio tasks (`append_async`) | SQLite WAL FULL | okaywal |\n|---:|---:|---:|---:|---:|---:|"
         );
-        let one = get(&r.threads, 1);
         for n in [1usize, 4, 8, 16, 64] {
             let th = get(&r.threads, n);
             let cell = |v: Option<f64>| v.map_or("–".into(), ops);
@@ -197,8 +196,8 @@ pub fn markdown(r: &Results) -> String {
                 s,
                 "| {n} | {} | {} | {} | {} | {} |",
                 cell(th),
-                th.zip(one)
-                    .map_or("–".into(), |(a, b)| format!("{:.2}×", a / b)),
+                round_ratio(r, Cell::Threads(n), Cell::Threads(1))
+                    .map_or("–".into(), |x| format!("{x:.2}×")),
                 cell(get(&r.tasks, n)),
                 cell(get(&r.sqlite, n)),
                 cell(get(&r.okaywal, n)),

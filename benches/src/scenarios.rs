@@ -21,8 +21,6 @@ pub struct ReplayRow {
     pub log_bytes: u64,
     /// Valid records.
     pub records: u64,
-    /// Bytes in valid records (what verify checks).
-    pub record_bytes: u64,
     /// `LogReader::open` (full scan, every checksum) seconds.
     pub verify_secs: f64,
     /// Peak RSS of the verify child.
@@ -38,9 +36,10 @@ pub struct ReplayRow {
 }
 
 impl ReplayRow {
-    /// Verify speed in bytes/s.
+    /// Verify speed in bytes/s, over the same segment files the crc32fast
+    /// baseline hashes (verify reads records and the zero tail alike).
     pub fn verify_bps(&self) -> f64 {
-        self.record_bytes as f64 / self.verify_secs
+        self.log_bytes as f64 / self.verify_secs
     }
     /// crc32fast speed in bytes/s.
     pub fn crc_bps(&self) -> f64 {
@@ -78,7 +77,7 @@ pub struct Results {
     pub quick: bool,
     /// Seconds per throughput cell.
     pub cell_secs: f64,
-    /// Interleaved rounds of the single-writer comparison.
+    /// Rounds of the interleaved comparison (and slices of the latency run).
     pub rounds: usize,
     /// Raw pwrite+fdatasync on a preallocated file, merged over rounds.
     pub raw_prealloc: Option<Latencies>,
@@ -86,7 +85,7 @@ pub struct Results {
     pub raw_append: Option<Latencies>,
     /// agentwal durable append, 1 writer, merged over rounds.
     pub agent1: Option<Latencies>,
-    /// Per-round ratio agentwal p50 latency / raw p50 latency.
+    /// Per-slice ratio agentwal p50 latency / raw p50 latency.
     pub round_ratios: Vec<f64>,
     /// agentwal durable appends by thread count.
     pub threads: Vec<(usize, Throughput)>,
@@ -106,140 +105,176 @@ pub struct Results {
     pub idle_rss: u64,
     /// Compaction steady state.
     pub compaction: Option<Compaction>,
+    /// Every round's throughput per cell.
+    pub samples: Vec<(Cell, Vec<Throughput>)>,
 }
 
 fn wants(opts: &Opts, phase: &str) -> bool {
     opts.only.is_empty() || opts.only.iter().any(|o| phase.contains(o.as_str()))
 }
 
+/// One throughput cell of the interleaved comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    /// agentwal durable appends from N threads.
+    Threads(usize),
+    /// agentwal `append_async` from N tokio tasks.
+    Tasks(usize),
+    /// agentwal full units from N threads.
+    Units(usize),
+    /// JSON checkpoint file, 1 writer.
+    Json,
+    /// SQLite WAL FULL, N writers.
+    Sqlite(usize),
+    /// okaywal, N writers.
+    Okaywal(usize),
+}
+
+const WRITERS: [usize; 5] = [1, 4, 8, 16, 64];
+
+/// The systems, opened once and shared by every round.
+struct Open {
+    log: Log,
+    unit_log: Log,
+    json_dir: std::path::PathBuf,
+    db: std::path::PathBuf,
+    wal: okaywal::WriteAheadLog,
+}
+
+fn run_cell(o: &Open, cell: Cell, dur: Duration) -> Res<Throughput> {
+    match cell {
+        Cell::Threads(n) => measure::threads(n, dur, |_| {
+            Ok(systems::agentwal_writer(o.log.clone(), PAYLOAD))
+        }),
+        Cell::Tasks(n) => {
+            let log = o.log.clone();
+            let p = systems::payload(PAYLOAD);
+            measure::tokio_tasks(n, dur, move || {
+                let (log, p) = (log.clone(), p.clone());
+                async move {
+                    log.append_async(1, p).await?;
+                    Ok(())
+                }
+            })
+        }
+        Cell::Units(n) => measure::threads(n, dur, |t| {
+            Ok(systems::agentwal_unit_writer(o.unit_log.clone(), t))
+        }),
+        Cell::Json => measure::threads(1, dur, |_| systems::json_checkpoint(&o.json_dir, PAYLOAD)),
+        Cell::Sqlite(n) => measure::threads(n, dur, |_| systems::sqlite_writer(&o.db, PAYLOAD)),
+        Cell::Okaywal(n) => measure::threads(n, dur, |_| {
+            Ok(systems::okaywal_writer(o.wal.clone(), PAYLOAD))
+        }),
+    }
+}
+
 /// Runs every phase.
 pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
     let q = opts.quick;
-    let cell = Duration::from_secs_f64(if q { 1.0 } else { 4.0 });
+    let cell = Duration::from_secs_f64(if q { 0.25 } else { 0.75 });
     let mut r = Results {
         quick: q,
         cell_secs: cell.as_secs_f64(),
-        rounds: if q { 7 } else { 11 },
+        rounds: if q { 3 } else { 7 },
         ..Default::default()
     };
     let record = systems::record_bytes(PAYLOAD);
 
     if wants(opts, "latency") {
-        // Interleaved rounds: raw, agentwal, raw, agentwal, ... so that
-        // drift in the machine's load hits both sides alike.
-        let round = Duration::from_secs_f64(if q { 0.4 } else { 1.5 });
-        let (mut raws, mut agents) = (Vec::new(), Vec::new());
-        for i in 0..r.rounds {
-            let d = fresh_dir(root, &format!("raw-{i}"))?;
-            let raw = measure::latencies(
-                round,
-                systems::raw_prealloc(&d.join("raw.dat"), record, 64 << 20)?,
-            )?;
-            std::fs::remove_dir_all(&d)?;
-            let d = fresh_dir(root, &format!("agent1-{i}"))?;
-            let log = systems::agentwal_open(&d)?;
-            let agent = measure::latencies(round, systems::agentwal_writer(log.clone(), PAYLOAD))?;
-            log.close()?;
-            std::fs::remove_dir_all(&d)?;
-            // p50, not mean: the machine is shared, and a neighbour's
-            // writeback stall in one round must not decide the ratio.
-            let ratio = agent.quantile_us(0.5) / raw.quantile_us(0.5);
-            eprintln!(
-                "  round {i}: raw p50 {:.0} us, agentwal p50 {:.0} us, p50 ratio {ratio:.3}",
-                raw.quantile_us(0.5),
-                agent.quantile_us(0.5)
-            );
-            r.round_ratios.push(ratio);
-            raws.push(raw);
-            agents.push(agent);
-        }
-        r.raw_prealloc = Some(Latencies::merge(&raws));
-        r.agent1 = Some(Latencies::merge(&agents));
-        let d = fresh_dir(root, "raw-append")?;
-        r.raw_append = Some(measure::latencies(
-            round * r.rounds as u32,
-            systems::raw_append(&d.join("raw.dat"), record)?,
-        )?);
+        // Paired, interleaved per operation: raw preallocated, raw appending,
+        // agentwal, raw preallocated, ... on the same disk, so a neighbour's
+        // I/O burst hits all three alike.
+        let d = fresh_dir(root, "latency")?;
+        let mut raw = systems::raw_prealloc(&d.join("raw-prealloc.dat"), record, 64 << 20)?;
+        let mut app = systems::raw_append(&d.join("raw-append.dat"), record)?;
+        let ld = d.join("agentwal");
+        std::fs::create_dir_all(&ld)?;
+        let log = systems::agentwal_open(&ld)?;
+        let mut agent = systems::agentwal_writer(log.clone(), PAYLOAD);
+        let total = Duration::from_secs_f64(if q { 6.0 } else { 30.0 });
+        let [a, b, c] = measure::paired_latencies(total, [&mut raw, &mut app, &mut agent])?;
+        log.close()?;
         std::fs::remove_dir_all(&d)?;
+        // Ratios per slice of the run (drift check), then overall.
+        r.round_ratios = a
+            .slices(r.rounds)
+            .iter()
+            .zip(c.slices(r.rounds))
+            .map(|(x, y)| y.quantile_us(0.5) / x.quantile_us(0.5))
+            .collect();
+        eprintln!(
+            "  1 writer: raw p50 {:.0} us, raw append p50 {:.0} us, agentwal p50 {:.0} us",
+            a.quantile_us(0.5),
+            b.quantile_us(0.5),
+            c.quantile_us(0.5)
+        );
+        r.raw_prealloc = Some(a);
+        r.raw_append = Some(b);
+        r.agent1 = Some(c);
     }
 
-    let counts = [1usize, 4, 8, 16, 64];
+    let mut cells = Vec::new();
     if wants(opts, "writers") {
-        for &n in &counts {
-            let d = fresh_dir(root, &format!("threads-{n}"))?;
-            let log = systems::agentwal_open(&d)?;
-            let tp = measure::threads(n, cell, |_| {
-                Ok(systems::agentwal_writer(log.clone(), PAYLOAD))
-            })?;
-            log.close()?;
-            std::fs::remove_dir_all(&d)?;
-            eprintln!("  agentwal {n:>2} threads: {:>9.0} appends/s", tp.per_sec());
-            r.threads.push((n, tp));
-        }
+        cells.extend(WRITERS.map(Cell::Threads));
     }
     if wants(opts, "tasks") {
-        for &n in &counts {
-            let d = fresh_dir(root, &format!("tasks-{n}"))?;
-            let log = systems::agentwal_open(&d)?;
-            let l2 = log.clone();
-            let p = systems::payload(PAYLOAD);
-            let tp = measure::tokio_tasks(n, cell, move || {
-                let (log, p) = (l2.clone(), p.clone());
-                async move {
-                    log.append_async(1, p).await?;
-                    Ok(())
-                }
-            })?;
-            log.close()?;
-            std::fs::remove_dir_all(&d)?;
-            eprintln!(
-                "  agentwal {n:>2} tokio tasks: {:>9.0} appends/s",
-                tp.per_sec()
-            );
-            r.tasks.push((n, tp));
-        }
+        cells.extend(WRITERS.map(Cell::Tasks));
     }
     if wants(opts, "units") {
-        for n in [1usize, 8] {
-            let d = fresh_dir(root, &format!("units-{n}"))?;
-            let log = systems::agentwal_open(&d)?;
-            let tp = measure::threads(n, cell, |t| {
-                Ok(systems::agentwal_unit_writer(log.clone(), t))
-            })?;
-            log.close()?;
-            std::fs::remove_dir_all(&d)?;
-            eprintln!(
-                "  agentwal units, {n} threads: {:>9.0} units/s",
-                tp.per_sec()
-            );
-            r.units.push((n, tp));
-        }
+        cells.extend([Cell::Units(1), Cell::Units(8)]);
     }
     if wants(opts, "baselines") {
-        let d = fresh_dir(root, "json")?;
-        let tp = measure::threads(1, cell, |_| systems::json_checkpoint(&d, PAYLOAD))?;
-        std::fs::remove_dir_all(&d)?;
-        eprintln!("  JSON checkpoint: {:>9.0} items/s", tp.per_sec());
-        r.json = Some(tp);
-        for n in [1usize, 8] {
-            let d = fresh_dir(root, &format!("sqlite-{n}"))?;
-            let db = d.join("bench.db");
-            systems::sqlite_setup(&db)?;
-            let tp = measure::threads(n, cell, |_| systems::sqlite_writer(&db, PAYLOAD))?;
-            std::fs::remove_dir_all(&d)?;
-            eprintln!("  SQLite FULL {n} writers: {:>9.0} tx/s", tp.per_sec());
-            r.sqlite.push((n, tp));
+        cells.extend([
+            Cell::Json,
+            Cell::Sqlite(1),
+            Cell::Sqlite(8),
+            Cell::Okaywal(1),
+            Cell::Okaywal(8),
+        ]);
+    }
+    if !cells.is_empty() {
+        let d = fresh_dir(root, "compare")?;
+        let sub = |n: &str| -> Res<std::path::PathBuf> {
+            let p = d.join(n);
+            std::fs::create_dir_all(&p)?;
+            Ok(p)
+        };
+        let db = sub("sqlite")?.join("bench.db");
+        systems::sqlite_setup(&db)?;
+        let o = Open {
+            log: systems::agentwal_open(&sub("agentwal")?)?,
+            unit_log: systems::agentwal_open(&sub("units")?)?,
+            json_dir: sub("json")?,
+            db,
+            wal: systems::okaywal_open(&sub("okaywal")?)?,
+        };
+        // Rounds: every cell once per round, in the same order, so slow
+        // phases of the shared machine hit every system; medians per cell.
+        let mut samples: Vec<Vec<Throughput>> = vec![Vec::new(); cells.len()];
+        for round in 0..r.rounds {
+            for (i, c) in cells.iter().enumerate() {
+                samples[i].push(run_cell(&o, *c, cell)?);
+            }
+            eprintln!("  round {} of {} done", round + 1, r.rounds);
         }
-        for n in [1usize, 8] {
-            let d = fresh_dir(root, &format!("okaywal-{n}"))?;
-            let wal = systems::okaywal_open(&d)?;
-            let tp = measure::threads(n, cell, |_| {
-                Ok(systems::okaywal_writer(wal.clone(), PAYLOAD))
-            })?;
-            wal.shutdown()?;
-            std::fs::remove_dir_all(&d)?;
-            eprintln!("  okaywal {n} writers: {:>9.0} commits/s", tp.per_sec());
-            r.okaywal.push((n, tp));
+        o.log.close()?;
+        o.unit_log.close()?;
+        o.wal.shutdown()?;
+        std::fs::remove_dir_all(&d)?;
+        for (c, v) in cells.iter().zip(samples) {
+            r.samples.push((*c, v));
+        }
+        for &(c, ref v) in &r.samples {
+            let m = median_tp(v);
+            eprintln!("  {c:?}: {:.0}/s", m.per_sec());
+            match c {
+                Cell::Threads(n) => r.threads.push((n, m)),
+                Cell::Tasks(n) => r.tasks.push((n, m)),
+                Cell::Units(n) => r.units.push((n, m)),
+                Cell::Json => r.json = Some(m),
+                Cell::Sqlite(n) => r.sqlite.push((n, m)),
+                Cell::Okaywal(n) => r.okaywal.push((n, m)),
+            }
         }
     }
     if wants(opts, "replay") {
@@ -276,6 +311,25 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
         r.compaction = Some(c);
     }
     Ok(r)
+}
+
+/// The median-throughput sample of a cell.
+fn median_tp(v: &[Throughput]) -> Throughput {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.per_sec().total_cmp(&b.per_sec()));
+    s[s.len() / 2]
+}
+
+/// Median over rounds of the per-round ratio `a / b`.
+pub fn round_ratio(r: &Results, a: Cell, b: Cell) -> Option<f64> {
+    let get = |c: Cell| r.samples.iter().find(|(k, _)| *k == c).map(|(_, v)| v);
+    let (x, y) = (get(a)?, get(b)?);
+    let ratios: Vec<f64> = x
+        .iter()
+        .zip(y)
+        .map(|(p, q)| p.per_sec() / q.per_sec())
+        .collect();
+    Some(measure::median(&ratios))
 }
 
 /// Appends 256-byte records (in batches, buffered, one sync at the end) until
@@ -329,7 +383,6 @@ fn replay_row(dir: &Path) -> Res<ReplayRow> {
     Ok(ReplayRow {
         log_bytes: u(&c, "bytes"),
         records: u(&v, "records"),
-        record_bytes: u(&v, "record_bytes"),
         verify_secs: f(&v, "secs"),
         verify_rss: u(&v, "peak_rss"),
         crc_secs: f(&c, "secs"),

@@ -35,11 +35,15 @@ pub struct Opts {
     pub img_dir: Option<PathBuf>,
     /// Run only the phases whose name contains one of these.
     pub only: Vec<String>,
+    /// Writer counts of the concurrency sweep (default 1, 4, 8, 16, 64).
+    pub writers: Vec<usize>,
+    /// Rounds of the interleaved comparison (default 9 quick, 15 full).
+    pub rounds: Option<usize>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: agentwal-bench [--quick] [--dir DIR] [--no-write] [--only PHASE]...\n\
+        "usage: agentwal-bench [--quick] [--dir DIR] [--no-write] [--only PHASE]... [--writers 1,8] [--rounds N]\n\
          phases: latency, writers, tasks, units, baselines, replay, compaction\n\
          (internal: agentwal-bench --child verify|replay|crc|idle|grow DIR)"
     );
@@ -68,6 +72,8 @@ fn main() {
         doc: Some(repo.join("docs/benchmarks.md")),
         img_dir: Some(repo.join("docs/img")),
         only: Vec::new(),
+        writers: vec![1, 4, 8, 16, 64],
+        rounds: None,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -79,6 +85,20 @@ fn main() {
                 opts.img_dir = None;
             }
             "--only" => opts.only.push(it.next().unwrap_or_else(|| usage())),
+            "--writers" => {
+                let v = it.next().unwrap_or_else(|| usage());
+                opts.writers = v
+                    .split(',')
+                    .map(|x| x.parse().unwrap_or_else(|_| usage()))
+                    .collect();
+            }
+            "--rounds" => {
+                opts.rounds = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| usage()),
+                )
+            }
             "-h" | "--help" => usage(),
             _ => usage(),
         }

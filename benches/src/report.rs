@@ -275,7 +275,7 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "{} records appended ({}) in durable batches of 64, segment size {}, snapshot + `truncate_before` every {} records ({} cycles, {:.1} s).\n",
+            "{} records appended ({}) in durable batches of 256, segment size {}, snapshot + `truncate_before` every {} records ({} cycles, {:.1} s).\n",
             c.records,
             mib(c.appended_bytes),
             mib(c.segment_size),

@@ -130,8 +130,6 @@ pub enum Cell {
     Okaywal(usize),
 }
 
-const WRITERS: [usize; 5] = [1, 4, 8, 16, 64];
-
 /// The systems, opened once and shared by every round.
 struct Open {
     log: Log,
@@ -171,11 +169,11 @@ fn run_cell(o: &Open, cell: Cell, dur: Duration) -> Res<Throughput> {
 /// Runs every phase.
 pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
     let q = opts.quick;
-    let cell = Duration::from_secs_f64(if q { 0.25 } else { 0.75 });
+    let cell = Duration::from_secs_f64(if q { 0.1 } else { 0.3 });
     let mut r = Results {
         quick: q,
         cell_secs: cell.as_secs_f64(),
-        rounds: if q { 3 } else { 7 },
+        rounds: opts.rounds.unwrap_or(if q { 9 } else { 15 }),
         ..Default::default()
     };
     let record = systems::record_bytes(PAYLOAD);
@@ -215,10 +213,10 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
 
     let mut cells = Vec::new();
     if wants(opts, "writers") {
-        cells.extend(WRITERS.map(Cell::Threads));
+        cells.extend(opts.writers.iter().map(|&n| Cell::Threads(n)));
     }
     if wants(opts, "tasks") {
-        cells.extend(WRITERS.map(Cell::Tasks));
+        cells.extend(opts.writers.iter().map(|&n| Cell::Tasks(n)));
     }
     if wants(opts, "units") {
         cells.extend([Cell::Units(1), Cell::Units(8)]);
@@ -467,7 +465,7 @@ fn compaction(root: &Path, quick: bool) -> Res<Compaction> {
     let (segment_size, every, total): (u64, u64, u64) = if quick {
         (4 << 20, 20_000, 200_000)
     } else {
-        (16 << 20, 100_000, 2_000_000)
+        (16 << 20, 100_000, 1_000_000)
     };
     let log = Log::open(
         &d,
@@ -478,7 +476,7 @@ fn compaction(root: &Path, quick: bool) -> Res<Compaction> {
         },
     )?;
     let p = systems::payload(PAYLOAD);
-    let batch: Vec<(u8, &[u8])> = (0..64).map(|_| (1u8, p.as_slice())).collect();
+    let batch: Vec<(u8, &[u8])> = (0..256).map(|_| (1u8, p.as_slice())).collect();
     let state = systems::payload(4096);
     let mut c = Compaction {
         segment_size,

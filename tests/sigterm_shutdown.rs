@@ -1,0 +1,123 @@
+//! Real signals delivered to a real process: the first SIGTERM/SIGINT stops
+//! new units and lets the unit in progress finish (exit 0 / 130); a second
+//! signal exits at once. The test binary re-runs itself as the child process
+//! (selected by an environment variable), so no extra binary is needed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentwal::runtime::Shutdown;
+
+const CHILD_ENV: &str = "AGENTWAL_SIGTEST_CHILD";
+
+/// The child's body. Does nothing unless started by the tests below.
+#[test]
+fn child_main() {
+    let Ok(mode) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let shutdown = Shutdown::install_thread().expect("install signal handlers");
+    println!("ready");
+    let mut units = 0u64;
+    loop {
+        let Ok(guard) = shutdown.begin_unit() else {
+            break;
+        };
+        if mode == "stuck" {
+            println!("unit-started");
+            // A unit that never finishes: only the second signal ends the process.
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        units += 1;
+        drop(guard);
+    }
+    let w = shutdown.wait_units_blocking();
+    println!("clean units={units} outstanding={}", w.outstanding);
+    std::process::exit(shutdown.exit_code());
+}
+
+fn spawn(
+    mode: &str,
+    timeout: &str,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, mode)
+        .env("SHUTDOWN_TIMEOUT", timeout)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    wait_line(&mut lines, "ready");
+    (child, lines)
+}
+
+fn wait_line(lines: &mut impl Iterator<Item = std::io::Result<String>>, want: &str) -> String {
+    for line in lines.by_ref() {
+        let line = line.expect("read child stdout");
+        if line.contains(want) {
+            return line;
+        }
+    }
+    panic!("child ended before printing {want:?}");
+}
+
+fn kill(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().expect("exited by itself, not by a signal");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("child did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_finishes_the_unit_and_exits_0() {
+    let (mut child, mut lines) = spawn("loop", "10");
+    std::thread::sleep(Duration::from_millis(100));
+    kill(&child, "TERM");
+    let clean = wait_line(&mut lines, "clean");
+    assert!(clean.trim_end().ends_with("outstanding=0"), "{clean}");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 0);
+}
+
+#[test]
+fn sigint_exits_130() {
+    let (mut child, mut lines) = spawn("loop", "10");
+    std::thread::sleep(Duration::from_millis(100));
+    kill(&child, "INT");
+    let clean = wait_line(&mut lines, "clean");
+    assert!(clean.trim_end().ends_with("outstanding=0"), "{clean}");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 130);
+}
+
+#[test]
+fn second_signal_exits_at_once_with_the_first_code() {
+    let (mut child, mut lines) = spawn("stuck", "60");
+    wait_line(&mut lines, "unit-started");
+    kill(&child, "INT");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "first signal must wait for the unit"
+    );
+    kill(&child, "TERM");
+    // Far below the 60 s budget and the 120 s unit: the second signal forced it.
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 130);
+}

@@ -50,17 +50,22 @@ impl ReplayRow {
 /// Steady-state disk use under compaction.
 #[derive(Debug, Clone, Default)]
 pub struct Compaction {
+    /// Journal units committed.
+    pub units: u64,
     /// Records appended in total.
     pub records: u64,
-    /// Bytes appended in total (encoded records).
+    /// Bytes appended in total (encoded records; estimated from the
+    /// average size of the records live at the end).
     pub appended_bytes: u64,
-    /// Snapshot + truncate cycles.
+    /// Compactions (snapshot + truncate).
     pub cycles: u64,
     /// Segment size used.
     pub segment_size: u64,
     /// Records between snapshots.
     pub every: u64,
-    /// Largest directory size seen (sampled before each compaction).
+    /// Retention: settled keys kept across compaction.
+    pub retained_keys: u64,
+    /// Largest directory size seen (sampled every 20 ms).
     pub peak_dir_bytes: u64,
     /// Directory size per quarter of the run (steadiness).
     pub quarter_dir_bytes: Vec<u64>,
@@ -91,8 +96,10 @@ pub struct Results {
     pub threads: Vec<(usize, Throughput)>,
     /// agentwal `append_async` by task count.
     pub tasks: Vec<(usize, Throughput)>,
-    /// Full units (4 records, 2 syncs) by thread count.
+    /// Journal units by thread count.
     pub units: Vec<(usize, Throughput)>,
+    /// Log-emulated units (4 records, 2 syncs) by thread count.
+    pub log_units: Vec<(usize, Throughput)>,
     /// JSON checkpoint per item.
     pub json: Option<Throughput>,
     /// SQLite WAL FULL by writers.
@@ -120,8 +127,10 @@ pub enum Cell {
     Threads(usize),
     /// agentwal `append_async` from N tokio tasks.
     Tasks(usize),
-    /// agentwal full units from N threads.
+    /// Real journal units (begin + one effect + commit) from N threads.
     Units(usize),
+    /// The same unit as 4 raw log records from N threads.
+    LogUnits(usize),
     /// JSON checkpoint file, 1 writer.
     Json,
     /// SQLite WAL FULL, N writers.
@@ -134,6 +143,7 @@ pub enum Cell {
 struct Open {
     log: Log,
     unit_log: Log,
+    journal: agentwal::journal::Journal,
     json_dir: std::path::PathBuf,
     db: std::path::PathBuf,
     wal: okaywal::WriteAheadLog,
@@ -156,6 +166,9 @@ fn run_cell(o: &Open, cell: Cell, dur: Duration) -> Res<Throughput> {
             })
         }
         Cell::Units(n) => measure::threads(n, dur, |t| {
+            Ok(systems::journal_unit_writer(o.journal.clone(), t))
+        }),
+        Cell::LogUnits(n) => measure::threads(n, dur, |t| {
             Ok(systems::agentwal_unit_writer(o.unit_log.clone(), t))
         }),
         Cell::Json => measure::threads(1, dur, |_| systems::json_checkpoint(&o.json_dir, PAYLOAD)),
@@ -219,7 +232,12 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
         cells.extend(opts.writers.iter().map(|&n| Cell::Tasks(n)));
     }
     if wants(opts, "units") {
-        cells.extend([Cell::Units(1), Cell::Units(8)]);
+        cells.extend([
+            Cell::Units(1),
+            Cell::Units(8),
+            Cell::LogUnits(1),
+            Cell::LogUnits(8),
+        ]);
     }
     if wants(opts, "baselines") {
         cells.extend([
@@ -241,7 +259,11 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
         systems::sqlite_setup(&db)?;
         let o = Open {
             log: systems::agentwal_open(&sub("agentwal")?)?,
-            unit_log: systems::agentwal_open(&sub("units")?)?,
+            unit_log: systems::agentwal_open(&sub("log-units")?)?,
+            journal: systems::journal_open(
+                &sub("journal")?,
+                agentwal::journal::JournalOptions::default(),
+            )?,
             json_dir: sub("json")?,
             db,
             wal: systems::okaywal_open(&sub("okaywal")?)?,
@@ -257,6 +279,7 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
         }
         o.log.close()?;
         o.unit_log.close()?;
+        o.journal.close()?;
         o.wal.shutdown()?;
         std::fs::remove_dir_all(&d)?;
         for (c, v) in cells.iter().zip(samples) {
@@ -269,6 +292,7 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
                 Cell::Threads(n) => r.threads.push((n, m)),
                 Cell::Tasks(n) => r.tasks.push((n, m)),
                 Cell::Units(n) => r.units.push((n, m)),
+                Cell::LogUnits(n) => r.log_units.push((n, m)),
                 Cell::Json => r.json = Some(m),
                 Cell::Sqlite(n) => r.sqlite.push((n, m)),
                 Cell::Okaywal(n) => r.okaywal.push((n, m)),
@@ -461,52 +485,94 @@ pub fn child(what: &str, dir: &Path) -> Res<serde_json::Value> {
 /// Long run with compaction every `every` records: snapshot at the last LSN,
 /// then `truncate_before`. Samples the directory size before each compaction.
 fn compaction(root: &Path, quick: bool) -> Res<Compaction> {
+    use agentwal::journal::{AutoCompact, JournalOptions};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     let d = fresh_dir(root, "compaction")?;
-    let (segment_size, every, total): (u64, u64, u64) = if quick {
-        (4 << 20, 20_000, 200_000)
+    // Retention bounds the snapshot (settled keys survive compaction): the
+    // run must outlast it to reach the steady state.
+    let (segment_size, every, total, threads, keys): (u64, u64, u64, usize, usize) = if quick {
+        (4 << 20, 20_000, 30_000, 8, 5_000)
     } else {
-        (16 << 20, 100_000, 1_000_000)
+        (16 << 20, 100_000, 300_000, 8, 100_000)
     };
-    let log = Log::open(
-        &d,
-        LogOptions {
+    let opts = JournalOptions {
+        log: LogOptions {
             segment_size,
-            max_record_bytes: 64 << 10,
+            max_record_bytes: 2 << 20,
             ..Default::default()
         },
-    )?;
-    let p = systems::payload(PAYLOAD);
-    let batch: Vec<(u8, &[u8])> = (0..256).map(|_| (1u8, p.as_slice())).collect();
-    let state = systems::payload(4096);
+        max_payload_bytes: 1 << 20,
+        auto_compact: AutoCompact {
+            every_records: Some(every),
+            every_bytes: None,
+        },
+        retention: agentwal::journal::Retention {
+            max_keys: Some(keys),
+            max_age: None,
+        },
+    };
+    let journal = systems::journal_open(&d, opts)?;
     let mut c = Compaction {
         segment_size,
         every,
+        retained_keys: keys as u64,
         ..Default::default()
     };
+    let done = AtomicU64::new(0);
     let start = Instant::now();
-    let mut since = 0;
-    while c.records < total {
-        // Durable batches: a realistic steady state (each batch is synced).
-        let range = log.append_batch(&batch, Durability::Durable)?;
-        c.records += batch.len() as u64;
-        since += batch.len() as u64;
-        if since >= every {
-            since = 0;
+    // Writers run units until `total`; this thread samples the directory.
+    std::thread::scope(|s| -> Res {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (journal, done) = (journal.clone(), &done);
+                s.spawn(move || -> Res {
+                    let mut op = systems::journal_unit_writer(journal, t);
+                    while done.fetch_add(1, Ordering::Relaxed) < total {
+                        op()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut next_quarter = 1;
+        while workers.iter().any(|w| !w.is_finished()) {
             let size = systems::dir_bytes(&d)?;
             c.peak_dir_bytes = c.peak_dir_bytes.max(size);
-            let last = *range.end();
-            log.write_snapshot(last, &state)?;
-            log.truncate_before(last + 1)?;
-            c.cycles += 1;
+            if done.load(Ordering::Relaxed) >= total * next_quarter / 4 && next_quarter < 4 {
+                c.quarter_dir_bytes.push(size);
+                next_quarter += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if c.records % (total / 4) < batch.len() as u64 {
-            c.quarter_dir_bytes.push(systems::dir_bytes(&d)?);
+        for w in workers {
+            w.join().map_err(|_| "a compaction writer panicked")??;
+        }
+        Ok(())
+    })?;
+    c.secs = start.elapsed().as_secs_f64();
+    let stats = journal.stats();
+    c.units = stats.committed;
+    c.records = journal.log().next_lsn() - 1;
+    c.cycles = stats.compactions;
+    c.final_dir_bytes = systems::dir_bytes(&d)?;
+    c.quarter_dir_bytes.push(c.final_dir_bytes);
+    c.peak_dir_bytes = c.peak_dir_bytes.max(c.final_dir_bytes);
+    journal.close()?;
+    if std::env::var_os("AGENTWAL_BENCH_LIST").is_some() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            eprintln!(
+                "    {} {}",
+                e.file_name().to_string_lossy(),
+                e.metadata()?.len()
+            );
         }
     }
-    c.secs = start.elapsed().as_secs_f64();
-    c.appended_bytes = c.records * systems::record_bytes(PAYLOAD) as u64;
-    c.final_dir_bytes = systems::dir_bytes(&d)?;
-    log.close()?;
+    // Average record size, from the records still live at the end.
+    let reader = LogReader::open(&d)?;
+    let scan = reader.scan();
+    c.appended_bytes = scan.record_bytes * c.records / scan.records().max(1);
     std::fs::remove_dir_all(&d)?;
     Ok(c)
 }

@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentwal::journal::{Effect, Journal, JournalOptions};
 use agentwal::log::{Durability, Log, LogOptions};
 
 use crate::measure::Res;
@@ -172,10 +173,10 @@ const UNIT_INTENT: u8 = 11;
 const UNIT_OUTCOME: u8 = 12;
 const UNIT_COMMIT: u8 = 13;
 
-/// One full durable unit per call, as `batch_agent` writes it: begin
+/// The same unit emulated with 4 log records: begin
 /// (buffered), effect intent (durable: it must be on disk before the effect
-/// runs), effect outcome (buffered), commit (durable). Emulated with the log
-/// API until the journal layer lands.
+/// runs), effect outcome (buffered), commit (durable) — what the journal
+/// costs on top of the log.
 pub fn agentwal_unit_writer(log: Log, thread: usize) -> impl FnMut() -> Res {
     let outcome = payload(256);
     let mut item = 0u64;
@@ -190,6 +191,30 @@ pub fn agentwal_unit_writer(log: Log, thread: usize) -> impl FnMut() -> Res {
         // (the side effect would run here)
         log.append_with(UNIT_OUTCOME, &outcome, Durability::Buffered)?;
         log.append_with(UNIT_COMMIT, commit.as_bytes(), Durability::Durable)?;
+        Ok(())
+    }
+}
+
+/// The real journal with default options.
+pub fn journal_open(dir: &Path, opts: JournalOptions) -> Res<Journal> {
+    Ok(Journal::open(dir, opts)?)
+}
+
+/// One full journal unit per call, as `batch_agent` does it: `begin` (its
+/// record is buffered), one effect run under `retry_same_key` (its intent is
+/// made durable before the effect runs, its outcome recorded after),
+/// `commit` (durable).
+pub fn journal_unit_writer(journal: Journal, thread: usize) -> impl FnMut() -> Res {
+    let result = "r".repeat(200);
+    let mut item = 0u64;
+    move || {
+        item += 1;
+        let id = format!("t{thread}-item-{item:08}");
+        let mut unit = journal.begin(&id, "item", &item)?;
+        let _sent: String = unit.run(Effect::retry_same_key("send"), |_ctx| {
+            Ok::<_, String>(result.clone())
+        })?;
+        unit.commit()?;
         Ok(())
     }
 }

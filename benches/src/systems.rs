@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agentwal::journal::{Effect, Journal, JournalOptions};
@@ -205,11 +206,12 @@ pub fn journal_open(dir: &Path, opts: JournalOptions) -> Res<Journal> {
 /// made durable before the effect runs, its outcome recorded after),
 /// `commit` (durable).
 pub fn journal_unit_writer(journal: Journal, thread: usize) -> impl FnMut() -> Res {
+    // Unit ids are unique over the whole run (cells run many times).
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let result = "r".repeat(200);
-    let mut item = 0u64;
     move || {
-        item += 1;
-        let id = format!("t{thread}-item-{item:08}");
+        let item = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("t{thread}-item-{item:09}");
         let mut unit = journal.begin(&id, "item", &item)?;
         let _sent: String = unit.run(Effect::retry_same_key("send"), |_ctx| {
             Ok::<_, String>(result.clone())

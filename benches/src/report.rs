@@ -247,7 +247,7 @@ pub fn markdown(r: &Results) -> String {
     if !r.replay.is_empty() {
         let _ = writeln!(
             s,
-            "\n### Verify and replay (page cache warm; each phase in a child process)\n"
+            "\n### Verify and replay (page cache warm; each phase in a child process; verify and crc32fast: fastest of 3 alternating runs)\n"
         );
         let _ = writeln!(
             s,

@@ -389,11 +389,22 @@ fn child_json(dir: &Path, what: &str) -> Res<serde_json::Value> {
 }
 
 fn replay_row(dir: &Path) -> Res<ReplayRow> {
-    let v = child_json(dir, "verify")?;
-    let c = child_json(dir, "crc")?;
-    let rp = child_json(dir, "replay")?;
     let u = |j: &serde_json::Value, k: &str| j[k].as_u64().unwrap_or(0);
     let f = |j: &serde_json::Value, k: &str| j[k].as_f64().unwrap_or(f64::NAN);
+    // CPU-bound and the CPUs are shared: verify and crc alternate three
+    // times and the fastest of each counts (the least disturbed run).
+    let (mut v, mut c) = (serde_json::Value::Null, serde_json::Value::Null);
+    for _ in 0..3 {
+        let nv = child_json(dir, "verify")?;
+        if v.is_null() || f(&nv, "secs") < f(&v, "secs") {
+            v = nv;
+        }
+        let nc = child_json(dir, "crc")?;
+        if c.is_null() || f(&nc, "secs") < f(&c, "secs") {
+            c = nc;
+        }
+    }
+    let rp = child_json(dir, "replay")?;
     if u(&v, "records") != u(&rp, "records") {
         return Err(format!(
             "verify saw {} records, replay {}",

@@ -267,7 +267,7 @@ fn compaction_bounds_the_log_and_keeps_the_state() {
     for _ in 0..400 {
         q.enqueue(&payload).unwrap();
         let job = q.claim("w").unwrap().unwrap();
-        if job.id % 10 == 0 {
+        if job.id.is_multiple_of(10) {
             q.nack(&job, Duration::ZERO, "keep me").unwrap();
         } else {
             q.ack(&job).unwrap();
@@ -399,7 +399,7 @@ fn workload(q: &WorkQueue, m: &mut Model) {
     let mut next_extra = SETUP_ITEMS + 1;
     loop {
         step += 1;
-        if step % 4 == 0 && next_extra <= SETUP_ITEMS + 2 {
+        if step.is_multiple_of(4) && next_extra <= SETUP_ITEMS + 2 {
             match q.enqueue(b"extra") {
                 Ok(id) => {
                     assert_eq!(id, next_extra);

@@ -1,1 +1,245 @@
-fn main() {}
+//! The demo agent: processes N records, each one journaled unit with a
+//! simulated model call and one message sent to a "sink" file.
+//!
+//! ```text
+//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS]
+//! ```
+//!
+//! Kill it at any moment (even with SIGKILL) and run it again: it resumes at
+//! the first record that is not committed, replays recorded model calls
+//! instead of paying for them again, and re-sends a message only if its send
+//! was in doubt at the kill — always with the same idempotency key, so the
+//! receiver can de-duplicate. Each sink line is one delivery attempt:
+//! `<idempotency-key>\t<payload>`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use agentwal::journal::{
+    Attempt, AutoCompact, Effect, Journal, JournalOptions, Retention, UnitState,
+};
+use agentwal::log::LogOptions;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Process records as journaled units; safe to kill and re-run.
+#[derive(Parser, Debug)]
+#[command(name = "batch_agent", version, about)]
+struct Args {
+    /// Journal directory (created if missing).
+    #[arg(long)]
+    journal: PathBuf,
+    /// Sink file: one line per message delivery attempt.
+    #[arg(long)]
+    sink: PathBuf,
+    /// Number of records in the batch.
+    #[arg(long, default_value_t = 1000)]
+    records: u32,
+    /// Simulated work per record, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    work_ms: u64,
+}
+
+/// What the (fake) model answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelReply {
+    text: String,
+    tokens: u64,
+}
+
+/// The record's input, kept in the unit's begin record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Input {
+    index: u32,
+}
+
+/// A deterministic stand-in for an LLM call: the same prompt always gives
+/// the same text and token count.
+fn fake_model(prompt: &str) -> ModelReply {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prompt.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    ModelReply {
+        text: format!("summary-{:08x}", h as u32),
+        tokens: 50 + h % 200,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    done: u32,
+    sent: u64,
+    resends: u64,
+    model_calls: u64,
+    model_replayed: u64,
+    tokens_spent: u64,
+    tokens_saved: u64,
+    resumed_units: u64,
+}
+
+fn unit_id(i: u32) -> String {
+    format!("record-{i:06}")
+}
+
+/// One record = one unit: model call (journaled), work, send (journaled).
+fn process(
+    journal: &Journal,
+    sink: &mut File,
+    i: u32,
+    work: Duration,
+    t: &mut Totals,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let id = unit_id(i);
+    let mut unit = journal.begin(&id, "record", &Input { index: i })?;
+    if unit.is_resumed() {
+        t.resumed_units += 1;
+    }
+
+    // The model call: journaled so that a resumed unit does not pay again.
+    // In doubt after a kill it is simply called again (same key).
+    let mut called = false;
+    let reply: ModelReply = unit.run(Effect::retry_same_key("model"), |_ctx| {
+        called = true;
+        Ok::<_, std::io::Error>(fake_model(&format!("summarize record {i}")))
+    })?;
+    if called {
+        t.model_calls += 1;
+        t.tokens_spent += reply.tokens;
+    } else {
+        t.model_replayed += 1;
+        t.tokens_saved += reply.tokens;
+    }
+
+    // The simulated work on the model's answer. A kill here leaves the unit
+    // incomplete with its model call recorded: the re-run replays it.
+    std::thread::sleep(work);
+
+    // The message: one line per delivery attempt, written before the
+    // outcome is recorded. In doubt after a kill → re-sent with the same key.
+    unit.run(Effect::retry_same_key("send"), |ctx| {
+        let line = format!("{}\t{} {}\n", ctx.key(), id, reply.text);
+        // One write(2) of a short line on an O_APPEND file: a kill leaves
+        // the whole line or none of it.
+        sink.write_all(line.as_bytes())?;
+        t.sent += 1;
+        if ctx.attempt() == Attempt::Retry {
+            t.resends += 1;
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    unit.commit()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("batch_agent: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let opts = JournalOptions {
+        log: LogOptions {
+            segment_size: 4 << 20,
+            max_record_bytes: 256 << 10,
+            ..LogOptions::default()
+        },
+        max_payload_bytes: 64 << 10,
+        // Every finished record id is kept so that a re-run skips it.
+        retention: Retention::default(),
+        auto_compact: AutoCompact {
+            every_records: Some(4096),
+            every_bytes: None,
+        },
+    };
+    let journal = Journal::open(&args.journal, opts)?;
+    let replay = journal.replay_report().clone();
+    let mut sink = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.sink)?;
+
+    let n = args.records;
+    let start = (0..n)
+        .find(|&i| journal.unit_state(&unit_id(i)) != Some(UnitState::Committed))
+        .unwrap_or(n);
+    let tty = std::io::stderr().is_terminal();
+    println!(
+        "batch_agent: {n} records, journal {} ({} committed, {} incomplete at open), resuming at record {start}",
+        args.journal.display(),
+        replay.committed,
+        replay.incomplete.len()
+    );
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(u64::from(n));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} records {elapsed} eta {eta}",
+            )
+            .expect("valid template"),
+        );
+        b.set_position(u64::from(start));
+        b
+    });
+
+    // Set by the runtime's shutdown handling (SIGTERM / SIGINT); checked
+    // between units so that the unit in progress always finishes.
+    let stop = AtomicBool::new(false);
+    let work = Duration::from_millis(args.work_ms);
+    let began = Instant::now();
+    let mut t = Totals::default();
+    let step = (n / 10).max(1);
+    for i in start..n {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
+            continue;
+        }
+        process(&journal, &mut sink, i, work, &mut t)?;
+        t.done += 1;
+        match &bar {
+            Some(b) => b.set_position(u64::from(i + 1)),
+            None if (i + 1) % step == 0 || i + 1 == n => {
+                println!("progress: {}/{n} records", i + 1)
+            }
+            None => {}
+        }
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    journal.sync()?;
+    let committed = (0..n)
+        .filter(|&i| journal.unit_state(&unit_id(i)) == Some(UnitState::Committed))
+        .count() as u32;
+    let stats = journal.stats();
+    println!(
+        "records done: {} this run, {committed}/{n} committed (resumed from record {start}, {} units resumed mid-way)",
+        t.done, t.resumed_units
+    );
+    println!("messages sent: {} (re-sends: {})", t.sent, t.resends);
+    println!(
+        "model calls: {} made, {} replayed from the journal; tokens spent {}, saved {}",
+        t.model_calls, t.model_replayed, t.tokens_spent, t.tokens_saved
+    );
+    println!(
+        "journal: {} bytes on disk, {} compactions, {:.1}s",
+        stats.disk_bytes,
+        stats.compactions,
+        began.elapsed().as_secs_f64()
+    );
+    journal.close()?;
+    Ok(committed == n)
+}

@@ -1,3 +1,658 @@
 //! The journal layer: units, side effects, idempotency keys, replay.
 //!
 //! Built on the public API of [`crate::log`] only; the log knows nothing of units.
+//!
+//! # What it promises
+//!
+//! * A **unit** (one task) begins with an intent record, contains effects, and
+//!   ends with a commit or an abort. After any crash, replay classifies every
+//!   unit as committed, aborted or incomplete, and every effect of an
+//!   incomplete unit as completed, failed, in doubt or not started.
+//! * An **effect's intent is durable before its code runs**; its outcome is
+//!   appended after. Resuming a unit ([`Journal::begin`] with the same id)
+//!   hands back recorded results of completed effects *without running
+//!   them*; an in-doubt effect follows the policy it declared
+//!   ([`Effect::retry_same_key`], [`Effect::reconcile`], [`Effect::never_repeat`]).
+//!   There is no default policy.
+//! * A result is only handed to the effect that recorded it: a different
+//!   name, key or order on resume is [`Error::EffectMismatch`].
+//! * The **idempotency key index** remembers every settled key (for the
+//!   configured [`Retention`]): an effect whose key already completed — in
+//!   any unit — never runs again; its recorded result is returned.
+//! * **Rollback** runs compensations of completed effects in reverse order,
+//!   each recorded, then the abort record; an interrupted rollback resumes
+//!   where it stopped (each compensation is recorded done exactly once).
+//! * **Compaction** writes the live state (incomplete units, key index,
+//!   counters) as a snapshot and drops old segments; recovery is snapshot +
+//!   log after it, so memory and disk are bounded by live state.
+//!
+//! # Cost
+//!
+//! A unit with *n* effects costs *n + 1* `fdatasync`s on its critical path:
+//! the unit-begin record is buffered and shares the first effect intent's
+//! sync; each outcome is buffered and shares the next intent's (or the
+//! commit's) sync. One effect: 2 syncs. Concurrent units share syncs through
+//! the log's group commit.
+//!
+//! # Example
+//!
+//! ```
+//! use agentwal::journal::{Effect, Journal, JournalOptions};
+//! let dir = tempfile::tempdir().unwrap();
+//! let journal = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+//!
+//! let mut unit = journal.begin("invoice-7", "invoice", &serde_json::json!({"amount": 12})).unwrap();
+//! let receipt: String = unit
+//!     .run(Effect::retry_same_key("send-mail"), |ctx| {
+//!         // Pass ctx.key() to the receiver so that it can de-duplicate.
+//!         Ok::<_, std::io::Error>(format!("sent with key {}", ctx.key()))
+//!     })
+//!     .unwrap();
+//! unit.commit().unwrap();
+//! assert_eq!(receipt, "sent with key invoice-7/send-mail/0");
+//!
+//! // Re-opening replays the journal: the unit is committed, the key settled.
+//! drop(journal);
+//! let journal = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+//! assert!(journal.begin("invoice-7", "invoice", &()).is_err()); // already committed
+//! ```
+
+mod error;
+pub mod record;
+mod state;
+mod unit;
+pub mod view;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+pub use error::{Error, Result};
+pub use record::{JournalRecord, Outcome, OutcomeVia, PolicyKind};
+pub use state::{EffectStatus, Retention};
+pub use unit::{Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit};
+pub use view::{EffectState, EffectView, JournalView, KeyStatus, KeyView, UnitState, UnitView};
+
+use crate::log::{Durability, FsStorage, Log, LogOptions, Storage};
+use state::State;
+
+/// When the journal compacts itself (in addition to [`Journal::compact`]).
+/// Checked after each commit or abort; `None` disables a trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AutoCompact {
+    /// Compact after this many records were appended since the last compaction.
+    pub every_records: Option<u64>,
+    /// Compact after this many bytes were appended since the last compaction.
+    pub every_bytes: Option<u64>,
+}
+
+/// Options of [`Journal::open`].
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// Options of the log below.
+    pub log: LogOptions,
+    /// Largest encoded caller payload (unit payload, checkpoint state, effect
+    /// result, as JSON) accepted; larger ones are refused with
+    /// [`Error::PayloadTooLarge`] before anything is written. Default 1 MiB.
+    /// Must be below `log.max_record_bytes` (records add a little framing).
+    pub max_payload_bytes: u64,
+    /// How long settled keys and finished unit ids survive compaction.
+    /// Default: the newest 100 000, no age limit.
+    pub retention: Retention,
+    /// Automatic compaction. Default: every 64 MiB of records.
+    pub auto_compact: AutoCompact,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            log: LogOptions::default(),
+            max_payload_bytes: 1 << 20,
+            retention: Retention {
+                max_keys: Some(100_000),
+                max_age: None,
+            },
+            auto_compact: AutoCompact {
+                every_records: None,
+                every_bytes: Some(64 << 20),
+            },
+        }
+    }
+}
+
+impl JournalOptions {
+    /// Options for small journals (tests, examples): 1 MiB segments, 64 KiB
+    /// payload limit, compaction every 4096 records.
+    pub fn small() -> Self {
+        JournalOptions {
+            log: LogOptions {
+                segment_size: 1 << 20,
+                max_record_bytes: 256 << 10,
+                ..LogOptions::default()
+            },
+            max_payload_bytes: 64 << 10,
+            retention: Retention::default(),
+            auto_compact: AutoCompact {
+                every_records: Some(4096),
+                every_bytes: None,
+            },
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_payload_bytes == 0 || self.max_payload_bytes >= self.log.max_record_bytes {
+            return Err(Error::InvalidOptions(format!(
+                "max_payload_bytes ({}) must be between 1 and log.max_record_bytes ({})",
+                self.max_payload_bytes, self.log.max_record_bytes
+            )));
+        }
+        if self.auto_compact.every_records == Some(0) || self.auto_compact.every_bytes == Some(0) {
+            return Err(Error::InvalidOptions(
+                "auto_compact thresholds must be positive (use None to disable)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What replay found when the journal was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// LSN of the snapshot replay started from (0: none).
+    pub snapshot_lsn: u64,
+    /// Log records replayed after the snapshot.
+    pub records_replayed: u64,
+    /// Units committed so far (compacted ones included).
+    pub committed: u64,
+    /// Units aborted so far (compacted ones included).
+    pub aborted: u64,
+    /// Incomplete units with their effects, by begin LSN.
+    pub incomplete: Vec<UnitView>,
+    /// Entries in the idempotency key index.
+    pub keys: usize,
+}
+
+/// Counters of an open journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Incomplete units in memory.
+    pub live_units: usize,
+    /// Entries in the key index.
+    pub keys: usize,
+    /// Finished unit ids remembered.
+    pub finished_ids: usize,
+    /// Units committed (all time, compacted included).
+    pub committed: u64,
+    /// Units aborted (all time, compacted included).
+    pub aborted: u64,
+    /// Records appended since the last compaction.
+    pub records_since_compaction: u64,
+    /// Bytes appended since the last compaction.
+    pub bytes_since_compaction: u64,
+    /// Compactions done by this handle.
+    pub compactions: u64,
+    /// Bytes held by live segment files.
+    pub disk_bytes: u64,
+    /// The last automatic compaction's failure, if it failed.
+    pub last_auto_compact_error: Option<String>,
+}
+
+/// What [`Journal::compact`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// LSN the snapshot covers.
+    pub snapshot_lsn: u64,
+    /// Size of the snapshot payload.
+    pub snapshot_bytes: u64,
+    /// Segment files removed.
+    pub segments_removed: usize,
+    /// Keys and finished unit ids dropped by the retention policy.
+    pub retired: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    records: u64,
+    bytes: u64,
+    compactions: u64,
+    auto_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: Log,
+    opts: JournalOptions,
+    state: Mutex<State>,
+    active: Mutex<HashSet<String>>,
+    counters: Mutex<Counters>,
+    compacting: Mutex<()>,
+    replay: ReplayReport,
+}
+
+/// An open journal, exclusively owning its directory. Cheap to clone; safe
+/// to share between threads (units on different threads share `fdatasync`s).
+#[derive(Debug, Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir` and replays it.
+    pub fn open(dir: impl AsRef<Path>, opts: JournalOptions) -> Result<Journal> {
+        Self::open_with(Arc::new(FsStorage), dir, opts)
+    }
+
+    /// Opens the journal through any [`Storage`] (for example the
+    /// power-loss simulator) and replays it.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: JournalOptions,
+    ) -> Result<Journal> {
+        opts.validate()?;
+        let log = Log::open_with(storage, dir, opts.log.clone())?;
+        let (mut state, snapshot_lsn) = match log.latest_snapshot()? {
+            Some(s) => (State::from_snapshot(s.lsn, &s.data, false)?, s.lsn),
+            None => (State::new(false), 0),
+        };
+        let mut records_replayed = 0;
+        for rec in log.read_from(snapshot_lsn + 1)? {
+            let rec = rec?;
+            state.apply_log_record(rec.lsn, rec.kind, rec.payload())?;
+            records_replayed += 1;
+        }
+        let mut incomplete: Vec<UnitView> = state.live_units().map(view::unit_view).collect();
+        incomplete.sort_by_key(|u| u.begin_lsn);
+        let replay = ReplayReport {
+            snapshot_lsn,
+            records_replayed,
+            committed: state.committed,
+            aborted: state.aborted,
+            incomplete,
+            keys: state.keys.len(),
+        };
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                log,
+                opts,
+                state: Mutex::new(state),
+                active: Mutex::new(HashSet::new()),
+                counters: Mutex::new(Counters {
+                    records: records_replayed,
+                    ..Counters::default()
+                }),
+                compacting: Mutex::new(()),
+                replay,
+            }),
+        })
+    }
+
+    /// The log below (for sync counts, disk usage, inspection).
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    /// The options the journal was opened with.
+    pub fn options(&self) -> &JournalOptions {
+        &self.inner.opts
+    }
+
+    /// What replay found at open.
+    pub fn replay_report(&self) -> &ReplayReport {
+        &self.inner.replay
+    }
+
+    /// Begins unit `id`, or resumes it if it is incomplete.
+    ///
+    /// A new unit appends its begin record (buffered: it becomes durable with
+    /// the first effect intent or the commit). A resumed unit replays its
+    /// recorded effects as the code asks for them again; `kind` and `payload`
+    /// are then ignored (read the recorded ones with [`Unit::payload`]).
+    /// A unit that already ended fails with [`Error::UnitFinished`] (as long
+    /// as its id is retained, see [`Retention`]).
+    pub fn begin<P: Serialize + ?Sized>(&self, id: &str, kind: &str, payload: &P) -> Result<Unit> {
+        let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
+            unit: id.to_string(),
+            what: "unit payload".into(),
+            reason: e.to_string(),
+        })?;
+        self.check_size(id, "unit payload", &value)?;
+        if !self.inner.active.lock().insert(id.to_string()) {
+            return Err(Error::UnitBusy {
+                unit: id.to_string(),
+            });
+        }
+        // From here on the guard releases the id on every early return.
+        let guard = unit::ActiveGuard::new(self.clone(), id.to_string());
+        let existing = self.inner.state.lock().unit_state(id);
+        match existing {
+            Some(UnitState::Incomplete) => Ok(Unit::new(guard, true)),
+            Some(s @ (UnitState::Committed | UnitState::Aborted)) => Err(Error::UnitFinished {
+                unit: id.to_string(),
+                state: s.as_str(),
+            }),
+            None => {
+                let rec = JournalRecord::UnitBegin {
+                    unit: id.to_string(),
+                    kind: kind.to_string(),
+                    payload: value,
+                    at_ms: record::now_ms(),
+                };
+                // Buffered: a begin with nothing after it needs no durability
+                // (nothing happened yet); the first intent's sync covers it.
+                self.append(id, &[rec], Durability::Buffered)?;
+                Ok(Unit::new(guard, false))
+            }
+        }
+    }
+
+    /// The state of unit `id`: incomplete, or committed / aborted while its id
+    /// is retained; `None` if unknown.
+    pub fn unit_state(&self, id: &str) -> Option<UnitState> {
+        self.inner.state.lock().unit_state(id)
+    }
+
+    /// Classification of effect `seq` of incomplete unit `id` (`None` if the
+    /// unit is not incomplete). Steps beyond the recorded ones are
+    /// [`EffectStatus::NotStarted`].
+    pub fn effect_status(&self, id: &str, seq: u32) -> Option<EffectStatus> {
+        let st = self.inner.state.lock();
+        st.units
+            .get(id)
+            .filter(|u| u.end.is_none())
+            .map(|u| u.effect_status(seq))
+    }
+
+    /// Incomplete units now, by begin LSN.
+    pub fn incomplete_units(&self) -> Vec<UnitView> {
+        let st = self.inner.state.lock();
+        let mut v: Vec<UnitView> = st.live_units().map(view::unit_view).collect();
+        v.sort_by_key(|u| u.begin_lsn);
+        v
+    }
+
+    /// The key index entry of `key`, if retained.
+    pub fn key_status(&self, key: &str) -> Option<KeyView> {
+        self.inner.state.lock().keys.get(key).map(view::key_view)
+    }
+
+    /// The recorded outcome of a settled key, if retained.
+    pub fn key_outcome(&self, key: &str) -> Option<Outcome> {
+        self.inner
+            .state
+            .lock()
+            .keys
+            .get(key)
+            .and_then(|k| k.outcome.clone())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> JournalStats {
+        let (live_units, keys, finished_ids, committed, aborted) = {
+            let st = self.inner.state.lock();
+            (
+                st.live_units().count(),
+                st.keys.len(),
+                st.finished.len(),
+                st.committed,
+                st.aborted,
+            )
+        };
+        let c = self.inner.counters.lock();
+        JournalStats {
+            live_units,
+            keys,
+            finished_ids,
+            committed,
+            aborted,
+            records_since_compaction: c.records,
+            bytes_since_compaction: c.bytes,
+            compactions: c.compactions,
+            disk_bytes: self.inner.log.disk_bytes(),
+            last_auto_compact_error: c.auto_error.clone(),
+        }
+    }
+
+    /// Records the outcome of an in-doubt effect by hand (an operator checked
+    /// whether it happened). The unit can then be resumed or rolled back.
+    pub fn resolve_in_doubt(&self, id: &str, seq: u32, outcome: Outcome) -> Result<u64> {
+        let key = {
+            let st = self.inner.state.lock();
+            let u = st
+                .units
+                .get(id)
+                .filter(|u| u.end.is_none())
+                .ok_or_else(|| Error::UnknownUnit {
+                    unit: id.to_string(),
+                })?;
+            match u.effects.get(seq as usize) {
+                Some(e) if e.outcome.is_none() => e.key.clone(),
+                _ => {
+                    return Err(Error::InvalidCall {
+                        unit: id.to_string(),
+                        reason: format!("step {seq} is not in doubt"),
+                    })
+                }
+            }
+        };
+        if let Outcome::Ok { value } = &outcome {
+            self.check_size(id, "operator outcome", value)?;
+        }
+        let rec = JournalRecord::EffectOutcome {
+            unit: id.to_string(),
+            seq,
+            key,
+            outcome,
+            via: OutcomeVia::Operator,
+            at_ms: record::now_ms(),
+        };
+        // Durable: the operator's decision must not be lost.
+        self.append(id, &[rec], Durability::Durable)
+    }
+
+    /// Rolls back incomplete unit `id`: see [`Unit::rollback`].
+    pub fn rollback<E, F>(&self, id: &str, reason: &str, compensate: F) -> Result<RollbackReport>
+    where
+        E: std::fmt::Display,
+        F: FnMut(&Compensation) -> std::result::Result<(), E>,
+    {
+        match self.unit_state(id) {
+            Some(UnitState::Incomplete) => {}
+            Some(s) => {
+                return Err(Error::UnitFinished {
+                    unit: id.to_string(),
+                    state: s.as_str(),
+                })
+            }
+            None => {
+                return Err(Error::UnknownUnit {
+                    unit: id.to_string(),
+                })
+            }
+        }
+        self.begin(id, "", &())?.rollback(reason, compensate)
+    }
+
+    /// Writes a snapshot of the live state (incomplete units, key index after
+    /// retention, finished ids, counters) and removes segments it covers.
+    pub fn compact(&self) -> Result<CompactReport> {
+        let _one = self.inner.compacting.lock();
+        let (lsn, data, retired) = {
+            // Holding the state lock keeps appends out, so the state is
+            // exactly the log up to `lsn`.
+            let mut st = self.inner.state.lock();
+            let retired = st.apply_retention(&self.inner.opts.retention, record::now_ms());
+            let lsn = self.inner.log.next_lsn() - 1;
+            (lsn, st.encode_snapshot(), retired)
+        };
+        let mut report = CompactReport {
+            snapshot_lsn: lsn,
+            snapshot_bytes: data.len() as u64,
+            retired,
+            ..CompactReport::default()
+        };
+        if lsn == 0 {
+            return Ok(report);
+        }
+        // write_snapshot waits until `lsn` is durable, then writes the file
+        // atomically (tmp, fsync, rename, directory fsync).
+        self.inner.log.write_snapshot(lsn, &data)?;
+        report.segments_removed = self.inner.log.truncate_before(lsn + 1)?;
+        let mut c = self.inner.counters.lock();
+        c.records = 0;
+        c.bytes = 0;
+        c.compactions += 1;
+        Ok(report)
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> Result<u64> {
+        Ok(self.inner.log.sync()?)
+    }
+
+    /// Syncs and closes the journal (the directory lock is released when the
+    /// last clone and unit handle are dropped).
+    pub fn close(self) -> Result<()> {
+        self.inner.log.sync()?;
+        Ok(())
+    }
+
+    // ---- internals ------------------------------------------------------
+
+    fn check_size(&self, unit: &str, what: &str, value: &serde_json::Value) -> Result<()> {
+        let limit = self.inner.opts.max_payload_bytes;
+        let size = json_size(value);
+        if size > limit {
+            return Err(Error::PayloadTooLarge {
+                unit: unit.to_string(),
+                what: what.to_string(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends records (one write) and applies them to the state under the
+    /// state lock, then waits for durability outside it (group commit).
+    fn append(&self, unit: &str, recs: &[JournalRecord], durability: Durability) -> Result<u64> {
+        let encoded: Vec<(u8, Vec<u8>)> = recs.iter().map(|r| (r.kind(), r.encode())).collect();
+        let refs: Vec<(u8, &[u8])> = encoded.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+        let bytes: u64 = encoded.iter().map(|(_, p)| p.len() as u64 + 32).sum();
+        let last = {
+            let mut st = self.inner.state.lock();
+            let range = self
+                .inner
+                .log
+                .append_batch(&refs, Durability::Buffered)
+                .map_err(|e| match e {
+                    crate::log::Error::RecordTooLarge { size, limit } => Error::PayloadTooLarge {
+                        unit: unit.to_string(),
+                        what: "journal record".into(),
+                        size,
+                        limit,
+                    },
+                    e => Error::Log(e),
+                })?;
+            for (lsn, rec) in range.clone().zip(recs) {
+                st.apply(lsn, rec)?;
+            }
+            *range.end()
+        };
+        {
+            let mut c = self.inner.counters.lock();
+            c.records += recs.len() as u64;
+            c.bytes += bytes;
+        }
+        if durability == Durability::Durable {
+            self.inner.log.wait_durable(last)?;
+        }
+        Ok(last)
+    }
+
+    /// Compacts when a trigger is reached; a failure is kept in the stats
+    /// (the record that triggered it is already durable).
+    fn maybe_auto_compact(&self) {
+        let ac = self.inner.opts.auto_compact;
+        let due = {
+            let c = self.inner.counters.lock();
+            ac.every_records.is_some_and(|n| c.records >= n)
+                || ac.every_bytes.is_some_and(|n| c.bytes >= n)
+        };
+        if due {
+            let r = self.compact();
+            self.inner.counters.lock().auto_error = r.err().map(|e| e.to_string());
+        }
+    }
+
+    fn release(&self, id: &str) {
+        self.inner.active.lock().remove(id);
+    }
+}
+
+/// Size of a value's JSON encoding, without allocating it.
+fn json_size(value: &serde_json::Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, value);
+    c.0
+}
+
+#[cfg(feature = "tokio")]
+impl Journal {
+    /// Async [`Journal::open`] (runs on tokio's blocking pool).
+    pub async fn open_async(dir: impl AsRef<Path>, opts: JournalOptions) -> Result<Journal> {
+        let dir = dir.as_ref().to_path_buf();
+        blocking(move || Journal::open(dir, opts)).await
+    }
+
+    /// Async [`Journal::begin`] (the append runs on tokio's blocking pool).
+    pub async fn begin_async<P: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        kind: &str,
+        payload: &P,
+    ) -> Result<Unit> {
+        let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
+            unit: id.to_string(),
+            what: "unit payload".into(),
+            reason: e.to_string(),
+        })?;
+        let (j, id, kind) = (self.clone(), id.to_string(), kind.to_string());
+        blocking(move || j.begin(&id, &kind, &value)).await
+    }
+
+    /// Async [`Journal::compact`].
+    pub async fn compact_async(&self) -> Result<CompactReport> {
+        let j = self.clone();
+        blocking(move || j.compact()).await
+    }
+
+    /// Async [`Journal::sync`].
+    pub async fn sync_async(&self) -> Result<u64> {
+        let j = self.clone();
+        blocking(move || j.sync()).await
+    }
+}
+
+/// Runs blocking journal work on tokio's blocking pool.
+#[cfg(feature = "tokio")]
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}

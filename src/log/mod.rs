@@ -16,13 +16,16 @@
 //! ```
 //! use agentwal::log::{Log, LogOptions};
 //! let dir = tempfile::tempdir().unwrap();
-//! let log = Log::open(dir.path(), LogOptions { segment_size: 1 << 20, ..Default::default() }).unwrap();
+//! let opts = LogOptions { segment_size: 1 << 20, max_record_bytes: 64 << 10, ..Default::default() };
+//! let log = Log::open(dir.path(), opts).unwrap();
 //! let lsn = log.append(b"hello").unwrap();
 //! let back: Vec<_> = log.read_from(lsn).unwrap().map(|r| r.unwrap().payload().to_vec()).collect();
 //! assert_eq!(back, vec![b"hello".to_vec()]);
 //! ```
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod reader;
 pub mod record;
 pub mod scan;

@@ -156,7 +156,27 @@ impl LogReader {
             Err(e) => return Err(Error::io("stat", &dir, e)),
         }
         let snapshot = snapshot::read_latest(storage.as_ref(), &dir)?;
-        let scan = scan_dir(storage.as_ref(), &dir, snapshot.as_ref().map(|s| s.lsn + 1))?;
+        let expected_first = snapshot.as_ref().map(|s| s.lsn + 1);
+        let mut scan = scan_dir(storage.as_ref(), &dir, expected_first)?;
+        // The owner may be appending while we scan: the map can show zeros
+        // where a record is being written and, a moment later, the records
+        // after it, which looks like a hole before acknowledged data. Real
+        // damage stays put; such a race has moved on at the next scan (the
+        // record was complete before any later one was written). So rescan
+        // until two scans report the same place, a bounded number of times.
+        for _ in 0..8 {
+            let Some(first) = scan.corruption.clone() else {
+                break;
+            };
+            scan = scan_dir(storage.as_ref(), &dir, expected_first)?;
+            if scan
+                .corruption
+                .as_ref()
+                .is_some_and(|c| c.segment == first.segment && c.offset == first.offset)
+            {
+                break;
+            }
+        }
         Ok(LogReader {
             storage,
             dir,

@@ -192,7 +192,21 @@ impl Log {
             records: scan.records(),
             ..OpenReport::default()
         };
-        let (segments, pos) = apply_recovery(storage.as_ref(), &dir, &opts, scan, &mut report)?;
+        let (mut segments, pos) = apply_recovery(storage.as_ref(), &dir, &opts, scan, &mut report)?;
+        // A lossy cut inside records the snapshot already covers leaves a log
+        // that ends before the snapshot: the next append would take an LSN the
+        // snapshot hides. Those segments are obsolete; set them aside and
+        // continue in a fresh segment right after the snapshot.
+        if snap.is_some() && segments.last().is_some_and(|s| s.first_lsn + s.records <= snap_lsn) {
+            for s in segments.drain(..) {
+                let to = s.path.with_extension("wal.dropped");
+                storage
+                    .rename(&s.path, &to)
+                    .map_err(|e| Error::io("set aside segment", &s.path, e))?;
+                report.dropped_segments.push(s.path);
+            }
+            storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", &dir, e))?;
+        }
         let next_lsn = match segments.last() {
             Some(s) => s.first_lsn + s.records,
             None => snap_lsn + 1,
@@ -407,6 +421,8 @@ impl Log {
 
     /// Makes everything written so far durable; returns the durable LSN.
     pub fn sync(&self) -> Result<Lsn> {
+        // A poisoned log refuses every call, even when nothing is pending.
+        self.check_poison()?;
         let last = self.next_lsn() - 1;
         self.wait_durable(last)?;
         Ok(self.durable_lsn())

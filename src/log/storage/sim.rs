@@ -22,6 +22,11 @@
 //! * with [`CrashMode::KeepAll`] everything live survives (a process kill:
 //!   the page cache outlives the process).
 //!
+//! * a failed `fdatasync` (injected) loses the file's unsynced writes for
+//!   good, as Linux does after a writeback error ("fsyncgate"): they stay
+//!   readable until the crash but a later successful sync does not persist
+//!   them.
+//!
 //! Errors are injected with [`SimStorage::inject`] (EIO or ENOSPC on the n-th
 //! write, a failing `fdatasync`, …) and [`SimStorage::halt_after`] makes every
 //! mutating operation after the n-th fail, which is how tests stop a workload
@@ -147,6 +152,7 @@ struct State {
     mutations: u64,
     syncs: u64,
     capacity: Option<u64>,
+    sync_delay: Option<std::time::Duration>,
 }
 
 impl State {
@@ -172,8 +178,11 @@ impl State {
         Ok(())
     }
 
+    /// Bytes held by files that have a name (removed files free their space,
+    /// as on a real file system once the last handle is gone).
     fn live_bytes(&self) -> u64 {
-        self.inodes.values().map(|i| i.live.len() as u64).sum()
+        let linked: HashSet<u64> = self.live.values().copied().collect();
+        linked.iter().map(|i| self.inodes[i].live.len() as u64).sum()
     }
 }
 
@@ -255,9 +264,21 @@ impl SimStorage {
         self.state.lock().capacity = bytes;
     }
 
+    /// Makes every file sync take at least `delay` (slept without holding the
+    /// simulator's lock), like a real device. Lets tests observe group
+    /// commit: writers that arrive during a sync share the next one.
+    pub fn set_sync_delay(&self, delay: Option<std::time::Duration>) {
+        self.state.lock().sync_delay = delay;
+    }
+
     /// Number of mutating operations (writes, syncs, creates, renames, removes) so far.
     pub fn mutations(&self) -> u64 {
         self.state.lock().mutations
+    }
+
+    /// Bytes the named files hold now (what [`SimStorage::set_capacity`] limits).
+    pub fn live_bytes(&self) -> u64 {
+        self.state.lock().live_bytes()
     }
 
     /// Number of successful `sync_data`/`sync_all` calls so far.
@@ -446,12 +467,34 @@ impl StorageFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = self.state.lock().sync_delay;
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let mut s = self.state.lock();
-        s.mutate(FaultOp::Sync)?;
+        if let Err(e) = s.mutate(FaultOp::Sync) {
+            if e.raw_os_error().is_some() {
+                // "fsyncgate": after a writeback error Linux marks the dirty
+                // pages clean. Readers still see the new bytes (live), but
+                // they never reach the disk, not even after a later sync
+                // that succeeds.
+                s.inodes.get_mut(&self.ino).expect("open inode").pending.clear();
+            }
+            return Err(e);
+        }
         s.syncs += 1;
         let inode = s.inodes.get_mut(&self.ino).expect("open inode");
-        inode.durable = inode.live.clone();
-        inode.pending.clear();
+        // Durable = the old durable image plus every write still pending (those
+        // dropped by a failed sync stay lost); without a failed sync this is
+        // exactly the live image.
+        let mut durable = std::mem::take(&mut inode.durable);
+        for p in inode.pending.drain(..) {
+            match p {
+                Pending::SetLen(len) => durable.resize(len as usize, 0),
+                Pending::Write { offset, data } => write_into(&mut durable, offset, &data),
+            }
+        }
+        inode.durable = durable;
         Ok(())
     }
 

@@ -1,0 +1,253 @@
+//! `units`, `show` and `keys`: the journal's semantics as an operator needs
+//! them after an incident: which units are committed, aborted or incomplete,
+//! and for each in-doubt effect what may or may not have happened and what a
+//! resume will do about it.
+
+use serde::Serialize;
+
+use super::error::{Error, Result};
+use super::open::Inspection;
+use crate::journal::{
+    EffectState, EffectView, JournalRecord, JournalView, KeyView, UnitState, UnitView,
+};
+use crate::log::Lsn;
+
+/// Loads the journal view of an opened journal (snapshot + log after it).
+pub fn load_view(insp: &Inspection) -> Result<JournalView> {
+    Ok(JournalView::load(insp.reader())?)
+}
+
+/// One row of `units` (one element of the `units --json` array).
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitRow {
+    /// Unit id.
+    pub id: String,
+    /// Caller-defined kind.
+    pub kind: String,
+    /// `committed`, `aborted` or `incomplete`.
+    pub state: UnitState,
+    /// Effects recorded (intent written).
+    pub effects: usize,
+    /// Effects whose outcome is recorded.
+    pub effects_done: usize,
+    /// Effects with an intent and no outcome.
+    pub effects_in_doubt: usize,
+    /// LSN of the latest checkpoint.
+    pub last_checkpoint_lsn: Option<Lsn>,
+    /// LSN of the begin record.
+    pub begin_lsn: Lsn,
+    /// LSN of the commit or abort record.
+    pub end_lsn: Option<Lsn>,
+}
+
+impl From<&UnitView> for UnitRow {
+    fn from(u: &UnitView) -> Self {
+        UnitRow {
+            id: u.id.clone(),
+            kind: u.kind.clone(),
+            state: u.state,
+            effects: u.effects.len(),
+            effects_done: u.effects_done(),
+            effects_in_doubt: u.effects_in_doubt(),
+            last_checkpoint_lsn: u.last_checkpoint_lsn,
+            begin_lsn: u.begin_lsn,
+            end_lsn: u.end_lsn,
+        }
+    }
+}
+
+/// The units of a view, optionally only those in `state`, in begin order.
+pub fn units(view: &JournalView, state: Option<UnitState>) -> Vec<UnitRow> {
+    view.units
+        .iter()
+        .filter(|u| state.is_none_or(|s| u.state == s))
+        .map(UnitRow::from)
+        .collect()
+}
+
+/// One effect of `show`, with its explanation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EffectDetail {
+    /// The effect as the journal sees it.
+    #[serde(flatten)]
+    pub effect: EffectView,
+    /// True when the effect may or may not have happened.
+    pub in_doubt: bool,
+    /// What the state means and what a resume will do, in plain words.
+    pub explanation: String,
+}
+
+/// One record of a unit's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// LSN of the record.
+    pub lsn: Lsn,
+    /// Record type (`unit_begin`, `effect_intent`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The decoded record.
+    pub record: serde_json::Value,
+}
+
+/// The `show` report: a unit's full history, effect by effect.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitDetail {
+    /// Unit id.
+    pub id: String,
+    /// Caller-defined kind.
+    pub kind: String,
+    /// `committed`, `aborted` or `incomplete`.
+    pub state: UnitState,
+    /// LSN of the begin record.
+    pub begin_lsn: Lsn,
+    /// LSN of the commit or abort record.
+    pub end_lsn: Option<Lsn>,
+    /// LSN of the latest checkpoint.
+    pub last_checkpoint_lsn: Option<Lsn>,
+    /// Effects whose outcome is recorded.
+    pub effects_done: usize,
+    /// Effects with an intent and no outcome.
+    pub effects_in_doubt: usize,
+    /// The unit's state in plain words.
+    pub summary: String,
+    /// Every effect, explained.
+    pub effects: Vec<EffectDetail>,
+    /// Every record of the unit still in the log, in LSN order.
+    pub history: Vec<HistoryEntry>,
+    /// A remark about the history (for example records folded into a snapshot).
+    pub note: Option<String>,
+}
+
+/// Builds the `show` report for unit `id`.
+pub fn show(insp: &Inspection, view: &JournalView, id: &str) -> Result<UnitDetail> {
+    let Some(u) = view.units.iter().find(|u| u.id == id) else {
+        return Err(Error::UnitNotFound {
+            id: id.to_string(),
+            dir: insp.dir().to_path_buf(),
+        });
+    };
+    let reader = insp.reader();
+    let from = reader.snapshot().map_or(1, |s| s.lsn + 1);
+    let mut history = Vec::new();
+    for rec in reader.iter_from(from) {
+        let rec = rec?;
+        if !JournalRecord::is_journal_kind(rec.kind) {
+            continue;
+        }
+        // Records this build cannot decode were already rejected by the view.
+        let Ok(j) = JournalRecord::decode(rec.kind, rec.payload()) else {
+            continue;
+        };
+        if j.unit() == id {
+            history.push(HistoryEntry {
+                lsn: rec.lsn,
+                kind: j.type_name().to_string(),
+                record: serde_json::to_value(&j).unwrap_or(serde_json::Value::Null),
+            });
+        }
+    }
+    let note = (history.first().map(|h| h.lsn) != Some(u.begin_lsn)).then(|| {
+        format!(
+            "records before LSN {from} are folded into the snapshot; the history shown starts after it"
+        )
+    });
+    Ok(UnitDetail {
+        id: u.id.clone(),
+        kind: u.kind.clone(),
+        state: u.state,
+        begin_lsn: u.begin_lsn,
+        end_lsn: u.end_lsn,
+        last_checkpoint_lsn: u.last_checkpoint_lsn,
+        effects_done: u.effects_done(),
+        effects_in_doubt: u.effects_in_doubt(),
+        summary: unit_summary(u),
+        effects: u
+            .effects
+            .iter()
+            .map(|e| EffectDetail {
+                effect: e.clone(),
+                in_doubt: e.state == EffectState::InDoubt,
+                explanation: explain(e),
+            })
+            .collect(),
+        history,
+        note,
+    })
+}
+
+fn unit_summary(u: &UnitView) -> String {
+    match u.state {
+        UnitState::Committed => format!(
+            "committed at LSN {}: every effect is settled; nothing of this unit runs again",
+            u.end_lsn.map_or_else(|| "?".into(), |l| l.to_string())
+        ),
+        UnitState::Aborted => format!(
+            "aborted at LSN {}: rolled back (completed effects compensated in reverse order); nothing of this unit runs again",
+            u.end_lsn.map_or_else(|| "?".into(), |l| l.to_string())
+        ),
+        UnitState::Incomplete => {
+            let doubt = u.effects_in_doubt();
+            let resume = match u.last_checkpoint_lsn {
+                Some(l) => format!("a resume continues from the checkpoint at LSN {l}"),
+                None => "a resume runs the unit again from its start".into(),
+            };
+            format!(
+                "INCOMPLETE: began at LSN {}, no commit or abort; {} effect(s) done, {doubt} in doubt; {resume}, \
+                 returning recorded results for done effects without running them{}",
+                u.begin_lsn,
+                u.effects_done(),
+                if doubt > 0 {
+                    "; in-doubt effects follow their policy (below)"
+                } else {
+                    ""
+                }
+            )
+        }
+    }
+}
+
+/// Plain-words explanation of an effect's state and what a resume does.
+pub fn explain(e: &EffectView) -> String {
+    let outcome = e.outcome_lsn.map_or_else(|| "?".into(), |l| l.to_string());
+    match e.state {
+        EffectState::Completed => format!(
+            "completed: outcome recorded at LSN {outcome}; never runs again under key {}, a resume gets the recorded result",
+            e.key
+        ),
+        EffectState::Failed => format!(
+            "failed: the error was recorded at LSN {outcome}; a resume gets the recorded error back (key {})",
+            e.key
+        ),
+        EffectState::Compensated => format!(
+            "completed (outcome at LSN {outcome}), then compensated by a rollback; never runs again under key {}",
+            e.key
+        ),
+        EffectState::InDoubt => {
+            let what = format!(
+                "IN DOUBT: intent recorded at LSN {}, no outcome: `{}` may or may not have happened",
+                e.intent_lsn, e.name
+            );
+            let policy = match e.policy.as_str() {
+                "retry_same_key" => format!(
+                    "policy retry_same_key will run it again with the same key {} on resume, so a receiver that de-duplicates by key sees it once",
+                    e.key
+                ),
+                "reconcile" => format!(
+                    "policy reconcile will first ask the unit's probe whether key {} took effect, record the answer, and run it again only if it did not",
+                    e.key
+                ),
+                "never_repeat" => format!(
+                    "policy never_repeat will NOT run it again: resuming fails with an in-doubt error until an operator checks whether key {} took effect and resolves or rolls back the unit",
+                    e.key
+                ),
+                other => format!("policy {other} (unknown to this build) decides on resume; key {}", e.key),
+            };
+            format!("{what}; {policy}")
+        }
+    }
+}
+
+/// The `keys` report: the idempotency key index.
+pub fn keys(view: &JournalView) -> Vec<KeyView> {
+    view.keys.clone()
+}

@@ -1,0 +1,233 @@
+//! Errors of the journal layer: the semantic cases (mismatch, in doubt,
+//! oversized payload, ...) plus the log's errors wrapped unchanged.
+
+/// Result type of the journal layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the journal layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The log below failed (I/O, corruption, poisoned after a failed sync, ...).
+    #[error(transparent)]
+    Log(#[from] crate::log::Error),
+
+    /// A payload (unit payload, checkpoint state or effect result) is larger
+    /// than the configured limit. Nothing was written for it; retrying the
+    /// same call fails again.
+    #[error("unit {unit:?}: {what} of {size} bytes exceeds the payload limit of {limit} bytes; nothing was written for it")]
+    PayloadTooLarge {
+        /// The unit.
+        unit: String,
+        /// Which payload ("unit payload", "checkpoint", "result of effect 'x'").
+        what: String,
+        /// Its encoded size.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+
+    /// A caller value could not be encoded as JSON.
+    #[error("unit {unit:?}: cannot encode {what} as JSON: {reason}")]
+    Encode {
+        /// The unit.
+        unit: String,
+        /// Which value.
+        what: String,
+        /// The serde error.
+        reason: String,
+    },
+
+    /// A log record of a journal kind could not be decoded.
+    #[error("journal record of kind {kind} is invalid: {reason}")]
+    BadRecord {
+        /// The log record kind.
+        kind: u8,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The journal record at `lsn` could not be decoded (the log's checksum
+    /// was valid, so it was written this way: a bug or a foreign writer).
+    #[error("journal record at LSN {lsn} (kind {kind}) is invalid: {reason}")]
+    BadRecordAt {
+        /// Its LSN.
+        lsn: u64,
+        /// The log record kind.
+        kind: u8,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A log record has a journal kind (1..=31) this build does not know:
+    /// the journal was written by a newer version of agentwal.
+    #[error("journal record kind {kind} is unknown to this version; upgrade agentwal to read this journal")]
+    UnknownRecordKind {
+        /// The kind byte.
+        kind: u8,
+    },
+
+    /// A record at `lsn` contradicts the journal's history (for example an
+    /// outcome for an effect that has no intent).
+    #[error("journal history is inconsistent at LSN {lsn} (unit {unit:?}): {reason}")]
+    Inconsistent {
+        /// LSN of the offending record.
+        lsn: u64,
+        /// The unit it names.
+        unit: String,
+        /// What does not fit.
+        reason: String,
+    },
+
+    /// The journal snapshot payload cannot be read.
+    #[error("journal snapshot at LSN {lsn} is invalid: {reason}")]
+    BadSnapshot {
+        /// The snapshot's LSN.
+        lsn: u64,
+        /// Why.
+        reason: String,
+    },
+
+    /// The unit already ended (committed or aborted); it cannot be begun or
+    /// changed again.
+    #[error("unit {unit:?} already ended ({state}); it will not run again")]
+    UnitFinished {
+        /// The unit.
+        unit: String,
+        /// "committed" or "aborted".
+        state: &'static str,
+    },
+
+    /// Another handle in this process is working on the unit right now.
+    #[error(
+        "unit {unit:?} is already open in this process; finish or drop the other handle first"
+    )]
+    UnitBusy {
+        /// The unit.
+        unit: String,
+    },
+
+    /// No incomplete unit with this id is known.
+    #[error("no incomplete unit {unit:?} in the journal")]
+    UnknownUnit {
+        /// The unit.
+        unit: String,
+    },
+
+    /// On resume the code asked for a different effect than the journal
+    /// recorded at this step. The recorded result is not handed out.
+    #[error("unit {unit:?}, step {step}: the code asks for effect {requested:?} but the journal recorded {recorded:?} at this step; the unit's code changed since it started")]
+    EffectMismatch {
+        /// The unit.
+        unit: String,
+        /// The step (effect sequence number, from 0).
+        step: u32,
+        /// What the journal holds (name, and key when the keys differ).
+        recorded: String,
+        /// What the code asked for.
+        requested: String,
+    },
+
+    /// A `never_repeat` effect is in doubt: it may or may not have happened.
+    /// The unit stays incomplete; an operator must resolve or roll it back.
+    #[error("unit {unit:?}, step {step}: effect {effect:?} (key {key:?}, policy never_repeat) is in doubt: it may have happened before the crash; it will not run again, resolve it by hand or roll the unit back")]
+    InDoubt {
+        /// The unit.
+        unit: String,
+        /// The step.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// Idempotency key.
+        key: String,
+    },
+
+    /// The effect failed (now, or in a recorded earlier run); the failure is
+    /// recorded and the effect is not run again.
+    #[error("unit {unit:?}, step {step}: effect {effect:?} failed: {message}")]
+    EffectFailed {
+        /// The unit.
+        unit: String,
+        /// The step.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// The error's text.
+        message: String,
+    },
+
+    /// A `reconcile` probe failed; the effect stays in doubt.
+    #[error("unit {unit:?}, step {step}: reconcile probe of effect {effect:?} failed: {message}; the effect stays in doubt")]
+    ReconcileFailed {
+        /// The unit.
+        unit: String,
+        /// The step.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// The probe's error.
+        message: String,
+    },
+
+    /// A compensation failed during rollback; the unit stays incomplete and
+    /// the rollback can be retried (compensations already done are not re-run).
+    #[error("unit {unit:?}: compensation of step {step} (effect {effect:?}) failed: {message}; rollback stopped, retry it later")]
+    CompensationFailed {
+        /// The unit.
+        unit: String,
+        /// The step compensated.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// The error's text.
+        message: String,
+    },
+
+    /// A recorded result does not deserialize into the type the code asks for.
+    #[error("unit {unit:?}, step {step}: recorded result of effect {effect:?} does not fit the requested type: {reason}")]
+    ResultType {
+        /// The unit.
+        unit: String,
+        /// The step.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// The serde error.
+        reason: String,
+    },
+
+    /// The call does not fit the unit's state (for example resolving an
+    /// effect that is not in doubt).
+    #[error("unit {unit:?}: {reason}")]
+    InvalidCall {
+        /// The unit.
+        unit: String,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// Invalid journal options.
+    #[error("invalid journal option: {0}")]
+    InvalidOptions(String),
+
+    /// A blocking task of an async call panicked or was cancelled.
+    #[error("journal background task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// True when retrying the same call may succeed (a transient I/O error,
+    /// a busy unit, a failed probe or compensation). False for oversized
+    /// payloads, mismatches, in-doubt `never_repeat` effects, corruption and
+    /// a poisoned log.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Log(e) => !e.is_permanent(),
+            Error::UnitBusy { .. }
+            | Error::ReconcileFailed { .. }
+            | Error::CompensationFailed { .. }
+            | Error::Task(_) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! Replay: the in-memory state rebuilt from a snapshot plus the log after it.
+//!
+//! [`State::apply`] is the single place that interprets journal records; the
+//! owning [`super::Journal`] and the read-only [`super::JournalView`] both use
+//! it, so the operator's view and the process's view cannot disagree.
+//!
+//! Memory: the journal keeps incomplete units with their effects, the key
+//! index and the ids of finished units (both bounded by the retention policy
+//! at compaction). Finished units' effect histories are dropped as soon as
+//! the unit ends, unless `keep_finished` is set (the operator's view).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::{Error, Result};
+use super::record::{JournalRecord, Outcome, OutcomeVia, PolicyKind};
+use super::view::{KeyStatus, UnitState};
+
+/// One effect of a unit as replayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct EffectRec {
+    pub seq: u32,
+    pub name: String,
+    pub key: String,
+    pub policy: PolicyKind,
+    pub compensable: bool,
+    pub intent_lsn: u64,
+    /// Outcome, how it was obtained, and its LSN.
+    pub outcome: Option<(Outcome, OutcomeVia, u64)>,
+    /// LSN of the compensation intent, if rollback started compensating it.
+    pub comp_intent: Option<u64>,
+    /// The compensation's outcome and LSN.
+    pub comp_outcome: Option<(Outcome, u64)>,
+}
+
+/// Classification of one effect position of an incomplete unit after replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectStatus {
+    /// Outcome recorded and successful.
+    Completed,
+    /// Outcome recorded, an error.
+    Failed,
+    /// Intent durable, no outcome: it may or may not have happened.
+    InDoubt,
+    /// Completed, then compensated by a rollback.
+    Compensated,
+    /// No intent recorded: it never started.
+    NotStarted,
+}
+
+impl EffectRec {
+    pub(crate) fn status(&self) -> EffectStatus {
+        match (&self.outcome, &self.comp_outcome) {
+            (_, Some((o, _))) if o.is_ok() => EffectStatus::Compensated,
+            (None, _) => EffectStatus::InDoubt,
+            (Some((o, _, _)), _) if o.is_ok() => EffectStatus::Completed,
+            (Some(_), _) => EffectStatus::Failed,
+        }
+    }
+}
+
+/// One unit as replayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct UnitRec {
+    pub id: String,
+    pub kind: String,
+    pub payload: Value,
+    pub begin_lsn: u64,
+    pub begin_at_ms: u64,
+    pub effects: Vec<EffectRec>,
+    pub checkpoint: Option<(u64, Value)>,
+    pub end: Option<(UnitState, u64)>,
+    pub abort_reason: Option<String>,
+}
+
+impl UnitRec {
+    /// Status of effect `seq` (beyond the recorded ones: not started).
+    pub(crate) fn effect_status(&self, seq: u32) -> EffectStatus {
+        self.effects
+            .get(seq as usize)
+            .map_or(EffectStatus::NotStarted, EffectRec::status)
+    }
+}
+
+/// An entry of the idempotency key index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct KeyEntry {
+    pub key: String,
+    pub unit: String,
+    pub effect: String,
+    pub status: KeyStatus,
+    pub settled_lsn: Option<u64>,
+    pub outcome: Option<Outcome>,
+    pub at_ms: u64,
+}
+
+/// A finished unit remembered by id only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Finished {
+    pub state: UnitState,
+    pub lsn: u64,
+    pub at_ms: u64,
+}
+
+/// How long settled keys and finished unit ids are kept across compactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Keep at most this many settled keys (and as many finished unit ids),
+    /// dropping the oldest first. `None`: no count limit.
+    pub max_keys: Option<usize>,
+    /// Drop settled keys (and finished unit ids) settled longer ago than this.
+    /// `None`: no age limit.
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// The replayed state. `PartialEq` so tests can compare snapshot + tail
+/// against a full replay.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub(crate) struct State {
+    /// Keep finished units' histories (operator view) instead of dropping them.
+    #[serde(skip)]
+    pub keep_finished: bool,
+    pub units: HashMap<String, UnitRec>,
+    pub finished: HashMap<String, Finished>,
+    pub keys: HashMap<String, KeyEntry>,
+    /// Units committed / aborted, in total (including compacted ones).
+    pub committed: u64,
+    pub aborted: u64,
+    /// Highest LSN applied (or covered by the snapshot).
+    pub last_lsn: u64,
+}
+
+/// Version of the snapshot payload.
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    version: u32,
+    state: State,
+}
+
+impl State {
+    pub(crate) fn new(keep_finished: bool) -> State {
+        State {
+            keep_finished,
+            ..State::default()
+        }
+    }
+
+    /// Live (incomplete) units.
+    pub(crate) fn live_units(&self) -> impl Iterator<Item = &UnitRec> {
+        self.units.values().filter(|u| u.end.is_none())
+    }
+
+    /// The state of a unit: live, finished (remembered), or unknown.
+    pub(crate) fn unit_state(&self, id: &str) -> Option<UnitState> {
+        if let Some(u) = self.units.get(id) {
+            return Some(u.end.map_or(UnitState::Incomplete, |e| e.0));
+        }
+        self.finished.get(id).map(|f| f.state)
+    }
+
+    fn live_mut(&mut self, lsn: u64, unit: &str, what: &str) -> Result<&mut UnitRec> {
+        match self.units.get_mut(unit) {
+            Some(u) if u.end.is_none() => Ok(u),
+            _ => Err(Error::Inconsistent {
+                lsn,
+                unit: unit.to_string(),
+                reason: format!("{what} for a unit that is not open"),
+            }),
+        }
+    }
+
+    fn effect_mut<'a>(
+        u: &'a mut UnitRec,
+        lsn: u64,
+        seq: u32,
+        what: &str,
+    ) -> Result<&'a mut EffectRec> {
+        let unit = u.id.clone();
+        u.effects
+            .get_mut(seq as usize)
+            .ok_or_else(|| Error::Inconsistent {
+                lsn,
+                unit,
+                reason: format!("{what} for step {seq}, which has no intent"),
+            })
+    }
+
+    /// Applies one record at `lsn`. Records must come in LSN order.
+    pub(crate) fn apply(&mut self, lsn: u64, rec: &JournalRecord) -> Result<()> {
+        let bad = |unit: &str, reason: String| Error::Inconsistent {
+            lsn,
+            unit: unit.to_string(),
+            reason,
+        };
+        match rec {
+            JournalRecord::UnitBegin {
+                unit,
+                kind,
+                payload,
+                at_ms,
+            } => {
+                if self.units.get(unit).is_some_and(|u| u.end.is_none()) {
+                    return Err(bad(unit, "unit begun twice".into()));
+                }
+                self.finished.remove(unit);
+                self.units.insert(
+                    unit.clone(),
+                    UnitRec {
+                        id: unit.clone(),
+                        kind: kind.clone(),
+                        payload: payload.clone(),
+                        begin_lsn: lsn,
+                        begin_at_ms: *at_ms,
+                        effects: Vec::new(),
+                        checkpoint: None,
+                        end: None,
+                        abort_reason: None,
+                    },
+                );
+            }
+            JournalRecord::EffectIntent {
+                unit,
+                seq,
+                name,
+                key,
+                policy,
+                compensable,
+            } => {
+                let u = self.live_mut(lsn, unit, "effect intent")?;
+                if *seq as usize != u.effects.len() {
+                    return Err(bad(
+                        unit,
+                        format!(
+                            "effect intent for step {seq}, expected step {}",
+                            u.effects.len()
+                        ),
+                    ));
+                }
+                u.effects.push(EffectRec {
+                    seq: *seq,
+                    name: name.clone(),
+                    key: key.clone(),
+                    policy: *policy,
+                    compensable: *compensable,
+                    intent_lsn: lsn,
+                    outcome: None,
+                    comp_intent: None,
+                    comp_outcome: None,
+                });
+                // A settled key stays settled (first settlement wins); an
+                // unknown key becomes in doubt until its outcome arrives.
+                self.keys.entry(key.clone()).or_insert_with(|| KeyEntry {
+                    key: key.clone(),
+                    unit: unit.clone(),
+                    effect: name.clone(),
+                    status: KeyStatus::InDoubt,
+                    settled_lsn: None,
+                    outcome: None,
+                    at_ms: 0,
+                });
+            }
+            JournalRecord::EffectOutcome {
+                unit,
+                seq,
+                key,
+                outcome,
+                via,
+                at_ms,
+            } => {
+                let u = self.live_mut(lsn, unit, "effect outcome")?;
+                let e = Self::effect_mut(u, lsn, *seq, "effect outcome")?;
+                if e.outcome.is_some() {
+                    return Err(bad(unit, format!("second outcome for step {seq}")));
+                }
+                if e.key != *key {
+                    return Err(bad(
+                        unit,
+                        format!("outcome key {key:?} differs from intent key {:?}", e.key),
+                    ));
+                }
+                e.outcome = Some((outcome.clone(), *via, lsn));
+                let name = e.name.clone();
+                let entry = self.keys.entry(key.clone()).or_insert_with(|| KeyEntry {
+                    key: key.clone(),
+                    unit: unit.clone(),
+                    effect: name.clone(),
+                    status: KeyStatus::InDoubt,
+                    settled_lsn: None,
+                    outcome: None,
+                    at_ms: 0,
+                });
+                if entry.status == KeyStatus::InDoubt {
+                    *entry = KeyEntry {
+                        key: key.clone(),
+                        unit: unit.clone(),
+                        effect: name,
+                        status: if outcome.is_ok() {
+                            KeyStatus::Completed
+                        } else {
+                            KeyStatus::Failed
+                        },
+                        settled_lsn: Some(lsn),
+                        outcome: Some(outcome.clone()),
+                        at_ms: *at_ms,
+                    };
+                }
+            }
+            JournalRecord::Checkpoint { unit, state } => {
+                let u = self.live_mut(lsn, unit, "checkpoint")?;
+                u.checkpoint = Some((lsn, state.clone()));
+            }
+            JournalRecord::Commit { unit, at_ms } => {
+                self.live_mut(lsn, unit, "commit")?;
+                self.end_unit(unit, UnitState::Committed, lsn, *at_ms, None);
+            }
+            JournalRecord::Abort {
+                unit,
+                reason,
+                at_ms,
+            } => {
+                self.live_mut(lsn, unit, "abort")?;
+                self.end_unit(unit, UnitState::Aborted, lsn, *at_ms, Some(reason.clone()));
+            }
+            JournalRecord::CompensationIntent { unit, seq, .. } => {
+                let u = self.live_mut(lsn, unit, "compensation intent")?;
+                let e = Self::effect_mut(u, lsn, *seq, "compensation intent")?;
+                // A failed effect has nothing to undo; an in-doubt one may.
+                if matches!(&e.outcome, Some((o, _, _)) if !o.is_ok()) {
+                    return Err(bad(
+                        unit,
+                        format!("compensation of step {seq}, which failed"),
+                    ));
+                }
+                e.comp_intent.get_or_insert(lsn);
+            }
+            JournalRecord::CompensationOutcome { unit, seq, outcome } => {
+                let u = self.live_mut(lsn, unit, "compensation outcome")?;
+                let e = Self::effect_mut(u, lsn, *seq, "compensation outcome")?;
+                if e.comp_intent.is_none() {
+                    return Err(bad(
+                        unit,
+                        format!("compensation outcome of step {seq} without its intent"),
+                    ));
+                }
+                if matches!(&e.comp_outcome, Some((o, _)) if o.is_ok()) {
+                    return Err(bad(unit, format!("step {seq} compensated twice")));
+                }
+                e.comp_outcome = Some((outcome.clone(), lsn));
+            }
+        }
+        self.last_lsn = self.last_lsn.max(lsn);
+        Ok(())
+    }
+
+    fn end_unit(
+        &mut self,
+        unit: &str,
+        state: UnitState,
+        lsn: u64,
+        at_ms: u64,
+        reason: Option<String>,
+    ) {
+        match state {
+            UnitState::Committed => self.committed += 1,
+            UnitState::Aborted => self.aborted += 1,
+            UnitState::Incomplete => {}
+        }
+        if self.keep_finished {
+            if let Some(u) = self.units.get_mut(unit) {
+                u.end = Some((state, lsn));
+                u.abort_reason = reason;
+            }
+        } else {
+            self.units.remove(unit);
+        }
+        self.finished
+            .insert(unit.to_string(), Finished { state, lsn, at_ms });
+    }
+
+    /// Applies a log record if it is the journal's (kinds 1..=31); other
+    /// kinds are skipped.
+    pub(crate) fn apply_log_record(&mut self, lsn: u64, kind: u8, payload: &[u8]) -> Result<()> {
+        if !JournalRecord::is_journal_kind(kind) {
+            self.last_lsn = self.last_lsn.max(lsn);
+            return Ok(());
+        }
+        let rec = JournalRecord::decode(kind, payload).map_err(|e| match e {
+            Error::BadRecord { kind, reason } => Error::BadRecordAt { lsn, kind, reason },
+            e => e,
+        })?;
+        self.apply(lsn, &rec)
+    }
+
+    /// Drops settled keys and finished unit ids beyond the retention. Keys
+    /// in doubt and keys of incomplete units are always kept.
+    pub(crate) fn apply_retention(&mut self, retention: &Retention, now_ms: u64) -> usize {
+        let before = self.keys.len() + self.finished.len();
+        let min_at = retention
+            .max_age
+            .map(|age| now_ms.saturating_sub(age.as_millis() as u64));
+        let live: std::collections::HashSet<&str> =
+            self.live_units().map(|u| u.id.as_str()).collect();
+        // Keys.
+        let mut settled: Vec<(u64, String)> = self
+            .keys
+            .values()
+            .filter(|k| k.status != KeyStatus::InDoubt && !live.contains(k.unit.as_str()))
+            .map(|k| (k.settled_lsn.unwrap_or(0), k.key.clone()))
+            .collect();
+        settled.sort();
+        let mut drop_keys = Vec::new();
+        let excess = retention
+            .max_keys
+            .map_or(0, |m| settled.len().saturating_sub(m));
+        for (i, (_, key)) in settled.iter().enumerate() {
+            let old = min_at.is_some_and(|m| self.keys[key].at_ms < m);
+            if i < excess || old {
+                drop_keys.push(key.clone());
+            }
+        }
+        for k in drop_keys {
+            self.keys.remove(&k);
+        }
+        // Finished unit ids.
+        let mut fin: Vec<(u64, String)> = self
+            .finished
+            .iter()
+            .map(|(id, f)| (f.lsn, id.clone()))
+            .collect();
+        fin.sort();
+        let excess = retention
+            .max_keys
+            .map_or(0, |m| fin.len().saturating_sub(m));
+        let mut drop_units = Vec::new();
+        for (i, (_, id)) in fin.iter().enumerate() {
+            let old = min_at.is_some_and(|m| self.finished[id].at_ms < m);
+            if i < excess || old {
+                drop_units.push(id.clone());
+            }
+        }
+        for id in drop_units {
+            self.finished.remove(&id);
+        }
+        before - (self.keys.len() + self.finished.len())
+    }
+
+    /// Encodes the state (incomplete units, key index, finished ids,
+    /// counters) as a snapshot payload. Finished units' histories are never
+    /// included.
+    pub(crate) fn encode_snapshot(&self) -> Vec<u8> {
+        let mut state = self.clone();
+        state.units.retain(|_, u| u.end.is_none());
+        let data = SnapshotData {
+            version: SNAPSHOT_VERSION,
+            state,
+        };
+        serde_json::to_vec(&data).expect("journal state always serializes")
+    }
+
+    /// Rebuilds a state from a snapshot payload covering LSNs `..=lsn`.
+    pub(crate) fn from_snapshot(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State> {
+        let snap: SnapshotData = serde_json::from_slice(data).map_err(|e| Error::BadSnapshot {
+            lsn,
+            reason: e.to_string(),
+        })?;
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(Error::BadSnapshot {
+                lsn,
+                reason: format!(
+                    "payload version {} is not supported (this build reads {SNAPSHOT_VERSION})",
+                    snap.version
+                ),
+            });
+        }
+        let mut state = snap.state;
+        state.keep_finished = keep_finished;
+        if state.units.values().any(|u| u.end.is_some()) {
+            return Err(Error::BadSnapshot {
+                lsn,
+                reason: "snapshot holds a finished unit".into(),
+            });
+        }
+        state.last_lsn = state.last_lsn.max(lsn);
+        Ok(state)
+    }
+}

@@ -1,0 +1,870 @@
+//! Units and effects: the write protocol and resume.
+//!
+//! For every effect, [`Unit::run`]:
+//!
+//! 1. looks the step up in the replayed unit: a recorded outcome is returned
+//!    without running anything (a different effect name or key at this step
+//!    is [`Error::EffectMismatch`]);
+//! 2. otherwise looks the key up in the key index: a settled key's recorded
+//!    outcome is reused (intent + outcome recorded, nothing runs);
+//! 3. otherwise appends the **effect intent durably** (one `fdatasync`, shared
+//!    with the buffered unit-begin and previous outcome), runs the closure,
+//!    and appends the outcome **buffered** (made durable by the next intent
+//!    or by the commit);
+//! 4. an effect found *in doubt* (intent, no outcome) follows its policy.
+
+use std::fmt::Display;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::{Error, Result};
+use super::record::{now_ms, JournalRecord, Outcome, OutcomeVia, PolicyKind};
+use super::state::EffectStatus;
+use super::Journal;
+use crate::log::Durability;
+
+/// Marks a unit id as open in this process; released on drop.
+#[derive(Debug)]
+pub(crate) struct ActiveGuard {
+    journal: Journal,
+    id: String,
+}
+
+impl ActiveGuard {
+    pub(crate) fn new(journal: Journal, id: String) -> Self {
+        ActiveGuard { journal, id }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.journal.release(&self.id);
+    }
+}
+
+/// Whether the effect's code runs for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// No earlier attempt is recorded.
+    First,
+    /// An earlier attempt with the same key may have happened (the effect was
+    /// in doubt); the receiver must de-duplicate by [`EffectCtx::key`].
+    Retry,
+}
+
+/// What the effect's code (and a reconcile probe) learns about the effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectCtx {
+    unit: String,
+    name: String,
+    seq: u32,
+    key: String,
+    attempt: Attempt,
+}
+
+impl EffectCtx {
+    /// The unit id.
+    pub fn unit(&self) -> &str {
+        &self.unit
+    }
+    /// The effect name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The step (position in the unit, from 0).
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+    /// The idempotency key: give it to the receiver so it can de-duplicate.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// First attempt or retry of an in-doubt effect.
+    pub fn attempt(&self) -> Attempt {
+        self.attempt
+    }
+}
+
+/// A reconcile probe's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe<T> {
+    /// The effect happened, with this result (recorded, returned).
+    Happened(T),
+    /// It did not happen: run it again with the same key.
+    NotHappened,
+}
+
+type ProbeFn<'p, T> =
+    Box<dyn FnOnce(&EffectCtx) -> std::result::Result<Probe<T>, String> + Send + 'p>;
+
+enum Policy<'p, T> {
+    RetrySameKey,
+    NeverRepeat,
+    Reconcile(ProbeFn<'p, T>),
+}
+
+impl<T> Policy<'_, T> {
+    fn kind(&self) -> PolicyKind {
+        match self {
+            Policy::RetrySameKey => PolicyKind::RetrySameKey,
+            Policy::NeverRepeat => PolicyKind::NeverRepeat,
+            Policy::Reconcile(_) => PolicyKind::Reconcile,
+        }
+    }
+}
+
+/// Description of one effect: a name, an in-doubt policy (required: there
+/// is no default), and optionally an explicit key and a compensation flag.
+///
+/// The default idempotency key is `<unit id>/<effect name>/<step>`.
+pub struct Effect<'p, T> {
+    name: String,
+    key: Option<String>,
+    policy: Policy<'p, T>,
+    compensable: bool,
+}
+
+impl<T> std::fmt::Debug for Effect<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Effect")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .field("policy", &self.policy.kind())
+            .field("compensable", &self.compensable)
+            .finish()
+    }
+}
+
+impl<'p, T> Effect<'p, T> {
+    /// In doubt after a crash → run again with the same key (at least once;
+    /// the receiver de-duplicates by key).
+    pub fn retry_same_key(name: impl Into<String>) -> Self {
+        Self::with_policy(name, Policy::RetrySameKey)
+    }
+
+    /// In doubt after a crash → never run again: the unit fails with
+    /// [`Error::InDoubt`] and waits for an operator (at most once).
+    pub fn never_repeat(name: impl Into<String>) -> Self {
+        Self::with_policy(name, Policy::NeverRepeat)
+    }
+
+    /// In doubt after a crash → ask `probe` whether it happened. `Happened(v)`
+    /// records `v` as the outcome; `NotHappened` runs the effect again with
+    /// the same key; an error leaves it in doubt ([`Error::ReconcileFailed`]).
+    pub fn reconcile<E, P>(name: impl Into<String>, probe: P) -> Self
+    where
+        E: Display,
+        P: FnOnce(&EffectCtx) -> std::result::Result<Probe<T>, E> + Send + 'p,
+    {
+        Self::with_policy(
+            name,
+            Policy::Reconcile(Box::new(move |ctx| probe(ctx).map_err(|e| e.to_string()))),
+        )
+    }
+
+    fn with_policy(name: impl Into<String>, policy: Policy<'p, T>) -> Self {
+        Effect {
+            name: name.into(),
+            key: None,
+            policy,
+            compensable: false,
+        }
+    }
+
+    /// Uses an explicit idempotency key instead of the derived one.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Declares that a rollback must compensate this effect.
+    pub fn compensable(mut self) -> Self {
+        self.compensable = true;
+        self
+    }
+}
+
+/// One compensation to run during a rollback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compensation {
+    /// The unit.
+    pub unit: String,
+    /// The step being compensated.
+    pub seq: u32,
+    /// The effect's name.
+    pub effect: String,
+    /// The effect's idempotency key.
+    pub effect_key: String,
+    /// The compensation's own idempotency key (`<effect key>/compensate`).
+    pub key: String,
+    /// The effect's recorded result (`None` if the effect is in doubt).
+    pub result: Option<Value>,
+    /// True when the effect is in doubt: it may not have happened at all.
+    pub effect_in_doubt: bool,
+    /// True when this compensation may already have run (its intent is
+    /// recorded without an outcome): de-duplicate by `key`.
+    pub retry: bool,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollbackReport {
+    /// Steps compensated by this call, in the order they ran (reverse step order).
+    pub compensated: Vec<u32>,
+    /// Steps whose compensation an earlier, interrupted rollback already recorded.
+    pub already_compensated: Vec<u32>,
+    /// LSN of the abort record.
+    pub abort_lsn: u64,
+}
+
+enum Prep {
+    Recorded(Outcome),
+    Reuse(EffectCtx, JournalRecord, Outcome),
+    Fresh(EffectCtx, JournalRecord),
+    InDoubt(EffectCtx, Option<JournalRecord>),
+}
+
+/// An open unit. Obtained from [`Journal::begin`] (new or resumed); ended
+/// with [`Unit::commit`] or [`Unit::rollback`]. Dropping it without ending
+/// leaves the unit incomplete (it is resumed by the next `begin`).
+#[derive(Debug)]
+pub struct Unit {
+    guard: ActiveGuard,
+    resumed: bool,
+    next_seq: u32,
+}
+
+fn default_key(unit: &str, name: &str, seq: u32) -> String {
+    format!("{unit}/{name}/{seq}")
+}
+
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+impl Unit {
+    pub(crate) fn new(guard: ActiveGuard, resumed: bool) -> Unit {
+        Unit {
+            guard,
+            resumed,
+            next_seq: 0,
+        }
+    }
+
+    fn j(&self) -> &Journal {
+        &self.guard.journal
+    }
+
+    /// The unit id.
+    pub fn id(&self) -> &str {
+        &self.guard.id
+    }
+
+    /// True when the unit was found incomplete in the journal (resume).
+    pub fn is_resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The step the next [`Unit::run`] will use.
+    pub fn next_step(&self) -> u32 {
+        self.next_seq
+    }
+
+    /// Effects recorded for this unit so far (replayed or new).
+    pub fn recorded_effects(&self) -> usize {
+        let st = self.j().inner.state.lock();
+        st.units.get(self.id()).map_or(0, |u| u.effects.len())
+    }
+
+    /// Status of step `seq` of this unit.
+    pub fn effect_status(&self, seq: u32) -> EffectStatus {
+        self.j()
+            .effect_status(self.id(), seq)
+            .unwrap_or(EffectStatus::NotStarted)
+    }
+
+    /// The payload recorded by the unit's begin record.
+    pub fn payload<P: DeserializeOwned>(&self) -> Result<P> {
+        let v = {
+            let st = self.j().inner.state.lock();
+            st.units
+                .get(self.id())
+                .map(|u| u.payload.clone())
+                .unwrap_or(Value::Null)
+        };
+        serde_json::from_value(v).map_err(|e| Error::InvalidCall {
+            unit: self.id().to_string(),
+            reason: format!("recorded payload does not fit the requested type: {e}"),
+        })
+    }
+
+    /// The state saved by the latest [`Unit::checkpoint`], if any.
+    pub fn last_checkpoint<S: DeserializeOwned>(&self) -> Result<Option<S>> {
+        let v = {
+            let st = self.j().inner.state.lock();
+            st.units
+                .get(self.id())
+                .and_then(|u| u.checkpoint.as_ref().map(|c| c.1.clone()))
+        };
+        v.map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| Error::InvalidCall {
+                unit: self.id().to_string(),
+                reason: format!("recorded checkpoint does not fit the requested type: {e}"),
+            })
+    }
+
+    /// Saves caller state durably so that a resumed unit can continue
+    /// mid-way. Returns the checkpoint's LSN.
+    pub fn checkpoint<S: Serialize + ?Sized>(&mut self, state: &S) -> Result<u64> {
+        let rec = self.checkpoint_record(state)?;
+        // Durable: the caller relies on the checkpoint once this returns.
+        self.j().append(self.id(), &[rec], Durability::Durable)
+    }
+
+    fn checkpoint_record<S: Serialize + ?Sized>(&self, state: &S) -> Result<JournalRecord> {
+        let value = serde_json::to_value(state).map_err(|e| Error::Encode {
+            unit: self.id().to_string(),
+            what: "checkpoint".into(),
+            reason: e.to_string(),
+        })?;
+        self.j().check_size(self.id(), "checkpoint", &value)?;
+        Ok(JournalRecord::Checkpoint {
+            unit: self.id().to_string(),
+            state: value,
+        })
+    }
+
+    fn prepare(
+        &self,
+        name: &str,
+        key: Option<&str>,
+        policy: PolicyKind,
+        compensable: bool,
+    ) -> Result<Prep> {
+        let seq = self.next_seq;
+        let id = self.id();
+        let st = self.j().inner.state.lock();
+        let u = st
+            .units
+            .get(id)
+            .filter(|u| u.end.is_none())
+            .ok_or_else(|| Error::InvalidCall {
+                unit: id.to_string(),
+                reason: "the unit is not open".into(),
+            })?;
+        let ctx = |key: &str, attempt| EffectCtx {
+            unit: id.to_string(),
+            name: name.to_string(),
+            seq,
+            key: key.to_string(),
+            attempt,
+        };
+        if let Some(e) = u.effects.get(seq as usize) {
+            let key_differs = key.is_some_and(|k| k != e.key);
+            if e.name != name || key_differs {
+                let (recorded, requested) = if key_differs {
+                    (
+                        format!("{} (key {:?})", e.name, e.key),
+                        format!("{name} (key {:?})", key.unwrap_or_default()),
+                    )
+                } else {
+                    (e.name.clone(), name.to_string())
+                };
+                return Err(Error::EffectMismatch {
+                    unit: id.to_string(),
+                    step: seq,
+                    recorded,
+                    requested,
+                });
+            }
+            return Ok(match &e.outcome {
+                Some((o, _, _)) => Prep::Recorded(o.clone()),
+                None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), None),
+            });
+        }
+        let key = key.map_or_else(|| default_key(id, name, seq), str::to_string);
+        let intent = JournalRecord::EffectIntent {
+            unit: id.to_string(),
+            seq,
+            name: name.to_string(),
+            key: key.clone(),
+            policy,
+            compensable,
+        };
+        Ok(match st.keys.get(&key) {
+            Some(k) if k.outcome.is_some() => Prep::Reuse(
+                ctx(&key, Attempt::First),
+                intent,
+                k.outcome.clone().expect("checked"),
+            ),
+            // Started elsewhere and not settled: it may have happened.
+            Some(_) => Prep::InDoubt(ctx(&key, Attempt::Retry), Some(intent)),
+            None => Prep::Fresh(ctx(&key, Attempt::First), intent),
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(&self, seq: u32, name: &str, o: Outcome) -> Result<T> {
+        match o {
+            Outcome::Ok { value } => serde_json::from_value(value).map_err(|e| Error::ResultType {
+                unit: self.id().to_string(),
+                step: seq,
+                effect: name.to_string(),
+                reason: e.to_string(),
+            }),
+            Outcome::Err { message } => Err(Error::EffectFailed {
+                unit: self.id().to_string(),
+                step: seq,
+                effect: name.to_string(),
+                message,
+            }),
+        }
+    }
+
+    fn reuse_records(ctx: &EffectCtx, intent: JournalRecord, o: &Outcome) -> Vec<JournalRecord> {
+        vec![
+            intent,
+            JournalRecord::EffectOutcome {
+                unit: ctx.unit.clone(),
+                seq: ctx.seq,
+                key: ctx.key.clone(),
+                outcome: o.clone(),
+                via: OutcomeVia::KeyIndex,
+                at_ms: now_ms(),
+            },
+        ]
+    }
+
+    /// Turns the closure's result into the outcome record and the value to return.
+    fn outcome_of<T: Serialize, E: Display>(
+        &self,
+        ctx: &EffectCtx,
+        r: std::result::Result<T, E>,
+        via: OutcomeVia,
+    ) -> (JournalRecord, Result<T>) {
+        let limit = self.j().inner.opts.max_payload_bytes;
+        let (outcome, ret) = match r {
+            Ok(v) => match serde_json::to_value(&v) {
+                Ok(value) => {
+                    let size = super::json_size(&value);
+                    if size <= limit {
+                        (Outcome::Ok { value }, Ok(v))
+                    } else {
+                        // The effect ran, so something must be recorded or it
+                        // would be repeated: record it as failed.
+                        let what = format!("result of effect {:?}", ctx.name);
+                        (
+                            Outcome::Err {
+                                message: format!(
+                                    "{what} of {size} bytes exceeds the payload limit of {limit} bytes"
+                                ),
+                            },
+                            Err(Error::PayloadTooLarge {
+                                unit: ctx.unit.clone(),
+                                what,
+                                size,
+                                limit,
+                            }),
+                        )
+                    }
+                }
+                Err(e) => (
+                    Outcome::Err {
+                        message: format!("result cannot be encoded as JSON: {e}"),
+                    },
+                    Err(Error::Encode {
+                        unit: ctx.unit.clone(),
+                        what: format!("result of effect {:?}", ctx.name),
+                        reason: e.to_string(),
+                    }),
+                ),
+            },
+            Err(e) => {
+                let message = clip(e.to_string(), (limit / 2) as usize);
+                (
+                    Outcome::Err {
+                        message: message.clone(),
+                    },
+                    Err(Error::EffectFailed {
+                        unit: ctx.unit.clone(),
+                        step: ctx.seq,
+                        effect: ctx.name.clone(),
+                        message,
+                    }),
+                )
+            }
+        };
+        let rec = JournalRecord::EffectOutcome {
+            unit: ctx.unit.clone(),
+            seq: ctx.seq,
+            key: ctx.key.clone(),
+            outcome,
+            via,
+            at_ms: now_ms(),
+        };
+        (rec, ret)
+    }
+
+    fn in_doubt_error(&self, ctx: &EffectCtx) -> Error {
+        Error::InDoubt {
+            unit: ctx.unit.clone(),
+            step: ctx.seq,
+            effect: ctx.name.clone(),
+            key: ctx.key.clone(),
+        }
+    }
+
+    /// Runs (or replays) one effect. See the module documentation for the
+    /// protocol. `f` receives the effect's context (its idempotency key
+    /// above all); its error is recorded as the effect's failed outcome and
+    /// returned as [`Error::EffectFailed`] (a recorded failure is returned
+    /// again on resume, never retried).
+    ///
+    /// ```
+    /// use agentwal::journal::{Effect, Journal, JournalOptions, Probe};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let journal = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+    /// let mut unit = journal.begin("u1", "demo", &()).unwrap();
+    /// let tokens: u32 = unit
+    ///     .run(Effect::reconcile("llm", |_ctx| Ok::<_, String>(Probe::NotHappened)), |_ctx| {
+    ///         Ok::<_, String>(1234)
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(tokens, 1234);
+    /// drop(unit); // not committed: resumable
+    ///
+    /// let mut again = journal.begin("u1", "demo", &()).unwrap();
+    /// assert!(again.is_resumed());
+    /// let replayed: u32 = again
+    ///     .run(Effect::reconcile("llm", |_ctx| Ok::<_, String>(Probe::NotHappened)), |_ctx| {
+    ///         unreachable!("completed effects are not run again");
+    ///         #[allow(unreachable_code)]
+    ///         Ok::<u32, String>(0)
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(replayed, 1234);
+    /// again.commit().unwrap();
+    /// ```
+    pub fn run<T, E, F>(&mut self, effect: Effect<'_, T>, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Display,
+        F: FnOnce(&EffectCtx) -> std::result::Result<T, E>,
+    {
+        let Effect {
+            name,
+            key,
+            policy,
+            compensable,
+        } = effect;
+        let seq = self.next_seq;
+        let prep = self.prepare(&name, key.as_deref(), policy.kind(), compensable)?;
+        let j = self.j().clone();
+        let id = self.id().to_string();
+        match prep {
+            Prep::Recorded(o) => {
+                self.next_seq += 1;
+                self.decode(seq, &name, o)
+            }
+            Prep::Reuse(ctx, intent, o) => {
+                // The key settled earlier: nothing runs; record the reuse so
+                // this unit replays on its own.
+                j.append(
+                    &id,
+                    &Self::reuse_records(&ctx, intent, &o),
+                    Durability::Buffered,
+                )?;
+                self.next_seq += 1;
+                self.decode(seq, &name, o)
+            }
+            Prep::Fresh(ctx, intent) => {
+                // The intent must be durable before the effect can happen:
+                // this is the sync that makes a crash during `f` visible as
+                // "in doubt" instead of "never started".
+                j.append(&id, &[intent], Durability::Durable)?;
+                self.next_seq += 1;
+                let r = f(&ctx);
+                self.finish(&ctx, r, OutcomeVia::Run)
+            }
+            Prep::InDoubt(ctx, intent) => {
+                if let Some(intent) = intent {
+                    j.append(&id, &[intent], Durability::Durable)?;
+                }
+                match policy {
+                    Policy::NeverRepeat => Err(self.in_doubt_error(&ctx)),
+                    Policy::RetrySameKey => {
+                        self.next_seq += 1;
+                        let r = f(&ctx);
+                        self.finish(&ctx, r, OutcomeVia::Retry)
+                    }
+                    Policy::Reconcile(probe) => match probe(&ctx) {
+                        Ok(Probe::Happened(v)) => {
+                            self.next_seq += 1;
+                            self.finish(&ctx, Ok::<T, String>(v), OutcomeVia::Reconcile)
+                        }
+                        Ok(Probe::NotHappened) => {
+                            self.next_seq += 1;
+                            let r = f(&ctx);
+                            self.finish(&ctx, r, OutcomeVia::Retry)
+                        }
+                        Err(message) => Err(Error::ReconcileFailed {
+                            unit: ctx.unit.clone(),
+                            step: ctx.seq,
+                            effect: ctx.name.clone(),
+                            message,
+                        }),
+                    },
+                }
+            }
+        }
+    }
+
+    fn finish<T: Serialize, E: Display>(
+        &self,
+        ctx: &EffectCtx,
+        r: std::result::Result<T, E>,
+        via: OutcomeVia,
+    ) -> Result<T> {
+        let (rec, ret) = self.outcome_of(ctx, r, via);
+        // Buffered: the next intent's or the commit's sync makes it durable.
+        // Until then a crash leaves the effect in doubt, handled by its policy.
+        self.j().append(self.id(), &[rec], Durability::Buffered)?;
+        ret
+    }
+
+    fn check_no_in_doubt(&self) -> Result<()> {
+        let st = self.j().inner.state.lock();
+        if let Some(u) = st.units.get(self.id()) {
+            if let Some(e) = u.effects.iter().find(|e| e.outcome.is_none()) {
+                return Err(Error::InvalidCall {
+                    unit: self.id().to_string(),
+                    reason: format!(
+                        "cannot commit: step {} (effect {:?}) is in doubt; run it again or roll the unit back",
+                        e.seq, e.name
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the unit durably (one `fdatasync`, which also covers the
+    /// buffered outcome before it). Returns the commit's LSN. Refused while
+    /// an effect of the unit is in doubt.
+    pub fn commit(self) -> Result<u64> {
+        self.check_no_in_doubt()?;
+        let rec = JournalRecord::Commit {
+            unit: self.id().to_string(),
+            at_ms: now_ms(),
+        };
+        let lsn = self.j().append(self.id(), &[rec], Durability::Durable)?;
+        self.j().maybe_auto_compact();
+        Ok(lsn)
+    }
+
+    /// Rolls the unit back: runs `compensate` for every compensable effect
+    /// that completed (or is in doubt), in reverse step order, each between
+    /// a durable compensation intent and a recorded outcome, then appends
+    /// the abort record durably. Compensations already recorded by an
+    /// interrupted earlier rollback are skipped; one whose intent is recorded
+    /// without outcome runs again with [`Compensation::retry`] set. A failing
+    /// compensation stops the rollback ([`Error::CompensationFailed`]); the
+    /// unit stays incomplete and the rollback can be retried.
+    ///
+    /// ```
+    /// use agentwal::journal::{Effect, Journal, JournalOptions, UnitState};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let journal = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+    /// let mut unit = journal.begin("u", "demo", &()).unwrap();
+    /// unit.run(Effect::never_repeat("reserve").compensable(), |_| Ok::<_, String>(1)).unwrap();
+    /// unit.run(Effect::never_repeat("charge").compensable(), |_| Ok::<_, String>(2)).unwrap();
+    /// let mut undone = Vec::new();
+    /// let report = unit
+    ///     .rollback("customer cancelled", |c| {
+    ///         undone.push(c.effect.clone());
+    ///         Ok::<_, String>(())
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(undone, ["charge", "reserve"]);
+    /// assert_eq!(report.compensated, [1, 0]);
+    /// assert_eq!(journal.unit_state("u"), Some(UnitState::Aborted));
+    /// ```
+    pub fn rollback<E, F>(self, reason: &str, mut compensate: F) -> Result<RollbackReport>
+    where
+        E: Display,
+        F: FnMut(&Compensation) -> std::result::Result<(), E>,
+    {
+        let mut report = RollbackReport::default();
+        let todo: Vec<(Compensation, bool)> = {
+            let st = self.j().inner.state.lock();
+            let u = st
+                .units
+                .get(self.id())
+                .filter(|u| u.end.is_none())
+                .ok_or_else(|| Error::UnknownUnit {
+                    unit: self.id().to_string(),
+                })?;
+            let mut v = Vec::new();
+            for e in u.effects.iter().rev().filter(|e| e.compensable) {
+                match e.status() {
+                    EffectStatus::Compensated => report.already_compensated.push(e.seq),
+                    EffectStatus::Completed | EffectStatus::InDoubt => {
+                        let result = match &e.outcome {
+                            Some((Outcome::Ok { value }, _, _)) => Some(value.clone()),
+                            _ => None,
+                        };
+                        v.push((
+                            Compensation {
+                                unit: self.id().to_string(),
+                                seq: e.seq,
+                                effect: e.name.clone(),
+                                effect_key: e.key.clone(),
+                                key: format!("{}/compensate", e.key),
+                                effect_in_doubt: e.outcome.is_none(),
+                                result,
+                                retry: e.comp_intent.is_some(),
+                            },
+                            e.comp_intent.is_none(),
+                        ));
+                    }
+                    EffectStatus::Failed | EffectStatus::NotStarted => {}
+                }
+            }
+            v
+        };
+        for (c, needs_intent) in todo {
+            if needs_intent {
+                let rec = JournalRecord::CompensationIntent {
+                    unit: c.unit.clone(),
+                    seq: c.seq,
+                    key: c.key.clone(),
+                };
+                // Durable before the compensation runs, so that an
+                // interrupted rollback knows it may have run.
+                self.j().append(self.id(), &[rec], Durability::Durable)?;
+            }
+            compensate(&c).map_err(|e| Error::CompensationFailed {
+                unit: c.unit.clone(),
+                step: c.seq,
+                effect: c.effect.clone(),
+                message: e.to_string(),
+            })?;
+            let rec = JournalRecord::CompensationOutcome {
+                unit: c.unit.clone(),
+                seq: c.seq,
+                outcome: Outcome::Ok { value: Value::Null },
+            };
+            // Buffered: the next compensation intent or the abort syncs it.
+            self.j().append(self.id(), &[rec], Durability::Buffered)?;
+            report.compensated.push(c.seq);
+        }
+        let rec = JournalRecord::Abort {
+            unit: self.id().to_string(),
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        report.abort_lsn = self.j().append(self.id(), &[rec], Durability::Durable)?;
+        self.j().maybe_auto_compact();
+        Ok(report)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Unit {
+    /// Async [`Unit::run`]: `f` returns a future; every journal write runs on
+    /// tokio's blocking pool so no runtime worker waits for `fdatasync`.
+    /// A reconcile probe runs inline (keep it quick or make it non-blocking).
+    pub async fn run_async<T, E, F, Fut>(&mut self, effect: Effect<'_, T>, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Display,
+        F: FnOnce(EffectCtx) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    {
+        let Effect {
+            name,
+            key,
+            policy,
+            compensable,
+        } = effect;
+        let seq = self.next_seq;
+        let prep = self.prepare(&name, key.as_deref(), policy.kind(), compensable)?;
+        let j = self.j().clone();
+        let id = self.id().to_string();
+        let write = |recs: Vec<JournalRecord>, d: Durability| {
+            let (j, id) = (j.clone(), id.clone());
+            super::blocking(move || j.append(&id, &recs, d))
+        };
+        let (ctx, via) = match prep {
+            Prep::Recorded(o) => {
+                self.next_seq += 1;
+                return self.decode(seq, &name, o);
+            }
+            Prep::Reuse(ctx, intent, o) => {
+                write(Self::reuse_records(&ctx, intent, &o), Durability::Buffered).await?;
+                self.next_seq += 1;
+                return self.decode(seq, &name, o);
+            }
+            Prep::Fresh(ctx, intent) => {
+                // Durable before the effect can happen (see `run`).
+                write(vec![intent], Durability::Durable).await?;
+                (ctx, OutcomeVia::Run)
+            }
+            Prep::InDoubt(ctx, intent) => {
+                if let Some(intent) = intent {
+                    write(vec![intent], Durability::Durable).await?;
+                }
+                match policy {
+                    Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
+                    Policy::RetrySameKey => (ctx, OutcomeVia::Retry),
+                    Policy::Reconcile(probe) => match probe(&ctx) {
+                        Ok(Probe::Happened(v)) => {
+                            self.next_seq += 1;
+                            let (rec, ret) =
+                                self.outcome_of(&ctx, Ok::<T, String>(v), OutcomeVia::Reconcile);
+                            write(vec![rec], Durability::Buffered).await?;
+                            return ret;
+                        }
+                        Ok(Probe::NotHappened) => (ctx, OutcomeVia::Retry),
+                        Err(message) => {
+                            return Err(Error::ReconcileFailed {
+                                unit: ctx.unit.clone(),
+                                step: ctx.seq,
+                                effect: ctx.name.clone(),
+                                message,
+                            })
+                        }
+                    },
+                }
+            }
+        };
+        self.next_seq += 1;
+        let r = f(ctx.clone()).await;
+        let (rec, ret) = self.outcome_of(&ctx, r, via);
+        // Buffered (see `finish`).
+        write(vec![rec], Durability::Buffered).await?;
+        ret
+    }
+
+    /// Async [`Unit::checkpoint`].
+    pub async fn checkpoint_async<S: Serialize + ?Sized>(&mut self, state: &S) -> Result<u64> {
+        let rec = self.checkpoint_record(state)?;
+        let (j, id) = (self.j().clone(), self.id().to_string());
+        super::blocking(move || j.append(&id, &[rec], Durability::Durable)).await
+    }
+
+    /// Async [`Unit::commit`].
+    pub async fn commit_async(self) -> Result<u64> {
+        super::blocking(move || self.commit()).await
+    }
+}

@@ -1,0 +1,307 @@
+//! A read-only, full-history view of a journal for operators (`wal-inspect`).
+//!
+//! [`JournalView::load`] works on a [`LogReader`], so it takes no lock and
+//! writes nothing: it can run while the owning process appends. It replays
+//! the newest snapshot plus every record after it with the same code the
+//! journal uses ([`super::state`]). Units that finished before the snapshot
+//! are only counted ([`JournalView::compacted_committed`],
+//! [`JournalView::compacted_aborted`]); incomplete units and the key index
+//! are always complete.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::Result;
+use super::state::{EffectRec, EffectStatus, KeyEntry, State, UnitRec};
+use crate::log::LogReader;
+
+/// Where a unit stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitState {
+    /// Ended with a commit record.
+    Committed,
+    /// Ended with an abort record (after its compensations).
+    Aborted,
+    /// Begun, not ended: it will be resumed or rolled back.
+    Incomplete,
+}
+
+impl UnitState {
+    /// `"committed"`, `"aborted"` or `"incomplete"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Committed => "committed",
+            UnitState::Aborted => "aborted",
+            UnitState::Incomplete => "incomplete",
+        }
+    }
+}
+
+impl std::fmt::Display for UnitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an effect stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectState {
+    /// Its outcome is recorded and successful.
+    Completed,
+    /// Its intent is durable but no outcome: it may or may not have happened.
+    InDoubt,
+    /// It completed and a rollback then compensated it.
+    Compensated,
+    /// Its outcome is recorded as an error.
+    Failed,
+}
+
+/// Where an idempotency key stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// An effect with this key started and its outcome is not recorded.
+    InDoubt,
+    /// Its effect completed; it will never run again under this key.
+    Completed,
+    /// Its effect failed; the failure is recorded and returned again.
+    Failed,
+}
+
+/// One effect of a unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectView {
+    /// Position in the unit, from 0.
+    pub seq: u32,
+    /// Effect name.
+    pub name: String,
+    /// Idempotency key.
+    pub key: String,
+    /// In-doubt policy: `"retry_same_key"`, `"reconcile"` or `"never_repeat"`.
+    pub policy: String,
+    /// State.
+    pub state: EffectState,
+    /// LSN of the effect intent.
+    pub intent_lsn: u64,
+    /// LSN of the outcome, when recorded.
+    pub outcome_lsn: Option<u64>,
+}
+
+/// One unit with its effects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitView {
+    /// Unit id.
+    pub id: String,
+    /// Caller-defined kind.
+    pub kind: String,
+    /// State.
+    pub state: UnitState,
+    /// Its effects in order.
+    pub effects: Vec<EffectView>,
+    /// LSN of the unit's begin record.
+    pub begin_lsn: u64,
+    /// LSN of its commit or abort record.
+    pub end_lsn: Option<u64>,
+    /// LSN of its latest checkpoint.
+    pub last_checkpoint_lsn: Option<u64>,
+}
+
+impl UnitView {
+    /// Effects whose outcome is recorded (completed, failed or compensated).
+    pub fn effects_done(&self) -> usize {
+        self.effects
+            .iter()
+            .filter(|e| e.state != EffectState::InDoubt)
+            .count()
+    }
+
+    /// Effects in doubt (intent without outcome).
+    pub fn effects_in_doubt(&self) -> usize {
+        self.effects
+            .iter()
+            .filter(|e| e.state == EffectState::InDoubt)
+            .count()
+    }
+}
+
+/// One entry of the idempotency key index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// The key.
+    pub key: String,
+    /// The unit whose effect settled it (or holds it in doubt).
+    pub unit: String,
+    /// That effect's name.
+    pub effect: String,
+    /// Status.
+    pub status: KeyStatus,
+    /// LSN of the outcome that settled it.
+    pub settled_lsn: Option<u64>,
+}
+
+/// The whole journal as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalView {
+    /// Units known in full, ordered by begin LSN.
+    pub units: Vec<UnitView>,
+    /// The key index, ordered by key.
+    pub keys: Vec<KeyView>,
+    /// Committed units compacted into the snapshot (not in `units`).
+    pub compacted_committed: u64,
+    /// Aborted units compacted into the snapshot (not in `units`).
+    pub compacted_aborted: u64,
+    /// LSN of the snapshot replay started from (0: none).
+    pub snapshot_lsn: u64,
+}
+
+pub(crate) fn effect_view(e: &EffectRec) -> EffectView {
+    EffectView {
+        seq: e.seq,
+        name: e.name.clone(),
+        key: e.key.clone(),
+        policy: e.policy.as_str().to_string(),
+        state: match e.status() {
+            EffectStatus::Completed | EffectStatus::NotStarted => EffectState::Completed,
+            EffectStatus::Failed => EffectState::Failed,
+            EffectStatus::InDoubt => EffectState::InDoubt,
+            EffectStatus::Compensated => EffectState::Compensated,
+        },
+        intent_lsn: e.intent_lsn,
+        outcome_lsn: e.outcome.as_ref().map(|o| o.2),
+    }
+}
+
+pub(crate) fn unit_view(u: &UnitRec) -> UnitView {
+    UnitView {
+        id: u.id.clone(),
+        kind: u.kind.clone(),
+        state: u.end.map_or(UnitState::Incomplete, |e| e.0),
+        effects: u.effects.iter().map(effect_view).collect(),
+        begin_lsn: u.begin_lsn,
+        end_lsn: u.end.map(|e| e.1),
+        last_checkpoint_lsn: u.checkpoint.as_ref().map(|c| c.0),
+    }
+}
+
+pub(crate) fn key_view(k: &KeyEntry) -> KeyView {
+    KeyView {
+        key: k.key.clone(),
+        unit: k.unit.clone(),
+        effect: k.effect.clone(),
+        status: k.status,
+        settled_lsn: k.settled_lsn,
+    }
+}
+
+impl JournalView {
+    /// Loads the view from a read-only reader: snapshot, then every record
+    /// after it up to the last valid record the reader's scan found.
+    ///
+    /// ```
+    /// use agentwal::journal::{Effect, Journal, JournalOptions, JournalView, UnitState};
+    /// use agentwal::log::LogReader;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let journal = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+    /// let mut unit = journal.begin("order-1", "order", &"payload").unwrap();
+    /// unit.run(Effect::retry_same_key("charge"), |_ctx| Ok::<_, String>(42)).unwrap();
+    /// unit.commit().unwrap();
+    ///
+    /// let view = JournalView::load(&LogReader::open(dir.path()).unwrap()).unwrap();
+    /// assert_eq!(view.units[0].id, "order-1");
+    /// assert_eq!(view.units[0].state, UnitState::Committed);
+    /// assert_eq!(view.keys[0].key, "order-1/charge/0");
+    /// ```
+    pub fn load(reader: &LogReader) -> Result<JournalView> {
+        let (mut state, snapshot_lsn) = match reader.snapshot() {
+            Some(s) => (State::from_snapshot(s.lsn, &s.data, true)?, s.lsn),
+            None => (State::new(true), 0),
+        };
+        let compacted_committed = state.committed;
+        let compacted_aborted = state.aborted;
+        for rec in reader.iter_from(snapshot_lsn + 1) {
+            let rec = rec?;
+            state.apply_log_record(rec.lsn, rec.kind, rec.payload())?;
+        }
+        Ok(Self::from_state(
+            &state,
+            compacted_committed,
+            compacted_aborted,
+            snapshot_lsn,
+        ))
+    }
+
+    /// Replays an optional snapshot payload (`(lsn, data)`) and journal
+    /// records `(lsn, kind, payload)` without any log: the entry point for
+    /// fuzzing and for tools that already hold the records. Records must be
+    /// in LSN order and after the snapshot; kinds outside 1..=31 are skipped.
+    ///
+    /// ```
+    /// use agentwal::journal::{JournalRecord, JournalView, UnitState};
+    /// let begin = JournalRecord::UnitBegin {
+    ///     unit: "u".into(), kind: "k".into(), payload: serde_json::Value::Null, at_ms: 0,
+    /// };
+    /// let bytes = begin.encode();
+    /// let view = JournalView::replay(None, [(1, begin.kind(), bytes.as_slice())]).unwrap();
+    /// assert_eq!(view.units[0].state, UnitState::Incomplete);
+    /// assert!(JournalView::replay(None, [(1, 5, &b"{}"[..])]).is_err());
+    /// ```
+    pub fn replay<'a>(
+        snapshot: Option<(u64, &[u8])>,
+        records: impl IntoIterator<Item = (u64, u8, &'a [u8])>,
+    ) -> Result<JournalView> {
+        let (mut state, snapshot_lsn) = match snapshot {
+            Some((lsn, data)) => (State::from_snapshot(lsn, data, true)?, lsn),
+            None => (State::new(true), 0),
+        };
+        let (cc, ca) = (state.committed, state.aborted);
+        for (lsn, kind, payload) in records {
+            state.apply_log_record(lsn, kind, payload)?;
+        }
+        Ok(Self::from_state(&state, cc, ca, snapshot_lsn))
+    }
+
+    pub(crate) fn from_state(
+        state: &State,
+        compacted_committed: u64,
+        compacted_aborted: u64,
+        snapshot_lsn: u64,
+    ) -> JournalView {
+        let mut units: Vec<UnitView> = state.units.values().map(unit_view).collect();
+        units.sort_by_key(|u| u.begin_lsn);
+        let mut keys: Vec<KeyView> = state.keys.values().map(key_view).collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        JournalView {
+            units,
+            keys,
+            compacted_committed,
+            compacted_aborted,
+            snapshot_lsn,
+        }
+    }
+
+    /// The unit with this id, if known in full.
+    pub fn unit(&self, id: &str) -> Option<&UnitView> {
+        self.units.iter().find(|u| u.id == id)
+    }
+
+    /// Units in `state`.
+    pub fn units_in(&self, state: UnitState) -> impl Iterator<Item = &UnitView> {
+        self.units.iter().filter(move |u| u.state == state)
+    }
+
+    /// Committed units, compacted ones included.
+    pub fn committed_total(&self) -> u64 {
+        self.compacted_committed + self.units_in(UnitState::Committed).count() as u64
+    }
+
+    /// Aborted units, compacted ones included.
+    pub fn aborted_total(&self) -> u64 {
+        self.compacted_aborted + self.units_in(UnitState::Aborted).count() as u64
+    }
+
+    /// In-doubt effects over all units.
+    pub fn in_doubt_effects(&self) -> usize {
+        self.units.iter().map(UnitView::effects_in_doubt).sum()
+    }
+}

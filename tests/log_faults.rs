@@ -1,0 +1,315 @@
+//! Guarantee: I/O failures get typed errors, never a panic and never a lie.
+//! After a failed write or `fdatasync` every call fails with `Poisoned`
+//! (no retried sync can pretend lost pages reached the disk), and a reopen
+//! recovers everything acknowledged. A full disk is a typed `ENOSPC` error.
+//! Oversized records are refused before anything is written, and a huge
+//! length field on disk is reported, not allocated.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agentwal::log::storage::sim::{CrashMode, FaultKind, FaultOp};
+use agentwal::log::storage::Storage;
+use agentwal::log::{Durability, Error, Log, LogOptions, LogReader, SimStorage};
+
+const DIR: &str = "/sim/faults/journal";
+
+fn opts(preallocate: bool) -> LogOptions {
+    LogOptions {
+        segment_size: 4096,
+        max_record_bytes: 1024,
+        preallocate,
+        ..LogOptions::default()
+    }
+}
+
+fn open(sim: &SimStorage, preallocate: bool) -> Log {
+    Log::open_with(Arc::new(sim.clone()), DIR, opts(preallocate)).unwrap()
+}
+
+fn os_error(e: &Error) -> Option<i32> {
+    match e {
+        Error::Io { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn assert_poisoned(log: &Log) {
+    let r = log.append(b"x");
+    assert!(matches!(r, Err(Error::Poisoned { .. })), "append: {r:?}");
+    let r = log.append_with(1, b"x", Durability::Buffered);
+    assert!(
+        matches!(r, Err(Error::Poisoned { .. })),
+        "buffered append: {r:?}"
+    );
+    let r = log.append_batch(&[(1, b"a"), (2, b"b")], Durability::Durable);
+    assert!(matches!(r, Err(Error::Poisoned { .. })), "batch: {r:?}");
+    let r = log.sync();
+    assert!(matches!(r, Err(Error::Poisoned { .. })), "sync: {r:?}");
+    let r = log.write_snapshot(1, b"s");
+    assert!(matches!(r, Err(Error::Poisoned { .. })), "snapshot: {r:?}");
+    let r = log.truncate_before(1);
+    assert!(matches!(r, Err(Error::Poisoned { .. })), "truncate: {r:?}");
+    assert!(Error::Poisoned {
+        cause: String::new()
+    }
+    .is_permanent());
+}
+
+/// Reopens after `crash` and checks LSNs 1..=acked carry `payload(lsn)`.
+fn assert_recovers(sim: &SimStorage, mode: CrashMode, acked: u64, preallocate: bool) {
+    let log = Log::open_with(Arc::new(sim.crash(mode)), DIR, opts(preallocate))
+        .unwrap_or_else(|e| panic!("reopen after {mode:?}: {e}"));
+    assert!(
+        log.next_lsn() > acked,
+        "{mode:?}: acknowledged records lost"
+    );
+    for r in log.read_from(1).unwrap() {
+        let r = r.unwrap();
+        assert_eq!(r.payload(), payload(r.lsn), "{mode:?}: LSN {}", r.lsn);
+    }
+}
+
+fn payload(lsn: u64) -> Vec<u8> {
+    format!("record {lsn}").into_bytes()
+}
+
+#[test]
+fn failed_fdatasync_poisons_and_reopen_recovers_everything_acknowledged() {
+    for preallocate in [true, false] {
+        let sim = SimStorage::new();
+        let log = open(&sim, preallocate);
+        for lsn in 1..=3 {
+            log.append(&payload(lsn)).unwrap();
+        }
+        sim.inject(FaultOp::Sync, 0, FaultKind::Eio);
+        let e = log.append(&payload(4)).unwrap_err();
+        assert_eq!(os_error(&e), Some(5), "the EIO itself is reported: {e}");
+        assert!(e.to_string().contains("fdatasync"), "{e}");
+        assert_poisoned(&log);
+        assert!(matches!(log.clone().close(), Err(Error::Poisoned { .. })));
+        drop(log);
+        for mode in [
+            CrashMode::KeepAll,
+            CrashMode::DropUnsynced,
+            CrashMode::Random(7),
+        ] {
+            assert_recovers(&sim, mode, 3, preallocate);
+        }
+        // Power loss after the failed sync: record 4 never reached the disk.
+        let log = Log::open_with(
+            Arc::new(sim.crash(CrashMode::DropUnsynced)),
+            DIR,
+            opts(preallocate),
+        )
+        .unwrap();
+        assert_eq!(log.next_lsn(), 4);
+    }
+}
+
+#[test]
+fn failed_sync_is_never_retried_into_a_false_success() {
+    let sim = SimStorage::new();
+    let log = open(&sim, true);
+    log.append(&payload(1)).unwrap();
+    log.append_with(0, &payload(2), Durability::Buffered)
+        .unwrap();
+    sim.inject(FaultOp::Sync, 0, FaultKind::Eio);
+    assert!(log.sync().is_err());
+    // The next sync would succeed on the device, but the log must not try.
+    let syncs = sim.syncs();
+    assert!(matches!(log.sync(), Err(Error::Poisoned { .. })));
+    assert_eq!(sim.syncs(), syncs, "no sync after a failed one");
+    assert_eq!(
+        log.durable_lsn(),
+        1,
+        "the failed record is not claimed durable"
+    );
+}
+
+#[test]
+fn failed_write_poisons() {
+    let sim = SimStorage::new();
+    let log = open(&sim, true);
+    log.append(&payload(1)).unwrap();
+    sim.inject(FaultOp::Write, 0, FaultKind::Eio);
+    let e = log.append(&payload(2)).unwrap_err();
+    assert_eq!(os_error(&e), Some(5), "{e}");
+    assert_poisoned(&log);
+    drop(log);
+    assert_recovers(&sim, CrashMode::KeepAll, 1, true);
+}
+
+#[test]
+fn failed_segment_creation_poisons_and_recovers() {
+    for op in [FaultOp::Create, FaultOp::SyncDir] {
+        let sim = SimStorage::new();
+        let log = open(&sim, true);
+        sim.inject(op, 0, FaultKind::Eio);
+        let mut acked = 0;
+        let err = loop {
+            match log.append(&payload(acked + 1)) {
+                Ok(l) => acked = l,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::Io { .. }), "{op:?}: {err}");
+        assert!(acked > 3, "{op:?}: the failure came at rotation");
+        assert_poisoned(&log);
+        drop(log);
+        for mode in [
+            CrashMode::KeepAll,
+            CrashMode::DropUnsynced,
+            CrashMode::Random(3),
+        ] {
+            assert_recovers(&sim, mode, acked, true);
+        }
+    }
+}
+
+#[test]
+fn full_disk_is_a_typed_error_and_reopen_recovers() {
+    for preallocate in [true, false] {
+        let sim = SimStorage::new();
+        let log = open(&sim, preallocate);
+        sim.set_capacity(Some(sim.live_bytes() + 3000));
+        let mut acked = 0;
+        let err = loop {
+            match log.append(&[b'x'; 200]) {
+                Ok(l) => acked = l,
+                Err(e) => break e,
+            }
+            assert!(acked < 1000, "capacity never enforced");
+        };
+        assert_eq!(
+            os_error(&err),
+            Some(28),
+            "ENOSPC is reported as such: {err}"
+        );
+        assert!(
+            !err.is_permanent(),
+            "an I/O error may succeed after space is freed"
+        );
+        assert!(matches!(log.append(b"y"), Err(Error::Poisoned { .. })));
+        drop(log);
+        sim.set_capacity(None);
+        let log = Log::open_with(
+            Arc::new(sim.crash(CrashMode::DropUnsynced)),
+            DIR,
+            opts(preallocate),
+        )
+        .unwrap();
+        assert!(log.next_lsn() > acked);
+        assert!(log
+            .read_from(1)
+            .unwrap()
+            .all(|r| r.unwrap().payload() == [b'x'; 200]));
+        assert!(log.append(b"space again").is_ok());
+    }
+}
+
+#[test]
+fn injected_enospc_on_write_is_typed() {
+    let sim = SimStorage::new();
+    let log = open(&sim, false);
+    log.append(&payload(1)).unwrap();
+    sim.inject(FaultOp::Write, 0, FaultKind::NoSpace);
+    let e = log.append(&payload(2)).unwrap_err();
+    assert_eq!(os_error(&e), Some(28), "{e}");
+    drop(log);
+    assert_recovers(&sim, CrashMode::Random(11), 1, false);
+}
+
+#[test]
+fn record_too_large_writes_nothing_and_does_not_poison() {
+    let sim = SimStorage::new();
+    let log = open(&sim, true);
+    assert_eq!(log.append(b"a").unwrap(), 1);
+    let before = sim.mutations();
+    let e = log.append(&vec![0u8; 1025]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::RecordTooLarge {
+                size: 1025,
+                limit: 1024
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.is_permanent(), "retrying the same record cannot succeed");
+    // A batch with one oversized record writes none of them.
+    let big = vec![1u8; 5000];
+    let e = log
+        .append_batch(&[(0, b"fits"), (0, &big)], Durability::Durable)
+        .unwrap_err();
+    assert!(matches!(e, Error::RecordTooLarge { size: 5000, .. }), "{e}");
+    assert_eq!(sim.mutations(), before, "nothing was written");
+    // Exactly at the limit is fine, and no LSN was consumed.
+    assert_eq!(log.append(&vec![2u8; 1024]).unwrap(), 2);
+}
+
+#[test]
+fn huge_length_field_is_reported_not_allocated() {
+    let sim = SimStorage::new();
+    let log = open(&sim, false);
+    for lsn in 1..=4 {
+        log.append(&payload(lsn)).unwrap();
+    }
+    let second = log.read_from(2).unwrap().next().unwrap().unwrap().offset();
+    drop(log);
+    let seg = sim
+        .list_dir(Path::new(DIR))
+        .unwrap()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .unwrap();
+    // LSN 2's length field claims 4 GiB; LSNs 3 and 4 prove 2 was durable.
+    sim.poke(&seg, second + 4, &u32::MAX.to_le_bytes()).unwrap();
+    match Log::open_with(Arc::new(sim.clone()), DIR, opts(false)) {
+        Err(Error::Corruption {
+            segment,
+            offset,
+            reason,
+        }) => {
+            assert_eq!((segment, offset), (seg.clone(), second), "{reason}");
+            assert!(reason.contains("length"), "{reason}");
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+    }
+    let reader = LogReader::open_with(Arc::new(sim.clone()), DIR).unwrap();
+    assert_eq!(reader.scan().records(), 1);
+    assert_eq!(reader.iter_from(1).count(), 1);
+
+    // A snapshot whose length field is huge.
+    let sim = SimStorage::new();
+    let log = open(&sim, false);
+    log.append(b"one").unwrap();
+    let snap = log.write_snapshot(1, b"state").unwrap();
+    drop(log);
+    sim.poke(&snap, 24, &u64::MAX.to_le_bytes()).unwrap();
+    let e = Log::open_with(Arc::new(sim.clone()), DIR, opts(false)).unwrap_err();
+    assert!(
+        matches!(e, Error::Corruption { ref segment, offset: 24, .. } if *segment == snap),
+        "{e}"
+    );
+}
+
+#[test]
+fn halted_storage_never_panics_and_every_error_is_typed() {
+    // Power fails at each point of open + a few appends; every call returns.
+    for k in 0..30 {
+        let sim = SimStorage::new();
+        sim.halt_after(k);
+        if let Ok(log) = Log::open_with(Arc::new(sim.clone()), DIR, opts(true)) {
+            for i in 0..8 {
+                if let Err(e) = log.append(&payload(i)) {
+                    assert!(
+                        matches!(e, Error::Io { .. } | Error::Poisoned { .. }),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -197,7 +197,11 @@ impl Log {
         // that ends before the snapshot: the next append would take an LSN the
         // snapshot hides. Those segments are obsolete; set them aside and
         // continue in a fresh segment right after the snapshot.
-        if snap.is_some() && segments.last().is_some_and(|s| s.first_lsn + s.records <= snap_lsn) {
+        if snap.is_some()
+            && segments
+                .last()
+                .is_some_and(|s| s.first_lsn + s.records <= snap_lsn)
+        {
             for s in segments.drain(..) {
                 let to = s.path.with_extension("wal.dropped");
                 storage
@@ -205,7 +209,9 @@ impl Log {
                     .map_err(|e| Error::io("set aside segment", &s.path, e))?;
                 report.dropped_segments.push(s.path);
             }
-            storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", &dir, e))?;
+            storage
+                .sync_dir(&dir)
+                .map_err(|e| Error::io("fsync directory", &dir, e))?;
         }
         let next_lsn = match segments.last() {
             Some(s) => s.first_lsn + s.records,

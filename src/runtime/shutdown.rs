@@ -16,7 +16,9 @@
 //! * [`Shutdown::exit_code`] is the conventional code: 0 after SIGTERM or a
 //!   programmatic trigger, 130 (128 + 2) after SIGINT.
 //! * A **second** signal exits the process at once with
-//!   [`std::process::exit`] and the exit code of the first signal. That is
+//!   [`std::process::exit`] and the exit code of the first shutdown reason
+//!   (a programmatic trigger is not a signal: the SIGTERM that follows a
+//!   preStop `POST /shutdown` is still the first signal). That is
 //!   safe with agentwal: every journal record is atomic on its own (checksummed
 //!   and ordered), so a unit cut in the middle is replayed as *incomplete* at
 //!   the next start, and its effects are classified completed / in doubt /
@@ -41,7 +43,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,6 +132,8 @@ struct State {
 struct Inner {
     /// Mirror of `state.reason.is_some()` for lock-free polling.
     triggered: AtomicBool,
+    /// Signals delivered so far (a programmatic trigger is not one).
+    signals: AtomicU32,
     state: Mutex<State>,
     /// Signalled when `units` drops to zero (sync waiters).
     idle: Condvar,
@@ -220,6 +224,7 @@ impl Shutdown {
         Shutdown {
             inner: Arc::new(Inner {
                 triggered: AtomicBool::new(false),
+                signals: AtomicU32::new(0),
                 state: Mutex::new(State::default()),
                 idle: Condvar::new(),
                 trigger_tx,
@@ -295,10 +300,15 @@ impl Shutdown {
     }
 
     /// What a delivered signal does: the first one starts graceful shutdown,
-    /// a later one forces an immediate exit. Public so that a program that
-    /// receives signals by other means can feed them in.
+    /// a second *signal* forces an immediate exit. A programmatic trigger
+    /// (`POST /shutdown` from a preStop hook) does not count as a signal, so
+    /// the SIGTERM that Kubernetes sends after the hook is still graceful.
+    /// Public so that a program that receives signals by other means can feed
+    /// them in.
     pub fn on_signal(&self, reason: ShutdownReason) {
-        if !self.trigger_with(reason) {
+        let n = self.inner.signals.fetch_add(1, Ordering::AcqRel) + 1;
+        self.trigger_with(reason);
+        if n >= 2 {
             // Second signal: the operator wants out now. Safe: records are
             // atomic and an interrupted unit replays as incomplete.
             let code = self.exit_code();
@@ -517,6 +527,21 @@ mod tests {
         );
         s.on_signal(ShutdownReason::Sigint);
         assert_eq!(code.load(Ordering::SeqCst), 0, "forced with SIGTERM's code");
+    }
+
+    #[test]
+    fn sigterm_after_a_programmatic_trigger_is_still_graceful() {
+        let code = Arc::new(AtomicI32::new(-1));
+        let c = code.clone();
+        let s = Shutdown::with_force_exit(Duration::from_secs(5), move |x| {
+            c.store(x, Ordering::SeqCst)
+        });
+        s.trigger(); // preStop: POST /shutdown
+        s.on_signal(ShutdownReason::Sigterm); // then the kubelet's SIGTERM
+        assert_eq!(code.load(Ordering::SeqCst), -1, "must not force exit");
+        assert_eq!(s.exit_code(), 0);
+        s.on_signal(ShutdownReason::Sigterm); // an operator insists
+        assert_eq!(code.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -144,6 +144,9 @@ struct Inner {
     timeout: Duration,
     /// What a second signal does (replaceable in tests).
     force: Box<dyn Fn(i32) + Send + Sync>,
+    /// Exit (through `force`) when the deadline passes with work outstanding.
+    exit_at_deadline: AtomicBool,
+    watchdog_armed: AtomicBool,
 }
 
 /// The shutdown controller. Cheap to clone; all clones share one state.
@@ -231,6 +234,8 @@ impl Shutdown {
                 units_tx,
                 timeout,
                 force: Box::new(force),
+                exit_at_deadline: AtomicBool::new(false),
+                watchdog_armed: AtomicBool::new(false),
             }),
         }
     }
@@ -299,6 +304,47 @@ impl Shutdown {
         }
     }
 
+    /// Starts the deadline watchdog thread (once) if shutdown began and
+    /// exit-at-deadline is on.
+    fn arm_watchdog(&self) {
+        let inner = &self.inner;
+        if !inner.exit_at_deadline.load(Ordering::Acquire)
+            || inner.watchdog_armed.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Some(deadline) = self.deadline() else {
+            inner.watchdog_armed.store(false, Ordering::Release);
+            return;
+        };
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("agentwal-deadline".into())
+            .spawn(move || {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                if me.inner.exit_at_deadline.load(Ordering::Acquire) && me.outstanding_units() > 0 {
+                    (me.inner.force)(me.exit_code());
+                }
+            });
+        if spawned.is_err() {
+            // Without the watchdog the orchestrator's SIGKILL is the backstop.
+            inner.watchdog_armed.store(false, Ordering::Release);
+        }
+    }
+
+    /// When `true`, a watchdog thread ends the process with
+    /// [`Shutdown::exit_code`] when the deadline passes while a unit guard is
+    /// still held — so the process always exits within its budget, before the
+    /// orchestrator's SIGKILL. As safe as a SIGKILL: the unit is replayed as
+    /// incomplete. Off by default (with [`Shutdown::with_force_exit`] the
+    /// watchdog calls the given function instead of exiting).
+    pub fn set_exit_at_deadline(&self, on: bool) {
+        self.inner.exit_at_deadline.store(on, Ordering::Release);
+        if on && self.is_triggered() {
+            self.arm_watchdog();
+        }
+    }
+
     /// What a delivered signal does: the first one starts graceful shutdown,
     /// a second *signal* forces an immediate exit. A programmatic trigger
     /// (`POST /shutdown` from a preStop hook) does not count as a signal, so
@@ -337,6 +383,7 @@ impl Shutdown {
         self.inner.trigger_tx.send_replace(true);
         // Sync waiters re-check the deadline.
         self.inner.idle.notify_all();
+        self.arm_watchdog();
         true
     }
 
@@ -542,6 +589,35 @@ mod tests {
         assert_eq!(s.exit_code(), 0);
         s.on_signal(ShutdownReason::Sigterm); // an operator insists
         assert_eq!(code.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn watchdog_forces_exit_at_the_deadline_only_with_work_outstanding() {
+        let code = Arc::new(AtomicI32::new(-1));
+        let c = code.clone();
+        let s = Shutdown::with_force_exit(Duration::from_millis(20), move |x| {
+            c.store(x, Ordering::SeqCst)
+        });
+        s.set_exit_at_deadline(true);
+        let g = s.begin_unit().unwrap();
+        s.trigger_with(ShutdownReason::Sigint);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(code.load(Ordering::SeqCst), 130);
+        drop(g);
+
+        let code = Arc::new(AtomicI32::new(-1));
+        let c = code.clone();
+        let s = Shutdown::with_force_exit(Duration::from_millis(20), move |x| {
+            c.store(x, Ordering::SeqCst)
+        });
+        s.set_exit_at_deadline(true);
+        s.trigger();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            code.load(Ordering::SeqCst),
+            -1,
+            "no unit outstanding: nothing to cut"
+        );
     }
 
     #[test]

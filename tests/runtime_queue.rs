@@ -563,3 +563,65 @@ fn power_loss_at_every_write_boundary_loses_nothing_and_never_acks_twice() {
     }
     assert!(cases > 40);
 }
+
+#[test]
+fn the_queue_lives_inside_a_journal_directory_without_disturbing_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let log = agentwal::log::Log::open(
+        dir.path(),
+        LogOptions {
+            segment_size: 64 << 10,
+            max_record_bytes: 16 << 10,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    log.append(b"journal record").unwrap();
+    let q = WorkQueue::open(dir.path(), opts(&c)).unwrap();
+    q.enqueue(b"job").unwrap();
+    assert!(queue_dir(dir.path()).is_dir());
+    // Both reopen, each with its own records.
+    drop((log, q));
+    let log = agentwal::log::Log::open(
+        dir.path(),
+        LogOptions {
+            segment_size: 64 << 10,
+            max_record_bytes: 16 << 10,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    let recs: Vec<_> = log
+        .read_from(1)
+        .unwrap()
+        .map(|r| r.unwrap().payload().to_vec())
+        .collect();
+    assert_eq!(recs, vec![b"journal record".to_vec()]);
+    let q = WorkQueue::open(dir.path(), opts(&c)).unwrap();
+    assert_eq!(q.stats().pending, 1);
+    // A second owner of the same queue is refused.
+    assert!(matches!(
+        WorkQueue::open(dir.path(), opts(&c)),
+        Err(Error::Log(_))
+    ));
+}
+
+#[tokio::test]
+async fn async_calls_do_not_block_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let q = WorkQueue::open(dir.path(), opts(&c)).unwrap();
+    let id = q.enqueue_async(b"a".to_vec()).await.unwrap();
+    q.enqueue_async(b"b".to_vec()).await.unwrap();
+    let job = q.claim_async("w").await.unwrap().unwrap();
+    assert_eq!(job.id, id);
+    q.ack_async(&job).await.unwrap();
+    let job = q.claim_async("w").await.unwrap().unwrap();
+    assert_eq!(
+        q.nack_async(&job, Duration::ZERO, "x").await.unwrap(),
+        NackOutcome::Retry
+    );
+    let r = q.drain_async(Duration::from_secs(1)).await.unwrap();
+    assert_eq!((r.pending, r.timed_out), (1, false));
+}

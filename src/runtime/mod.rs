@@ -9,7 +9,6 @@
 //!
 //! Dependencies point downward only: runtime → journal → log.
 
-pub mod batch;
 mod error;
 #[cfg(feature = "http")]
 pub mod health;

@@ -55,6 +55,22 @@ pub enum Error {
     #[error(transparent)]
     Log(#[from] crate::log::Error),
 
+    /// The journal below failed.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::Error),
+
+    /// Processing a batch item failed; the batch stopped before it and the
+    /// next run retries it.
+    #[error("batch {batch:?}, item {index}: {message}")]
+    BatchItem {
+        /// The batch id.
+        batch: String,
+        /// The item's index.
+        index: u64,
+        /// The item's error, as text.
+        message: String,
+    },
+
     /// No queue item has this id (never enqueued, or acked and compacted away).
     #[error("work queue item {id} does not exist")]
     NotFound {

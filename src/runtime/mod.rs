@@ -9,6 +9,7 @@
 //!
 //! Dependencies point downward only: runtime → journal → log.
 
+pub mod batch;
 mod error;
 #[cfg(feature = "http")]
 pub mod health;

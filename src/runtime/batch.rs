@@ -250,8 +250,7 @@ fn drive<I>(
             break;
         }
     }
-    let mut index = start;
-    for item in iter {
+    for (index, item) in (start..).zip(iter) {
         let _guard = match shutdown.map(Shutdown::begin_unit).transpose() {
             Ok(g) => g,
             Err(_) => {
@@ -265,7 +264,6 @@ fn drive<I>(
             report.processed += 1;
         }
         cursor.advance()?;
-        index += 1;
     }
     report.next = cursor.position();
     if !report.stopped_by_shutdown {

@@ -41,6 +41,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A blocking task (an async wrapper's `spawn_blocking`) panicked or was
+    /// cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
+
     /// The health server could not bind or serve.
     #[error("health server on {addr}: {source}")]
     Http {

@@ -222,3 +222,19 @@ fn unsynced_buffered_records_may_vanish_but_never_corrupt() {
     let kept = Log::open_with(Arc::new(sim.crash(CrashMode::KeepAll)), DIR, opts(true)).unwrap();
     assert_eq!(kept.next_lsn(), 3, "a process kill keeps the page cache");
 }
+
+/// The journal directory itself is a directory entry: the log must sync the
+/// parent of every directory it creates, or a power loss can take the whole
+/// journal (and every acknowledged record) away.
+#[test]
+fn a_new_journal_directory_survives_power_loss() {
+    let sim = SimStorage::new();
+    let dir = "/sim/fresh/nested/journal";
+    let log = Log::open_with(Arc::new(sim.clone()), dir, opts(true)).unwrap();
+    assert_eq!(log.append(b"first").unwrap(), 1);
+    drop(log);
+    for mode in [CrashMode::DropUnsynced, CrashMode::Random(1), CrashMode::Random(2)] {
+        let log = Log::open_with(Arc::new(sim.crash(mode)), dir, opts(true)).unwrap();
+        assert_eq!(log.next_lsn(), 2, "{mode:?}: the journal directory vanished");
+    }
+}

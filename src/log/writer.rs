@@ -196,6 +196,11 @@ impl Log {
                     .sync_dir(parent)
                     .map_err(|e| Error::io("fsync directory", parent, e))?;
             }
+        } else if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The directory exists, but the caller may have just made it
+            // without syncing its parent. Best effort: a parent we may not
+            // read must not stop the log from opening.
+            let _ = storage.sync_dir(parent);
         }
         let lock = storage.lock_dir(&dir).map_err(|f| match f {
             LockFailure::Held { pid } => Error::Locked {

@@ -203,9 +203,33 @@ impl Log {
                     reason: "it is a file".into(),
                 });
             }
+            // The directories about to be made, outermost last.
+            let created: Vec<PathBuf> = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !storage.is_dir(a).unwrap_or(false))
+                .map(Path::to_path_buf)
+                .collect();
             storage
                 .create_dir_all(&dir)
                 .map_err(|e| Error::io("create directory", &dir, e))?;
+            // A new directory's entry is durable only once its parent is
+            // synced; without this a power loss could take the journal
+            // directory away together with every acknowledged record in it.
+            for d in created.iter().rev() {
+                let parent = match d.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    Some(_) => Path::new("."),
+                    None => continue, // the root exists
+                };
+                storage
+                    .sync_dir(parent)
+                    .map_err(|e| Error::io("fsync directory", parent, e))?;
+            }
+        } else if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The directory exists, but the caller may have just made it
+            // without syncing its parent. Best effort: a parent we may not
+            // read must not stop the log from opening.
+            let _ = storage.sync_dir(parent);
         }
         let lock = storage.lock_dir(&dir).map_err(|f| match f {
             LockFailure::Held { pid } => Error::Locked {

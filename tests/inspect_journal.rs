@@ -248,6 +248,17 @@ fn counts_survive_compaction() {
         .iter()
         .any(|r| r["id"] == "doubt-retry"));
     assert_eq!(inspect_dir("verify", d.path(), &[]).code, 0);
+    let listed = rows.as_array().unwrap().iter().any(|r| r["id"] == "ok-0");
+    assert!(
+        !listed,
+        "compaction folds finished units into counts: {rows}"
+    );
+    let gone = inspect_dir("show", d.path(), &["ok-0"]);
+    assert_clean_failure(&gone, "compacted");
+    assert!(
+        gone.stderr.contains("ok-0/send/0"),
+        "its keys are named: {gone:?}"
+    );
     let sh = inspect_dir("show", d.path(), &["doubt-retry", "--json"]);
     assert_eq!(sh.code, 0, "{sh:?}");
     assert_eq!(sh.json()["effects_in_doubt"], 1);

@@ -404,3 +404,30 @@ fn help_has_examples_for_every_command() {
         );
     }
 }
+
+#[test]
+fn verify_covers_the_work_queue_log() {
+    let d = tempfile::tempdir().unwrap();
+    make_log(d.path(), 20, small_opts());
+    let q = d.path().join("queue");
+    make_log(&q, 30, small_opts());
+    let r = inspect_dir("verify", d.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["queue"]["records"], 30);
+    assert!(inspect_dir("verify", d.path(), &[])
+        .stdout
+        .contains("work queue log:"));
+
+    let (seg, off) = locate(&q, 5);
+    flip(&seg, off + 40);
+    let r = inspect_dir("verify", d.path(), &["--json"]);
+    assert_eq!(r.code, 1, "queue corruption fails verify: {r:?}");
+    let v = r.json();
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["corruption"].is_null(),
+        "the journal itself is clean: {v}"
+    );
+    assert_eq!(v["queue"]["corruption"]["segment"], seg.to_str().unwrap());
+    assert_eq!(v["queue"]["corruption"]["offset"], off);
+}

@@ -156,8 +156,7 @@ fn nothing_bypasses_the_storage_seam() {
         v.sort();
         v.pop().unwrap()
     };
-    sim.poke(&last, torn_at + 40, &[!KEY; 16])
-        .unwrap();
+    sim.poke(&last, torn_at + 40, &[!KEY; 16]).unwrap();
     let log = Log::open_with(storage.clone(), &dir, opts(RecoveryMode::Strict)).unwrap();
     assert!(
         log.open_report().torn_tail.is_some(),

@@ -193,10 +193,11 @@ pub fn repair_with(
 fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
     let f = insp.findings();
     let scan = insp.reader().scan();
-    let (would, will_be) = if opts.dry_run {
-        ("would ", "would be")
+    // (cut, remove, truncate, are saved)
+    let (cut, remove, truncate, saved) = if opts.dry_run {
+        ("would cut", "would remove", "would truncate", "would be")
     } else {
-        ("", "are")
+        ("cut", "removed", "truncated", "were")
     };
     let mut r = RepairReport {
         dir: display(insp.dir()),
@@ -280,22 +281,21 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         }
         r.action = RepairAction::LossyTruncate;
         r.messages.push(what);
-        r.messages.push(format!(
-            "--lossy: {would}truncate the log there; {drop_desc}"
-        ));
+        r.messages
+            .push(format!("--lossy: {truncate} the log there; {drop_desc}"));
         return Ok(r);
     }
     if let Some(t) = &f.torn_tail {
         if t.whole_segment {
             r.action = RepairAction::RemovedTornSegment;
             r.messages.push(format!(
-                "{would}remove {}: its creation was torn by a crash (no records); its {} non-zero bytes {will_be} saved first",
+                "{remove} {}: its creation was torn by a crash (no records); its {} non-zero bytes {saved} saved first",
                 t.segment, t.bytes
             ));
         } else {
             r.action = RepairAction::CutTornTail;
             r.messages.push(format!(
-                "{would}cut a torn tail of {} bytes in {} at offset {} (an append that was never acknowledged); the bytes {will_be} saved in a cut-*.bin file first",
+                "{cut} a torn tail of {} bytes in {} at offset {} (an append that was never acknowledged); the bytes {saved} saved in a cut-*.bin file first",
                 t.bytes, t.segment, t.offset
             ));
         }

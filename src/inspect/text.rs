@@ -203,6 +203,12 @@ pub fn verify(v: &VerifyReport) -> String {
             }
         );
     }
+    if let Some(q) = &v.queue {
+        let _ = writeln!(o, "work queue log:");
+        for line in verify(q).lines() {
+            let _ = writeln!(o, "  {line}");
+        }
+    }
     let _ = writeln!(o, "{}", if v.ok { "OK" } else { "CORRUPT" });
     o
 }

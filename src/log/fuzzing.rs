@@ -284,23 +284,37 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
         let sim = SimStorage::new();
         let dir = Path::new(FUZZ_DIR);
         let opts = fuzz_options(u8::from(preallocate));
-        let log = Log::open_with(Arc::new(sim.clone()), dir, opts).expect("open a fresh sim journal");
+        let log =
+            Log::open_with(Arc::new(sim.clone()), dir, opts).expect("open a fresh sim journal");
         for i in 0..24u64 {
             let len = [0usize, 3, 40, 200, 511][(i % 5) as usize];
             let payload: Vec<u8> = (0..len).map(|j| (i as usize * 17 + j) as u8).collect();
-            let d = if i % 3 == 2 { Durability::Buffered } else { Durability::Durable };
-            log.append_with((i % 4) as u8, &payload, d).expect("append to a sim journal");
+            let d = if i % 3 == 2 {
+                Durability::Buffered
+            } else {
+                Durability::Durable
+            };
+            log.append_with((i % 4) as u8, &payload, d)
+                .expect("append to a sim journal");
         }
         if snapshot {
             log.write_snapshot(10, b"seed snapshot").expect("snapshot");
             log.truncate_before(11).expect("truncate");
         }
         if torn {
-            log.append_with(1, b"never synced: torn by the crash below", Durability::Buffered)
-                .expect("append");
+            log.append_with(
+                1,
+                b"never synced: torn by the crash below",
+                Durability::Buffered,
+            )
+            .expect("append");
         }
         drop(log);
-        let image = if torn { sim.crash(CrashMode::Random(7)) } else { sim };
+        let image = if torn {
+            sim.crash(CrashMode::Random(7))
+        } else {
+            sim
+        };
         let options = u8::from(preallocate);
         out.push(("recover_dir", dir_image(&image, dir, options)));
         out.push(("recover_dir", dir_image(&image, dir, options | 2)));

@@ -19,7 +19,9 @@
 //!    `fsync`ed *before* the first record goes into it, so a crash can never
 //!    leave acknowledged records in a file whose name is not durable.
 //! 3. **Recovery**: a torn tail is zeroed and `fdatasync`ed before the first
-//!    new append, so stale bytes can never reappear behind new records.
+//!    new append, so stale bytes can never reappear behind new records; then
+//!    the active segment and the directory are `fsync`ed, because what was
+//!    found may be a killed process's unsynced pages or unsynced file name.
 //! 4. A failed write or sync **poisons** the log: the kernel may have dropped
 //!    the dirty pages, so a retry could report success for lost data.
 
@@ -224,7 +226,11 @@ impl Log {
         // that ends before the snapshot: the next append would take an LSN the
         // snapshot hides. Those segments are obsolete; set them aside and
         // continue in a fresh segment right after the snapshot.
-        if snap.is_some() && segments.last().is_some_and(|s| s.first_lsn + s.records <= snap_lsn) {
+        if snap.is_some()
+            && segments
+                .last()
+                .is_some_and(|s| s.first_lsn + s.records <= snap_lsn)
+        {
             for s in segments.drain(..) {
                 let to = s.path.with_extension("wal.dropped");
                 storage
@@ -232,7 +238,9 @@ impl Log {
                     .map_err(|e| Error::io("set aside segment", &s.path, e))?;
                 report.dropped_segments.push(s.path);
             }
-            storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", &dir, e))?;
+            storage
+                .sync_dir(&dir)
+                .map_err(|e| Error::io("fsync directory", &dir, e))?;
         }
         let next_lsn = match segments.last() {
             Some(s) => s.first_lsn + s.records,
@@ -260,6 +268,18 @@ impl Log {
                 let f = storage
                     .open(path, OpenMode::ReadWrite)
                     .map_err(|e| Error::io("open segment", path, e))?;
+                // The records found may be dirty pages of a killed process
+                // (never synced), and the segment's name may never have been
+                // made durable (a kill inside `create_segment`). Make both
+                // durable now, or `durable_lsn` below would be a lie: `sync`
+                // would return at once, appends would go into a file whose
+                // name a power loss can take away, and new records would carry
+                // a `synced_lsn` claiming unsynced ones, turning a later torn
+                // tail into "corruption" that refuses to open.
+                f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+                storage
+                    .sync_dir(&dir)
+                    .map_err(|e| Error::io("fsync directory", &dir, e))?;
                 (f, pos)
             }
             None => {
@@ -600,11 +620,17 @@ impl Log {
         let mut removed = 0;
         // Oldest first, so a crash in between leaves a contiguous log.
         while w.segments.len() > 1 && w.segments[1].0 <= lsn {
-            let (_, path) = w.segments.remove(0);
-            self.inner
-                .storage
-                .remove_file(&path)
-                .map_err(|e| Error::io("remove segment", &path, e))?;
+            let path = w.segments[0].1.clone();
+            // Forget a segment only once it is gone: if its removal fails it
+            // stays first in line, so a later call can never remove a newer
+            // segment while an older one survives (that gap would make the
+            // next open refuse the log as corrupt).
+            match self.inner.storage.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove segment", &path, e)),
+            }
+            w.segments.remove(0);
             removed += 1;
         }
         drop(w);

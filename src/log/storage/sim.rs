@@ -182,7 +182,10 @@ impl State {
     /// as on a real file system once the last handle is gone).
     fn live_bytes(&self) -> u64 {
         let linked: HashSet<u64> = self.live.values().copied().collect();
-        linked.iter().map(|i| self.inodes[i].live.len() as u64).sum()
+        linked
+            .iter()
+            .map(|i| self.inodes[i].live.len() as u64)
+            .sum()
     }
 }
 
@@ -478,7 +481,11 @@ impl StorageFile for SimFile {
                 // pages clean. Readers still see the new bytes (live), but
                 // they never reach the disk, not even after a later sync
                 // that succeeds.
-                s.inodes.get_mut(&self.ino).expect("open inode").pending.clear();
+                s.inodes
+                    .get_mut(&self.ino)
+                    .expect("open inode")
+                    .pending
+                    .clear();
             }
             return Err(e);
         }

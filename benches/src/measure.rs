@@ -224,3 +224,44 @@ pub fn median(v: &[f64]) -> f64 {
         (s[m - 1] + s[m]) / 2.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_quantiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        let mut n = 0u64;
+        let [l] = paired_latencies(
+            Duration::from_millis(20),
+            [&mut || {
+                n += 1;
+                Ok(())
+            }],
+        )
+        .unwrap();
+        assert!(n > 0);
+        assert_eq!(l.throughput().ops, n);
+        assert!(l.quantile_us(0.0) <= l.quantile_us(0.5));
+        assert!(l.quantile_us(0.5) <= l.quantile_us(1.0));
+        let parts = l.slices(4);
+        assert_eq!(parts.iter().map(|p| p.throughput().ops).sum::<u64>(), n);
+    }
+
+    #[test]
+    fn threads_counts_every_operation_and_propagates_errors() {
+        let counted = std::sync::atomic::AtomicU64::new(0);
+        let tp = threads(3, Duration::from_millis(20), |_| {
+            Ok(|| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+        })
+        .unwrap();
+        assert_eq!(tp.ops, counted.load(Ordering::Relaxed));
+        let err = threads(2, Duration::from_millis(5), |_| Ok(|| Err("boom".into())));
+        assert!(err.is_err());
+    }
+}

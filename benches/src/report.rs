@@ -251,18 +251,20 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| log size | records | verify (`LogReader::open`) | verify MB/s | crc32fast MB/s | verify / crc | verify peak RSS | replay (open + iterate) | replay peak RSS |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "| log size | records | verify (`LogReader::open`) | verify MB/s | crc32fast MB/s (whole files) | verify / crc | crc32fast MB/s (one call per record) | verify / per-record crc | verify peak RSS | replay (open + iterate) | replay peak RSS |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for x in &r.replay {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} s | {:.0} | {:.0} | {:.2}× | {} | {:.2} s | {} |",
+                "| {} | {} | {:.2} s | {:.0} | {:.0} | {:.2}× | {:.0} | {:.2}× | {} | {:.2} s | {} |",
                 size(x.log_bytes),
                 x.records,
                 x.verify_secs,
                 x.verify_bps() / 1e6,
                 x.crc_bps() / 1e6,
                 x.verify_bps() / x.crc_bps(),
+                x.crc_records_bps() / 1e6,
+                x.verify_bps() / x.crc_records_bps(),
                 mib(x.verify_rss),
                 x.replay_secs,
                 mib(x.replay_rss)
@@ -533,4 +535,45 @@ fn memory_chart(r: &Results) -> String {
     );
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_doc_replaces_only_the_marked_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = dir.path().join("b.md");
+        std::fs::write(&doc, format!("head\n{BEGIN}\nold\n{END}\ntail\n")).unwrap();
+        update_doc(&doc, &format!("{BEGIN}\nnew\n{END}\n")).unwrap();
+        let got = std::fs::read_to_string(&doc).unwrap();
+        assert_eq!(got, format!("head\n{BEGIN}\nnew\n{END}\ntail\n"));
+        // Without markers the block is appended, nothing is lost.
+        std::fs::write(&doc, "only text\n").unwrap();
+        update_doc(&doc, "X").unwrap();
+        assert_eq!(std::fs::read_to_string(&doc).unwrap(), "only text\n\nX");
+    }
+
+    #[test]
+    fn targets_report_misses_as_misses() {
+        let mut r = Results::default();
+        let tp = |ops| Throughput { ops, secs: 1.0 };
+        r.samples = vec![
+            (Cell::Threads(1), vec![tp(100), tp(100), tp(100)]),
+            (Cell::Threads(8), vec![tp(400), tp(600), tp(450)]),
+            (Cell::Okaywal(8), vec![tp(100), tp(100), tp(100)]),
+        ];
+        let t = targets(&r);
+        let scale = t
+            .iter()
+            .find(|t| t.name.starts_with("8 writers / 1"))
+            .unwrap();
+        assert_eq!(scale.measured, "4.50×");
+        assert_eq!(scale.met, Some(false));
+        let ok = t.iter().find(|t| t.name.contains("okaywal")).unwrap();
+        assert_eq!(ok.met, Some(true));
+        let sq = t.iter().find(|t| t.name.contains("SQLite")).unwrap();
+        assert_eq!(sq.met, None);
+    }
 }

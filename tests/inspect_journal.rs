@@ -157,7 +157,8 @@ fn summary_units_show_keys_on_a_real_journal() {
         sh.stdout
     );
     assert!(
-        sh.stdout.contains("may or may not have happened"),
+        sh.stdout
+            .contains("`send`: the message may or may not have been sent"),
         "{}",
         sh.stdout
     );

@@ -21,3 +21,8 @@ pub mod journal;
 pub mod log;
 #[cfg(feature = "tokio")]
 pub mod runtime;
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -163,6 +163,12 @@ fn every_boundary(preallocate: bool) {
     );
     let mut modes = vec![CrashMode::DropUnsynced, CrashMode::KeepAll];
     modes.extend((0..8).map(CrashMode::Random));
+    eprintln!(
+        "preallocate={preallocate}: {} crash states ({} boundaries x {} modes)",
+        (total + 2) * modes.len() as u64,
+        total + 2,
+        modes.len()
+    );
     for k in 0..=total + 1 {
         let sim = SimStorage::new();
         sim.halt_after(k);

@@ -218,11 +218,7 @@ fn row_damage_in_sealed_segment_is_corruption() {
     let (sim, locs) = journal(20);
     let first_seg = segments(&sim)[0].1.clone();
     // The last record of the sealed segment: no later record in that file vouches for it.
-    let victim = locs
-        .iter()
-        .filter(|l| l.segment == first_seg)
-        .next_back()
-        .unwrap();
+    let victim = locs.iter().rfind(|l| l.segment == first_seg).unwrap();
     flip(&sim, &victim.segment, victim.offset + 40);
     let reason = expect_corruption(open(&sim, opts()), &first_seg, victim.offset);
     assert!(
@@ -232,11 +228,7 @@ fn row_damage_in_sealed_segment_is_corruption() {
     // Garbage after the end of a sealed segment is damage too.
     let (sim, locs) = journal(20);
     let end = {
-        let v = locs
-            .iter()
-            .filter(|l| l.segment == first_seg)
-            .next_back()
-            .unwrap();
+        let v = locs.iter().rfind(|l| l.segment == first_seg).unwrap();
         v.offset + 528
     };
     sim.poke(&first_seg, end, b"garbage").unwrap();

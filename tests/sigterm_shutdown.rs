@@ -18,13 +18,16 @@ fn child_main() {
         return;
     };
     let shutdown = Shutdown::install_thread().expect("install signal handlers");
+    if mode == "stuck-deadline" {
+        shutdown.set_exit_at_deadline(true);
+    }
     println!("ready");
     let mut units = 0u64;
     loop {
         let Ok(guard) = shutdown.begin_unit() else {
             break;
         };
-        if mode == "stuck" {
+        if mode.starts_with("stuck") {
             println!("unit-started");
             // A unit that never finishes: only the second signal ends the process.
             std::thread::sleep(Duration::from_secs(120));
@@ -119,5 +122,14 @@ fn second_signal_exits_at_once_with_the_first_code() {
     );
     kill(&child, "TERM");
     // Far below the 60 s budget and the 120 s unit: the second signal forced it.
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 130);
+}
+
+#[test]
+fn exit_at_deadline_ends_a_stuck_unit_within_the_budget() {
+    let (mut child, mut lines) = spawn("stuck-deadline", "0.5");
+    wait_line(&mut lines, "unit-started");
+    kill(&child, "INT");
+    // The 120 s unit is cut at the 0.5 s deadline, with SIGINT's code.
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 130);
 }

@@ -418,7 +418,17 @@ impl Journal {
 
     /// Records the outcome of an in-doubt effect by hand (an operator checked
     /// whether it happened). The unit can then be resumed or rolled back.
+    /// Refused with [`Error::UnitBusy`] while the unit is open in this
+    /// process: the open unit may be running that very step, and two
+    /// outcomes for one step would make the journal unreadable at replay.
     pub fn resolve_in_doubt(&self, id: &str, seq: u32, outcome: Outcome) -> Result<u64> {
+        if !self.inner.active.lock().insert(id.to_string()) {
+            return Err(Error::UnitBusy {
+                unit: id.to_string(),
+            });
+        }
+        // Released on every return; no unit handle can open `id` meanwhile.
+        let _guard = unit::ActiveGuard::new(self.clone(), id.to_string());
         let key = {
             let st = self.inner.state.lock();
             let u = st
@@ -540,10 +550,35 @@ impl Journal {
     /// state lock, then waits for durability outside it (group commit).
     fn append(&self, unit: &str, recs: &[JournalRecord], durability: Durability) -> Result<u64> {
         let encoded: Vec<(u8, Vec<u8>)> = recs.iter().map(|r| (r.kind(), r.encode())).collect();
+        let last = {
+            let mut st = self.inner.state.lock();
+            self.append_encoded_locked(&mut st, unit, recs, &encoded)?
+        };
+        if durability == Durability::Durable {
+            self.inner.log.wait_durable(last)?;
+        }
+        Ok(last)
+    }
+
+    /// Appends `recs` buffered and applies them, with the state lock held by
+    /// the caller, so that a decision taken under that lock (a key is still
+    /// unknown) and the record acting on it are one atomic step. Returns the
+    /// last LSN; the caller waits for durability *after* releasing the lock.
+    fn append_locked(&self, st: &mut State, unit: &str, recs: &[JournalRecord]) -> Result<u64> {
+        let encoded: Vec<(u8, Vec<u8>)> = recs.iter().map(|r| (r.kind(), r.encode())).collect();
+        self.append_encoded_locked(st, unit, recs, &encoded)
+    }
+
+    fn append_encoded_locked(
+        &self,
+        st: &mut State,
+        unit: &str,
+        recs: &[JournalRecord],
+        encoded: &[(u8, Vec<u8>)],
+    ) -> Result<u64> {
         let refs: Vec<(u8, &[u8])> = encoded.iter().map(|(k, p)| (*k, p.as_slice())).collect();
         let bytes: u64 = encoded.iter().map(|(_, p)| p.len() as u64 + 32).sum();
         let last = {
-            let mut st = self.inner.state.lock();
             let range = self
                 .inner
                 .log
@@ -566,9 +601,6 @@ impl Journal {
             let mut c = self.inner.counters.lock();
             c.records += recs.len() as u64;
             c.bytes += bytes;
-        }
-        if durability == Durability::Durable {
-            self.inner.log.wait_durable(last)?;
         }
         Ok(last)
     }

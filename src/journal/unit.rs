@@ -11,7 +11,9 @@
 //!    with the buffered unit-begin and previous outcome), runs the closure,
 //!    and appends the outcome **buffered** (made durable by the next intent
 //!    or by the commit);
-//! 4. an effect found *in doubt* (intent, no outcome) follows its policy.
+//! 4. an effect found *in doubt* (intent, no outcome) follows its policy —
+//!    unless another unit has meanwhile recorded an outcome for its key:
+//!    that outcome is recorded for the step and returned, nothing runs.
 
 use std::fmt::Display;
 
@@ -222,8 +224,14 @@ pub struct RollbackReport {
 enum Prep {
     Recorded(Outcome),
     Reuse(EffectCtx, JournalRecord, Outcome),
-    Fresh(EffectCtx, JournalRecord),
-    InDoubt(EffectCtx, Option<JournalRecord>),
+    /// This unit's step is in doubt, but its key was settled (by another
+    /// unit): record that outcome for the step, run nothing.
+    Settled(EffectCtx, Outcome),
+    /// Intent appended (buffered) at this LSN: wait durable, then run.
+    Fresh(EffectCtx, u64),
+    /// In doubt; `Some(lsn)`: this unit's intent was appended at `lsn`
+    /// (the key is in doubt in another unit) and must become durable first.
+    InDoubt(EffectCtx, Option<u64>),
 }
 
 /// An open unit. Obtained from [`Journal::begin`] (new or resumed); ended
@@ -345,6 +353,11 @@ impl Unit {
         })
     }
 
+    /// Classifies the next step. For an effect that is about to run for
+    /// the first time in this unit (fresh, or in doubt elsewhere) the intent
+    /// is appended *here*, under the same state lock as the key-index
+    /// lookup: otherwise two units could both find a key unknown and both
+    /// run it. The returned LSN must be made durable before the effect runs.
     fn prepare(
         &self,
         name: &str,
@@ -354,7 +367,7 @@ impl Unit {
     ) -> Result<Prep> {
         let seq = self.next_seq;
         let id = self.id();
-        let st = self.j().inner.state.lock();
+        let mut st = self.j().inner.state.lock();
         let u = st
             .units
             .get(id)
@@ -390,7 +403,12 @@ impl Unit {
             }
             return Ok(match &e.outcome {
                 Some((o, _, _)) => Prep::Recorded(o.clone()),
-                None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), None),
+                // In doubt here, but another unit has since recorded an
+                // outcome for the same key: that outcome stands, nothing runs.
+                None => match st.keys.get(&e.key).and_then(|k| k.outcome.as_ref()) {
+                    Some(o) => Prep::Settled(ctx(&e.key, Attempt::Retry), o.clone()),
+                    None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), None),
+                },
             });
         }
         let key = key.map_or_else(|| default_key(id, name, seq), str::to_string);
@@ -402,15 +420,18 @@ impl Unit {
             policy,
             compensable,
         };
-        Ok(match st.keys.get(&key) {
-            Some(k) if k.outcome.is_some() => Prep::Reuse(
-                ctx(&key, Attempt::First),
-                intent,
-                k.outcome.clone().expect("checked"),
-            ),
+        let known = st.keys.get(&key).map(|k| k.outcome.clone());
+        Ok(match known {
+            Some(Some(outcome)) => Prep::Reuse(ctx(&key, Attempt::First), intent, outcome),
             // Started elsewhere and not settled: it may have happened.
-            Some(_) => Prep::InDoubt(ctx(&key, Attempt::Retry), Some(intent)),
-            None => Prep::Fresh(ctx(&key, Attempt::First), intent),
+            Some(None) => {
+                let lsn = self.j().append_locked(&mut st, id, &[intent])?;
+                Prep::InDoubt(ctx(&key, Attempt::Retry), Some(lsn))
+            }
+            None => {
+                let lsn = self.j().append_locked(&mut st, id, &[intent])?;
+                Prep::Fresh(ctx(&key, Attempt::First), lsn)
+            }
         })
     }
 
@@ -432,17 +453,18 @@ impl Unit {
     }
 
     fn reuse_records(ctx: &EffectCtx, intent: JournalRecord, o: &Outcome) -> Vec<JournalRecord> {
-        vec![
-            intent,
-            JournalRecord::EffectOutcome {
-                unit: ctx.unit.clone(),
-                seq: ctx.seq,
-                key: ctx.key.clone(),
-                outcome: o.clone(),
-                via: OutcomeVia::KeyIndex,
-                at_ms: now_ms(),
-            },
-        ]
+        vec![intent, Self::key_index_outcome(ctx, o)]
+    }
+
+    fn key_index_outcome(ctx: &EffectCtx, o: &Outcome) -> JournalRecord {
+        JournalRecord::EffectOutcome {
+            unit: ctx.unit.clone(),
+            seq: ctx.seq,
+            key: ctx.key.clone(),
+            outcome: o.clone(),
+            via: OutcomeVia::KeyIndex,
+            at_ms: now_ms(),
+        }
     }
 
     /// Turns the closure's result into the outcome record and the value to return.
@@ -587,18 +609,27 @@ impl Unit {
                 self.next_seq += 1;
                 self.decode(seq, &name, o)
             }
-            Prep::Fresh(ctx, intent) => {
+            Prep::Settled(ctx, o) => {
+                j.append(
+                    &id,
+                    &[Self::key_index_outcome(&ctx, &o)],
+                    Durability::Buffered,
+                )?;
+                self.next_seq += 1;
+                self.decode(seq, &name, o)
+            }
+            Prep::Fresh(ctx, lsn) => {
                 // The intent must be durable before the effect can happen:
                 // this is the sync that makes a crash during `f` visible as
                 // "in doubt" instead of "never started".
-                j.append(&id, &[intent], Durability::Durable)?;
+                j.inner.log.wait_durable(lsn)?;
                 self.next_seq += 1;
                 let r = f(&ctx);
                 self.finish(&ctx, r, OutcomeVia::Run)
             }
-            Prep::InDoubt(ctx, intent) => {
-                if let Some(intent) = intent {
-                    j.append(&id, &[intent], Durability::Durable)?;
+            Prep::InDoubt(ctx, intent_lsn) => {
+                if let Some(lsn) = intent_lsn {
+                    j.inner.log.wait_durable(lsn)?;
                 }
                 match policy {
                     Policy::NeverRepeat => Err(self.in_doubt_error(&ctx)),
@@ -805,6 +836,10 @@ impl Unit {
             let (j, id) = (j.clone(), id.clone());
             super::blocking(move || j.append(&id, &recs, d))
         };
+        let wait_durable = |lsn: u64| {
+            let j = j.clone();
+            super::blocking(move || Ok(j.inner.log.wait_durable(lsn)?))
+        };
         let (ctx, via) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
@@ -815,14 +850,23 @@ impl Unit {
                 self.next_seq += 1;
                 return self.decode(seq, &name, o);
             }
-            Prep::Fresh(ctx, intent) => {
+            Prep::Settled(ctx, o) => {
+                write(
+                    vec![Self::key_index_outcome(&ctx, &o)],
+                    Durability::Buffered,
+                )
+                .await?;
+                self.next_seq += 1;
+                return self.decode(seq, &name, o);
+            }
+            Prep::Fresh(ctx, lsn) => {
                 // Durable before the effect can happen (see `run`).
-                write(vec![intent], Durability::Durable).await?;
+                wait_durable(lsn).await?;
                 (ctx, OutcomeVia::Run)
             }
-            Prep::InDoubt(ctx, intent) => {
-                if let Some(intent) = intent {
-                    write(vec![intent], Durability::Durable).await?;
+            Prep::InDoubt(ctx, intent_lsn) => {
+                if let Some(lsn) = intent_lsn {
+                    wait_durable(lsn).await?;
                 }
                 match policy {
                     Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),

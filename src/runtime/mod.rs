@@ -13,6 +13,7 @@ mod error;
 #[cfg(feature = "http")]
 pub mod health;
 pub mod metrics;
+pub mod queue;
 pub mod shutdown;
 
 pub use error::Error;

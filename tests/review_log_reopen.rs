@@ -1,0 +1,129 @@
+//! Review findings in the log layer: reopening after a *process* kill (the
+//! OS, its page cache and its unsynced directory entries survive; power may
+//! be lost later).
+//!
+//! A process kill is modelled by dropping the `Log` and reopening on the same
+//! [`SimStorage`]: writes that were never synced stay pending, exactly like
+//! dirty pages that outlive the killed process. A power loss afterwards is
+//! `crash(..)` on that storage.
+
+use std::sync::Arc;
+
+use agentwal::log::storage::sim::{CrashMode, FaultKind, FaultOp};
+use agentwal::log::{Durability, Log, LogOptions, SimStorage};
+
+const DIR: &str = "/review/log";
+
+fn opts() -> LogOptions {
+    LogOptions {
+        segment_size: 4096,
+        max_record_bytes: 1024,
+        ..LogOptions::default()
+    }
+}
+
+fn open(sim: &SimStorage) -> Log {
+    Log::open_with(Arc::new(sim.clone()), DIR, opts()).unwrap()
+}
+
+fn payloads(log: &Log) -> Vec<Vec<u8>> {
+    log.read_from(1)
+        .unwrap()
+        .map(|r| r.unwrap().payload().to_vec())
+        .collect()
+}
+
+/// The process is killed after writing records it had not yet synced. The
+/// next process finds them in the page cache; `sync()` must then really make
+/// them durable before it reports them durable.
+#[test]
+fn sync_after_reopen_makes_records_of_the_killed_process_durable() {
+    let sim = SimStorage::new();
+    let log = open(&sim);
+    log.append(b"durable").unwrap();
+    log.append_with(0, b"buffered-1", Durability::Buffered)
+        .unwrap();
+    log.append_with(0, b"buffered-2", Durability::Buffered)
+        .unwrap();
+    drop(log); // process killed: no sync, page cache survives
+
+    let log = open(&sim);
+    assert_eq!(payloads(&log).len(), 3);
+    let durable = log.sync().unwrap();
+    assert_eq!(durable, 3, "sync reports every record durable");
+    drop(log);
+
+    let after = sim.crash(CrashMode::DropUnsynced);
+    let log = open(&after);
+    assert_eq!(
+        payloads(&log),
+        vec![
+            b"durable".to_vec(),
+            b"buffered-1".to_vec(),
+            b"buffered-2".to_vec()
+        ],
+        "records reported durable by sync() were lost on power loss"
+    );
+}
+
+/// The process is killed inside a segment rotation, after the new segment's
+/// content was synced but before its directory entry was. The next process
+/// appends durably into that segment; a power loss must not take the
+/// acknowledged record away with the never-synced file name.
+#[test]
+fn durable_append_into_a_segment_whose_creation_was_interrupted_survives() {
+    let sim = SimStorage::new();
+    let log = open(&sim);
+    // The next directory sync (the rotation's) fails: the process stops
+    // there, as if killed between the segment's fsync and the directory's.
+    sim.inject(FaultOp::SyncDir, 0, FaultKind::Eio);
+    let mut acked = Vec::new();
+    for i in 0..100u32 {
+        match log.append(&[i as u8; 200]) {
+            Ok(_) => acked.push(vec![i as u8; 200]),
+            Err(_) => break,
+        }
+    }
+    assert!(acked.len() < 100, "the rotation failed");
+    drop(log);
+    sim.clear_faults();
+
+    let log = open(&sim);
+    assert_eq!(payloads(&log), acked);
+    log.append(b"acknowledged after restart").unwrap();
+    acked.push(b"acknowledged after restart".to_vec());
+    drop(log);
+
+    let after = sim.crash(CrashMode::DropUnsynced);
+    let log = open(&after);
+    let got = payloads(&log);
+    assert_eq!(got.len(), acked.len(), "an acknowledged append was lost");
+    assert!(got == acked, "records differ after the power loss");
+}
+
+/// After a process kill, records appended by the next process must not claim
+/// (through their `synced_lsn`) that the killed process's unsynced records
+/// were durable: a power loss that keeps a new record but drops an old one is
+/// a torn tail, and recovery must open it.
+#[test]
+fn power_loss_after_a_kill_and_buffered_appends_never_fails_open() {
+    for seed in 0..64u64 {
+        let sim = SimStorage::new();
+        let log = open(&sim);
+        log.append(b"durable").unwrap();
+        log.append_with(0, &[1u8; 600], Durability::Buffered)
+            .unwrap();
+        drop(log); // process killed
+
+        let log = open(&sim);
+        log.append_with(0, &[2u8; 600], Durability::Buffered)
+            .unwrap();
+        drop(log);
+
+        let image = sim.crash(CrashMode::Random(seed));
+        let log = Log::open_with(Arc::new(image), DIR, opts())
+            .unwrap_or_else(|e| panic!("seed {seed}: recovery failed on a crash state: {e}"));
+        let got = payloads(&log);
+        assert_eq!(got[0], b"durable".to_vec(), "seed {seed}");
+    }
+}

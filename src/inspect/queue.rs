@@ -1,5 +1,5 @@
 //! `queue`: the durable work queue's items. The queue keeps its own log in
-//! `<JOURNAL_DIR>/queue/`.
+//! `<JOURNAL_DIR>/queue/`; it is read like the journal: read-only, no lock.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::error::Result;
-use super::open::{display, Inspection, OpenOptions};
+use super::open::{display, CorruptionInfo, Inspection, OpenOptions, TornTailInfo};
 use crate::log::Storage;
 
 /// The `queue` report.
@@ -19,11 +19,19 @@ pub struct QueueReport {
     pub present: bool,
     /// Records in the queue's log.
     pub records: u64,
-    /// Items by state (`pending`, `in_flight`, `dead_lettered`, `acked`).
+    /// Items by state.
     pub counts: QueueCounts,
-    /// Every item, when this build can interpret the queue's records.
+    /// Items acked before the queue's last compaction (no longer listed).
+    pub acked_compacted: u64,
+    /// Every item the queue's log still describes: `id`, `state`
+    /// (`pending`, `in_flight`, `dead_lettered`, `acked`), `attempts`,
+    /// `worker`, `last_error`.
     pub items: Vec<serde_json::Value>,
-    /// Why the items could not be listed, if they could not.
+    /// A torn tail in the queue's log, if any.
+    pub torn_tail: Option<TornTailInfo>,
+    /// Corruption in the queue's log, if any (items are listed up to it).
+    pub corruption: Option<CorruptionInfo>,
+    /// A remark (no queue, or why the items could not be listed).
     pub note: Option<String>,
 }
 
@@ -36,7 +44,7 @@ pub struct QueueCounts {
     pub in_flight: u64,
     /// Failed too often; an operator must look at them.
     pub dead_lettered: u64,
-    /// Done.
+    /// Done (still in the log).
     pub acked: u64,
 }
 
@@ -53,19 +61,59 @@ pub fn queue(storage: Arc<dyn Storage>, journal: &Path) -> Result<QueueReport> {
         present: false,
         records: 0,
         counts: QueueCounts::default(),
+        acked_compacted: 0,
         items: Vec::new(),
+        torn_tail: None,
+        corruption: None,
         note: None,
     };
     if !storage.is_dir(&dir).unwrap_or(false) {
+        // Not a journal at all is an input error, not "no queue".
+        Inspection::open_with(storage, journal, OpenOptions::default())?;
         r.note = Some("no work queue in this journal".into());
         return Ok(r);
     }
-    let insp = Inspection::open_with(storage, &dir, OpenOptions::default())?;
+    let insp = match Inspection::open_with(storage, &dir, OpenOptions::default()) {
+        Ok(i) => i,
+        Err(super::Error::NotAJournal { .. }) => {
+            r.note = Some("the work queue directory holds no log yet".into());
+            return Ok(r);
+        }
+        Err(e) => return Err(e),
+    };
     r.present = true;
     r.records = insp.reader().scan().records();
+    r.torn_tail = insp.findings().torn_tail.clone();
+    r.corruption = insp.findings().corruption.first().cloned();
+    fill_items(&insp, &mut r);
+    Ok(r)
+}
+
+#[cfg(feature = "tokio")]
+fn fill_items(insp: &Inspection, r: &mut QueueReport) {
+    match crate::runtime::queue::queue_view(insp.reader()) {
+        Ok(view) => {
+            r.acked_compacted = view.acked_compacted;
+            for item in &view.items {
+                let v = serde_json::to_value(item).unwrap_or(serde_json::Value::Null);
+                match v.get("state").and_then(|s| s.as_str()) {
+                    Some("pending") => r.counts.pending += 1,
+                    Some("in_flight") => r.counts.in_flight += 1,
+                    Some("dead_lettered") => r.counts.dead_lettered += 1,
+                    Some("acked") => r.counts.acked += 1,
+                    _ => {}
+                }
+                r.items.push(v);
+            }
+        }
+        Err(e) => r.note = Some(format!("cannot interpret the queue's records: {e}")),
+    }
+}
+
+#[cfg(not(feature = "tokio"))]
+fn fill_items(_insp: &Inspection, r: &mut QueueReport) {
     r.note = Some(
-        "this build cannot interpret the queue's records; use `wal-inspect dump <dir>/queue`"
+        "this build has no runtime layer (feature `tokio`) to interpret the queue's records; use `wal-inspect dump <dir>/queue`"
             .into(),
     );
-    Ok(r)
 }

@@ -23,16 +23,29 @@ pub struct QueueReport {
     pub counts: QueueCounts,
     /// Items acked before the queue's last compaction (no longer listed).
     pub acked_compacted: u64,
-    /// Every item the queue's log still describes: `id`, `state`
-    /// (`pending`, `in_flight`, `dead_lettered`, `acked`), `attempts`,
-    /// `worker`, `last_error`.
-    pub items: Vec<serde_json::Value>,
+    /// Every item the queue's log still describes.
+    pub items: Vec<QueueItem>,
     /// A torn tail in the queue's log, if any.
     pub torn_tail: Option<TornTailInfo>,
     /// Corruption in the queue's log, if any (items are listed up to it).
     pub corruption: Option<CorruptionInfo>,
     /// A remark (no queue, or why the items could not be listed).
     pub note: Option<String>,
+}
+
+/// One work-queue item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueItem {
+    /// The item id.
+    pub id: u64,
+    /// `pending`, `in_flight`, `dead_lettered` or `acked`.
+    pub state: String,
+    /// Claims so far.
+    pub attempts: u32,
+    /// The worker holding it (in flight only).
+    pub worker: Option<String>,
+    /// The error recorded by the last nack or dead-lettering.
+    pub last_error: Option<String>,
 }
 
 /// Items by state.
@@ -95,15 +108,24 @@ fn fill_items(insp: &Inspection, r: &mut QueueReport) {
         Ok(view) => {
             r.acked_compacted = view.acked_compacted;
             for item in &view.items {
-                let v = serde_json::to_value(item).unwrap_or(serde_json::Value::Null);
-                match v.get("state").and_then(|s| s.as_str()) {
-                    Some("pending") => r.counts.pending += 1,
-                    Some("in_flight") => r.counts.in_flight += 1,
-                    Some("dead_lettered") => r.counts.dead_lettered += 1,
-                    Some("acked") => r.counts.acked += 1,
+                let state = serde_json::to_value(item.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                match state.as_str() {
+                    "pending" => r.counts.pending += 1,
+                    "in_flight" => r.counts.in_flight += 1,
+                    "dead_lettered" => r.counts.dead_lettered += 1,
+                    "acked" => r.counts.acked += 1,
                     _ => {}
                 }
-                r.items.push(v);
+                r.items.push(QueueItem {
+                    id: item.id,
+                    state,
+                    attempts: item.attempts,
+                    worker: item.worker.clone(),
+                    last_error: item.last_error.clone(),
+                });
             }
         }
         Err(e) => r.note = Some(format!("cannot interpret the queue's records: {e}")),

@@ -307,17 +307,12 @@ pub fn queue(q: &QueueReport) -> String {
     if !q.items.is_empty() {
         let mut t = Table::new(&["ID", "STATE", "ATTEMPTS", "WORKER", "LAST ERROR"]);
         for i in &q.items {
-            let s = |k: &str| match i.get(k) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Null) | None => "-".into(),
-                Some(v) => v.to_string(),
-            };
             t.row(vec![
-                s("id"),
-                s("state"),
-                s("attempts"),
-                s("worker"),
-                s("last_error"),
+                i.id.to_string(),
+                i.state.clone(),
+                i.attempts.to_string(),
+                opt(i.worker.as_deref()),
+                opt(i.last_error.as_deref()),
             ]);
         }
         o.push('\n');

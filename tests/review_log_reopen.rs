@@ -127,3 +127,45 @@ fn power_loss_after_a_kill_and_buffered_appends_never_fails_open() {
         assert_eq!(got[0], b"durable".to_vec(), "seed {seed}");
     }
 }
+
+/// `LogReader` (what `wal-inspect` uses) on a journal whose owner keeps
+/// compacting: snapshot + truncation between the reader's snapshot read and
+/// its scan must never be reported as corruption or as an error.
+#[test]
+fn reader_never_reports_corruption_while_the_owner_compacts() {
+    use agentwal::log::LogReader;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sim = SimStorage::new();
+    let log = open(&sim);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut rounds = 0u32;
+            while !stop.load(Ordering::Relaxed) && rounds < 3000 {
+                for _ in 0..8 {
+                    log.append_with(0, &[7u8; 300], Durability::Buffered)
+                        .unwrap();
+                }
+                let last = log.sync().unwrap();
+                log.write_snapshot(last, b"state").unwrap();
+                log.truncate_before(last + 1).unwrap();
+                rounds += 1;
+            }
+        });
+        for i in 0..1500 {
+            let r = LogReader::open_with(Arc::new(sim.clone()), DIR);
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("reader {i}: open failed on a live journal: {e}");
+                }
+            };
+            if let Some(c) = &r.scan().corruption {
+                stop.store(true, Ordering::Relaxed);
+                panic!("reader {i}: false corruption on a live journal: {c:?}");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}

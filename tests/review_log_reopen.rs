@@ -169,3 +169,39 @@ fn reader_never_reports_corruption_while_the_owner_compacts() {
         stop.store(true, Ordering::Relaxed);
     });
 }
+
+/// "After an fsync/fdatasync error the log refuses further writes": that
+/// includes the syncs of compaction (snapshot file, directory after removing
+/// segments), not only the segment's own.
+#[test]
+fn a_failed_sync_during_compaction_poisons_the_log() {
+    use agentwal::log::Error;
+    for (op, truncate) in [
+        (FaultOp::Sync, false),
+        (FaultOp::SyncDir, false),
+        (FaultOp::SyncDir, true),
+    ] {
+        let sim = SimStorage::new();
+        let log = open(&sim);
+        for i in 0..40u32 {
+            log.append(&[i as u8; 200]).unwrap();
+        }
+        let last = log.sync().unwrap();
+        if truncate {
+            log.write_snapshot(last, b"state").unwrap();
+            sim.inject(op, 0, FaultKind::Eio);
+            assert!(log.truncate_before(last + 1).is_err(), "{op:?}");
+        } else {
+            sim.inject(op, 0, FaultKind::Eio);
+            assert!(log.write_snapshot(last, b"state").is_err(), "{op:?}");
+        }
+        assert!(
+            matches!(log.append(b"after"), Err(Error::Poisoned { .. })),
+            "{op:?} truncate={truncate}: the log accepted a write after a failed sync"
+        );
+        drop(log);
+        // Reopening recovers from what is on disk.
+        let log = open(&sim.crash(CrashMode::DropUnsynced));
+        assert_eq!(log.next_lsn(), last + 1);
+    }
+}

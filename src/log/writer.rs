@@ -625,7 +625,10 @@ impl Log {
         }
         // A snapshot must never cover records that could still vanish.
         self.wait_durable(lsn)?;
-        let p = snapshot::write(self.inner.storage.as_ref(), &self.inner.dir, lsn, data)?;
+        // A failed write or sync here poisons the log like any other: after
+        // a failed fsync nothing this handle does next may be trusted.
+        let p = snapshot::write(self.inner.storage.as_ref(), &self.inner.dir, lsn, data)
+            .inspect_err(|e| self.poison(e))?;
         self.inner.snapshot_lsn.fetch_max(lsn, Ordering::AcqRel);
         Ok(p)
     }
@@ -659,10 +662,13 @@ impl Log {
         }
         drop(w);
         if removed > 0 {
+            // The removals are durable only with the directory; a failed
+            // directory fsync poisons (no retry of a failed sync).
             self.inner
                 .storage
                 .sync_dir(&self.inner.dir)
-                .map_err(|e| Error::io("fsync directory", &self.inner.dir, e))?;
+                .map_err(|e| Error::io("fsync directory", &self.inner.dir, e))
+                .inspect_err(|e| self.poison(e))?;
         }
         Ok(removed)
     }

@@ -270,7 +270,11 @@ fn kill_loop(
 
 // ---------------------------------------------------------------- units
 
-const UNITS: usize = 300;
+/// Units in the workload: enough that the kills land before the end (the
+/// child inherits `AGENTWAL_KILLS`, so it computes the same number).
+fn units_total() -> usize {
+    300.max(kills_for("units") * 12)
+}
 
 fn unit_opts() -> JournalOptions {
     JournalOptions {
@@ -380,7 +384,7 @@ fn units_child(dir: &Path) {
     let sink = dir.join("sink.txt");
     let j = Journal::open(&journal_dir, unit_opts()).expect("open the journal");
     report(format_args!("ready"));
-    for u in 0..UNITS {
+    for u in 0..units_total() {
         loop {
             match run_unit(&j, &sink, u) {
                 UnitEnd::Done => break,
@@ -525,7 +529,7 @@ fn check_units(m: &mut UnitsModel, dir: &Path, run: &Run, kills: usize, last: bo
     }
     // The sink: expected keys only, never_repeat at most once, a settled key
     // never again, a re-execution only for a key in doubt at the kill.
-    let expected: HashMap<String, Pol> = (0..UNITS)
+    let expected: HashMap<String, Pol> = (0..units_total())
         .flat_map(|u| {
             plan(u)
                 .into_iter()
@@ -609,7 +613,7 @@ fn check_units(m: &mut UnitsModel, dir: &Path, run: &Run, kills: usize, last: bo
     m.counts = counts;
     if last {
         let mut committed = 0u64;
-        for u in 0..UNITS {
+        for u in 0..units_total() {
             let id = unit_id(u);
             let state = j.unit_state(&id);
             // The operator rolls a unit back only when its never_repeat
@@ -683,7 +687,10 @@ fn units_survive_sigkill() {
 
 // ---------------------------------------------------------------- queue
 
-const ITEMS: u64 = 500;
+/// Items in the workload (scaled with the kills, as for units).
+fn items_total() -> u64 {
+    500.max(kills_for("queue") as u64 * 40)
+}
 
 fn queue_opts() -> QueueOptions {
     QueueOptions {
@@ -708,7 +715,7 @@ fn queue_child(dir: &Path) {
     report(format_args!("ready"));
     loop {
         for _ in 0..2 {
-            if n < ITEMS {
+            if n < items_total() {
                 let id = q.enqueue(format!("item-{n}").as_bytes()).expect("enqueue");
                 report(format_args!("enq {n} {id}"));
                 n += 1;
@@ -727,7 +734,7 @@ fn queue_child(dir: &Path) {
                     report(format_args!("ack {} {} {payload}", c.id, c.attempt));
                 }
             }
-            None if n >= ITEMS => break,
+            None if n >= items_total() => break,
             None => {}
         }
     }
@@ -830,16 +837,17 @@ fn check_queue(m: &mut QueueModel, dir: &Path, run: &Run, kills: usize, last: bo
     if last {
         assert!(live.is_empty(), "items left after the final run: {live:?}");
         let done: HashSet<&str> = m.acked.iter().map(|id| m.items[id].as_str()).collect();
-        for n in 0..ITEMS {
+        for n in 0..items_total() {
             assert!(
                 done.contains(format!("item-{n}").as_str()),
                 "item-{n} never acked"
             );
         }
-        assert!(m.items.len() as u64 <= ITEMS + kills as u64);
+        assert!(m.items.len() as u64 <= items_total() + kills as u64);
         eprintln!(
-            "queue: {} items enqueued for {ITEMS} payloads, all acked once",
-            m.items.len()
+            "queue: {} items enqueued for {} payloads, all acked once",
+            m.items.len(),
+            items_total()
         );
     }
 }
@@ -864,7 +872,10 @@ fn queue_survives_sigkill() {
 
 // ---------------------------------------------------------------- log
 
-const RECORDS: u64 = 4000;
+/// Records in the workload (scaled with the kills, as for units).
+fn records_total() -> u64 {
+    4000.max(kills_for("log") as u64 * 270)
+}
 const LOG_KIND: u8 = 40;
 
 fn log_opts() -> LogOptions {
@@ -887,7 +898,7 @@ fn log_child(dir: &Path) {
     let log = Log::open(dir, log_opts()).expect("open the log");
     report(format_args!("ready"));
     let mut i = 0u64;
-    while log.next_lsn() <= RECORDS {
+    while log.next_lsn() <= records_total() {
         let next = log.next_lsn();
         match i % 4 {
             0 | 1 => {
@@ -945,7 +956,7 @@ fn check_log(acked: &mut u64, dir: &Path, run: &Run, last: bool) {
         *acked
     );
     if last {
-        assert!(end >= RECORDS, "final run stopped at {end}");
+        assert!(end >= records_total(), "final run stopped at {end}");
         eprintln!("log: {end} records, every acknowledged one present");
     }
 }

@@ -44,6 +44,18 @@ use agentwal::runtime::queue::{queue_dir, queue_view, ItemState, QueueOptions, W
 const MODE_ENV: &str = "AGENTWAL_KILL_CHILD";
 const DIR_ENV: &str = "AGENTWAL_KILL_DIR";
 const NEXT_ENV: &str = "AGENTWAL_KILL_NEXT";
+/// Set for the last run: finish the work instead of making more.
+const FINAL_ENV: &str = "AGENTWAL_KILL_FINAL";
+/// Units the last run must finish (those the killed runs began).
+const UNITS_ENV: &str = "AGENTWAL_KILL_UNITS";
+
+/// Killed runs make work until they are killed (never more than this), so
+/// a fast machine cannot finish the workload before the kills land.
+const CAP: u64 = 1_000_000;
+
+fn is_final() -> bool {
+    std::env::var_os(FINAL_ENV).is_some()
+}
 
 // ---------------------------------------------------------------- shared
 
@@ -198,6 +210,20 @@ fn run_child(
 
 /// `wal-inspect verify DIR` must exit 0: a kill never leaves corruption.
 fn verify(dir: &Path) {
+    let has_files = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".wal") || n.contains("snap")
+            })
+        })
+        .unwrap_or(false);
+    if !has_files {
+        // Killed before the log created its first file: nothing to verify
+        // (wal-inspect rightly calls such a directory "not a journal").
+        return;
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_wal-inspect"))
         .arg("verify")
         .arg(dir)
@@ -219,7 +245,7 @@ fn kill_at(rng: &mut Rng) -> (Duration, bool) {
     if rng.below(8) == 0 {
         (Duration::from_millis(rng.below(25)), true)
     } else {
-        (Duration::from_micros(500 + rng.below(120_000)), false)
+        (Duration::from_micros(500 + rng.below(250_000)), false)
     }
 }
 
@@ -254,7 +280,9 @@ fn kill_loop(
             break;
         }
     }
-    let last = run_child(mode, dir, &stderr, &env(), None);
+    let mut last_env = env();
+    last_env.push((FINAL_ENV, "1".into()));
+    let last = run_child(mode, dir, &stderr, &last_env, None);
     check(&last, landed);
     verify(verify_dir);
     eprintln!(
@@ -269,12 +297,6 @@ fn kill_loop(
 }
 
 // ---------------------------------------------------------------- units
-
-/// Units in the workload: enough that the kills land before the end (the
-/// child inherits `AGENTWAL_KILLS`, so it computes the same number).
-fn units_total() -> usize {
-    300.max(kills_for("units") * 12)
-}
 
 fn unit_opts() -> JournalOptions {
     JournalOptions {
@@ -384,7 +406,12 @@ fn units_child(dir: &Path) {
     let sink = dir.join("sink.txt");
     let j = Journal::open(&journal_dir, unit_opts()).expect("open the journal");
     report(format_args!("ready"));
-    for u in 0..units_total() {
+    let units = if is_final() {
+        env_u64(UNITS_ENV).expect("AGENTWAL_KILL_UNITS")
+    } else {
+        CAP
+    };
+    for u in 0..units as usize {
         loop {
             match run_unit(&j, &sink, u) {
                 UnitEnd::Done => break,
@@ -506,6 +533,8 @@ struct UnitsModel {
     /// Keys in doubt at the previous check.
     in_doubt: HashSet<String>,
     reexecuted: usize,
+    /// Units the journal knows (the child takes them in order).
+    units: usize,
 }
 
 fn check_units(m: &mut UnitsModel, dir: &Path, run: &Run, kills: usize, last: bool) {
@@ -527,16 +556,17 @@ fn check_units(m: &mut UnitsModel, dir: &Path, run: &Run, kills: usize, last: bo
             "{id} was committed, after the kill it is not"
         );
     }
+    while j.unit_state(&unit_id(m.units)).is_some() {
+        m.units += 1;
+    }
     // The sink: expected keys only, never_repeat at most once, a settled key
     // never again, a re-execution only for a key in doubt at the kill.
-    let expected: HashMap<String, Pol> = (0..units_total())
-        .flat_map(|u| {
-            plan(u)
-                .into_iter()
-                .enumerate()
-                .map(move |(s, p)| (key_of(u, s), p))
-        })
-        .collect();
+    let expected = |key: &str| -> Option<Pol> {
+        let (unit, rest) = key.split_once('/')?;
+        let u: usize = unit.strip_prefix("unit-")?.parse().ok()?;
+        let seq: usize = rest.rsplit_once('/')?.1.parse().ok()?;
+        (seq < plan(u).len() && key_of(u, seq) == key).then(|| plan(u)[seq])
+    };
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut compensated: HashSet<String> = HashSet::new();
     for (key, tag, value) in sink_lines(&dir.join("sink.txt")) {
@@ -547,15 +577,18 @@ fn check_units(m: &mut UnitsModel, dir: &Path, run: &Run, kills: usize, last: bo
             compensated.insert(unit);
             continue;
         }
-        let pol = expected
-            .get(&key)
-            .unwrap_or_else(|| panic!("unexpected key {key:?} in the sink"));
+        let pol = expected(&key).unwrap_or_else(|| panic!("unexpected key {key:?} in the sink"));
         assert_eq!(pol.tag(), tag, "{key} ran with another policy");
+        let unit = key.split('/').next().unwrap();
+        assert!(
+            j.unit_state(unit).is_some(),
+            "{key} ran, its unit is unknown to the journal"
+        );
         *counts.entry(key).or_default() += 1;
     }
     let mut again = Vec::new();
     for (key, &n) in &counts {
-        if expected[key] == Pol::Never {
+        if expected(key) == Some(Pol::Never) {
             assert!(n <= 1, "never_repeat key {key} executed {n} times");
         }
         if let Some(&was) = m.settled.get(key) {
@@ -568,8 +601,8 @@ fn check_units(m: &mut UnitsModel, dir: &Path, run: &Run, kills: usize, last: bo
         );
         if before > 0 && n > before {
             assert_eq!(
-                expected[key],
-                Pol::Retry,
+                expected(key),
+                Some(Pol::Retry),
                 "{key} re-executed under its policy"
             );
             assert!(
@@ -613,7 +646,7 @@ fn check_units(m: &mut UnitsModel, dir: &Path, run: &Run, kills: usize, last: bo
     m.counts = counts;
     if last {
         let mut committed = 0u64;
-        for u in 0..units_total() {
+        for u in 0..m.units {
             let id = unit_id(u);
             let state = j.unit_state(&id);
             // The operator rolls a unit back only when its never_repeat
@@ -671,26 +704,21 @@ fn units_survive_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("units");
     std::fs::create_dir(&dir).unwrap();
-    let mut m = UnitsModel::default();
+    let m = std::cell::RefCell::new(UnitsModel::default());
     let kills = kills_for("units");
     let d = dir.clone();
-    let landed = kill_loop(
+    kill_loop(
         "units",
         kills,
         &dir,
         &dir.join("journal"),
-        &mut Vec::new,
-        &mut |run, k| check_units(&mut m, &d, run, k, !run.killed),
+        &mut || vec![(UNITS_ENV, m.borrow().units.to_string())],
+        &mut |run, k| check_units(&mut m.borrow_mut(), &d, run, k, !run.killed),
     );
-    assert!(landed >= kills);
+    assert!(m.borrow().units >= kills, "too little work between kills");
 }
 
 // ---------------------------------------------------------------- queue
-
-/// Items in the workload (scaled with the kills, as for units).
-fn items_total() -> u64 {
-    500.max(kills_for("queue") as u64 * 40)
-}
 
 fn queue_opts() -> QueueOptions {
     QueueOptions {
@@ -713,9 +741,10 @@ fn queue_child(dir: &Path) {
     let mut n = env_u64(NEXT_ENV).unwrap_or(0);
     let q = WorkQueue::open(dir, queue_opts()).expect("open the queue");
     report(format_args!("ready"));
+    let last = is_final();
     loop {
         for _ in 0..2 {
-            if n < items_total() {
+            if !last && n < CAP {
                 let id = q.enqueue(format!("item-{n}").as_bytes()).expect("enqueue");
                 report(format_args!("enq {n} {id}"));
                 n += 1;
@@ -734,7 +763,7 @@ fn queue_child(dir: &Path) {
                     report(format_args!("ack {} {} {payload}", c.id, c.attempt));
                 }
             }
-            None if n >= items_total() => break,
+            None if last => break,
             None => {}
         }
     }
@@ -852,17 +881,17 @@ fn check_queue(m: &mut QueueModel, dir: &Path, run: &Run, kills: usize, last: bo
     if last {
         assert!(live.is_empty(), "items left after the final run: {live:?}");
         let done: HashSet<&str> = m.acked.iter().map(|id| m.items[id].as_str()).collect();
-        for n in 0..items_total() {
+        for n in 0..m.next_n {
             assert!(
                 done.contains(format!("item-{n}").as_str()),
                 "item-{n} never acked"
             );
         }
-        assert!(m.items.len() as u64 <= items_total() + kills as u64);
+        assert!(m.items.len() as u64 <= m.next_n + kills as u64);
         eprintln!(
             "queue: {} items enqueued for {} payloads, all acked once",
             m.items.len(),
-            items_total()
+            m.next_n
         );
     }
 }
@@ -887,10 +916,6 @@ fn queue_survives_sigkill() {
 
 // ---------------------------------------------------------------- log
 
-/// Records in the workload (scaled with the kills, as for units).
-fn records_total() -> u64 {
-    4000.max(kills_for("log") as u64 * 270)
-}
 const LOG_KIND: u8 = 40;
 
 fn log_opts() -> LogOptions {
@@ -912,10 +937,27 @@ fn payload(lsn: u64) -> Vec<u8> {
 fn log_child(dir: &Path) {
     let log = Log::open(dir, log_opts()).expect("open the log");
     report(format_args!("ready"));
+    let limit = if is_final() {
+        log.next_lsn() + 300
+    } else {
+        CAP
+    };
     let mut i = 0u64;
-    while log.next_lsn() <= records_total() {
+    while log.next_lsn() <= limit {
         let next = log.next_lsn();
         match i % 4 {
+            _ if i % 64 == 63 => {
+                // Compaction of a raw log: a snapshot covering everything
+                // durable, then drop the segments it covers but the last
+                // ~100 records (kills land in the snapshot's write + rename
+                // and in the segment removal).
+                let lsn = next - 1;
+                log.write_snapshot(lsn, format!("snap-{lsn}").as_bytes())
+                    .expect("snapshot");
+                log.truncate_before(lsn.saturating_sub(100))
+                    .expect("truncate");
+                report(format_args!("snap {lsn}"));
+            }
             0 | 1 => {
                 let lsn = log
                     .append_with(LOG_KIND, &payload(next), Durability::Durable)
@@ -945,34 +987,68 @@ fn log_child(dir: &Path) {
     }
 }
 
-fn check_log(acked: &mut u64, dir: &Path, run: &Run, last: bool) {
+/// Highest LSN reported durable, highest snapshot reported written.
+#[derive(Default)]
+struct LogModel {
+    acked: u64,
+    snap: u64,
+}
+
+fn check_log(m: &mut LogModel, dir: &Path, run: &Run, kills: usize, last: bool) {
     for l in &run.lines {
         if let Some(lsn) = l.strip_prefix("ack ") {
-            *acked = (*acked).max(lsn.parse().unwrap());
+            m.acked = m.acked.max(lsn.parse().unwrap());
+        } else if let Some(lsn) = l.strip_prefix("snap ") {
+            m.snap = m.snap.max(lsn.parse().unwrap());
+            m.acked = m.acked.max(m.snap);
         }
     }
     let log = Log::open(dir, log_opts()).expect("open the log after a kill");
-    let mut expect = 1;
+    // Records up to the snapshot may be gone; none after it.
+    let snap = match log.latest_snapshot().expect("read the snapshot") {
+        Some(s) => {
+            assert_eq!(
+                s.data,
+                format!("snap-{}", s.lsn).into_bytes(),
+                "snapshot data"
+            );
+            s.lsn
+        }
+        None => 0,
+    };
+    assert!(snap >= m.snap, "snapshot {} written, {snap} found", m.snap);
+    let mut expect = None;
     for r in log.read_from(1).expect("read") {
         let r = r.expect("a record");
-        assert_eq!(r.lsn, expect, "LSN gap");
+        let want = *expect.get_or_insert_with(|| {
+            assert!(
+                r.lsn <= snap + 1,
+                "records {} to {} lost (snapshot at {snap})",
+                snap + 1,
+                r.lsn - 1
+            );
+            r.lsn
+        });
+        assert_eq!(r.lsn, want, "LSN gap");
         assert_eq!(r.kind, LOG_KIND, "LSN {}: kind", r.lsn);
         assert!(
             r.payload() == payload(r.lsn),
             "LSN {}: wrong payload",
             r.lsn
         );
-        expect += 1;
+        expect = Some(want + 1);
     }
-    let end = expect - 1;
+    let end = expect.map_or(snap, |e| e - 1);
     assert!(
-        end >= *acked,
+        end >= m.acked,
         "acknowledged LSN {} lost: the log ends at {end}",
-        *acked
+        m.acked
     );
     if last {
-        assert!(end >= records_total(), "final run stopped at {end}");
-        eprintln!("log: {end} records, every acknowledged one present");
+        assert_eq!(end, m.acked, "the final run ended on a durable append");
+        assert!(end > 300 + kills as u64, "too little work between kills");
+        assert!(m.snap > 0, "no snapshot was written");
+        eprintln!("log: {end} records, snapshot at {snap}, every acknowledged one present");
     }
 }
 
@@ -981,10 +1057,10 @@ fn log_survives_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
     std::fs::create_dir(&dir).unwrap();
-    let mut acked = 0;
+    let mut m = LogModel::default();
     let kills = kills_for("log");
     let d = dir.clone();
-    kill_loop("log", kills, &dir, &dir, &mut Vec::new, &mut |run, _| {
-        check_log(&mut acked, &d, run, !run.killed)
+    kill_loop("log", kills, &dir, &dir, &mut Vec::new, &mut |run, k| {
+        check_log(&mut m, &d, run, k, !run.killed)
     });
 }

@@ -12,7 +12,11 @@
 //!   segments (kills land during rotation and compaction).
 //! * `queue`: enqueue / claim / ack / nack on the durable work queue.
 //! * `log`: raw appends (durable, buffered + sync, batches) whose
-//!   acknowledgements the child reports on its stdout after they return.
+//!   acknowledgements the child reports on its stdout after they return,
+//!   with snapshots and `truncate_before`.
+//!
+//! Killed runs make work until they are killed; the last run finishes what
+//! the killed ones began.
 //!
 //! After every kill: open succeeds; for units, a unit reported committed is
 //! committed and was committed once, an effect whose outcome was recorded

@@ -431,3 +431,24 @@ fn verify_covers_the_work_queue_log() {
     assert_eq!(v["queue"]["corruption"]["segment"], seg.to_str().unwrap());
     assert_eq!(v["queue"]["corruption"]["offset"], off);
 }
+
+#[test]
+fn torn_segment_creation_is_a_torn_tail_and_repair_removes_it() {
+    let d = tempfile::tempdir().unwrap();
+    make_log(d.path(), 10, small_opts());
+    // A crash right after creating the next segment, before its header was durable.
+    let torn = d.path().join("00000000000000000011.wal");
+    fs::write(&torn, vec![0u8; 4096]).unwrap();
+    let v = inspect_dir("summary", d.path(), &["--json"]).json();
+    assert!(v["corruption"].is_null(), "{v}");
+    assert_eq!(v["torn_tail"]["whole_segment"], true, "{v}");
+    assert_eq!(v["records"], 10);
+    assert_eq!(inspect_dir("verify", d.path(), &[]).code, 0);
+    let r = inspect_dir("repair", d.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["action"], "removed_torn_segment");
+    assert_eq!(r.json()["verified_after"], true);
+    assert!(!torn.exists());
+    let log = Log::open(d.path(), small_opts()).unwrap();
+    assert_eq!(log.next_lsn(), 11);
+}

@@ -345,3 +345,39 @@ fn failed_segment_removal_is_retried_oldest_first() {
     }
     assert_eq!(removed, 2, "both segments before the snapshot are gone");
 }
+
+/// Crafted files with LSNs at the end of the u64 range are bad input: a
+/// typed error or a working log, never an overflow panic.
+#[test]
+fn lsns_at_the_end_of_the_range_never_panic() {
+    use agentwal::log::segment::{encode_header, segment_name};
+    for first in [u64::MAX, u64::MAX - 1] {
+        let sim = SimStorage::new();
+        sim.put(
+            &Path::new(DIR).join(segment_name(first)),
+            &encode_header(first),
+        );
+        let r = Log::open_with(Arc::new(sim.clone()), DIR, opts(false));
+        assert!(
+            matches!(r, Err(Error::Corruption { offset: 16, .. })),
+            "first LSN {first}: {:?}",
+            r.map(|_| ())
+        );
+        if let Ok(r) = LogReader::open_with(Arc::new(sim.clone()), DIR) {
+            assert!(r.iter_from(0).count() <= 2);
+        }
+    }
+    let sim = SimStorage::new();
+    let snap = agentwal::log::snapshot::encode(u64::MAX, b"s");
+    sim.put(
+        &Path::new(DIR).join(format!("snap-{:020}.snap", u64::MAX)),
+        &snap,
+    );
+    let r = Log::open_with(Arc::new(sim.clone()), DIR, opts(false));
+    assert!(
+        matches!(r, Err(Error::Corruption { .. })),
+        "{:?}",
+        r.map(|_| ())
+    );
+    assert!(LogReader::open_with(Arc::new(sim.clone()), DIR).is_err());
+}

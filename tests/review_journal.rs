@@ -170,3 +170,59 @@ fn two_units_racing_on_one_never_repeat_key_run_it_at_most_once() {
         );
     }
 }
+
+/// The fdatasync of an effect's intent fails: the intent is in memory but
+/// not on disk (and after "fsyncgate" never will be). A caller that retries
+/// `run` (the I/O error is retryable) must not get the effect executed: its
+/// intent is still not durable.
+#[test]
+fn an_effect_never_runs_while_its_intent_is_not_durable_even_on_retry() {
+    use agentwal::log::storage::sim::{FaultKind, FaultOp};
+    let storage = SimStorage::new();
+    let j = open(&storage);
+    let mut u = j.begin("u", "t", &()).unwrap();
+    let runs = Cell::new(0u32);
+    storage.inject(FaultOp::Sync, 0, FaultKind::Eio);
+    for attempt in 0..3 {
+        let r = u.run(Effect::retry_same_key("send"), |_| {
+            runs.set(runs.get() + 1);
+            Ok::<_, String>(1u32)
+        });
+        assert!(r.is_err(), "attempt {attempt}: {r:?}");
+    }
+    assert_eq!(
+        runs.get(),
+        0,
+        "the effect ran although its intent never became durable"
+    );
+}
+
+/// Same for compensations: the compensation intent's sync fails; a retried
+/// rollback must not run the compensation on an intent that is not durable.
+#[test]
+fn a_compensation_never_runs_while_its_intent_is_not_durable_even_on_retry() {
+    use agentwal::log::storage::sim::{FaultKind, FaultOp};
+    let storage = SimStorage::new();
+    let j = open(&storage);
+    let mut u = j.begin("u", "t", &()).unwrap();
+    let _: u32 = u
+        .run(Effect::never_repeat("reserve").compensable(), |_| {
+            Ok::<_, String>(1)
+        })
+        .unwrap();
+    drop(u);
+    let compensations = Cell::new(0u32);
+    storage.inject(FaultOp::Sync, 0, FaultKind::Eio);
+    for attempt in 0..3 {
+        let r = j.rollback("u", "cancel", |_| {
+            compensations.set(compensations.get() + 1);
+            Ok::<_, String>(())
+        });
+        assert!(r.is_err(), "attempt {attempt}: {r:?}");
+    }
+    assert_eq!(
+        compensations.get(),
+        0,
+        "a compensation ran although its intent never became durable"
+    );
+}

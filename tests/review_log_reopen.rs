@@ -127,3 +127,81 @@ fn power_loss_after_a_kill_and_buffered_appends_never_fails_open() {
         assert_eq!(got[0], b"durable".to_vec(), "seed {seed}");
     }
 }
+
+/// `LogReader` (what `wal-inspect` uses) on a journal whose owner keeps
+/// compacting: snapshot + truncation between the reader's snapshot read and
+/// its scan must never be reported as corruption or as an error.
+#[test]
+fn reader_never_reports_corruption_while_the_owner_compacts() {
+    use agentwal::log::LogReader;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sim = SimStorage::new();
+    let log = open(&sim);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut rounds = 0u32;
+            while !stop.load(Ordering::Relaxed) && rounds < 3000 {
+                for _ in 0..8 {
+                    log.append_with(0, &[7u8; 300], Durability::Buffered)
+                        .unwrap();
+                }
+                let last = log.sync().unwrap();
+                log.write_snapshot(last, b"state").unwrap();
+                log.truncate_before(last + 1).unwrap();
+                rounds += 1;
+            }
+        });
+        for i in 0..1500 {
+            let r = LogReader::open_with(Arc::new(sim.clone()), DIR);
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("reader {i}: open failed on a live journal: {e}");
+                }
+            };
+            if let Some(c) = &r.scan().corruption {
+                stop.store(true, Ordering::Relaxed);
+                panic!("reader {i}: false corruption on a live journal: {c:?}");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+/// "After an fsync/fdatasync error the log refuses further writes": that
+/// includes the syncs of compaction (snapshot file, directory after removing
+/// segments), not only the segment's own.
+#[test]
+fn a_failed_sync_during_compaction_poisons_the_log() {
+    use agentwal::log::Error;
+    for (op, truncate) in [
+        (FaultOp::Sync, false),
+        (FaultOp::SyncDir, false),
+        (FaultOp::SyncDir, true),
+    ] {
+        let sim = SimStorage::new();
+        let log = open(&sim);
+        for i in 0..40u32 {
+            log.append(&[i as u8; 200]).unwrap();
+        }
+        let last = log.sync().unwrap();
+        if truncate {
+            log.write_snapshot(last, b"state").unwrap();
+            sim.inject(op, 0, FaultKind::Eio);
+            assert!(log.truncate_before(last + 1).is_err(), "{op:?}");
+        } else {
+            sim.inject(op, 0, FaultKind::Eio);
+            assert!(log.write_snapshot(last, b"state").is_err(), "{op:?}");
+        }
+        assert!(
+            matches!(log.append(b"after"), Err(Error::Poisoned { .. })),
+            "{op:?} truncate={truncate}: the log accepted a write after a failed sync"
+        );
+        drop(log);
+        // Reopening recovers from what is on disk.
+        let log = open(&sim.crash(CrashMode::DropUnsynced));
+        assert_eq!(log.next_lsn(), last + 1);
+    }
+}

@@ -259,8 +259,9 @@ pub fn explain(e: &EffectView) -> String {
         ),
         EffectState::InDoubt => {
             let what = format!(
-                "IN DOUBT: intent recorded at LSN {}, no outcome: `{}` may or may not have happened",
-                e.intent_lsn, e.name
+                "IN DOUBT: intent recorded at LSN {}, no outcome: {}",
+                e.intent_lsn,
+                may_or_may_not(&e.name)
             );
             let policy = match e.policy.as_str() {
                 "retry_same_key" => format!(
@@ -279,6 +280,22 @@ pub fn explain(e: &EffectView) -> String {
             };
             format!("{what}; {policy}")
         }
+    }
+}
+
+/// "the message may or may not have been sent", in words that fit the
+/// effect's name when it says what it does.
+fn may_or_may_not(name: &str) -> String {
+    let n = name.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| n.contains(w));
+    if has(&["send", "message", "mail", "notify", "publish", "post"]) {
+        format!("`{name}`: the message may or may not have been sent")
+    } else if has(&["model", "llm", "call", "api", "request", "fetch"]) {
+        format!("`{name}`: the call may or may not have been made")
+    } else if has(&["charge", "pay", "refund", "transfer"]) {
+        format!("`{name}`: the payment may or may not have gone through")
+    } else {
+        format!("`{name}` may or may not have happened")
     }
 }
 

@@ -229,9 +229,10 @@ enum Prep {
     Settled(EffectCtx, Outcome),
     /// Intent appended (buffered) at this LSN: wait durable, then run.
     Fresh(EffectCtx, u64),
-    /// In doubt; `Some(lsn)`: this unit's intent was appended at `lsn`
-    /// (the key is in doubt in another unit) and must become durable first.
-    InDoubt(EffectCtx, Option<u64>),
+    /// In doubt; this unit's intent for the step is at this LSN (recorded
+    /// earlier, or appended now because the key is in doubt in another
+    /// unit) and must be durable before anything runs.
+    InDoubt(EffectCtx, u64),
 }
 
 /// An open unit. Obtained from [`Journal::begin`] (new or resumed); ended
@@ -407,7 +408,9 @@ impl Unit {
                 // outcome for the same key: that outcome stands, nothing runs.
                 None => match st.keys.get(&e.key).and_then(|k| k.outcome.as_ref()) {
                     Some(o) => Prep::Settled(ctx(&e.key, Attempt::Retry), o.clone()),
-                    None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), None),
+                    // Its intent may be in memory only (its sync failed):
+                    // the caller waits for `intent_lsn` before running.
+                    None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), e.intent_lsn),
                 },
             });
         }
@@ -426,7 +429,7 @@ impl Unit {
             // Started elsewhere and not settled: it may have happened.
             Some(None) => {
                 let lsn = self.j().append_locked(&mut st, id, &[intent])?;
-                Prep::InDoubt(ctx(&key, Attempt::Retry), Some(lsn))
+                Prep::InDoubt(ctx(&key, Attempt::Retry), lsn)
             }
             None => {
                 let lsn = self.j().append_locked(&mut st, id, &[intent])?;
@@ -628,9 +631,9 @@ impl Unit {
                 self.finish(&ctx, r, OutcomeVia::Run)
             }
             Prep::InDoubt(ctx, intent_lsn) => {
-                if let Some(lsn) = intent_lsn {
-                    j.inner.log.wait_durable(lsn)?;
-                }
+                // Returns at once for a durable intent; fails (poisoned)
+                // for one whose sync failed, so `f` never runs without it.
+                j.inner.log.wait_durable(intent_lsn)?;
                 match policy {
                     Policy::NeverRepeat => Err(self.in_doubt_error(&ctx)),
                     Policy::RetrySameKey => {
@@ -736,7 +739,7 @@ impl Unit {
         F: FnMut(&Compensation) -> std::result::Result<(), E>,
     {
         let mut report = RollbackReport::default();
-        let todo: Vec<(Compensation, bool)> = {
+        let todo: Vec<(Compensation, Option<u64>)> = {
             let st = self.j().inner.state.lock();
             let u = st
                 .units
@@ -765,7 +768,7 @@ impl Unit {
                                 result,
                                 retry: e.comp_intent.is_some(),
                             },
-                            e.comp_intent.is_none(),
+                            e.comp_intent,
                         ));
                     }
                     EffectStatus::Failed | EffectStatus::NotStarted => {}
@@ -773,8 +776,12 @@ impl Unit {
             }
             v
         };
-        for (c, needs_intent) in todo {
-            if needs_intent {
+        for (c, comp_intent) in todo {
+            if let Some(lsn) = comp_intent {
+                // Recorded earlier; its sync may have failed (then this
+                // fails, poisoned): never compensate on a non-durable intent.
+                self.j().inner.log.wait_durable(lsn)?;
+            } else {
                 let rec = JournalRecord::CompensationIntent {
                     unit: c.unit.clone(),
                     seq: c.seq,
@@ -865,9 +872,8 @@ impl Unit {
                 (ctx, OutcomeVia::Run)
             }
             Prep::InDoubt(ctx, intent_lsn) => {
-                if let Some(lsn) = intent_lsn {
-                    wait_durable(lsn).await?;
-                }
+                // See `run`: never run on a non-durable intent.
+                wait_durable(intent_lsn).await?;
                 match policy {
                     Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
                     Policy::RetrySameKey => (ctx, OutcomeVia::Retry),

@@ -155,28 +155,44 @@ impl LogReader {
             }
             Err(e) => return Err(Error::io("stat", &dir, e)),
         }
-        let snapshot = snapshot::read_latest(storage.as_ref(), &dir)?;
-        let expected_first = snapshot.as_ref().map(|s| s.lsn + 1);
-        let mut scan = scan_dir(storage.as_ref(), &dir, expected_first)?;
-        // The owner may be appending while we scan: the map can show zeros
-        // where a record is being written and, a moment later, the records
-        // after it, which looks like a hole before acknowledged data. Real
-        // damage stays put; such a race has moved on at the next scan (the
-        // record was complete before any later one was written). So rescan
-        // until two scans report the same place, a bounded number of times.
-        for _ in 0..8 {
-            let Some(first) = scan.corruption.clone() else {
-                break;
+        // The owner may be appending and compacting while we read. Two races
+        // look like damage but move on when looked at again:
+        // * appending: the map can show zeros where a record is being written
+        //   and, a moment later, the records after it (a hole before
+        //   acknowledged data); the record was complete before any later one
+        //   was written, so a second scan no longer sees it;
+        // * compacting: a new snapshot and the removal of the segments (and
+        //   the older snapshot) it covers between our reading the snapshot
+        //   and mapping a file: a file vanishes (NotFound), or the first
+        //   segment starts past our stale snapshot (an "LSN gap").
+        // So read snapshot + scan again, a bounded number of times, until a
+        // corruption stays at the same place; real damage stays put.
+        let mut last_corruption: Option<(PathBuf, u64)> = None;
+        let mut attempt = 0;
+        let (snapshot, scan) = loop {
+            attempt += 1;
+            let read = snapshot::read_latest(storage.as_ref(), &dir).and_then(|snapshot| {
+                let expected_first = snapshot.as_ref().map(|s| s.lsn + 1);
+                let scan = scan_dir(storage.as_ref(), &dir, expected_first)?;
+                Ok((snapshot, scan))
+            });
+            let (snapshot, scan) = match read {
+                Err(Error::Io { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < 9 =>
+                {
+                    continue
+                }
+                r => r?,
             };
-            scan = scan_dir(storage.as_ref(), &dir, expected_first)?;
-            if scan
+            let here = scan
                 .corruption
                 .as_ref()
-                .is_some_and(|c| c.segment == first.segment && c.offset == first.offset)
-            {
-                break;
+                .map(|c| (c.segment.clone(), c.offset));
+            if here.is_none() || here == last_corruption || attempt >= 9 {
+                break (snapshot, scan);
             }
-        }
+            last_corruption = here;
+        };
         Ok(LogReader {
             storage,
             dir,

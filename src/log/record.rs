@@ -24,6 +24,10 @@ pub const RECORD_HEADER: usize = 28;
 pub const ALIGN: usize = 8;
 /// Largest payload the format can express (the writer's limit is lower).
 pub const FORMAT_MAX_PAYLOAD: u64 = u32::MAX as u64;
+/// Largest LSN a segment or snapshot may name. No log can reach it (2^62
+/// records), so a larger one is damage or a crafted file, refused before
+/// any LSN arithmetic could overflow.
+pub const MAX_LSN: u64 = 1 << 62;
 
 /// A log sequence number. The first record of a fresh log has LSN 1.
 pub type Lsn = u64;

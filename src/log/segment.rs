@@ -105,7 +105,15 @@ pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<Lsn, HeaderProblem> {
     if h[12..16] != [0; 4] || h[28..32] != [0; 4] {
         return Err(HeaderProblem::Damaged("reserved header bytes are not zero"));
     }
-    Ok(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")))
+    let first = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    if first > super::record::MAX_LSN {
+        return Err(HeaderProblem::Fatal(Error::Corruption {
+            segment: path.to_path_buf(),
+            offset: 16,
+            reason: format!("first LSN {first} is out of range"),
+        }));
+    }
+    Ok(first)
 }
 
 #[cfg(test)]

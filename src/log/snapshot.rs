@@ -109,6 +109,9 @@ pub fn decode(path: &Path, b: &[u8]) -> Result<(Lsn, Vec<u8>)> {
         });
     }
     let lsn = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
+    if lsn > super::record::MAX_LSN {
+        return Err(corrupt(16, "snapshot LSN is out of range"));
+    }
     let len = u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"));
     if len != (b.len() - HEADER) as u64 {
         return Err(corrupt(

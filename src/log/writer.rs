@@ -203,9 +203,33 @@ impl Log {
                     reason: "it is a file".into(),
                 });
             }
+            // The directories about to be made, outermost last.
+            let created: Vec<PathBuf> = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !storage.is_dir(a).unwrap_or(false))
+                .map(Path::to_path_buf)
+                .collect();
             storage
                 .create_dir_all(&dir)
                 .map_err(|e| Error::io("create directory", &dir, e))?;
+            // A new directory's entry is durable only once its parent is
+            // synced; without this a power loss could take the journal
+            // directory away together with every acknowledged record in it.
+            for d in created.iter().rev() {
+                let parent = match d.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    Some(_) => Path::new("."),
+                    None => continue, // the root exists
+                };
+                storage
+                    .sync_dir(parent)
+                    .map_err(|e| Error::io("fsync directory", parent, e))?;
+            }
+        } else if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The directory exists, but the caller may have just made it
+            // without syncing its parent. Best effort: a parent we may not
+            // read must not stop the log from opening.
+            let _ = storage.sync_dir(parent);
         }
         let lock = storage.lock_dir(&dir).map_err(|f| match f {
             LockFailure::Held { pid } => Error::Locked {
@@ -601,7 +625,10 @@ impl Log {
         }
         // A snapshot must never cover records that could still vanish.
         self.wait_durable(lsn)?;
-        let p = snapshot::write(self.inner.storage.as_ref(), &self.inner.dir, lsn, data)?;
+        // A failed write or sync here poisons the log like any other: after
+        // a failed fsync nothing this handle does next may be trusted.
+        let p = snapshot::write(self.inner.storage.as_ref(), &self.inner.dir, lsn, data)
+            .inspect_err(|e| self.poison(e))?;
         self.inner.snapshot_lsn.fetch_max(lsn, Ordering::AcqRel);
         Ok(p)
     }
@@ -635,10 +662,13 @@ impl Log {
         }
         drop(w);
         if removed > 0 {
+            // The removals are durable only with the directory; a failed
+            // directory fsync poisons (no retry of a failed sync).
             self.inner
                 .storage
                 .sync_dir(&self.inner.dir)
-                .map_err(|e| Error::io("fsync directory", &self.inner.dir, e))?;
+                .map_err(|e| Error::io("fsync directory", &self.inner.dir, e))
+                .inspect_err(|e| self.poison(e))?;
         }
         Ok(removed)
     }

@@ -391,7 +391,11 @@ impl WorkQueue {
         if let Some(every) = self.inner.opts.compact_after_records {
             let due = self.inner.shared.lock().records_since_snapshot >= every;
             if due {
-                self.compact()?;
+                // The operation itself is already durable: a failed compaction
+                // must not report it as failed. It is retried after the next
+                // operation, and a real I/O fault poisons the log, so the next
+                // append reports it.
+                let _ = self.compact();
             }
         }
         Ok(())
@@ -433,7 +437,9 @@ impl WorkQueue {
     /// whose retry time has come, or an in-flight item whose lease expired.
     /// `Ok(None)` when nothing is ready. The claim is durable before this
     /// returns, and counts one attempt. Items that already used
-    /// `max_attempts` are dead-lettered on the way.
+    /// `max_attempts` are dead-lettered on the way. Fails with
+    /// [`Error::Draining`] once [`WorkQueue::drain`] began: a worker loop
+    /// should stop on that error.
     pub fn claim(&self, worker: &str) -> Result<Option<Claimed>, Error> {
         if worker.is_empty() || worker.len() > MAX_WORKER_LEN {
             return Err(Error::InvalidArgument(format!(

@@ -28,6 +28,12 @@ pub const FORMAT_MAX_PAYLOAD: u64 = u32::MAX as u64;
 /// A log sequence number. The first record of a fresh log has LSN 1.
 pub type Lsn = u64;
 
+/// Largest LSN a record, segment header or snapshot may carry (2^63 - 1;
+/// a billion appends a second would take 292 years to reach it). A larger
+/// value on disk is damage, and refusing it keeps every `lsn + 1` of
+/// recovery far from overflow on crafted files.
+pub const MAX_LSN: Lsn = i64::MAX as u64;
+
 /// Total on-disk size of a record with `payload_len` bytes of payload.
 pub fn encoded_len(payload_len: usize) -> usize {
     (RECORD_HEADER + payload_len).div_ceil(ALIGN) * ALIGN
@@ -137,6 +143,9 @@ pub fn decode_at(bytes: &FileBytes, pos: usize) -> Decoded {
     let synced_lsn = u64_at(header, 16);
     if synced_lsn >= lsn {
         return Decoded::Invalid("synced LSN not below the record's LSN");
+    }
+    if lsn > MAX_LSN {
+        return Decoded::Invalid("LSN beyond the largest the format allows");
     }
     Decoded::Valid {
         record: Record {

@@ -105,7 +105,11 @@ pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<Lsn, HeaderProblem> {
     if h[12..16] != [0; 4] || h[28..32] != [0; 4] {
         return Err(HeaderProblem::Damaged("reserved header bytes are not zero"));
     }
-    Ok(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")))
+    let first_lsn = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    if first_lsn == 0 || first_lsn > super::record::MAX_LSN {
+        return Err(HeaderProblem::Damaged("first LSN out of range"));
+    }
+    Ok(first_lsn)
 }
 
 #[cfg(test)]

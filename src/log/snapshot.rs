@@ -122,6 +122,13 @@ pub fn decode(path: &Path, b: &[u8]) -> Result<(Lsn, Vec<u8>)> {
     if h.finalize().to_le_bytes() != b[32..36] {
         return Err(corrupt(32, "snapshot checksum mismatch"));
     }
+    // Checked after the checksum: only a crafted (checksummed) file gets here.
+    if lsn > super::record::MAX_LSN {
+        return Err(corrupt(
+            16,
+            "snapshot LSN beyond the largest the format allows",
+        ));
+    }
     Ok((lsn, b[HEADER..].to_vec()))
 }
 

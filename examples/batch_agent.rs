@@ -16,13 +16,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentwal::journal::{
     Attempt, AutoCompact, Effect, Journal, JournalOptions, Retention, UnitState,
 };
 use agentwal::log::LogOptions;
+use agentwal::runtime::{Metrics, Shutdown};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,11 @@ struct Args {
     /// Simulated work per record, in milliseconds.
     #[arg(long, default_value_t = 2)]
     work_ms: u64,
+    /// Serve /health, /ready, POST /shutdown and /metrics on this address
+    /// (e.g. 127.0.0.1:8080; keep it off public interfaces).
+    #[cfg(feature = "http")]
+    #[arg(long)]
+    health: Option<String>,
 }
 
 /// What the (fake) model answers.
@@ -138,7 +144,20 @@ fn process(
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    // SIGTERM / SIGINT: finish the unit in progress, then exit 0 / 130 within
+    // SHUTDOWN_TIMEOUT; a second signal exits at once (the journal replays).
+    let shutdown = match Shutdown::install_thread() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("batch_agent: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Never outlive the budget: a unit still running at the deadline is cut
+    // (it replays as incomplete, like after a SIGKILL).
+    shutdown.set_exit_at_deadline(true);
+    match run(&args, &shutdown) {
+        Ok(_) if shutdown.is_triggered() => ExitCode::from(shutdown.exit_code() as u8),
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -148,7 +167,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Error>> {
+    let metrics = Arc::new(Metrics::new());
+    #[cfg(feature = "http")]
+    if let Some(addr) = &args.health {
+        serve_health(addr, shutdown.clone(), metrics.clone())?;
+    }
     let opts = JournalOptions {
         log: LogOptions {
             segment_size: 4 << 20,
@@ -193,21 +217,27 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         b
     });
 
-    // Set by the runtime's shutdown handling (SIGTERM / SIGINT); checked
-    // between units so that the unit in progress always finishes.
-    let stop = AtomicBool::new(false);
     let work = Duration::from_millis(args.work_ms);
     let began = Instant::now();
     let mut t = Totals::default();
     let step = (n / 10).max(1);
     for i in start..n {
-        if stop.load(Ordering::Relaxed) {
+        // Refused once shutdown began: no new unit starts, the one in
+        // progress (holding its guard) always finishes and commits.
+        let Ok(_unit_guard) = shutdown.begin_unit() else {
+            println!(
+                "shutdown ({}): stopped before record {i}, re-run to resume",
+                shutdown
+                    .reason()
+                    .map_or("requested".to_string(), |r| r.to_string())
+            );
             break;
-        }
+        };
         if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
             continue;
         }
         process(&journal, &mut sink, i, work, &mut t)?;
+        metrics.unit_committed();
         t.done += 1;
         match &bar {
             Some(b) => b.set_position(u64::from(i + 1)),
@@ -242,4 +272,29 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     );
     journal.close()?;
     Ok(committed == n)
+}
+
+/// Runs the health server on its own thread and tokio runtime (the agent's
+/// loop is synchronous).
+#[cfg(feature = "http")]
+fn serve_health(
+    addr: &str,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = rt.block_on(agentwal::runtime::health::HealthServer::spawn(
+        addr, shutdown, metrics,
+    ))?;
+    println!("health endpoints on http://{}", server.local_addr());
+    std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || {
+            // Keep the server handle alive: dropping it stops the server.
+            let _server = server;
+            rt.block_on(std::future::pending::<()>())
+        })?;
+    Ok(())
 }

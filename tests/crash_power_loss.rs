@@ -9,7 +9,7 @@
 use agentwal::log::fuzzing::crash_case;
 
 /// Seeds that once failed. One line each.
-const REGRESSION_SEEDS: &[u64] = &[];
+const REGRESSION_SEEDS: &[u64] = &[18441984287589072384];
 
 /// Rounds per case: each round is one crash state (two when power also
 /// fails during recovery).

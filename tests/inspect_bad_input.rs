@@ -153,3 +153,23 @@ fn permission_denied_is_one_line_exit_2() {
     }
     fs::set_permissions(&j, fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+#[test]
+fn garbage_files_named_like_segments_are_not_a_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let junk: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    fs::write(d.path().join("00000000000000000001.wal"), &junk).unwrap();
+    fs::write(d.path().join("00000000000000000090.wal"), &junk[..100]).unwrap();
+    every_command_fails_cleanly(
+        d.path(),
+        "none of its 2 segment file(s) is an agentwal segment",
+    );
+    // One real segment among them makes it a damaged journal instead.
+    let e = tempfile::tempdir().unwrap();
+    make_log(e.path(), 5, small_opts());
+    fs::write(e.path().join("00000000000000000090.wal"), &junk).unwrap();
+    let r = inspect_dir("verify", e.path(), &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+}

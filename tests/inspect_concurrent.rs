@@ -49,7 +49,7 @@ fn inspect_while_the_owner_appends() {
     };
 
     let mut last_records = 0;
-    for round in 0..12u32 {
+    for round in 0..8u32 {
         let before = appended.load(Ordering::Relaxed);
         let s = inspect_dir("summary", d.path(), &["--json"]);
         assert_eq!(s.code, 0, "round {round}: {s:?}");

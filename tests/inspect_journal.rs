@@ -157,7 +157,8 @@ fn summary_units_show_keys_on_a_real_journal() {
         sh.stdout
     );
     assert!(
-        sh.stdout.contains("may or may not have happened"),
+        sh.stdout
+            .contains("`send`: the message may or may not have been sent"),
         "{}",
         sh.stdout
     );
@@ -248,6 +249,17 @@ fn counts_survive_compaction() {
         .iter()
         .any(|r| r["id"] == "doubt-retry"));
     assert_eq!(inspect_dir("verify", d.path(), &[]).code, 0);
+    let listed = rows.as_array().unwrap().iter().any(|r| r["id"] == "ok-0");
+    assert!(
+        !listed,
+        "compaction folds finished units into counts: {rows}"
+    );
+    let gone = inspect_dir("show", d.path(), &["ok-0"]);
+    assert_clean_failure(&gone, "compacted");
+    assert!(
+        gone.stderr.contains("ok-0/send/0"),
+        "its keys are named: {gone:?}"
+    );
     let sh = inspect_dir("show", d.path(), &["doubt-retry", "--json"]);
     assert_eq!(sh.code, 0, "{sh:?}");
     assert_eq!(sh.json()["effects_in_doubt"], 1);
@@ -267,4 +279,43 @@ fn a_journal_kind_this_build_does_not_know_is_reported_not_a_panic() {
     assert_clean_failure(&inspect_dir("units", d.path(), &[]), "journal");
     assert_eq!(inspect_dir("dump", d.path(), &[]).code, 0);
     assert_eq!(inspect_dir("verify", d.path(), &[]).code, 0);
+}
+
+#[test]
+fn lossy_repair_names_the_units_that_lose_records() {
+    let d = tempfile::tempdir().unwrap();
+    build(d.path());
+    // LSN 28 is the begin record of unit "half"; 29.. follow it.
+    let (seg, off) = locate(d.path(), 28);
+    let lines = inspect_dir(
+        "dump",
+        d.path(),
+        &["--from", "28", "--limit", "1", "--json"],
+    )
+    .json_lines();
+    assert_eq!(lines[0]["record"]["unit"], "half");
+    flip(&seg, off + 40);
+    let r = inspect_dir("repair", d.path(), &["--lossy", "--dry-run", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["dropped_from_lsn"], 28);
+    assert_eq!(
+        v["lost_units"],
+        json!(["doubt-never", "doubt-retry", "half"]),
+        "{v}"
+    );
+    let text = inspect_dir("repair", d.path(), &["--lossy", "--dry-run"]).stdout;
+    assert!(
+        text.contains("3 unit(s) have records in the lost part"),
+        "{text}"
+    );
+    // Units before the damage are untouched by the cut.
+    let r = inspect_dir("repair", d.path(), &["--lossy", "--json"]);
+    assert_eq!(r.json()["verified_after"], true);
+    let s = inspect_dir("summary", d.path(), &["--json"]).json();
+    assert_eq!(
+        s["units"],
+        json!({ "committed": 5, "aborted": 1, "incomplete": 0 }),
+        "{s}"
+    );
 }

@@ -404,3 +404,51 @@ fn help_has_examples_for_every_command() {
         );
     }
 }
+
+#[test]
+fn verify_covers_the_work_queue_log() {
+    let d = tempfile::tempdir().unwrap();
+    make_log(d.path(), 20, small_opts());
+    let q = d.path().join("queue");
+    make_log(&q, 30, small_opts());
+    let r = inspect_dir("verify", d.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["queue"]["records"], 30);
+    assert!(inspect_dir("verify", d.path(), &[])
+        .stdout
+        .contains("work queue log:"));
+
+    let (seg, off) = locate(&q, 5);
+    flip(&seg, off + 40);
+    let r = inspect_dir("verify", d.path(), &["--json"]);
+    assert_eq!(r.code, 1, "queue corruption fails verify: {r:?}");
+    let v = r.json();
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["corruption"].is_null(),
+        "the journal itself is clean: {v}"
+    );
+    assert_eq!(v["queue"]["corruption"]["segment"], seg.to_str().unwrap());
+    assert_eq!(v["queue"]["corruption"]["offset"], off);
+}
+
+#[test]
+fn torn_segment_creation_is_a_torn_tail_and_repair_removes_it() {
+    let d = tempfile::tempdir().unwrap();
+    make_log(d.path(), 10, small_opts());
+    // A crash right after creating the next segment, before its header was durable.
+    let torn = d.path().join("00000000000000000011.wal");
+    fs::write(&torn, vec![0u8; 4096]).unwrap();
+    let v = inspect_dir("summary", d.path(), &["--json"]).json();
+    assert!(v["corruption"].is_null(), "{v}");
+    assert_eq!(v["torn_tail"]["whole_segment"], true, "{v}");
+    assert_eq!(v["records"], 10);
+    assert_eq!(inspect_dir("verify", d.path(), &[]).code, 0);
+    let r = inspect_dir("repair", d.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["action"], "removed_torn_segment");
+    assert_eq!(r.json()["verified_after"], true);
+    assert!(!torn.exists());
+    let log = Log::open(d.path(), small_opts()).unwrap();
+    assert_eq!(log.next_lsn(), 11);
+}

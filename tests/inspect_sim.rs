@@ -190,3 +190,163 @@ fn flipped_bit_anywhere_in_the_log_is_found_by_verify() {
     }
     assert!(checked >= 20);
 }
+
+#[test]
+fn progress_reports_every_segment_and_ends_at_the_total() {
+    let dir = Path::new("/j");
+    let sim = SimStorage::new();
+    {
+        let log = Log::open_with(Arc::new(sim.clone()), dir, opts()).unwrap();
+        for i in 1..=80 {
+            log.append(&payload(i)).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let seg_bytes: Vec<u64> = {
+        let mut v: Vec<_> = sim
+            .list_dir(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .collect();
+        v.sort();
+        v.iter()
+            .map(|p| sim.read(p).unwrap().len() as u64)
+            .collect()
+    };
+    assert!(seg_bytes.len() >= 3, "{seg_bytes:?}");
+    let total: u64 = seg_bytes.iter().sum();
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = calls.clone();
+    let progress: agentwal::inspect::open::ProgressFn = Arc::new(move |done, total| {
+        c.lock().unwrap().push((done, total));
+    });
+    let insp = Inspection::open_with(
+        Arc::new(sim.clone()),
+        dir,
+        OpenOptions {
+            progress: Some(progress),
+        },
+    )
+    .unwrap();
+    assert_eq!(insp.reader().scan().records(), 80);
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls.len() > seg_bytes.len(),
+        "one call per segment and a final one: {calls:?}"
+    );
+    assert!(calls.iter().all(|&(_, t)| t == total), "{calls:?}");
+    assert!(
+        calls.windows(2).all(|w| w[0].0 <= w[1].0),
+        "monotonic: {calls:?}"
+    );
+    assert_eq!(calls.last(), Some(&(total, total)));
+    // Before the last segment is scanned, everything before it is counted.
+    let before_last: u64 = seg_bytes[..seg_bytes.len() - 1].iter().sum();
+    assert!(calls.contains(&(before_last, total)), "{calls:?}");
+}
+
+/// A storage whose first read of one file returns a doctored image: what a
+/// reader racing with the writer could see for an instant.
+#[derive(Debug)]
+struct RacyOnce {
+    inner: SimStorage,
+    path: std::path::PathBuf,
+    first: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl Storage for RacyOnce {
+    fn create_dir_all(&self, p: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(p)
+    }
+    fn list_dir(&self, d: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        self.inner.list_dir(d)
+    }
+    fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
+        self.inner.is_dir(p)
+    }
+    fn open(
+        &self,
+        p: &Path,
+        m: agentwal::log::storage::OpenMode,
+    ) -> std::io::Result<Arc<dyn agentwal::log::storage::StorageFile>> {
+        self.inner.open(p, m)
+    }
+    fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
+        self.inner.rename(a, b)
+    }
+    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(p)
+    }
+    fn sync_dir(&self, d: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(d)
+    }
+    fn map(&self, p: &Path) -> std::io::Result<agentwal::log::storage::FileBytes> {
+        if p == self.path {
+            if let Some(fake) = self.first.lock().unwrap().take() {
+                return Ok(agentwal::log::storage::FileBytes::new(fake));
+            }
+        }
+        self.inner.map(p)
+    }
+    fn lock_dir(
+        &self,
+        d: &Path,
+    ) -> Result<Box<dyn agentwal::log::storage::DirLock>, agentwal::log::storage::LockFailure> {
+        self.inner.lock_dir(d)
+    }
+}
+
+#[test]
+fn a_scan_racing_with_the_writer_is_not_reported_as_corruption() {
+    let dir = Path::new("/j");
+    let sim = SimStorage::new();
+    {
+        let log = Log::open_with(Arc::new(sim.clone()), dir, opts()).unwrap();
+        for i in 1..=10 {
+            log.append(&payload(i)).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let reader = LogReader::open_with(Arc::new(sim.clone()), dir).unwrap();
+    let seg = reader.scan().segments.last().unwrap().clone();
+    let last = reader.scan().last_lsn().unwrap();
+    let victim = reader.iter_from(last - 1).next().unwrap().unwrap();
+    assert_eq!(victim.lsn, last - 1);
+    // Record `last - 1` not yet visible, `last` (which proves it durable) already is.
+    let mut fake = sim.read(&seg.path).unwrap();
+    let start = victim.offset() as usize;
+    let len = 28 + victim.payload().len();
+    fake[start..start + len].fill(0);
+
+    let racy = || -> Arc<dyn Storage> {
+        Arc::new(RacyOnce {
+            inner: sim.clone(),
+            path: seg.path.clone(),
+            first: std::sync::Mutex::new(Some(fake.clone())),
+        })
+    };
+    // One scan of that image alone would call it corruption...
+    let once = agentwal::log::scan::scan_dir(racy().as_ref(), dir, None).unwrap();
+    assert!(
+        once.corruption.is_some(),
+        "the doctored image must look corrupt"
+    );
+    // ...the inspector scans again and sees the real state.
+    let insp = Inspection::open_with(racy(), dir, OpenOptions::default()).unwrap();
+    assert!(
+        insp.findings().corruption.is_empty(),
+        "{:?}",
+        insp.findings()
+    );
+    assert_eq!(summary(&insp).last_lsn, Some(last));
+
+    // Damage that is really there is still reported (two scans agree).
+    sim.poke(&seg.path, victim.offset(), &[0u8; 28]).unwrap();
+    let insp = Inspection::open_with(Arc::new(sim.clone()), dir, OpenOptions::default()).unwrap();
+    let c = &insp.findings().corruption[0];
+    assert_eq!(
+        (c.segment.as_str(), c.offset),
+        (seg.path.to_str().unwrap(), victim.offset())
+    );
+}

@@ -313,3 +313,71 @@ fn halted_storage_never_panics_and_every_error_is_typed() {
         }
     }
 }
+
+/// Found by the `crash_workload` fuzz target (seed 18441984287589072384):
+/// a failed segment removal in `truncate_before` forgot the segment anyway,
+/// so the next call removed a newer one and left a gap on disk that the
+/// next open refused as corruption.
+#[test]
+fn failed_segment_removal_is_retried_oldest_first() {
+    let sim = SimStorage::new();
+    let log = open(&sim, false);
+    for lsn in 1..=40 {
+        log.append(&[lsn as u8; 300]).unwrap();
+    }
+    assert!(log.segment_count() >= 4);
+    log.write_snapshot(30, b"state at 30").unwrap();
+    sim.inject(FaultOp::Rename, 0, FaultKind::Eio);
+    let e = log.truncate_before(31).unwrap_err();
+    assert_eq!(os_error(&e), Some(5), "{e}");
+    // The retry removes the oldest segment first, then the others.
+    let removed = log.truncate_before(31).unwrap();
+    drop(log);
+    for mode in [
+        CrashMode::KeepAll,
+        CrashMode::DropUnsynced,
+        CrashMode::Random(5),
+    ] {
+        let log = Log::open_with(Arc::new(sim.crash(mode)), DIR, opts(false))
+            .unwrap_or_else(|e| panic!("{mode:?}: open after a failed removal: {e}"));
+        assert_eq!(log.next_lsn(), 41);
+        assert_eq!(log.read_from(31).unwrap().count(), 10);
+    }
+    assert_eq!(removed, 2, "both segments before the snapshot are gone");
+}
+
+/// Crafted files with LSNs at the end of the u64 range are bad input: a
+/// typed error or a working log, never an overflow panic.
+#[test]
+fn lsns_at_the_end_of_the_range_never_panic() {
+    use agentwal::log::segment::{encode_header, segment_name};
+    for first in [u64::MAX, u64::MAX - 1] {
+        let sim = SimStorage::new();
+        sim.put(
+            &Path::new(DIR).join(segment_name(first)),
+            &encode_header(first),
+        );
+        let r = Log::open_with(Arc::new(sim.clone()), DIR, opts(false));
+        assert!(
+            matches!(r, Err(Error::Corruption { offset: 16, .. })),
+            "first LSN {first}: {:?}",
+            r.map(|_| ())
+        );
+        if let Ok(r) = LogReader::open_with(Arc::new(sim.clone()), DIR) {
+            assert!(r.iter_from(0).count() <= 2);
+        }
+    }
+    let sim = SimStorage::new();
+    let snap = agentwal::log::snapshot::encode(u64::MAX, b"s");
+    sim.put(
+        &Path::new(DIR).join(format!("snap-{:020}.snap", u64::MAX)),
+        &snap,
+    );
+    let r = Log::open_with(Arc::new(sim.clone()), DIR, opts(false));
+    assert!(
+        matches!(r, Err(Error::Corruption { .. })),
+        "{:?}",
+        r.map(|_| ())
+    );
+    assert!(LogReader::open_with(Arc::new(sim.clone()), DIR).is_err());
+}

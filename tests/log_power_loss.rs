@@ -163,6 +163,12 @@ fn every_boundary(preallocate: bool) {
     );
     let mut modes = vec![CrashMode::DropUnsynced, CrashMode::KeepAll];
     modes.extend((0..8).map(CrashMode::Random));
+    eprintln!(
+        "preallocate={preallocate}: {} crash states ({} boundaries x {} modes)",
+        (total + 2) * modes.len() as u64,
+        total + 2,
+        modes.len()
+    );
     for k in 0..=total + 1 {
         let sim = SimStorage::new();
         sim.halt_after(k);
@@ -215,4 +221,52 @@ fn unsynced_buffered_records_may_vanish_but_never_corrupt() {
     );
     let kept = Log::open_with(Arc::new(sim.crash(CrashMode::KeepAll)), DIR, opts(true)).unwrap();
     assert_eq!(kept.next_lsn(), 3, "a process kill keeps the page cache");
+}
+
+/// The journal directory itself is a directory entry: the log must sync the
+/// parent of every directory it creates, or a power loss can take the whole
+/// journal (and every acknowledged record) away.
+#[test]
+fn a_new_journal_directory_survives_power_loss() {
+    let sim = SimStorage::new();
+    let dir = "/sim/fresh/nested/journal";
+    let log = Log::open_with(Arc::new(sim.clone()), dir, opts(true)).unwrap();
+    assert_eq!(log.append(b"first").unwrap(), 1);
+    drop(log);
+    for mode in [
+        CrashMode::DropUnsynced,
+        CrashMode::Random(1),
+        CrashMode::Random(2),
+    ] {
+        let log = Log::open_with(Arc::new(sim.crash(mode)), dir, opts(true)).unwrap();
+        assert_eq!(
+            log.next_lsn(),
+            2,
+            "{mode:?}: the journal directory vanished"
+        );
+    }
+}
+
+/// Found by the `recover_dir` fuzz target (empty input): a directory the
+/// caller made just before opening the log was never synced into its parent,
+/// so a power loss took the journal away. The log now syncs the parent of
+/// an existing journal directory at open too.
+#[test]
+fn a_caller_made_journal_directory_survives_power_loss() {
+    use agentwal::log::storage::Storage;
+    let sim = SimStorage::new();
+    // An existing, durable parent; the caller makes one new directory in it.
+    sim.put(std::path::Path::new("/sim/caller/README"), b"");
+    let dir = std::path::Path::new("/sim/caller/journal");
+    sim.create_dir_all(dir).unwrap();
+    let log = Log::open_with(Arc::new(sim.clone()), dir, opts(false)).unwrap();
+    assert_eq!(log.append(b"first").unwrap(), 1);
+    drop(log);
+    let log = Log::open_with(
+        Arc::new(sim.crash(CrashMode::DropUnsynced)),
+        dir,
+        opts(false),
+    )
+    .unwrap();
+    assert_eq!(log.next_lsn(), 2, "the journal directory vanished");
 }

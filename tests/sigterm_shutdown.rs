@@ -18,13 +18,16 @@ fn child_main() {
         return;
     };
     let shutdown = Shutdown::install_thread().expect("install signal handlers");
+    if mode == "stuck-deadline" {
+        shutdown.set_exit_at_deadline(true);
+    }
     println!("ready");
     let mut units = 0u64;
     loop {
         let Ok(guard) = shutdown.begin_unit() else {
             break;
         };
-        if mode == "stuck" {
+        if mode.starts_with("stuck") {
             println!("unit-started");
             // A unit that never finishes: only the second signal ends the process.
             std::thread::sleep(Duration::from_secs(120));
@@ -38,10 +41,9 @@ fn child_main() {
     std::process::exit(shutdown.exit_code());
 }
 
-fn spawn(
-    mode: &str,
-    timeout: &str,
-) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+type Lines = std::sync::mpsc::Receiver<String>;
+
+fn spawn(mode: &str, timeout: &str) -> (Child, Lines) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, mode)
@@ -49,19 +51,31 @@ fn spawn(
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    wait_line(&mut lines, "ready");
+    // Read on a thread so a stuck child fails the test instead of hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    if let Err(e) = std::panic::catch_unwind(|| wait_line(&lines, "ready")) {
+        let _ = child.kill();
+        std::panic::resume_unwind(e);
+    }
     (child, lines)
 }
 
-fn wait_line(lines: &mut impl Iterator<Item = std::io::Result<String>>, want: &str) -> String {
-    for line in lines.by_ref() {
-        let line = line.expect("read child stdout");
-        if line.contains(want) {
-            return line;
+fn wait_line(lines: &Lines, want: &str) -> String {
+    loop {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains(want) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("child printed no {want:?} ({e})"),
         }
     }
-    panic!("child ended before printing {want:?}");
 }
 
 fn kill(child: &Child, sig: &str) {
@@ -89,28 +103,28 @@ fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
 
 #[test]
 fn sigterm_finishes_the_unit_and_exits_0() {
-    let (mut child, mut lines) = spawn("loop", "10");
+    let (mut child, lines) = spawn("loop", "10");
     std::thread::sleep(Duration::from_millis(100));
     kill(&child, "TERM");
-    let clean = wait_line(&mut lines, "clean");
+    let clean = wait_line(&lines, "clean");
     assert!(clean.trim_end().ends_with("outstanding=0"), "{clean}");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 0);
 }
 
 #[test]
 fn sigint_exits_130() {
-    let (mut child, mut lines) = spawn("loop", "10");
+    let (mut child, lines) = spawn("loop", "10");
     std::thread::sleep(Duration::from_millis(100));
     kill(&child, "INT");
-    let clean = wait_line(&mut lines, "clean");
+    let clean = wait_line(&lines, "clean");
     assert!(clean.trim_end().ends_with("outstanding=0"), "{clean}");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 130);
 }
 
 #[test]
 fn second_signal_exits_at_once_with_the_first_code() {
-    let (mut child, mut lines) = spawn("stuck", "60");
-    wait_line(&mut lines, "unit-started");
+    let (mut child, lines) = spawn("stuck", "60");
+    wait_line(&lines, "unit-started");
     kill(&child, "INT");
     std::thread::sleep(Duration::from_millis(200));
     assert!(
@@ -119,5 +133,14 @@ fn second_signal_exits_at_once_with_the_first_code() {
     );
     kill(&child, "TERM");
     // Far below the 60 s budget and the 120 s unit: the second signal forced it.
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 130);
+}
+
+#[test]
+fn exit_at_deadline_ends_a_stuck_unit_within_the_budget() {
+    let (mut child, lines) = spawn("stuck-deadline", "0.5");
+    wait_line(&lines, "unit-started");
+    kill(&child, "INT");
+    // The 120 s unit is cut at the 0.5 s deadline, with SIGINT's code.
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 130);
 }

@@ -284,7 +284,6 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Queue { journal_dir } => {
-            agentwal::inspect::open::Inspection::open(&journal_dir)?;
             let q = ins::queue::queue(Arc::new(FsStorage), &journal_dir)?;
             if json {
                 out.json(&q)?;

@@ -42,12 +42,14 @@ pub enum Error {
     Journal(#[from] crate::journal::Error),
 
     /// No unit with this id is in the journal.
-    #[error("no unit {id:?} in journal {}; `wal-inspect units` lists the ids", dir.display())]
+    #[error("no unit {id:?} in journal {}{hint}", dir.display())]
     UnitNotFound {
         /// The id asked for.
         id: String,
         /// The journal directory.
         dir: PathBuf,
+        /// What else is known (compaction, keys of the unit).
+        hint: String,
     },
 
     /// `repair` found damage it will not fix without `--lossy`, or damage

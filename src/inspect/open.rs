@@ -11,9 +11,11 @@
 //! * A damaged newest snapshot is recorded as corruption and hidden, so the
 //!   segments can still be read (unit counts are then partial).
 //! * A writer appending while the scan runs can make a record look damaged
-//!   for an instant. Corruption is only reported when two consecutive scans
-//!   find it at the same place; a race shows up as a torn tail (which is what
-//!   an in-progress append is) and disappears on the next scan.
+//!   for an instant. [`LogReader`] reports corruption only when two
+//!   consecutive scans find it at the same place; a race shows up as a torn
+//!   tail (which is what an in-progress append is) or as nothing at all.
+//! * A segment removed by the owner's compaction between listing and reading
+//!   makes the open start again (a few times).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -25,12 +27,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::error::{Error, Result};
-use crate::log::segment::{decode_header, parse_segment_name, SEGMENT_HEADER};
+use crate::log::segment::{decode_header, parse_segment_name, SEGMENT_HEADER, SEGMENT_MAGIC};
 use crate::log::storage::{DirLock, FileBytes, LockFailure, OpenMode, StorageFile};
 use crate::log::{self, record, FsStorage, LogReader, Lsn, Storage};
 
-/// How many scans an open may take before it reports what it sees.
-const MAX_SCANS: usize = 4;
+/// How many times an open that races with the owner's compaction is retried.
+const MAX_OPENS: usize = 4;
 
 /// Damage to data that was (or may have been) acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -124,6 +126,7 @@ pub struct Inspection {
     storage: Arc<dyn Storage>,
     reader: LogReader,
     findings: Findings,
+    hidden: BTreeSet<PathBuf>,
 }
 
 impl Inspection {
@@ -145,25 +148,14 @@ impl Inspection {
     ) -> Result<Inspection> {
         let dir = dir.as_ref().to_path_buf();
         check_journal_dir(storage.as_ref(), &dir)?;
-        let mut previous: Option<(String, u64)> = None;
         let mut last_err = None;
-        for attempt in 0..MAX_SCANS {
+        for attempt in 0..MAX_OPENS {
             if attempt > 0 {
-                // Give an appending writer time to finish the write we raced with.
+                // Give the owner's compaction time to finish what we raced with.
                 std::thread::sleep(Duration::from_millis(20 * attempt as u64));
             }
             match open_once(&storage, &dir, &opts) {
-                Ok(insp) => {
-                    let at = insp
-                        .findings
-                        .corruption
-                        .first()
-                        .map(|c| (c.segment.clone(), c.offset));
-                    if at.is_none() || at == previous || attempt + 1 == MAX_SCANS {
-                        return Ok(insp);
-                    }
-                    previous = at;
-                }
+                Ok(insp) => return Ok(insp),
                 Err(e) if is_transient(&e) => last_err = Some(e),
                 Err(e) => return Err(e),
             }
@@ -193,15 +185,35 @@ impl Inspection {
     pub fn findings(&self) -> &Findings {
         &self.findings
     }
+
+    /// A new reader over the journal as it is now, hiding the same damaged
+    /// files (used to retry a read that raced with the owner's compaction).
+    pub fn fresh_reader(&self) -> Result<LogReader> {
+        let view = Arc::new(View {
+            inner: self.storage.clone(),
+            hidden: self.hidden.clone(),
+            progress: None,
+            counting: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+            total: 0,
+        });
+        Ok(LogReader::open_with(view, &self.dir)?)
+    }
+}
+
+/// True for errors a concurrent compaction of the owner can cause (a
+/// segment removed between the scan and the read): worth a retry.
+pub(crate) fn is_transient_log(e: &log::Error) -> bool {
+    match e {
+        log::Error::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+        log::Error::LsnOutOfRange { .. } => true,
+        _ => false,
+    }
 }
 
 fn is_transient(e: &Error) -> bool {
-    match e {
-        // A segment removed by the owner's compaction between listing and reading.
-        Error::Log(log::Error::Io { source, .. }) => source.kind() == io::ErrorKind::NotFound,
-        Error::Log(log::Error::LsnOutOfRange { .. }) => true,
-        _ => false,
-    }
+    // A segment removed by the owner's compaction between listing and reading.
+    matches!(e, Error::Log(l) if is_transient_log(l))
 }
 
 /// Rejects paths that are not journal directories with one clear reason.
@@ -323,6 +335,26 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
     };
 
     let scan = reader.scan();
+    if hid_segment && scan.segments.is_empty() && reader.snapshot().is_none() {
+        // Not one file here is an agentwal segment: this is not a damaged
+        // journal but something else (garbage named like segments).
+        let segs: Vec<&PathBuf> = listing.iter().filter(|p| is_segment(p)).collect();
+        let any_magic = segs.iter().any(|p| {
+            storage
+                .map(p)
+                .is_ok_and(|b| b.get(..SEGMENT_MAGIC.len()) == Some(&SEGMENT_MAGIC[..]))
+        });
+        if !any_magic {
+            return Err(Error::NotAJournal {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "none of its {} segment file(s) is an agentwal segment (bad magic in {})",
+                    segs.len(),
+                    segs.first().map_or_else(String::new, |p| file_name(p))
+                ),
+            });
+        }
+    }
     let mut findings = Findings::default();
     let mut torn = scan.torn_tail.as_ref().map(|t| TornTailInfo {
         segment: display(&t.segment),
@@ -388,6 +420,7 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
         storage: storage.clone(),
         reader,
         findings,
+        hidden,
     })
 }
 

@@ -24,9 +24,12 @@ use super::open::{
     display, glance_segment, is_segment, is_snapshot, CorruptionInfo, Inspection, OpenOptions,
     SegmentGlance, TornTailInfo,
 };
+use super::semantics;
 use crate::log::record::{decode_at, Decoded, ALIGN, RECORD_HEADER};
+use crate::log::segment::SEGMENT_HEADER;
 use crate::log::storage::{FileBytes, LockFailure};
 use crate::log::{self, FsStorage, Log, LogOptions, Lsn, RecoveryMode, Storage};
+use std::collections::BTreeMap;
 
 /// Options of [`repair`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -80,6 +83,9 @@ pub struct RepairReport {
     /// With corruption: readable records that are (or would be) lost too,
     /// after the damaged one and in set-aside segments.
     pub readable_records_lost: u64,
+    /// With corruption: ids of the units that have readable records in the
+    /// part that is (or would be) lost.
+    pub lost_units: Vec<String>,
     /// Records in the log after the repair.
     pub records_kept: u64,
     /// Last LSN in the log after the repair.
@@ -193,10 +199,11 @@ pub fn repair_with(
 fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
     let f = insp.findings();
     let scan = insp.reader().scan();
-    let (would, will_be) = if opts.dry_run {
-        ("would ", "would be")
+    // (cut, remove, truncate, are saved)
+    let (cut, remove, truncate, saved) = if opts.dry_run {
+        ("would cut", "would remove", "would truncate", "would be")
     } else {
-        ("", "are")
+        ("cut", "removed", "truncated", "were")
     };
     let mut r = RepairReport {
         dir: display(insp.dir()),
@@ -210,6 +217,7 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         dropped_bytes: 0,
         dropped_segments: Vec::new(),
         readable_records_lost: 0,
+        lost_units: Vec::new(),
         records_kept: scan.records(),
         last_lsn_kept: scan.last_lsn(),
         verified_after: None,
@@ -227,18 +235,23 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         }
         r.dropped_from_lsn = c.expected_lsn.or_else(|| scan.next_lsn());
         let mut same_segment = ReadableAfter::default();
+        let mut lost_units: BTreeMap<String, u64> = BTreeMap::new();
         if c.offset > 0 {
             let b = insp
                 .storage()
                 .map(Path::new(&c.segment))
                 .map_err(|e| Error::io("read", Path::new(&c.segment), e))?;
             r.dropped_bytes = nonzero_bytes_after(&b, c.offset);
-            same_segment = readable_after(&b, c.offset);
+            same_segment = readable_after(&b, c.offset as usize + ALIGN, &mut lost_units);
         }
         for s in &f.unreachable_segments {
+            let p = Path::new(s);
             r.dropped_segments
-                .push(glance_segment(insp.storage().as_ref(), Path::new(s))?);
+                .push(glance_segment(insp.storage().as_ref(), p)?);
+            let b = insp.storage().map(p).map_err(|e| Error::io("read", p, e))?;
+            readable_after(&b, SEGMENT_HEADER, &mut lost_units);
         }
+        r.lost_units = lost_units.keys().cloned().collect();
         let lost_records: u64 = r.dropped_segments.iter().map(|g| g.records).sum();
         let what = format!(
             "corruption in {} at offset {}: {}",
@@ -260,6 +273,17 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         } else {
             String::new()
         };
+        let units_desc = match r.lost_units.len() {
+            0 => String::new(),
+            n => {
+                let shown: Vec<&str> = r.lost_units.iter().take(8).map(String::as_str).collect();
+                format!(
+                    "; {n} unit(s) have records in the lost part and will be seen as the kept log says (a unit whose commit is lost becomes incomplete): {}{}",
+                    shown.join(", "),
+                    if n > 8 { ", ..." } else { "" }
+                )
+            }
+        };
         let drop_desc = format!(
             "records from LSN {} on are lost: {} bytes cut from {} at offset {}{in_seg}, {} later segment(s) set aside as *.wal.dropped (holding {} readable record(s))",
             r.dropped_from_lsn.map_or_else(|| "?".into(), |l| l.to_string()),
@@ -268,7 +292,7 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
             c.offset,
             r.dropped_segments.iter().filter(|g| g.segment != c.segment).count(),
             lost_records
-        );
+        ) + &units_desc;
         if !opts.lossy {
             r.action = RepairAction::Refused;
             r.messages.push(format!("refused: {what}"));
@@ -280,22 +304,21 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         }
         r.action = RepairAction::LossyTruncate;
         r.messages.push(what);
-        r.messages.push(format!(
-            "--lossy: {would}truncate the log there; {drop_desc}"
-        ));
+        r.messages
+            .push(format!("--lossy: {truncate} the log there; {drop_desc}"));
         return Ok(r);
     }
     if let Some(t) = &f.torn_tail {
         if t.whole_segment {
             r.action = RepairAction::RemovedTornSegment;
             r.messages.push(format!(
-                "{would}remove {}: its creation was torn by a crash (no records); its {} non-zero bytes {will_be} saved first",
+                "{remove} {}: its creation was torn by a crash (no records); its {} non-zero bytes {saved} saved first",
                 t.segment, t.bytes
             ));
         } else {
             r.action = RepairAction::CutTornTail;
             r.messages.push(format!(
-                "{would}cut a torn tail of {} bytes in {} at offset {} (an append that was never acknowledged); the bytes {will_be} saved in a cut-*.bin file first",
+                "{cut} a torn tail of {} bytes in {} at offset {} (an append that was never acknowledged); the bytes {saved} saved in a cut-*.bin file first",
                 t.bytes, t.segment, t.offset
             ));
         }
@@ -326,12 +349,13 @@ struct ReadableAfter {
     exhausted: bool,
 }
 
-fn readable_after(b: &FileBytes, offset: u64) -> ReadableAfter {
+fn readable_after(b: &FileBytes, from: usize, units: &mut BTreeMap<String, u64>) -> ReadableAfter {
     let mut out = ReadableAfter::default();
     // Bounded work on adversarial bytes: at most this many bytes checksummed.
     let mut budget = 2 * b.len() as u64 + (1 << 20);
-    let mut pos = offset as usize + ALIGN;
-    while pos + RECORD_HEADER <= b.len() {
+    let end = nonzero_end(b);
+    let mut pos = from;
+    while pos + RECORD_HEADER <= end {
         let len = u32::from_le_bytes(b[pos + 4..pos + 8].try_into().expect("4 bytes")) as u64;
         if (pos + RECORD_HEADER) as u64 + len > b.len() as u64 {
             pos += ALIGN; // cannot be a record: no checksum work
@@ -347,12 +371,22 @@ fn readable_after(b: &FileBytes, offset: u64) -> ReadableAfter {
                 out.records += 1;
                 out.first.get_or_insert(record.lsn);
                 out.last = Some(record.lsn);
+                if let Some(v) = semantics::decode_record(record.kind, record.payload()) {
+                    if let Some(u) = v.get("unit").and_then(|u| u.as_str()) {
+                        *units.entry(u.to_string()).or_default() += 1;
+                    }
+                }
                 pos = next;
             }
             _ => pos += ALIGN,
         }
     }
     out
+}
+
+/// Offset just past the last non-zero byte.
+fn nonzero_end(b: &[u8]) -> usize {
+    b.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1)
 }
 
 fn insp_segment_sizes(storage: &dyn Storage, dir: &Path) -> Vec<u64> {

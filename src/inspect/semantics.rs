@@ -17,7 +17,7 @@ pub(crate) struct Stats {
 /// Unit, effect and key counts. Never fails: a journal whose records cannot
 /// be interpreted yields zero counts and the reason in `error`.
 pub(crate) fn stats(insp: &Inspection) -> Stats {
-    match JournalView::load(insp.reader()) {
+    match super::units::load_view(insp) {
         Ok(view) => stats_of(&view),
         Err(e) => Stats {
             error: Some(e.to_string()),

@@ -203,16 +203,31 @@ pub fn verify(v: &VerifyReport) -> String {
             }
         );
     }
+    if let Some(q) = &v.queue {
+        let _ = writeln!(o, "work queue log:");
+        for line in verify(q).lines() {
+            let _ = writeln!(o, "  {line}");
+        }
+    }
     let _ = writeln!(o, "{}", if v.ok { "OK" } else { "CORRUPT" });
     o
+}
+
+/// `s` cut to `max` characters, saying how long the payload was.
+fn clip(s: &str, max: usize, len: u64) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let cut: String = s.chars().take(max).collect();
+    format!("{cut}… ({len} bytes; --json shows all)")
 }
 
 /// One `dump` record as a text line.
 pub fn dump_line(r: &DumpRecord) -> String {
     let body = if let Some(v) = &r.record {
-        v.to_string()
+        clip(&v.to_string(), 600, r.len)
     } else if let Some(t) = &r.payload {
-        format!("{t:?}")
+        clip(&format!("{t:?}"), 200, r.len)
     } else {
         let h = r.payload_hex.as_deref().unwrap_or("");
         if h.len() > 128 {
@@ -269,11 +284,39 @@ pub fn queue(q: &QueueReport) -> String {
     let _ = writeln!(o, "queue log          {} ({} records)", q.dir, q.records);
     let _ = writeln!(
         o,
-        "items              {} pending, {} in flight, {} dead-lettered, {} acked",
-        q.counts.pending, q.counts.in_flight, q.counts.dead_lettered, q.counts.acked
+        "items              {} pending, {} in flight, {} dead-lettered, {} acked ({} more acked and compacted)",
+        q.counts.pending, q.counts.in_flight, q.counts.dead_lettered, q.counts.acked, q.acked_compacted
     );
+    if let Some(t) = &q.torn_tail {
+        let _ = writeln!(
+            o,
+            "torn tail          {} bytes at {} offset {}",
+            t.bytes, t.segment, t.offset
+        );
+    }
+    if let Some(c) = &q.corruption {
+        let _ = writeln!(
+            o,
+            "corruption         {} at offset {}: {}",
+            c.segment, c.offset, c.reason
+        );
+    }
     if let Some(n) = &q.note {
         let _ = writeln!(o, "note               {n}");
+    }
+    if !q.items.is_empty() {
+        let mut t = Table::new(&["ID", "STATE", "ATTEMPTS", "WORKER", "LAST ERROR"]);
+        for i in &q.items {
+            t.row(vec![
+                i.id.to_string(),
+                i.state.clone(),
+                i.attempts.to_string(),
+                opt(i.worker.as_deref()),
+                opt(i.last_error.as_deref()),
+            ]);
+        }
+        o.push('\n');
+        o.push_str(&t.render());
     }
     o
 }
@@ -374,4 +417,30 @@ pub fn keys(keys: &[KeyView]) -> String {
     let mut o = t.render();
     let _ = writeln!(o, "{} key(s)", keys.len());
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_and_trims() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["xyz".into(), "1".into()]);
+        t.row(vec!["q".into(), "".into()]);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.render(), "A    LONGER\nxyz  1\nq\n");
+    }
+
+    #[test]
+    fn bytes_and_clipping_for_people() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+        assert_eq!(clip("short", 10, 5), "short");
+        assert_eq!(
+            clip("abcdefghij", 4, 10),
+            "abcd… (10 bytes; --json shows all)"
+        );
+    }
 }

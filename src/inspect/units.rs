@@ -6,15 +6,28 @@
 use serde::Serialize;
 
 use super::error::{Error, Result};
-use super::open::Inspection;
+use super::open::{is_transient_log, Inspection};
 use crate::journal::{
     EffectState, EffectView, JournalRecord, JournalView, KeyView, UnitState, UnitView,
 };
 use crate::log::Lsn;
 
 /// Loads the journal view of an opened journal (snapshot + log after it).
+/// A read that races with the owner's compaction (a segment removed under
+/// it) is retried on a fresh reader.
 pub fn load_view(insp: &Inspection) -> Result<JournalView> {
-    Ok(JournalView::load(insp.reader())?)
+    let mut attempt = 0;
+    let mut result = JournalView::load(insp.reader());
+    loop {
+        match result {
+            Err(crate::journal::Error::Log(ref e)) if is_transient_log(e) && attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
+                result = JournalView::load(&insp.fresh_reader()?);
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 /// One row of `units` (one element of the `units --json` array).
@@ -121,9 +134,31 @@ pub struct UnitDetail {
 /// Builds the `show` report for unit `id`.
 pub fn show(insp: &Inspection, view: &JournalView, id: &str) -> Result<UnitDetail> {
     let Some(u) = view.units.iter().find(|u| u.id == id) else {
+        let compacted = view.compacted_committed + view.compacted_aborted;
+        let keys: Vec<&str> = view
+            .keys
+            .iter()
+            .filter(|k| k.unit == id)
+            .map(|k| k.key.as_str())
+            .collect();
+        let hint = if !keys.is_empty() {
+            format!(
+                ": it finished before the snapshot at LSN {} and was compacted; its settled keys are still known: {} (see `wal-inspect keys`)",
+                view.snapshot_lsn,
+                keys.join(", ")
+            )
+        } else if compacted > 0 {
+            format!(
+                "; {compacted} finished unit(s) were compacted into the snapshot at LSN {} and are only counted; `wal-inspect units` lists the others",
+                view.snapshot_lsn
+            )
+        } else {
+            "; `wal-inspect units` lists the ids".to_string()
+        };
         return Err(Error::UnitNotFound {
             id: id.to_string(),
             dir: insp.dir().to_path_buf(),
+            hint,
         });
     };
     let reader = insp.reader();
@@ -224,8 +259,9 @@ pub fn explain(e: &EffectView) -> String {
         ),
         EffectState::InDoubt => {
             let what = format!(
-                "IN DOUBT: intent recorded at LSN {}, no outcome: `{}` may or may not have happened",
-                e.intent_lsn, e.name
+                "IN DOUBT: intent recorded at LSN {}, no outcome: {}",
+                e.intent_lsn,
+                may_or_may_not(&e.name)
             );
             let policy = match e.policy.as_str() {
                 "retry_same_key" => format!(
@@ -244,6 +280,22 @@ pub fn explain(e: &EffectView) -> String {
             };
             format!("{what}; {policy}")
         }
+    }
+}
+
+/// "the message may or may not have been sent", in words that fit the
+/// effect's name when it says what it does.
+fn may_or_may_not(name: &str) -> String {
+    let n = name.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| n.contains(w));
+    if has(&["send", "message", "mail", "notify", "publish", "post"]) {
+        format!("`{name}`: the message may or may not have been sent")
+    } else if has(&["model", "llm", "call", "api", "request", "fetch"]) {
+        format!("`{name}`: the call may or may not have been made")
+    } else if has(&["charge", "pay", "refund", "transfer"]) {
+        format!("`{name}`: the payment may or may not have gone through")
+    } else {
+        format!("`{name}` may or may not have happened")
     }
 }
 

@@ -4,10 +4,12 @@
 
 use serde::Serialize;
 
-use super::error::Result;
+use super::error::{Error, Result};
 use super::open::{
-    glance_segment, CorruptionInfo, Inspection, SegmentGlance, SnapshotInfo, TornTailInfo,
+    glance_segment, CorruptionInfo, Inspection, OpenOptions, SegmentGlance, SnapshotInfo,
+    TornTailInfo,
 };
+use super::queue::queue_dir;
 use crate::log::Lsn;
 use std::path::Path;
 
@@ -37,6 +39,9 @@ pub struct VerifyReport {
     /// Segments after the first corruption, read on their own: what they
     /// still hold (what a lossy repair would set aside).
     pub unreachable: Vec<SegmentGlance>,
+    /// The work queue's log (`<JOURNAL_DIR>/queue/`), verified the same way,
+    /// when the journal has one. Its corruption makes `ok` false too.
+    pub queue: Option<Box<VerifyReport>>,
 }
 
 impl VerifyReport {
@@ -50,10 +55,29 @@ impl VerifyReport {
     }
 }
 
-/// Verifies an opened journal. (The scan that [`Inspection::open`] ran
-/// already checked every header and record; this collects the verdict and
-/// reads the unreachable segments on their own.)
+/// Verifies an opened journal and, when there is one, its work queue's log.
+/// (The scan that [`Inspection::open`] ran already checked every header and
+/// record; this collects the verdict and reads the unreachable segments on
+/// their own.)
 pub fn verify(insp: &Inspection) -> Result<VerifyReport> {
+    let mut report = verify_log(insp)?;
+    let qdir = queue_dir(insp.dir());
+    if insp.storage().is_dir(&qdir).unwrap_or(false) {
+        match Inspection::open_with(insp.storage().clone(), &qdir, OpenOptions::default()) {
+            Ok(q) => {
+                let qr = verify_log(&q)?;
+                report.ok &= qr.ok;
+                report.queue = Some(Box::new(qr));
+            }
+            // A queue directory without a log yet: nothing to verify.
+            Err(Error::NotAJournal { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+fn verify_log(insp: &Inspection) -> Result<VerifyReport> {
     let scan = insp.reader().scan();
     let f = insp.findings();
     let mut unreachable = Vec::new();
@@ -72,5 +96,6 @@ pub fn verify(insp: &Inspection) -> Result<VerifyReport> {
         corruption: f.corruption.first().cloned(),
         problems: f.corruption.clone(),
         unreachable,
+        queue: None,
     })
 }

@@ -133,6 +133,10 @@ pub fn build_dir(data: &[u8]) -> (SimStorage, u8) {
     let sim = SimStorage::new();
     let dir = Path::new(FUZZ_DIR);
     sim.create_dir_all(dir).expect("sim mkdir");
+    // An existing journal directory is durable (as after any earlier run).
+    for d in dir.ancestors().skip(1) {
+        sim.sync_dir(d).expect("sim sync");
+    }
     let Some((&options, mut rest)) = data.split_first() else {
         return (sim, 0);
     };

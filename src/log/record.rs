@@ -24,15 +24,13 @@ pub const RECORD_HEADER: usize = 28;
 pub const ALIGN: usize = 8;
 /// Largest payload the format can express (the writer's limit is lower).
 pub const FORMAT_MAX_PAYLOAD: u64 = u32::MAX as u64;
+/// Largest LSN a segment or snapshot may name. No log can reach it (2^62
+/// records), so a larger one is damage or a crafted file, refused before
+/// any LSN arithmetic could overflow.
+pub const MAX_LSN: u64 = 1 << 62;
 
 /// A log sequence number. The first record of a fresh log has LSN 1.
 pub type Lsn = u64;
-
-/// Largest LSN a record, segment header or snapshot may carry (2^63 - 1;
-/// a billion appends a second would take 292 years to reach it). A larger
-/// value on disk is damage, and refusing it keeps every `lsn + 1` of
-/// recovery far from overflow on crafted files.
-pub const MAX_LSN: Lsn = i64::MAX as u64;
 
 /// Total on-disk size of a record with `payload_len` bytes of payload.
 pub fn encoded_len(payload_len: usize) -> usize {

@@ -105,11 +105,16 @@ pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<Lsn, HeaderProblem> {
     if h[12..16] != [0; 4] || h[28..32] != [0; 4] {
         return Err(HeaderProblem::Damaged("reserved header bytes are not zero"));
     }
-    let first_lsn = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
-    if first_lsn == 0 || first_lsn > super::record::MAX_LSN {
-        return Err(HeaderProblem::Damaged("first LSN out of range"));
+    let first = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    // 0 is never a first LSN (the first record ever is 1).
+    if first == 0 || first > super::record::MAX_LSN {
+        return Err(HeaderProblem::Fatal(Error::Corruption {
+            segment: path.to_path_buf(),
+            offset: 16,
+            reason: format!("first LSN {first} is out of range"),
+        }));
     }
-    Ok(first_lsn)
+    Ok(first)
 }
 
 #[cfg(test)]

@@ -124,10 +124,7 @@ pub fn decode(path: &Path, b: &[u8]) -> Result<(Lsn, Vec<u8>)> {
     }
     // Checked after the checksum: only a crafted (checksummed) file gets here.
     if lsn > super::record::MAX_LSN {
-        return Err(corrupt(
-            16,
-            "snapshot LSN beyond the largest the format allows",
-        ));
+        return Err(corrupt(16, "snapshot LSN is out of range"));
     }
     Ok((lsn, b[HEADER..].to_vec()))
 }

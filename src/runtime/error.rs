@@ -41,6 +41,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A blocking task (an async wrapper's `spawn_blocking`) panicked or was
+    /// cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
+
     /// The health server could not bind or serve.
     #[error("health server on {addr}: {source}")]
     Http {
@@ -54,6 +59,22 @@ pub enum Error {
     /// The storage below failed (the queue's or the batch cursor's log).
     #[error(transparent)]
     Log(#[from] crate::log::Error),
+
+    /// The journal below failed.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::Error),
+
+    /// Processing a batch item failed; the batch stopped before it and the
+    /// next run retries it.
+    #[error("batch {batch:?}, item {index}: {message}")]
+    BatchItem {
+        /// The batch id.
+        batch: String,
+        /// The item's index.
+        index: u64,
+        /// The item's error, as text.
+        message: String,
+    },
 
     /// No queue item has this id (never enqueued, or acked and compacted away).
     #[error("work queue item {id} does not exist")]

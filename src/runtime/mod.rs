@@ -7,14 +7,26 @@
 //! and the journal still opens and replays. See `docs/operations.md` for the
 //! shutdown timeline and the Kubernetes deployment.
 //!
+//! | module | what |
+//! | --- | --- |
+//! | [`shutdown`] | SIGTERM/SIGINT, the deadline budget, unit guards, second-signal exit |
+//! | [`batch`] | checkpointed batches that resume at exactly the next item |
+//! | [`queue`] | a durable work queue: claim/lease/ack/nack, dead letters, drain |
+//! | [`metrics`] | counters rendered in the Prometheus text format |
+//! | `health` (feature `http`) | `/health`, `/ready`, `POST /shutdown`, `/metrics` |
+//!
 //! Dependencies point downward only: runtime → journal → log.
 
+pub mod batch;
 mod error;
 #[cfg(feature = "http")]
 pub mod health;
 pub mod metrics;
+pub mod queue;
 pub mod shutdown;
 
+pub use batch::{run_batch, run_batch_units, BatchCursor, BatchReport};
 pub use error::Error;
 pub use metrics::Metrics;
+pub use queue::{QueueOptions, WorkQueue};
 pub use shutdown::{Shutdown, ShutdownReason, UnitGuard, UnitsWait};

@@ -16,7 +16,9 @@
 //! * [`Shutdown::exit_code`] is the conventional code: 0 after SIGTERM or a
 //!   programmatic trigger, 130 (128 + 2) after SIGINT.
 //! * A **second** signal exits the process at once with
-//!   [`std::process::exit`] and the exit code of the first signal. That is
+//!   [`std::process::exit`] and the exit code of the first shutdown reason
+//!   (a programmatic trigger is not a signal: the SIGTERM that follows a
+//!   preStop `POST /shutdown` is still the first signal). That is
 //!   safe with agentwal: every journal record is atomic on its own (checksummed
 //!   and ordered), so a unit cut in the middle is replayed as *incomplete* at
 //!   the next start, and its effects are classified completed / in doubt /
@@ -41,7 +43,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,6 +132,8 @@ struct State {
 struct Inner {
     /// Mirror of `state.reason.is_some()` for lock-free polling.
     triggered: AtomicBool,
+    /// Signals delivered so far (a programmatic trigger is not one).
+    signals: AtomicU32,
     state: Mutex<State>,
     /// Signalled when `units` drops to zero (sync waiters).
     idle: Condvar,
@@ -140,6 +144,9 @@ struct Inner {
     timeout: Duration,
     /// What a second signal does (replaceable in tests).
     force: Box<dyn Fn(i32) + Send + Sync>,
+    /// Exit (through `force`) when the deadline passes with work outstanding.
+    exit_at_deadline: AtomicBool,
+    watchdog_armed: AtomicBool,
 }
 
 /// The shutdown controller. Cheap to clone; all clones share one state.
@@ -220,12 +227,15 @@ impl Shutdown {
         Shutdown {
             inner: Arc::new(Inner {
                 triggered: AtomicBool::new(false),
+                signals: AtomicU32::new(0),
                 state: Mutex::new(State::default()),
                 idle: Condvar::new(),
                 trigger_tx,
                 units_tx,
                 timeout,
                 force: Box::new(force),
+                exit_at_deadline: AtomicBool::new(false),
+                watchdog_armed: AtomicBool::new(false),
             }),
         }
     }
@@ -294,11 +304,57 @@ impl Shutdown {
         }
     }
 
+    /// Starts the deadline watchdog thread (once) if shutdown began and
+    /// exit-at-deadline is on.
+    fn arm_watchdog(&self) {
+        let inner = &self.inner;
+        if !inner.exit_at_deadline.load(Ordering::Acquire)
+            || inner.watchdog_armed.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Some(deadline) = self.deadline() else {
+            inner.watchdog_armed.store(false, Ordering::Release);
+            return;
+        };
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("agentwal-deadline".into())
+            .spawn(move || {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                if me.inner.exit_at_deadline.load(Ordering::Acquire) && me.outstanding_units() > 0 {
+                    (me.inner.force)(me.exit_code());
+                }
+            });
+        if spawned.is_err() {
+            // Without the watchdog the orchestrator's SIGKILL is the backstop.
+            inner.watchdog_armed.store(false, Ordering::Release);
+        }
+    }
+
+    /// When `true`, a watchdog thread ends the process with
+    /// [`Shutdown::exit_code`] when the deadline passes while a unit guard is
+    /// still held — so the process always exits within its budget, before the
+    /// orchestrator's SIGKILL. As safe as a SIGKILL: the unit is replayed as
+    /// incomplete. Off by default (with [`Shutdown::with_force_exit`] the
+    /// watchdog calls the given function instead of exiting).
+    pub fn set_exit_at_deadline(&self, on: bool) {
+        self.inner.exit_at_deadline.store(on, Ordering::Release);
+        if on && self.is_triggered() {
+            self.arm_watchdog();
+        }
+    }
+
     /// What a delivered signal does: the first one starts graceful shutdown,
-    /// a later one forces an immediate exit. Public so that a program that
-    /// receives signals by other means can feed them in.
+    /// a second *signal* forces an immediate exit. A programmatic trigger
+    /// (`POST /shutdown` from a preStop hook) does not count as a signal, so
+    /// the SIGTERM that Kubernetes sends after the hook is still graceful.
+    /// Public so that a program that receives signals by other means can feed
+    /// them in.
     pub fn on_signal(&self, reason: ShutdownReason) {
-        if !self.trigger_with(reason) {
+        let n = self.inner.signals.fetch_add(1, Ordering::AcqRel) + 1;
+        self.trigger_with(reason);
+        if n >= 2 {
             // Second signal: the operator wants out now. Safe: records are
             // atomic and an interrupted unit replays as incomplete.
             let code = self.exit_code();
@@ -327,6 +383,7 @@ impl Shutdown {
         self.inner.trigger_tx.send_replace(true);
         // Sync waiters re-check the deadline.
         self.inner.idle.notify_all();
+        self.arm_watchdog();
         true
     }
 
@@ -517,6 +574,50 @@ mod tests {
         );
         s.on_signal(ShutdownReason::Sigint);
         assert_eq!(code.load(Ordering::SeqCst), 0, "forced with SIGTERM's code");
+    }
+
+    #[test]
+    fn sigterm_after_a_programmatic_trigger_is_still_graceful() {
+        let code = Arc::new(AtomicI32::new(-1));
+        let c = code.clone();
+        let s = Shutdown::with_force_exit(Duration::from_secs(5), move |x| {
+            c.store(x, Ordering::SeqCst)
+        });
+        s.trigger(); // preStop: POST /shutdown
+        s.on_signal(ShutdownReason::Sigterm); // then the kubelet's SIGTERM
+        assert_eq!(code.load(Ordering::SeqCst), -1, "must not force exit");
+        assert_eq!(s.exit_code(), 0);
+        s.on_signal(ShutdownReason::Sigterm); // an operator insists
+        assert_eq!(code.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn watchdog_forces_exit_at_the_deadline_only_with_work_outstanding() {
+        let code = Arc::new(AtomicI32::new(-1));
+        let c = code.clone();
+        let s = Shutdown::with_force_exit(Duration::from_millis(20), move |x| {
+            c.store(x, Ordering::SeqCst)
+        });
+        s.set_exit_at_deadline(true);
+        let g = s.begin_unit().unwrap();
+        s.trigger_with(ShutdownReason::Sigint);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(code.load(Ordering::SeqCst), 130);
+        drop(g);
+
+        let code = Arc::new(AtomicI32::new(-1));
+        let c = code.clone();
+        let s = Shutdown::with_force_exit(Duration::from_millis(20), move |x| {
+            c.store(x, Ordering::SeqCst)
+        });
+        s.set_exit_at_deadline(true);
+        s.trigger();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            code.load(Ordering::SeqCst),
+            -1,
+            "no unit outstanding: nothing to cut"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! * unsynced `set_len` changes are kept or dropped;
 //! * directory operations since the parent's last `sync_dir` survive as a
 //!   random *prefix* (file systems journal metadata in order), so a file
-//!   created or renamed without a directory sync may vanish;
+//!   created or renamed without a directory sync may vanish; this includes
+//!   directories made by `create_dir_all` (a new journal directory whose
+//!   parent was never synced can vanish with everything in it);
 //! * with [`CrashMode::KeepAll`] everything live survives (a process kill:
 //!   the page cache outlives the process).
 //!
@@ -113,16 +115,22 @@ enum DirOp {
     Link(PathBuf, u64),
     Unlink(PathBuf),
     Rename(PathBuf, PathBuf),
+    Mkdir(PathBuf),
 }
 
 impl DirOp {
     fn parent(&self) -> Option<&Path> {
         match self {
-            DirOp::Link(p, _) | DirOp::Unlink(p) | DirOp::Rename(_, p) => p.parent(),
+            DirOp::Link(p, _) | DirOp::Unlink(p) | DirOp::Rename(_, p) | DirOp::Mkdir(p) => {
+                p.parent()
+            }
         }
     }
-    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
+    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>, dirs: &mut HashSet<PathBuf>) {
         match self {
+            DirOp::Mkdir(p) => {
+                dirs.insert(p.clone());
+            }
             DirOp::Link(p, ino) => {
                 names.insert(p.clone(), *ino);
             }
@@ -143,6 +151,8 @@ struct State {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
     dirs: HashSet<PathBuf>,
+    /// Directories whose own entry (in their parent) is durable.
+    durable_dirs: HashSet<PathBuf>,
     live: BTreeMap<PathBuf, u64>,
     durable: BTreeMap<PathBuf, u64>,
     pending_dir: Vec<DirOp>,
@@ -320,7 +330,10 @@ impl SimStorage {
     pub fn put(&self, path: &Path, data: &[u8]) {
         let mut s = self.state.lock();
         if let Some(parent) = path.parent() {
-            s.dirs.insert(parent.to_path_buf());
+            for a in parent.ancestors() {
+                s.dirs.insert(a.to_path_buf());
+                s.durable_dirs.insert(a.to_path_buf());
+            }
         }
         let ino = s.next_ino;
         s.next_ino += 1;
@@ -345,19 +358,34 @@ impl SimStorage {
             _ => None,
         };
         // Directory entries: durable ones plus a prefix of the pending operations.
-        let names = match mode {
-            CrashMode::KeepAll => s.live.clone(),
-            CrashMode::DropUnsynced => s.durable.clone(),
+        let (names, dirs) = match mode {
+            CrashMode::KeepAll => (s.live.clone(), s.dirs.clone()),
+            CrashMode::DropUnsynced => (s.durable.clone(), s.durable_dirs.clone()),
             CrashMode::Random(_) => {
                 let rng = rng.as_mut().expect("rng for random mode");
                 let keep = rng.below(s.pending_dir.len() as u64 + 1) as usize;
                 let mut names = s.durable.clone();
+                let mut dirs = s.durable_dirs.clone();
                 for op in &s.pending_dir[..keep] {
-                    op.apply(&mut names);
+                    op.apply(&mut names, &mut dirs);
                 }
-                names
+                (names, dirs)
             }
         };
+        // A directory whose entry did not survive takes its whole subtree along.
+        let dirs: HashSet<PathBuf> = dirs
+            .iter()
+            .filter(|d| {
+                d.ancestors()
+                    .skip(1)
+                    .all(|a| a.as_os_str().is_empty() || dirs.contains(a))
+            })
+            .cloned()
+            .collect();
+        let names: BTreeMap<PathBuf, u64> = names
+            .into_iter()
+            .filter(|(p, _)| p.parent().is_none_or(|d| dirs.contains(d)))
+            .collect();
         let mut inodes = HashMap::new();
         for ino in names.values() {
             if inodes.contains_key(ino) {
@@ -411,7 +439,8 @@ impl SimStorage {
         let state = State {
             inodes,
             next_ino: s.next_ino,
-            dirs: s.dirs.clone(),
+            dirs: dirs.clone(),
+            durable_dirs: dirs,
             live: names.clone(),
             durable: names,
             ..State::default()
@@ -539,8 +568,19 @@ impl Drop for SimLock {
 impl Storage for SimStorage {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
-        for a in path.ancestors() {
-            s.dirs.insert(a.to_path_buf());
+        // Outermost first, so the pending operations are in creation order.
+        let ancestors: Vec<PathBuf> = path.ancestors().map(Path::to_path_buf).collect();
+        for a in ancestors.into_iter().rev() {
+            if a.as_os_str().is_empty() || !s.dirs.insert(a.clone()) {
+                continue;
+            }
+            if a.parent().is_none() {
+                // The root always exists.
+                s.durable_dirs.insert(a);
+            } else {
+                // Durable only once its parent directory is synced.
+                s.pending_dir.push(DirOp::Mkdir(a));
+            }
         }
         Ok(())
     }
@@ -625,10 +665,12 @@ impl Storage for SimStorage {
             .into_iter()
             .partition(|op| op.parent() == Some(dir));
         let mut durable = std::mem::take(&mut s.durable);
+        let mut durable_dirs = std::mem::take(&mut s.durable_dirs);
         for op in &now {
-            op.apply(&mut durable);
+            op.apply(&mut durable, &mut durable_dirs);
         }
         s.durable = durable;
+        s.durable_dirs = durable_dirs;
         s.pending_dir = later;
         Ok(())
     }

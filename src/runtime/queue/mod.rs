@@ -1,0 +1,755 @@
+//! A durable work queue: enqueue, claim with a lease, ack, nack with delay,
+//! attempt counts, dead letters, drain on shutdown.
+//!
+//! **Promises.**
+//!
+//! * Every operation is **one** record appended to the queue's own
+//!   [`crate::log::Log`] in `<journal_dir>/queue/` and is durable
+//!   (`fdatasync`, shared by concurrent callers through group commit) before
+//!   it returns `Ok`. An item whose `enqueue` returned is never lost; an item
+//!   whose `ack` returned is never handed out again.
+//! * Attempts are counted when an item is **claimed** (the claim record is
+//!   durable before the worker sees the payload), so a worker that crashes
+//!   mid-item still used up an attempt. After `max_attempts` the item is
+//!   dead-lettered instead of being handed out again.
+//! * Open rebuilds the state from the newest snapshot plus the records after
+//!   it. Items that were in flight belonged to the previous (crashed or
+//!   stopped) owner: they are **re-queued** (or dead-lettered when that was
+//!   their last attempt), durably, before open returns.
+//! * A claim whose lease expired can be taken by another worker; the first
+//!   worker's ack then fails with [`Error::LeaseLost`] (its result must not be
+//!   recorded as the item's outcome).
+//! * [`WorkQueue::drain`] stops intake (enqueue and claim fail with
+//!   [`Error::Draining`]), waits up to a timeout for claimed items to be acked
+//!   or nacked, and durably releases the rest back to pending.
+//! * Memory holds every live item (pending, in flight, dead-lettered) with
+//!   its payload; acked items are forgotten at once. The log is compacted
+//!   into a snapshot every `compact_after_records` records.
+//!
+//! The record encoding is specified byte by byte in `docs/operations.md`
+//! ("Queue records").
+//!
+//! ```
+//! use agentwal::runtime::queue::{QueueOptions, WorkQueue};
+//! let dir = tempfile::tempdir().unwrap();
+//! let q = WorkQueue::open(dir.path(), QueueOptions::default()).unwrap();
+//! let id = q.enqueue(b"send the report").unwrap();
+//! let job = q.claim("worker-1").unwrap().expect("an item is ready");
+//! assert_eq!((job.id, job.attempt, &job.payload[..]), (id, 1, &b"send the report"[..]));
+//! q.ack(&job).unwrap();
+//! assert!(q.claim("worker-1").unwrap().is_none());
+//! ```
+
+mod codec;
+mod state;
+mod view;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::log::{Durability, FsStorage, Log, LogOptions, Lsn, Storage};
+
+pub use state::ItemState;
+pub use view::{queue_view, QueueItemView, QueueView};
+
+use super::error::Error;
+use codec::{decode_op, decode_snapshot, encode_op, encode_snapshot};
+use state::{Op, QueueState};
+
+/// Name of the queue's directory inside a journal directory.
+pub const QUEUE_DIR: &str = "queue";
+/// Longest accepted worker id, in bytes.
+pub const MAX_WORKER_LEN: usize = 256;
+/// Error messages recorded by nack are cut to this many bytes.
+pub const MAX_ERROR_LEN: usize = 4096;
+
+/// The queue directory of a journal directory: `<journal_dir>/queue`.
+pub fn queue_dir(journal_dir: impl AsRef<Path>) -> PathBuf {
+    journal_dir.as_ref().join(QUEUE_DIR)
+}
+
+/// A source of wall-clock time in milliseconds since the Unix epoch (retry
+/// times are stored durably, so they must survive a restart).
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock the test moves by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock at `ms`.
+    pub fn new(ms: u64) -> Self {
+        ManualClock(AtomicU64::new(ms))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Options of [`WorkQueue::open`].
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Claims allowed per item before it is dead-lettered (default 5, at least 1).
+    pub max_attempts: u32,
+    /// How long a claim is exclusive (default 5 minutes). After that another
+    /// worker may claim the item again (counting a new attempt).
+    pub lease: Duration,
+    /// Write a snapshot and drop old segments after this many records
+    /// (default 10 000; `None` = only on [`WorkQueue::compact`]).
+    pub compact_after_records: Option<u64>,
+    /// Options of the queue's log (default: 4 MiB segments; the payload limit
+    /// is `max_record_bytes` minus a few dozen bytes of record fields).
+    pub log: LogOptions,
+    /// Wall clock for retry delays and leases.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            max_attempts: 5,
+            lease: Duration::from_secs(300),
+            compact_after_records: Some(10_000),
+            log: LogOptions {
+                segment_size: 4 << 20,
+                max_record_bytes: 1 << 20,
+                ..LogOptions::default()
+            },
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// An item handed to a worker by [`WorkQueue::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The item's id.
+    pub id: u64,
+    /// Which attempt this is (1 for the first claim).
+    pub attempt: u32,
+    /// The worker that holds it.
+    pub worker: String,
+    /// The payload as enqueued.
+    pub payload: Vec<u8>,
+}
+
+impl Claimed {
+    /// The payload decoded from JSON (see [`WorkQueue::enqueue_json`]).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        Ok(serde_json::from_slice(&self.payload)?)
+    }
+}
+
+/// What [`WorkQueue::nack`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// The item is pending again (not before the delay).
+    Retry,
+    /// That was the last allowed attempt: the item is dead-lettered.
+    DeadLettered,
+}
+
+/// What open found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueOpenReport {
+    /// Items that were in flight under the previous owner, now pending again.
+    pub requeued: Vec<u64>,
+    /// Items that were in flight on their last allowed attempt, now dead-lettered.
+    pub dead_lettered: Vec<u64>,
+}
+
+/// The outcome of [`WorkQueue::drain`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Items that were in flight when the drain began and were acked or
+    /// nacked before the timeout.
+    pub finished: usize,
+    /// Items still in flight at the timeout, released back to pending.
+    pub released: Vec<u64>,
+    /// Items left pending (durable; the next owner picks them up).
+    pub pending: usize,
+    /// True when the timeout passed with items still in flight.
+    pub timed_out: bool,
+}
+
+/// Counts of items by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Waiting to be claimed.
+    pub pending: u64,
+    /// Claimed, not yet acked.
+    pub in_flight: u64,
+    /// Gave up.
+    pub dead_lettered: u64,
+    /// Acked over the queue's whole life.
+    pub acked_total: u64,
+}
+
+struct Shared {
+    state: QueueState,
+    draining: bool,
+    records_since_snapshot: u64,
+}
+
+struct Inner {
+    log: Log,
+    opts: QueueOptions,
+    shared: Mutex<Shared>,
+    /// Signalled when an in-flight item is settled (drain waits on it).
+    settled: Condvar,
+    report: QueueOpenReport,
+}
+
+/// A durable work queue. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct WorkQueue {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for WorkQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkQueue")
+            .field("dir", &self.inner.log.dir())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn bad(dir: &Path, lsn: Lsn, reason: String) -> Error {
+    Error::BadRecord {
+        dir: dir.to_path_buf(),
+        lsn,
+        reason,
+    }
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+impl WorkQueue {
+    /// Opens (creating if needed) the queue of `journal_dir` (in
+    /// `<journal_dir>/queue/`) on the real file system.
+    pub fn open(journal_dir: impl AsRef<Path>, opts: QueueOptions) -> Result<WorkQueue, Error> {
+        Self::open_with(Arc::new(FsStorage), journal_dir, opts)
+    }
+
+    /// Opens the queue through any storage (e.g. [`crate::log::SimStorage`]).
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        journal_dir: impl AsRef<Path>,
+        opts: QueueOptions,
+    ) -> Result<WorkQueue, Error> {
+        if opts.max_attempts == 0 {
+            return Err(Error::InvalidArgument(
+                "max_attempts must be at least 1".into(),
+            ));
+        }
+        let dir = queue_dir(journal_dir);
+        let log = Log::open_with(storage, &dir, opts.log.clone())?;
+        let snap = log.latest_snapshot()?;
+        let (mut state, from) = match &snap {
+            Some(s) => (
+                decode_snapshot(&s.data, false)
+                    .map_err(|r| bad(&dir, s.lsn, format!("snapshot: {r}")))?,
+                s.lsn + 1,
+            ),
+            None => (QueueState::new(false), 1),
+        };
+        let mut replayed = 0u64;
+        for rec in log.read_from(from)? {
+            let rec = rec?;
+            let op = decode_op(rec.kind, rec.payload()).map_err(|r| bad(&dir, rec.lsn, r))?;
+            state.apply(op).map_err(|r| bad(&dir, rec.lsn, r))?;
+            replayed += 1;
+        }
+        // Whatever is in flight belonged to the previous owner (one process
+        // owns the directory): give it back, or give up on its last attempt.
+        let mut report = QueueOpenReport::default();
+        let mut ops = Vec::new();
+        for item in state
+            .items
+            .values()
+            .filter(|i| i.state == ItemState::InFlight)
+        {
+            if item.attempts >= opts.max_attempts {
+                report.dead_lettered.push(item.id);
+                ops.push(Op::Dead {
+                    id: item.id,
+                    attempt: item.attempts,
+                    error: format!(
+                        "owner stopped during attempt {} of {} (worker {})",
+                        item.attempts,
+                        opts.max_attempts,
+                        item.worker.as_deref().unwrap_or("?")
+                    ),
+                });
+            } else {
+                report.requeued.push(item.id);
+                ops.push(Op::Release {
+                    id: item.id,
+                    attempt: item.attempts,
+                });
+            }
+        }
+        if !ops.is_empty() {
+            let encoded: Vec<(u8, Vec<u8>)> = ops.iter().map(encode_op).collect();
+            let refs: Vec<(u8, &[u8])> = encoded.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+            // One write and one fdatasync for all of them: the repair is
+            // durable before any new claim can hand these items out.
+            log.append_batch(&refs, Durability::Durable)?;
+            for op in ops {
+                state.apply(op).map_err(|r| bad(&dir, 0, r))?;
+            }
+            replayed += refs.len() as u64;
+        }
+        Ok(WorkQueue {
+            inner: Arc::new(Inner {
+                log,
+                opts,
+                shared: Mutex::new(Shared {
+                    state,
+                    draining: false,
+                    records_since_snapshot: replayed,
+                }),
+                settled: Condvar::new(),
+                report,
+            }),
+        })
+    }
+
+    /// What open repaired (items of the previous owner re-queued or dead-lettered).
+    pub fn open_report(&self) -> &QueueOpenReport {
+        &self.inner.report
+    }
+
+    /// The queue's log (for sync statistics and inspection).
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.opts.clock.now_ms()
+    }
+
+    /// Appends `op` (write only) and applies it, under the state lock so the
+    /// log order is the state order. The caller waits for durability after
+    /// releasing the lock, so concurrent operations share one fdatasync.
+    fn write_locked(&self, shared: &mut Shared, op: Op) -> Result<Lsn, Error> {
+        let dir = self.inner.log.dir();
+        shared.state.check(&op).map_err(|r| bad(dir, 0, r))?;
+        let (kind, payload) = encode_op(&op);
+        let lsn = self
+            .inner
+            .log
+            .append_with(kind, &payload, Durability::Buffered)?;
+        shared.state.apply(op).map_err(|r| bad(dir, lsn, r))?;
+        shared.records_since_snapshot += 1;
+        Ok(lsn)
+    }
+
+    /// Makes `lsn` durable and compacts when due.
+    fn finish(&self, lsn: Lsn) -> Result<(), Error> {
+        // The record must be on disk before the caller acts on the result
+        // (hands the payload to a worker, reports an ack, ...).
+        self.inner.log.wait_durable(lsn)?;
+        if let Some(every) = self.inner.opts.compact_after_records {
+            let due = self.inner.shared.lock().records_since_snapshot >= every;
+            if due {
+                // The operation itself is already durable: a failed compaction
+                // must not report it as failed. It is retried after the next
+                // operation, and a real I/O fault poisons the log, so the next
+                // append reports it.
+                let _ = self.compact();
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an item ready now; returns its id once it is durable.
+    pub fn enqueue(&self, payload: &[u8]) -> Result<u64, Error> {
+        self.enqueue_after(payload, Duration::ZERO)
+    }
+
+    /// Adds an item that may not be claimed before `delay` has passed.
+    pub fn enqueue_after(&self, payload: &[u8], delay: Duration) -> Result<u64, Error> {
+        let at = self
+            .now()
+            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        let (id, lsn) = {
+            let mut sh = self.inner.shared.lock();
+            if sh.draining {
+                return Err(Error::Draining);
+            }
+            let id = sh.state.next_id;
+            let op = Op::Enqueue {
+                id,
+                available_at_ms: at,
+                payload: payload.to_vec(),
+            };
+            (id, self.write_locked(&mut sh, op)?)
+        };
+        self.finish(lsn)?;
+        Ok(id)
+    }
+
+    /// Adds an item whose payload is `value` as JSON.
+    pub fn enqueue_json<T: serde::Serialize>(&self, value: &T) -> Result<u64, Error> {
+        self.enqueue(&serde_json::to_vec(value)?)
+    }
+
+    /// Claims the next ready item for `worker` (oldest first): a pending item
+    /// whose retry time has come, or an in-flight item whose lease expired.
+    /// `Ok(None)` when nothing is ready. The claim is durable before this
+    /// returns, and counts one attempt. Items that already used
+    /// `max_attempts` are dead-lettered on the way. Fails with
+    /// [`Error::Draining`] once [`WorkQueue::drain`] began: a worker loop
+    /// should stop on that error.
+    pub fn claim(&self, worker: &str) -> Result<Option<Claimed>, Error> {
+        if worker.is_empty() || worker.len() > MAX_WORKER_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "worker id must be 1..={MAX_WORKER_LEN} bytes"
+            )));
+        }
+        let now = self.now();
+        let max = self.inner.opts.max_attempts;
+        let mut last_lsn = None;
+        let claimed = {
+            let mut sh = self.inner.shared.lock();
+            if sh.draining {
+                return Err(Error::Draining);
+            }
+            loop {
+                let ready = sh
+                    .state
+                    .ready
+                    .first()
+                    .filter(|(at, _)| *at <= now)
+                    .map(|&(_, id)| id);
+                let expired = || {
+                    sh.state
+                        .leases
+                        .first()
+                        .filter(|(until, _)| *until <= now)
+                        .map(|&(_, id)| id)
+                };
+                let Some(id) = ready.or_else(expired) else {
+                    break None;
+                };
+                let item = &sh.state.items[&id];
+                let attempts = item.attempts;
+                if attempts >= max {
+                    let error = match (&item.last_error, item.state) {
+                        (_, ItemState::InFlight) => format!(
+                            "lease of worker {} expired on the last allowed attempt ({attempts} of {max})",
+                            item.worker.as_deref().unwrap_or("?")
+                        ),
+                        (Some(e), _) => e.clone(),
+                        (None, _) => format!("{attempts} attempts used, max_attempts is {max}"),
+                    };
+                    last_lsn = Some(self.write_locked(
+                        &mut sh,
+                        Op::Dead {
+                            id,
+                            attempt: attempts,
+                            error,
+                        },
+                    )?);
+                    continue;
+                }
+                let lease_until = now.saturating_add(
+                    u64::try_from(self.inner.opts.lease.as_millis()).unwrap_or(u64::MAX),
+                );
+                let op = Op::Claim {
+                    id,
+                    attempt: attempts + 1,
+                    lease_until_ms: lease_until,
+                    worker: worker.to_string(),
+                };
+                last_lsn = Some(self.write_locked(&mut sh, op)?);
+                let item = &sh.state.items[&id];
+                break Some(Claimed {
+                    id,
+                    attempt: item.attempts,
+                    worker: worker.to_string(),
+                    payload: item.payload.clone(),
+                });
+            }
+        };
+        if let Some(lsn) = last_lsn {
+            self.finish(lsn)?;
+        }
+        Ok(claimed)
+    }
+
+    fn held(&self, sh: &Shared, c: &Claimed) -> Result<(), Error> {
+        match sh.state.items.get(&c.id) {
+            None if c.id < sh.state.next_id => Err(Error::LeaseLost {
+                id: c.id,
+                attempt: c.attempt,
+                current: Some("already acked".into()),
+            }),
+            None => Err(Error::NotFound { id: c.id }),
+            Some(i) if i.state == ItemState::InFlight && i.attempts == c.attempt => Ok(()),
+            Some(i) => Err(Error::LeaseLost {
+                id: c.id,
+                attempt: c.attempt,
+                current: Some(match i.state {
+                    ItemState::InFlight => format!(
+                        "attempt {} by worker {}",
+                        i.attempts,
+                        i.worker.as_deref().unwrap_or("?")
+                    ),
+                    s => format!("{s:?} after {} attempts", i.attempts),
+                }),
+            }),
+        }
+    }
+
+    /// Marks a claimed item done. Durable before it returns; the item is
+    /// never handed out again.
+    pub fn ack(&self, claimed: &Claimed) -> Result<(), Error> {
+        let lsn = {
+            let mut sh = self.inner.shared.lock();
+            self.held(&sh, claimed)?;
+            let op = Op::Ack {
+                id: claimed.id,
+                attempt: claimed.attempt,
+            };
+            self.write_locked(&mut sh, op)?
+        };
+        self.inner.settled.notify_all();
+        self.finish(lsn)
+    }
+
+    /// Gives a claimed item back after a failure: pending again after
+    /// `delay`, or dead-lettered if this was attempt `max_attempts`. `error`
+    /// is recorded (cut to [`MAX_ERROR_LEN`] bytes) for operators.
+    pub fn nack(
+        &self,
+        claimed: &Claimed,
+        delay: Duration,
+        error: &str,
+    ) -> Result<NackOutcome, Error> {
+        let at = self
+            .now()
+            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        let error = cut(error, MAX_ERROR_LEN);
+        let (lsn, outcome) = {
+            let mut sh = self.inner.shared.lock();
+            self.held(&sh, claimed)?;
+            let (op, outcome) = if claimed.attempt >= self.inner.opts.max_attempts {
+                (
+                    Op::Dead {
+                        id: claimed.id,
+                        attempt: claimed.attempt,
+                        error,
+                    },
+                    NackOutcome::DeadLettered,
+                )
+            } else {
+                (
+                    Op::Nack {
+                        id: claimed.id,
+                        attempt: claimed.attempt,
+                        available_at_ms: at,
+                        error,
+                    },
+                    NackOutcome::Retry,
+                )
+            };
+            (self.write_locked(&mut sh, op)?, outcome)
+        };
+        self.inner.settled.notify_all();
+        self.finish(lsn)?;
+        Ok(outcome)
+    }
+
+    /// Stops intake and waits up to `timeout` for in-flight items to be acked
+    /// or nacked; the rest are durably released back to pending. Use
+    /// `shutdown.remaining()` as the timeout to stay within the shutdown budget.
+    pub fn drain(&self, timeout: Duration) -> Result<DrainReport, Error> {
+        let limit = Instant::now() + timeout;
+        let mut sh = self.inner.shared.lock();
+        sh.draining = true;
+        let at_start = sh.state.in_flight;
+        while sh.state.in_flight > 0 {
+            if self.inner.settled.wait_until(&mut sh, limit).timed_out() {
+                break;
+            }
+        }
+        let left: Vec<(u64, u32)> = sh
+            .state
+            .items
+            .values()
+            .filter(|i| i.state == ItemState::InFlight)
+            .map(|i| (i.id, i.attempts))
+            .collect();
+        let mut report = DrainReport {
+            finished: at_start.saturating_sub(left.len()),
+            timed_out: !left.is_empty(),
+            ..DrainReport::default()
+        };
+        let mut last = None;
+        for (id, attempt) in left {
+            last = Some(self.write_locked(&mut sh, Op::Release { id, attempt })?);
+            report.released.push(id);
+        }
+        report.pending = sh.state.pending();
+        drop(sh);
+        if let Some(lsn) = last {
+            // Released items must be durable as pending before we report them so.
+            self.inner.log.wait_durable(lsn)?;
+        }
+        Ok(report)
+    }
+
+    /// Counts by state.
+    pub fn stats(&self) -> QueueStats {
+        let sh = self.inner.shared.lock();
+        QueueStats {
+            pending: sh.state.pending() as u64,
+            in_flight: sh.state.in_flight as u64,
+            dead_lettered: sh.state.dead as u64,
+            acked_total: sh.state.acked_total,
+        }
+    }
+
+    /// Every live item (pending, in flight, dead-lettered), by id.
+    pub fn list(&self) -> Vec<QueueItemView> {
+        let sh = self.inner.shared.lock();
+        sh.state
+            .items
+            .values()
+            .map(QueueItemView::from_item)
+            .collect()
+    }
+
+    /// One item, if it is live.
+    pub fn get(&self, id: u64) -> Option<QueueItemView> {
+        self.inner
+            .shared
+            .lock()
+            .state
+            .items
+            .get(&id)
+            .map(QueueItemView::from_item)
+    }
+
+    /// The payload of a live item (e.g. to inspect a dead letter).
+    pub fn payload(&self, id: u64) -> Option<Vec<u8>> {
+        self.inner
+            .shared
+            .lock()
+            .state
+            .items
+            .get(&id)
+            .map(|i| i.payload.clone())
+    }
+
+    /// Writes a snapshot of the live state and removes the segments it
+    /// covers. Returns the snapshot's LSN (`None` when there was nothing new).
+    pub fn compact(&self) -> Result<Option<Lsn>, Error> {
+        let mut sh = self.inner.shared.lock();
+        let log = &self.inner.log;
+        // Every record is appended under this lock, so the state reflects
+        // exactly the records up to `lsn`.
+        let lsn = log.next_lsn() - 1;
+        if lsn == 0 || lsn <= log.snapshot_lsn() {
+            return Ok(None);
+        }
+        let data = encode_snapshot(&sh.state);
+        log.write_snapshot(lsn, &data)?;
+        sh.records_since_snapshot = 0;
+        drop(sh);
+        log.truncate_before(lsn + 1)?;
+        Ok(Some(lsn))
+    }
+
+    /// Async [`WorkQueue::enqueue`]: runs on tokio's blocking pool, so the
+    /// runtime's workers never wait for `fdatasync`.
+    pub async fn enqueue_async(&self, payload: Vec<u8>) -> Result<u64, Error> {
+        let q = self.clone();
+        blocking(move || q.enqueue(&payload)).await
+    }
+
+    /// Async [`WorkQueue::claim`].
+    pub async fn claim_async(&self, worker: &str) -> Result<Option<Claimed>, Error> {
+        let (q, w) = (self.clone(), worker.to_string());
+        blocking(move || q.claim(&w)).await
+    }
+
+    /// Async [`WorkQueue::ack`].
+    pub async fn ack_async(&self, claimed: &Claimed) -> Result<(), Error> {
+        let (q, c) = (self.clone(), claimed.clone());
+        blocking(move || q.ack(&c)).await
+    }
+
+    /// Async [`WorkQueue::nack`].
+    pub async fn nack_async(
+        &self,
+        claimed: &Claimed,
+        delay: Duration,
+        error: &str,
+    ) -> Result<NackOutcome, Error> {
+        let (q, c, e) = (self.clone(), claimed.clone(), error.to_string());
+        blocking(move || q.nack(&c, delay, &e)).await
+    }
+
+    /// Async [`WorkQueue::drain`].
+    pub async fn drain_async(&self, timeout: Duration) -> Result<DrainReport, Error> {
+        let q = self.clone();
+        blocking(move || q.drain(timeout)).await
+    }
+
+    /// Syncs and closes the queue's log.
+    pub fn close(self) -> Result<(), Error> {
+        Ok(self.inner.log.sync().map(|_| ())?)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Install {
+            what: "blocking queue task",
+            source: std::io::Error::other(e),
+        })?
+}

@@ -1,0 +1,262 @@
+//! The queue's state machine, shared by the owner (replay + live updates)
+//! and the read-only view. Every transition is validated: a history that a
+//! correct writer cannot produce is refused, never silently applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where an item is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    /// Waiting to be claimed (possibly not before a retry time).
+    Pending,
+    /// Claimed by a worker, not yet acked or nacked.
+    InFlight,
+    /// Gave up after the maximum number of attempts.
+    DeadLettered,
+    /// Done. Kept only in the read-only view, until the next compaction.
+    Acked,
+}
+
+/// One durable state transition (one log record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    Enqueue {
+        id: u64,
+        available_at_ms: u64,
+        payload: Vec<u8>,
+    },
+    Claim {
+        id: u64,
+        attempt: u32,
+        lease_until_ms: u64,
+        worker: String,
+    },
+    Ack {
+        id: u64,
+        attempt: u32,
+    },
+    Nack {
+        id: u64,
+        attempt: u32,
+        available_at_ms: u64,
+        error: String,
+    },
+    Dead {
+        id: u64,
+        attempt: u32,
+        error: String,
+    },
+    Release {
+        id: u64,
+        attempt: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    pub id: u64,
+    pub state: ItemState,
+    pub attempts: u32,
+    pub available_at_ms: u64,
+    pub lease_until_ms: u64,
+    pub worker: Option<String>,
+    pub last_error: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    pub items: BTreeMap<u64, Item>,
+    /// Pending items by (available at, id).
+    pub ready: BTreeSet<(u64, u64)>,
+    /// In-flight items by (lease until, id).
+    pub leases: BTreeSet<(u64, u64)>,
+    pub next_id: u64,
+    pub acked_total: u64,
+    pub in_flight: usize,
+    pub dead: usize,
+    /// Keep acked items (without payload) instead of forgetting them.
+    keep_acked: bool,
+}
+
+impl QueueState {
+    pub fn new(keep_acked: bool) -> Self {
+        QueueState {
+            items: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            next_id: 1,
+            acked_total: 0,
+            in_flight: 0,
+            dead: 0,
+            keep_acked,
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Adds an item as read from a snapshot.
+    pub fn insert(&mut self, item: Item) -> Result<(), String> {
+        if self.items.contains_key(&item.id) {
+            return Err(format!("item {} appears twice", item.id));
+        }
+        self.index(&item);
+        self.items.insert(item.id, item);
+        Ok(())
+    }
+
+    fn index(&mut self, i: &Item) {
+        match i.state {
+            ItemState::Pending => {
+                self.ready.insert((i.available_at_ms, i.id));
+            }
+            ItemState::InFlight => {
+                self.leases.insert((i.lease_until_ms, i.id));
+                self.in_flight += 1;
+            }
+            ItemState::DeadLettered => self.dead += 1,
+            ItemState::Acked => {}
+        }
+    }
+
+    fn unindex(&mut self, i: &Item) {
+        match i.state {
+            ItemState::Pending => {
+                self.ready.remove(&(i.available_at_ms, i.id));
+            }
+            ItemState::InFlight => {
+                self.leases.remove(&(i.lease_until_ms, i.id));
+                self.in_flight -= 1;
+            }
+            ItemState::DeadLettered => self.dead -= 1,
+            ItemState::Acked => {}
+        }
+    }
+
+    /// Checks that `op` is a valid transition now, without applying it.
+    pub fn check(&self, op: &Op) -> Result<(), String> {
+        let (id, attempt) = match op {
+            Op::Enqueue { id, .. } => {
+                if *id < self.next_id || self.items.contains_key(id) {
+                    return Err(format!(
+                        "enqueue of item {id}, but ids below {} are taken",
+                        self.next_id
+                    ));
+                }
+                return Ok(());
+            }
+            Op::Claim { id, attempt, .. } => (*id, *attempt),
+            Op::Ack { id, attempt }
+            | Op::Nack { id, attempt, .. }
+            | Op::Dead { id, attempt, .. }
+            | Op::Release { id, attempt } => (*id, *attempt),
+        };
+        let item = self
+            .items
+            .get(&id)
+            .ok_or_else(|| format!("item {id} does not exist"))?;
+        let ok = match op {
+            Op::Claim { .. } => {
+                matches!(item.state, ItemState::Pending | ItemState::InFlight)
+                    && attempt == item.attempts + 1
+            }
+            Op::Dead { .. } => {
+                matches!(item.state, ItemState::Pending | ItemState::InFlight)
+                    && attempt == item.attempts
+            }
+            _ => item.state == ItemState::InFlight && attempt == item.attempts,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{op:?} does not apply to item {id} ({:?}, {} attempts)",
+                item.state, item.attempts
+            ))
+        }
+    }
+
+    /// Applies a validated transition.
+    pub fn apply(&mut self, op: Op) -> Result<(), String> {
+        self.check(&op)?;
+        if let Op::Enqueue {
+            id,
+            available_at_ms,
+            payload,
+        } = op
+        {
+            let item = Item {
+                id,
+                state: ItemState::Pending,
+                attempts: 0,
+                available_at_ms,
+                lease_until_ms: 0,
+                worker: None,
+                last_error: None,
+                payload,
+            };
+            self.next_id = id + 1;
+            self.index(&item);
+            self.items.insert(id, item);
+            return Ok(());
+        }
+        let id = match &op {
+            Op::Claim { id, .. }
+            | Op::Ack { id, .. }
+            | Op::Nack { id, .. }
+            | Op::Dead { id, .. }
+            | Op::Release { id, .. } => *id,
+            Op::Enqueue { .. } => unreachable!("handled above"),
+        };
+        let mut item = self.items.remove(&id).expect("checked above");
+        self.unindex(&item);
+        match op {
+            Op::Claim {
+                attempt,
+                lease_until_ms,
+                worker,
+                ..
+            } => {
+                item.state = ItemState::InFlight;
+                item.attempts = attempt;
+                item.lease_until_ms = lease_until_ms;
+                item.worker = Some(worker);
+            }
+            Op::Ack { .. } => {
+                item.state = ItemState::Acked;
+                self.acked_total += 1;
+                if !self.keep_acked {
+                    return Ok(());
+                }
+                item.payload = Vec::new();
+            }
+            Op::Nack {
+                available_at_ms,
+                error,
+                ..
+            } => {
+                item.state = ItemState::Pending;
+                item.available_at_ms = available_at_ms;
+                item.last_error = Some(error);
+                item.worker = None;
+            }
+            Op::Dead { error, .. } => {
+                item.state = ItemState::DeadLettered;
+                item.last_error = Some(error);
+                item.worker = None;
+            }
+            Op::Release { .. } => {
+                item.state = ItemState::Pending;
+                item.available_at_ms = 0;
+                item.worker = None;
+            }
+            Op::Enqueue { .. } => unreachable!("handled above"),
+        }
+        self.index(&item);
+        self.items.insert(id, item);
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! The read-only view of a queue for `wal-inspect queue`: works on a
+//! [`LogReader`] (no lock, no write), so it runs beside the owning process.
+
+use super::codec::{decode_op, decode_snapshot};
+use super::state::{Item, ItemState, QueueState};
+use crate::log::LogReader;
+use crate::runtime::error::Error;
+
+/// One work-queue item as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueItemView {
+    /// The item id.
+    pub id: u64,
+    /// `pending`, `in_flight`, `dead_lettered` or `acked`.
+    pub state: ItemState,
+    /// Claims so far.
+    pub attempts: u32,
+    /// The worker holding it (in flight only).
+    pub worker: Option<String>,
+    /// The error recorded by the last nack or dead-lettering.
+    pub last_error: Option<String>,
+}
+
+impl QueueItemView {
+    pub(crate) fn from_item(i: &Item) -> Self {
+        QueueItemView {
+            id: i.id,
+            state: i.state,
+            attempts: i.attempts,
+            worker: i.worker.clone(),
+            last_error: i.last_error.clone(),
+        }
+    }
+}
+
+/// Every item the queue's log still describes, by id. Items acked before the
+/// last compaction are gone (only counted in `acked_compacted`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueView {
+    /// The items.
+    pub items: Vec<QueueItemView>,
+    /// Items acked before the newest snapshot (no longer listed).
+    pub acked_compacted: u64,
+}
+
+/// Builds the view from a reader opened on `<journal_dir>/queue` (see
+/// [`super::queue_dir`]). A torn tail is ignored (it was never acknowledged);
+/// records are replayed up to the last valid one. In-flight items are shown
+/// as in flight even if their owner is gone: the next owner re-queues them.
+pub fn queue_view(reader: &LogReader) -> Result<QueueView, Error> {
+    let dir = reader.dir();
+    let bad = |lsn, reason: String| Error::BadRecord {
+        dir: dir.to_path_buf(),
+        lsn,
+        reason,
+    };
+    let (mut state, from) = match reader.snapshot() {
+        Some(s) => (
+            decode_snapshot(&s.data, true).map_err(|r| bad(s.lsn, format!("snapshot: {r}")))?,
+            s.lsn + 1,
+        ),
+        None => (QueueState::new(true), 1),
+    };
+    let acked_compacted = state.acked_total;
+    for rec in reader.iter_from(from) {
+        let rec = rec?;
+        let op = decode_op(rec.kind, rec.payload()).map_err(|r| bad(rec.lsn, r))?;
+        state.apply(op).map_err(|r| bad(rec.lsn, r))?;
+    }
+    Ok(QueueView {
+        items: state.items.values().map(QueueItemView::from_item).collect(),
+        acked_compacted,
+    })
+}

@@ -3,40 +3,19 @@
 //! sink file of delivered messages), then after the resumed run.
 #![cfg(all(feature = "cli", feature = "tokio"))]
 
+mod agent_support;
 mod inspect_support;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agent_support::batch_agent;
 use inspect_support::*;
 use serde_json::Value;
 
 const RECORDS: u32 = 250;
-
-/// Builds the example with the profile of this test binary and returns its path.
-fn batch_agent() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut features = vec!["cli", "tokio"];
-    if cfg!(feature = "http") {
-        features.push("http");
-    }
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", "batch_agent"])
-        .args(["--no-default-features", "--features", &features.join(",")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().expect("cargo build").success());
-    let path = profile_dir.join("examples").join("batch_agent");
-    assert!(path.exists(), "{} not found", path.display());
-    path
-}
 
 fn agent(bin: &Path, journal: &Path, sink: &Path) -> Command {
     let mut c = Command::new(bin);

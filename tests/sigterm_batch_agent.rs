@@ -5,45 +5,22 @@
 //! journal still opens, replays and completes.
 #![cfg(all(feature = "cli", feature = "tokio"))]
 
+mod agent_support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use agent_support::batch_agent;
 use agentwal::journal::{JournalView, UnitState};
 use agentwal::log::LogReader;
 
 const RECORDS: u32 = 300;
 /// Generous: the test checks the exit happens within the agent's budget.
 const BUDGET_SECS: u64 = 10;
-
-/// Builds the example with this test binary's profile and features.
-fn batch_agent() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut features = vec!["cli", "tokio"];
-    if cfg!(feature = "http") {
-        features.push("http");
-    }
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", "batch_agent"])
-        .args(["--no-default-features", "--features", &features.join(",")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().expect("run cargo build").success(),
-        "cargo build --example batch_agent failed"
-    );
-    let path = profile_dir.join("examples").join("batch_agent");
-    assert!(path.exists(), "{} not found", path.display());
-    path
-}
 
 struct Agent {
     child: Child,

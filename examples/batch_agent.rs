@@ -131,7 +131,19 @@ fn process(
         let line = format!("{}\t{} {}\n", ctx.key(), id, reply.text);
         // One write(2) of a short line on an O_APPEND file: a kill leaves
         // the whole line or none of it.
-        sink.write_all(line.as_bytes())?;
+        if let Err(e) = sink.write_all(line.as_bytes()) {
+            // A failed delivery (disk full, I/O error) may have reached the
+            // receiver in part: it is in doubt, not failed. Recording the
+            // error would replay it on every re-run and wedge this record
+            // forever; stopping here leaves the intent in doubt (durable
+            // already, like after a kill) and a re-run retries the send with
+            // the same key once the sink works again.
+            eprintln!(
+                "batch_agent: error: cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
+                ctx.key()
+            );
+            std::process::exit(2);
+        }
         t.sent += 1;
         if ctx.attempt() == Attempt::Retry {
             t.resends += 1;
@@ -192,7 +204,8 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     let mut sink = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&args.sink)?;
+        .open(&args.sink)
+        .map_err(|e| format!("cannot open the sink {}: {e}", args.sink.display()))?;
 
     let n = args.records;
     let start = (0..n)

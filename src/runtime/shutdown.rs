@@ -317,11 +317,16 @@ impl Shutdown {
             inner.watchdog_armed.store(false, Ordering::Release);
             return;
         };
+        // Fire a little before the deadline (a tenth of the budget, at most
+        // 500 ms) so that the process has *exited* within its budget, exit
+        // and reaping included, not merely started exiting at the deadline.
+        let margin = (inner.timeout / 10).min(Duration::from_millis(500));
+        let fire_at = deadline.checked_sub(margin).unwrap_or(deadline);
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("agentwal-deadline".into())
             .spawn(move || {
-                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                std::thread::sleep(fire_at.saturating_duration_since(Instant::now()));
                 if me.inner.exit_at_deadline.load(Ordering::Acquire) && me.outstanding_units() > 0 {
                     (me.inner.force)(me.exit_code());
                 }

@@ -27,6 +27,22 @@ use agentwal::runtime::{Metrics, Shutdown};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+/// Prints a line on stdout. Output is advisory: a closed pipe
+/// (`batch_agent ... | head`) must not stop the agent mid-batch, and
+/// `println!` would panic on EPIPE.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Like [`say!`], on stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Process records as journaled units; safe to kill and re-run.
 #[derive(Parser, Debug)]
 #[command(name = "batch_agent", version, about)]
@@ -138,7 +154,7 @@ fn process(
             // forever; stopping here leaves the intent in doubt (durable
             // already, like after a kill) and a re-run retries the send with
             // the same key once the sink works again.
-            eprintln!(
+            say_err!(
                 "batch_agent: error: cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
                 ctx.key()
             );
@@ -161,7 +177,7 @@ fn main() -> ExitCode {
     let shutdown = match Shutdown::install_thread() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("batch_agent: error: {e}");
+            say_err!("batch_agent: error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -173,7 +189,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("batch_agent: error: {e}");
+            say_err!("batch_agent: error: {e}");
             ExitCode::from(2)
         }
     }
@@ -212,7 +228,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         .find(|&i| journal.unit_state(&unit_id(i)) != Some(UnitState::Committed))
         .unwrap_or(n);
     let tty = std::io::stderr().is_terminal();
-    println!(
+    say!(
         "batch_agent: {n} records, journal {} ({} committed, {} incomplete at open), resuming at record {start}",
         args.journal.display(),
         replay.committed,
@@ -238,7 +254,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         // Refused once shutdown began: no new unit starts, the one in
         // progress (holding its guard) always finishes and commits.
         let Ok(_unit_guard) = shutdown.begin_unit() else {
-            println!(
+            say!(
                 "shutdown ({}): stopped before record {i}, re-run to resume",
                 shutdown
                     .reason()
@@ -255,7 +271,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         match &bar {
             Some(b) => b.set_position(u64::from(i + 1)),
             None if (i + 1) % step == 0 || i + 1 == n => {
-                println!("progress: {}/{n} records", i + 1)
+                say!("progress: {}/{n} records", i + 1)
             }
             None => {}
         }
@@ -268,16 +284,19 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         .filter(|&i| journal.unit_state(&unit_id(i)) == Some(UnitState::Committed))
         .count() as u32;
     let stats = journal.stats();
-    println!(
+    say!(
         "records done: {} this run, {committed}/{n} committed (resumed from record {start}, {} units resumed mid-way)",
         t.done, t.resumed_units
     );
-    println!("messages sent: {} (re-sends: {})", t.sent, t.resends);
-    println!(
+    say!("messages sent: {} (re-sends: {})", t.sent, t.resends);
+    say!(
         "model calls: {} made, {} replayed from the journal; tokens spent {}, saved {}",
-        t.model_calls, t.model_replayed, t.tokens_spent, t.tokens_saved
+        t.model_calls,
+        t.model_replayed,
+        t.tokens_spent,
+        t.tokens_saved
     );
-    println!(
+    say!(
         "journal: {} bytes on disk, {} compactions, {:.1}s",
         stats.disk_bytes,
         stats.compactions,
@@ -301,7 +320,7 @@ fn serve_health(
     let server = rt.block_on(agentwal::runtime::health::HealthServer::spawn(
         addr, shutdown, metrics,
     ))?;
-    println!("health endpoints on http://{}", server.local_addr());
+    say!("health endpoints on http://{}", server.local_addr());
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {

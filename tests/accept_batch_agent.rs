@@ -278,3 +278,31 @@ fn sigterm_with_a_budget_shorter_than_the_unit_exits_in_time_and_consistent() {
         ]
     );
 }
+
+/// Found by hand: `batch_agent ... | head -1` panicked ("failed printing to
+/// stdout: Broken pipe") at the next progress line, mid-batch. Output is
+/// advisory: the agent finishes its work.
+#[test]
+fn a_closed_stdout_pipe_does_not_stop_the_agent() {
+    let bin = batch_agent();
+    let d = tempfile::tempdir().unwrap();
+    let j = d.path().join("journal");
+    let sink = d.path().join("sink.txt");
+    let mut child = agent(&bin, &j, &sink, 200, 1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("batch_agent:"), "{line}");
+    drop(out); // like `| head -1`: the reader goes away
+    let o = child.wait_with_output().unwrap();
+    let err = text(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(o.status.success(), "{:?}: {err}", o.status);
+    let s = json(&inspect(&["summary", "--json"], &j));
+    assert_eq!(s["units"]["committed"], 200, "{s}");
+    assert_eq!(sink_lines(&sink).len(), 200);
+}

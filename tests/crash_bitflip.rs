@@ -241,7 +241,7 @@ impl Journal {
                 );
                 if is_snapshot {
                     assert!(
-                        [0, 24, 32].contains(&offset),
+                        [0, 16, 24, 32].contains(&offset),
                         "{what}: snapshot offset {offset}"
                     );
                 } else if byte < 32 {

@@ -401,3 +401,28 @@ fn lossy_cut_below_the_snapshot_continues_after_the_snapshot() {
         .collect();
     assert_eq!(got, vec![(16, b"after the snapshot".to_vec())]);
 }
+
+/// Row 9: the first segment after a snapshot must start at or before
+/// `snapshot.lsn + 1`; a missing segment there is corruption, not silence.
+#[test]
+fn row_gap_after_snapshot_is_corruption() {
+    let (sim, _) = journal(24);
+    let segs = segments(&sim);
+    assert!(segs.len() >= 4, "the workload spans several segments");
+    {
+        let log = open(&sim, opts()).unwrap();
+        // Snapshot just before the third segment; compaction keeps it and later ones.
+        let third = segs[2].0;
+        log.write_snapshot(third - 1, b"state").unwrap();
+        log.truncate_before(third).unwrap();
+    }
+    let left = segments(&sim);
+    assert_eq!(
+        left[0].0, segs[2].0,
+        "segments before the snapshot were removed"
+    );
+    // Lose the segment right after the snapshot (an operator deleting files).
+    sim.remove_file(&left[0].1).unwrap();
+    let reason = expect_corruption(open(&sim, opts()), &left[1].1, 0);
+    assert!(reason.contains("snapshot"), "{reason}");
+}

@@ -226,3 +226,46 @@ fn a_compensation_never_runs_while_its_intent_is_not_durable_even_on_retry() {
         "a compensation ran although its intent never became durable"
     );
 }
+
+/// Retention keeps "keys of incomplete units". Unit `a` is incomplete and in
+/// doubt on key `K`; unit `b` settled `K` and finished. Compaction with the
+/// tightest retention must keep `K`: `a` still needs its outcome, or resuming
+/// `a` executes an effect whose outcome was recorded.
+#[test]
+fn compaction_keeps_a_key_an_incomplete_unit_is_in_doubt_on() {
+    let storage = a_in_doubt_on_key_k();
+    let runs = Cell::new(0u32);
+    let tight = JournalOptions {
+        retention: Retention {
+            max_keys: Some(0),
+            max_age: None,
+        },
+        ..opts()
+    };
+    let j = Journal::open_with(Arc::new(storage.clone()), DIR, tight.clone()).unwrap();
+    let mut b = j.begin("b", "t", &()).unwrap();
+    let _: u32 = b
+        .run(Effect::retry_same_key("send").key("K"), |_| {
+            runs.set(runs.get() + 1);
+            Ok::<_, String>(7)
+        })
+        .unwrap();
+    b.commit().unwrap();
+    j.compact().unwrap();
+    drop(j);
+
+    let j = Journal::open_with(Arc::new(storage.clone()), DIR, tight).unwrap();
+    let mut a = j.begin("a", "t", &()).unwrap();
+    let v: u32 = a
+        .run(Effect::retry_same_key("send").key("K"), |_| {
+            runs.set(runs.get() + 1);
+            Ok::<_, String>(99)
+        })
+        .unwrap();
+    assert_eq!(
+        runs.get(),
+        1,
+        "K's outcome was dropped while unit a needed it"
+    );
+    assert_eq!(v, 7);
+}

@@ -490,6 +490,11 @@ impl Journal {
     /// retention, finished ids, counters) and removes segments it covers.
     pub fn compact(&self) -> Result<CompactReport> {
         let _one = self.inner.compacting.lock();
+        self.compact_locked()
+    }
+
+    /// [`Journal::compact`] with the `compacting` lock already held.
+    fn compact_locked(&self) -> Result<CompactReport> {
         let (lsn, data, retired) = {
             // Holding the state lock keeps appends out, so the state is
             // exactly the log up to `lsn`.
@@ -609,13 +614,22 @@ impl Journal {
     /// (the record that triggered it is already durable).
     fn maybe_auto_compact(&self) {
         let ac = self.inner.opts.auto_compact;
-        let due = {
+        let due = || {
             let c = self.inner.counters.lock();
             ac.every_records.is_some_and(|n| c.records >= n)
                 || ac.every_bytes.is_some_and(|n| c.bytes >= n)
         };
-        if due {
-            let r = self.compact();
+        if !due() {
+            return;
+        }
+        // Many threads can cross the threshold together: one compacts, the
+        // others go on (they would only write the same snapshot again).
+        let Some(_one) = self.inner.compacting.try_lock() else {
+            return;
+        };
+        // Re-check: a compaction that just finished reset the counters.
+        if due() {
+            let r = self.compact_locked();
             self.inner.counters.lock().auto_error = r.err().map(|e| e.to_string());
         }
     }

@@ -405,11 +405,22 @@ impl State {
             .map(|age| now_ms.saturating_sub(age.as_millis() as u64));
         let live: std::collections::HashSet<&str> =
             self.live_units().map(|u| u.id.as_str()).collect();
+        // Every key an incomplete unit uses, whichever unit settled it: a
+        // unit in doubt on a key another unit settled needs that outcome
+        // when it resumes.
+        let live_keys: std::collections::HashSet<&str> = self
+            .live_units()
+            .flat_map(|u| u.effects.iter().map(|e| e.key.as_str()))
+            .collect();
         // Keys.
         let mut settled: Vec<(u64, String)> = self
             .keys
             .values()
-            .filter(|k| k.status != KeyStatus::InDoubt && !live.contains(k.unit.as_str()))
+            .filter(|k| {
+                k.status != KeyStatus::InDoubt
+                    && !live.contains(k.unit.as_str())
+                    && !live_keys.contains(k.key.as_str())
+            })
             .map(|k| (k.settled_lsn.unwrap_or(0), k.key.clone()))
             .collect();
         settled.sort();

@@ -142,6 +142,9 @@ pub fn decode_at(bytes: &FileBytes, pos: usize) -> Decoded {
     if synced_lsn >= lsn {
         return Decoded::Invalid("synced LSN not below the record's LSN");
     }
+    if lsn > MAX_LSN {
+        return Decoded::Invalid("LSN beyond the largest the format allows");
+    }
     Decoded::Valid {
         record: Record {
             lsn,

@@ -106,7 +106,8 @@ pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<Lsn, HeaderProblem> {
         return Err(HeaderProblem::Damaged("reserved header bytes are not zero"));
     }
     let first = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
-    if first > super::record::MAX_LSN {
+    // 0 is never a first LSN (the first record ever is 1).
+    if first == 0 || first > super::record::MAX_LSN {
         return Err(HeaderProblem::Fatal(Error::Corruption {
             segment: path.to_path_buf(),
             offset: 16,

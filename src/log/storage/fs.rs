@@ -117,16 +117,28 @@ impl Storage for FsStorage {
             .mode(0o600)
             .open(&path)
             .map_err(LockFailure::Io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut s = String::new();
-                let _ = file.read_to_string(&mut s);
-                return Err(LockFailure::Held {
-                    pid: s.trim().parse().ok(),
-                });
+        // A few short retries: in a multi-threaded process that spawns
+        // children, a child forked between our previous owner's close and its
+        // own exec briefly shares the lock's open file description (O_CLOEXEC
+        // only closes it at exec), so a just-released lock can look held for
+        // a few milliseconds. A real owner still fails after ~50 ms.
+        let mut attempt = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let mut s = String::new();
+                    let _ = file.read_to_string(&mut s);
+                    return Err(LockFailure::Held {
+                        pid: s.trim().parse().ok(),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(LockFailure::Io(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(LockFailure::Io(e)),
         }
         // Record our pid for the next would-be owner's error message. Best effort:
         // the lock itself, not this content, is what protects the directory.

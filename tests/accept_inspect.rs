@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Builds the example with the profile of this test binary and returns its
 /// path (the pattern of `tests/kill_batch_agent.rs`).

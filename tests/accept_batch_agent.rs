@@ -306,3 +306,54 @@ fn a_closed_stdout_pipe_does_not_stop_the_agent() {
     assert_eq!(s["units"]["committed"], 200, "{s}");
     assert_eq!(sink_lines(&sink).len(), 200);
 }
+
+/// Found by hand: with `--records 4000000000`, SIGTERM stopped the loop at
+/// once but the final report re-counted all 4e9 ids, so the agent ran for
+/// minutes past SHUTDOWN_TIMEOUT (until the orchestrator's SIGKILL).
+#[test]
+fn sigterm_with_a_huge_record_count_still_exits_promptly() {
+    let bin = batch_agent();
+    let d = tempfile::tempdir().unwrap();
+    let j = d.path().join("journal");
+    let sink = d.path().join("sink.txt");
+    let mut child = agent(&bin, &j, &sink, 4_000_000_000, 1)
+        .env("SHUTDOWN_TIMEOUT", "2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("batch_agent:"), "{line}");
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let k = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    // Generous: the point is "seconds, not minutes"; a hang fails below.
+    let limit = Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("still running {limit:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(rest.contains("/4000000000 committed"), "{rest}");
+    let s = json(&inspect(&["summary", "--json"], &j));
+    assert_eq!(s["units"]["incomplete"], 0, "{s}");
+    assert_eq!(
+        s["units"]["committed"].as_u64().unwrap(),
+        sink_lines(&sink).len() as u64
+    );
+}

@@ -242,7 +242,7 @@ fn sigterm_with_a_budget_shorter_than_the_unit_exits_in_time_and_consistent() {
         let mut child = agent(&bin, &j, &sink, 3, 3000)
             .env("SHUTDOWN_TIMEOUT", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         // Wait for the banner: the journal is open and the unit is running.
@@ -259,6 +259,9 @@ fn sigterm_with_a_budget_shorter_than_the_unit_exits_in_time_and_consistent() {
         let status = child.wait().unwrap();
         let took = t0.elapsed();
         assert_eq!(status.code(), Some(code), "SIG{sig}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(err.contains("shutdown deadline"), "SIG{sig}: {err}");
         assert!(
             took < Duration::from_secs(3),
             "SIG{sig}: exit took {took:?}"

@@ -43,6 +43,7 @@
 //! ```
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -327,7 +328,15 @@ impl Shutdown {
             .name("agentwal-deadline".into())
             .spawn(move || {
                 std::thread::sleep(fire_at.saturating_duration_since(Instant::now()));
-                if me.inner.exit_at_deadline.load(Ordering::Acquire) && me.outstanding_units() > 0 {
+                let units = me.outstanding_units();
+                if me.inner.exit_at_deadline.load(Ordering::Acquire) && units > 0 {
+                    // The operator sees why the process ended mid-unit.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "agentwal: shutdown deadline ({:?}) reached with {units} unit(s) in progress; exiting with code {} (they replay as incomplete)",
+                        me.inner.timeout,
+                        me.exit_code()
+                    );
                     (me.inner.force)(me.exit_code());
                 }
             });

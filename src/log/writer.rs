@@ -10,7 +10,7 @@
 //!    this `fdatasync` overwrites allocated blocks and never has to commit a
 //!    size change (about 40 % cheaper than an appending sync). When the
 //!    previous sync served several writers, the new leader first waits (at
-//!    most half a sync, see `gather`) for them to queue again, so concurrent
+//!    most one sync, see `gather`) for them to queue again, so concurrent
 //!    writers share one sync instead of alternating between two.
 //! 2. **Rotation**: the full segment is `fdatasync`ed *before* the next one is
 //!    created, so every sealed segment is entirely durable (recovery relies on
@@ -152,11 +152,12 @@ struct SyncState {
     backoff: u32,
 }
 
-/// Longest a leader delays its sync to let released writers rejoin.
-const MAX_GATHER: Duration = Duration::from_micros(500);
+/// Longest a leader delays its sync to let released writers rejoin (it
+/// also never waits longer than the previous sync took).
+const MAX_GATHER: Duration = Duration::from_micros(1000);
 /// Syncs without gathering after a gather timed out (writers are busy
 /// between appends, so waiting for them only adds latency).
-const GATHER_BACKOFF: u32 = 16;
+const GATHER_BACKOFF: u32 = 4;
 
 #[derive(Debug)]
 struct Inner {
@@ -575,14 +576,14 @@ impl Log {
             return None;
         }
         (st.expected > 1 && st.waiters.len() < st.expected)
-            .then(|| (st.expected, (st.last_sync / 2).min(MAX_GATHER)))
+            .then(|| (st.expected, st.last_sync.min(MAX_GATHER)))
     }
 
     /// Adaptive group commit. Writers released by the previous sync need a
     /// few microseconds (a wake-up and an append) to queue again; syncing
     /// before they do splits the writers into two alternating half-groups,
     /// each waiting two syncs per append. So the leader yields until `want`
-    /// callers are queued or `budget` (half a sync) runs out; a timeout
+    /// callers are queued or `budget` (one sync, at most 1 ms) runs out; a timeout
     /// turns gathering off for a while, so writers that do real work between
     /// appends never pay for it. The delay never weakens durability: a
     /// caller still returns only after a sync that covers its LSN.

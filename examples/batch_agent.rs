@@ -27,6 +27,22 @@ use agentwal::runtime::{Metrics, Shutdown};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+/// Prints a line on stdout. Output is advisory: a closed pipe
+/// (`batch_agent ... | head`) must not stop the agent mid-batch, and
+/// `println!` would panic on EPIPE.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Like [`say!`], on stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Process records as journaled units; safe to kill and re-run.
 #[derive(Parser, Debug)]
 #[command(name = "batch_agent", version, about)]
@@ -131,7 +147,19 @@ fn process(
         let line = format!("{}\t{} {}\n", ctx.key(), id, reply.text);
         // One write(2) of a short line on an O_APPEND file: a kill leaves
         // the whole line or none of it.
-        sink.write_all(line.as_bytes())?;
+        if let Err(e) = sink.write_all(line.as_bytes()) {
+            // A failed delivery (disk full, I/O error) may have reached the
+            // receiver in part: it is in doubt, not failed. Recording the
+            // error would replay it on every re-run and wedge this record
+            // forever; stopping here leaves the intent in doubt (durable
+            // already, like after a kill) and a re-run retries the send with
+            // the same key once the sink works again.
+            say_err!(
+                "batch_agent: error: cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
+                ctx.key()
+            );
+            std::process::exit(2);
+        }
         t.sent += 1;
         if ctx.attempt() == Attempt::Retry {
             t.resends += 1;
@@ -149,7 +177,7 @@ fn main() -> ExitCode {
     let shutdown = match Shutdown::install_thread() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("batch_agent: error: {e}");
+            say_err!("batch_agent: error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -161,7 +189,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("batch_agent: error: {e}");
+            say_err!("batch_agent: error: {e}");
             ExitCode::from(2)
         }
     }
@@ -192,14 +220,15 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     let mut sink = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&args.sink)?;
+        .open(&args.sink)
+        .map_err(|e| format!("cannot open the sink {}: {e}", args.sink.display()))?;
 
     let n = args.records;
     let start = (0..n)
         .find(|&i| journal.unit_state(&unit_id(i)) != Some(UnitState::Committed))
         .unwrap_or(n);
     let tty = std::io::stderr().is_terminal();
-    println!(
+    say!(
         "batch_agent: {n} records, journal {} ({} committed, {} incomplete at open), resuming at record {start}",
         args.journal.display(),
         replay.committed,
@@ -221,16 +250,19 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     let began = Instant::now();
     let mut t = Totals::default();
     let step = (n / 10).max(1);
+    // Where the loop stopped: `n` when it went through every record.
+    let mut stopped_at = n;
     for i in start..n {
         // Refused once shutdown began: no new unit starts, the one in
         // progress (holding its guard) always finishes and commits.
         let Ok(_unit_guard) = shutdown.begin_unit() else {
-            println!(
+            say!(
                 "shutdown ({}): stopped before record {i}, re-run to resume",
                 shutdown
                     .reason()
                     .map_or("requested".to_string(), |r| r.to_string())
             );
+            stopped_at = i;
             break;
         };
         if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
@@ -242,7 +274,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         match &bar {
             Some(b) => b.set_position(u64::from(i + 1)),
             None if (i + 1) % step == 0 || i + 1 == n => {
-                println!("progress: {}/{n} records", i + 1)
+                say!("progress: {}/{n} records", i + 1)
             }
             None => {}
         }
@@ -251,20 +283,26 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         b.finish();
     }
     journal.sync()?;
-    let committed = (0..n)
-        .filter(|&i| journal.unit_state(&unit_id(i)) == Some(UnitState::Committed))
-        .count() as u32;
+    // Every record before the stop point is committed (the earlier ones by
+    // the choice of `start`, the rest by this loop, which returns early on
+    // any failure), and records run in order, so none after it is. Do not
+    // re-count all N ids: after a shutdown the budget is running and N may be
+    // huge (counting 4e9 ids took minutes, far past SHUTDOWN_TIMEOUT).
+    let committed = stopped_at;
     let stats = journal.stats();
-    println!(
+    say!(
         "records done: {} this run, {committed}/{n} committed (resumed from record {start}, {} units resumed mid-way)",
         t.done, t.resumed_units
     );
-    println!("messages sent: {} (re-sends: {})", t.sent, t.resends);
-    println!(
+    say!("messages sent: {} (re-sends: {})", t.sent, t.resends);
+    say!(
         "model calls: {} made, {} replayed from the journal; tokens spent {}, saved {}",
-        t.model_calls, t.model_replayed, t.tokens_spent, t.tokens_saved
+        t.model_calls,
+        t.model_replayed,
+        t.tokens_spent,
+        t.tokens_saved
     );
-    println!(
+    say!(
         "journal: {} bytes on disk, {} compactions, {:.1}s",
         stats.disk_bytes,
         stats.compactions,
@@ -288,7 +326,7 @@ fn serve_health(
     let server = rt.block_on(agentwal::runtime::health::HealthServer::spawn(
         addr, shutdown, metrics,
     ))?;
-    println!("health endpoints on http://{}", server.local_addr());
+    say!("health endpoints on http://{}", server.local_addr());
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {

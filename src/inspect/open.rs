@@ -344,7 +344,13 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
                 .map(p)
                 .is_ok_and(|b| b.get(..SEGMENT_MAGIC.len()) == Some(&SEGMENT_MAGIC[..]))
         });
-        if !any_magic {
+        // A LOCK file means an agentwal log owned this directory: its
+        // segments were overwritten, which is damage to report with segment
+        // and offset (verify exit 1), not a wrong path.
+        let owned = listing
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| n == "LOCK"));
+        if !any_magic && !owned {
             return Err(Error::NotAJournal {
                 path: dir.to_path_buf(),
                 reason: format!(

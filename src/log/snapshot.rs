@@ -146,16 +146,33 @@ pub fn read_latest(storage: &dyn Storage, dir: &Path) -> Result<Option<Snapshot>
 pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result<PathBuf> {
     let tmp = dir.join(format!("snap-{lsn:020}.tmp"));
     let path = dir.join(snapshot_name(lsn));
-    let _ = storage.remove_file(&tmp);
+    // Temporaries of earlier attempts (a crash or a full disk mid-write) are
+    // garbage: the directory has one owner, so none is being written. Left
+    // behind they would hold on to the space a full disk needs back.
+    if let Ok(names) = storage.list_dir(dir) {
+        for p in names.iter().filter(|p| is_snapshot_tmp(p)) {
+            let _ = storage.remove_file(p);
+        }
+    }
     let file = storage
         .open(&tmp, OpenMode::CreateNew)
         .map_err(|e| Error::io("create snapshot", &tmp, e))?;
-    file.write_at(0, &encode(lsn, data))
-        .map_err(|e| Error::io("write snapshot", &tmp, e))?;
-    // The content must be durable before the rename can be: otherwise a crash
-    // could persist the new name pointing at an empty or partial file.
-    file.sync_all()
-        .map_err(|e| Error::io("fsync snapshot", &tmp, e))?;
+    let written = file
+        .write_at(0, &encode(lsn, data))
+        .map_err(|e| Error::io("write snapshot", &tmp, e))
+        // The content must be durable before the rename can be: otherwise a
+        // crash could persist the new name pointing at an empty or partial file.
+        .and_then(|()| {
+            file.sync_all()
+                .map_err(|e| Error::io("fsync snapshot", &tmp, e))
+        });
+    if let Err(e) = written {
+        // Give the space back (ENOSPC is the usual cause); the old snapshot
+        // and the log are untouched.
+        drop(file);
+        let _ = storage.remove_file(&tmp);
+        return Err(e);
+    }
     storage
         .rename(&tmp, &path)
         .map_err(|e| Error::io("rename snapshot", &path, e))?;
@@ -173,9 +190,45 @@ pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result
     Ok(path)
 }
 
+/// `snap-*.tmp`: a snapshot being written (or abandoned mid-write).
+fn is_snapshot_tmp(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("snap-") && n.ends_with(".tmp"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::storage::sim::{FaultKind, FaultOp};
+    use crate::log::storage::SimStorage;
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_and_the_next_write_clears_old_ones() {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        sim.create_dir_all(dir).unwrap();
+        sim.inject(FaultOp::Write, 0, FaultKind::NoSpace);
+        assert!(write(&sim, dir, 5, b"state").is_err());
+        let tmps = |s: &SimStorage| {
+            s.list_dir(dir)
+                .unwrap()
+                .into_iter()
+                .filter(|p| is_snapshot_tmp(p))
+                .count()
+        };
+        assert_eq!(tmps(&sim), 0);
+        // A temporary abandoned by a crash is removed by the next snapshot.
+        sim.open(
+            &dir.join("snap-00000000000000000003.tmp"),
+            OpenMode::CreateNew,
+        )
+        .unwrap();
+        assert_eq!(tmps(&sim), 1);
+        write(&sim, dir, 7, b"state").unwrap();
+        assert_eq!(tmps(&sim), 0);
+        assert_eq!(read_latest(&sim, dir).unwrap().unwrap().lsn, 7);
+    }
 
     #[test]
     fn round_trip_and_every_bit_flip() {

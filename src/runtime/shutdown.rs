@@ -43,6 +43,7 @@
 //! ```
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,12 +318,25 @@ impl Shutdown {
             inner.watchdog_armed.store(false, Ordering::Release);
             return;
         };
+        // Fire a little before the deadline (a tenth of the budget, at most
+        // 500 ms) so that the process has *exited* within its budget, exit
+        // and reaping included, not merely started exiting at the deadline.
+        let margin = (inner.timeout / 10).min(Duration::from_millis(500));
+        let fire_at = deadline.checked_sub(margin).unwrap_or(deadline);
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("agentwal-deadline".into())
             .spawn(move || {
-                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                if me.inner.exit_at_deadline.load(Ordering::Acquire) && me.outstanding_units() > 0 {
+                std::thread::sleep(fire_at.saturating_duration_since(Instant::now()));
+                let units = me.outstanding_units();
+                if me.inner.exit_at_deadline.load(Ordering::Acquire) && units > 0 {
+                    // The operator sees why the process ended mid-unit.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "agentwal: shutdown deadline ({:?}) reached with {units} unit(s) in progress; exiting with code {} (they replay as incomplete)",
+                        me.inner.timeout,
+                        me.exit_code()
+                    );
                     (me.inner.force)(me.exit_code());
                 }
             });

@@ -5,34 +5,13 @@
 //! agent and a plain repair refuse without touching anything.
 #![cfg(all(feature = "cli", feature = "tokio"))]
 
-use std::path::{Path, PathBuf};
+mod agent_support;
+
+use std::path::Path;
+
+use agent_support::batch_agent;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-/// Builds the example with the profile of this test binary and returns its
-/// path (the pattern of `tests/kill_batch_agent.rs`).
-fn batch_agent() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut features = vec!["cli", "tokio"];
-    if cfg!(feature = "http") {
-        features.push("http");
-    }
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", "batch_agent"])
-        .args(["--no-default-features", "--features", &features.join(",")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build --example batch_agent failed");
-    let path = profile_dir.join("examples").join("batch_agent");
-    assert!(path.exists(), "{} not found", path.display());
-    path
-}
 
 fn agent(bin: &Path, journal: &Path, sink: &Path, records: u32, work_ms: u64) -> Command {
     let mut c = Command::new(bin);

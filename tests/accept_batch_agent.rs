@@ -8,7 +8,7 @@
 
 mod agent_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use agent_support::batch_agent;
 use std::process::{Command, Output, Stdio};

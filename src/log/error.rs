@@ -73,10 +73,10 @@ pub enum Error {
         limit: u64,
     },
 
-    /// A previous `fdatasync` failed, so the state of unsynced data is unknown.
+    /// A previous write or `fdatasync` failed, so the state of unsynced data is unknown.
     /// The log refuses every further write; close it and reopen to recover
     /// from what is on disk.
-    #[error("log is poisoned after a failed sync ({cause}); close and reopen it")]
+    #[error("log is poisoned after a failed write or sync ({cause}); close and reopen it")]
     Poisoned {
         /// The original failure.
         cause: String,

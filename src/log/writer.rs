@@ -801,8 +801,7 @@ fn apply_recovery(
             .map_err(|e| Error::io("fsync directory", dir, e))?;
     } else if let Some(t) = torn_tail.clone() {
         if t.whole_segment {
-            let saved = save_cut(storage, dir, &t.segment, 0)?;
-            report.cut_saved_to = Some(saved);
+            report.cut_saved_to = save_cut(storage, dir, &t.segment, 0)?;
             storage
                 .remove_file(&t.segment)
                 .map_err(|e| Error::io("remove torn segment", &t.segment, e))?;
@@ -817,7 +816,7 @@ fn apply_recovery(
     if let Some((path, offset)) = cut {
         let saved = save_cut(storage, dir, &path, offset)?;
         if report.cut_saved_to.is_none() {
-            report.cut_saved_to = Some(saved);
+            report.cut_saved_to = saved;
         }
         zero_from(storage, &path, offset, opts)?;
     }
@@ -829,12 +828,22 @@ fn apply_recovery(
 
 /// Copies the bytes of `path` from `offset` to its last non-zero byte into a
 /// side file `cut-<segment>-<offset>.bin`, durably.
-fn save_cut(storage: &dyn Storage, dir: &Path, path: &Path, offset: u64) -> Result<PathBuf> {
+/// Nothing is saved (`None`) when there is no non-zero byte to keep, so a
+/// segment whose creation never got past its zero fill leaves no empty file.
+fn save_cut(
+    storage: &dyn Storage,
+    dir: &Path,
+    path: &Path,
+    offset: u64,
+) -> Result<Option<PathBuf>> {
     let bytes = storage
         .map(path)
         .map_err(|e| Error::io("map segment", path, e))?;
     let start = (offset as usize).min(bytes.len());
     let end = super::scan::nonzero_end(&bytes, start);
+    if end == start {
+        return Ok(None);
+    }
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -855,7 +864,7 @@ fn save_cut(storage: &dyn Storage, dir: &Path, path: &Path, offset: u64) -> Resu
     storage
         .sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))?;
-    Ok(side)
+    Ok(Some(side))
 }
 
 /// Overwrites `path` from `offset` to its end with zeros and syncs, so stale

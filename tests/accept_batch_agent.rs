@@ -172,6 +172,10 @@ fn sigterm_with_a_budget_shorter_than_the_unit_exits_in_time_and_consistent() {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).unwrap();
         assert!(line.starts_with("batch_agent:"), "{line}");
+        // The banner comes right after open; give the first unit time to
+        // begin (its work is 3 s), or the signal lands between units and the
+        // agent exits at once without needing the deadline.
+        std::thread::sleep(Duration::from_millis(500));
         let t0 = Instant::now();
         let k = Command::new("kill")
             .args([&format!("-{sig}"), &child.id().to_string()])

@@ -121,12 +121,12 @@ impl Storage for FsStorage {
         // children, a child forked between our previous owner's close and its
         // own exec briefly shares the lock's open file description (O_CLOEXEC
         // only closes it at exec), so a just-released lock can look held for
-        // a few milliseconds. A real owner still fails after ~50 ms.
+        // a few milliseconds. A real owner still fails after ~200 ms.
         let mut attempt = 0;
         loop {
             match file.try_lock() {
                 Ok(()) => break,
-                Err(TryLockError::WouldBlock) if attempt < 5 => {
+                Err(TryLockError::WouldBlock) if attempt < 20 => {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }

@@ -496,6 +496,20 @@ impl State {
                 reason: "snapshot holds a finished unit".into(),
             });
         }
+        // The map key is how replay finds a unit; a unit filed under another
+        // id would show up twice (and could be resumed under the wrong id).
+        if let Some((k, u)) = state.units.iter().find(|(k, u)| **k != u.id) {
+            return Err(Error::BadSnapshot {
+                lsn,
+                reason: format!("unit filed under {k:?} has id {:?}", u.id),
+            });
+        }
+        if let Some((k, e)) = state.keys.iter().find(|(k, e)| **k != e.key) {
+            return Err(Error::BadSnapshot {
+                lsn,
+                reason: format!("key entry filed under {k:?} is for key {:?}", e.key),
+            });
+        }
         state.last_lsn = state.last_lsn.max(lsn);
         Ok(state)
     }

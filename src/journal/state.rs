@@ -498,13 +498,24 @@ impl State {
         }
         // The map key is how replay finds a unit; a unit filed under another
         // id would show up twice (and could be resumed under the wrong id).
-        if let Some((k, u)) = state.units.iter().find(|(k, u)| **k != u.id) {
+        // `min` (not the first found): the message must not depend on hash order.
+        if let Some((k, u)) = state
+            .units
+            .iter()
+            .filter(|(k, u)| **k != u.id)
+            .min_by_key(|(k, _)| *k)
+        {
             return Err(Error::BadSnapshot {
                 lsn,
                 reason: format!("unit filed under {k:?} has id {:?}", u.id),
             });
         }
-        if let Some((k, e)) = state.keys.iter().find(|(k, e)| **k != e.key) {
+        if let Some((k, e)) = state
+            .keys
+            .iter()
+            .filter(|(k, e)| **k != e.key)
+            .min_by_key(|(k, _)| *k)
+        {
             return Err(Error::BadSnapshot {
                 lsn,
                 reason: format!("key entry filed under {k:?} is for key {:?}", e.key),

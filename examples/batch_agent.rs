@@ -19,10 +19,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentwal::journal::{
-    Attempt, AutoCompact, Effect, Journal, JournalOptions, Retention, UnitState,
-};
-use agentwal::log::LogOptions;
+use agentwal::journal::{Attempt, Effect, Journal, JournalOptions, UnitState};
+use agentwal::log::{Durability, LogOptions};
 use agentwal::runtime::{Metrics, Shutdown};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -107,6 +105,11 @@ struct Totals {
 fn unit_id(i: u32) -> String {
     format!("record-{i:06}")
 }
+
+/// The journal cursor holding the index of the first record not yet known
+/// committed: a re-run resumes there instead of remembering every finished
+/// record id (the journal forgets old ids, see `Retention`).
+const CURSOR: &str = "batch_agent/next";
 
 /// One record = one unit: model call (journaled), work, send (journaled).
 fn process(
@@ -201,6 +204,8 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     if let Some(addr) = &args.health {
         serve_health(addr, shutdown.clone(), metrics.clone())?;
     }
+    // Default retention and compaction: memory and open time stay flat
+    // whatever --records is; the cursor below replaces old finished ids.
     let opts = JournalOptions {
         log: LogOptions {
             segment_size: 4 << 20,
@@ -208,12 +213,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             ..LogOptions::default()
         },
         max_payload_bytes: 64 << 10,
-        // Every finished record id is kept so that a re-run skips it.
-        retention: Retention::default(),
-        auto_compact: AutoCompact {
-            every_records: Some(4096),
-            every_bytes: None,
-        },
+        ..JournalOptions::default()
     };
     let journal = Journal::open(&args.journal, opts)?;
     let replay = journal.replay_report().clone();
@@ -224,7 +224,11 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         .map_err(|e| format!("cannot open the sink {}: {e}", args.sink.display()))?;
 
     let n = args.records;
-    let start = (0..n)
+    // The cursor lags the last commit by at most one record (it is written
+    // right after the commit, buffered), and that record's id is always
+    // retained: skip forward over committed ids from the cursor on.
+    let cursor = journal.cursor::<u32>(CURSOR)?.unwrap_or(0).min(n);
+    let start = (cursor..n)
         .find(|&i| journal.unit_state(&unit_id(i)) != Some(UnitState::Committed))
         .unwrap_or(n);
     let tty = std::io::stderr().is_terminal();
@@ -269,6 +273,9 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             continue;
         }
         process(&journal, &mut sink, i, work, &mut t)?;
+        // Buffered: durable with the next record's first sync (or the final
+        // sync); until then the committed id itself tells the re-run.
+        journal.set_cursor(CURSOR, &(i + 1), Durability::Buffered)?;
         metrics.unit_committed();
         t.done += 1;
         match &bar {

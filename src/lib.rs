@@ -8,6 +8,9 @@
 //!
 //! * [`log`] — segmented, checksummed, group-committed storage engine with
 //!   crash recovery and a fault-injecting storage seam.
+//! * [`engine`] — the replay engine: one replicated state machine over the
+//!   log (check before append, infallible apply, versioned snapshots,
+//!   amortized compaction), used by the journal and the queue.
 //! * [`journal`] — units of side effects with idempotency keys and replay.
 //! * [`runtime`] — graceful shutdown, checkpointed batches, work queue, health.
 //! * [`inspect`] — the library behind the `wal-inspect` operator tool.
@@ -16,6 +19,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod engine;
 pub mod inspect;
 pub mod journal;
 pub mod log;

@@ -543,6 +543,7 @@ fn compaction(root: &Path, quick: bool) -> Res<Compaction> {
         auto_compact: AutoCompact {
             every_records: Some(every),
             every_bytes: None,
+            tail_ratio: None,
         },
         retention: agentwal::journal::Retention {
             max_keys: Some(keys),

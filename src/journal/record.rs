@@ -32,6 +32,8 @@ pub const KIND_ABORT: u8 = 6;
 pub const KIND_COMPENSATION_INTENT: u8 = 7;
 /// Record kind of [`JournalRecord::CompensationOutcome`].
 pub const KIND_COMPENSATION_OUTCOME: u8 = 8;
+/// Record kind of [`JournalRecord::Cursor`].
+pub const KIND_CURSOR: u8 = 9;
 /// Lowest log record kind owned by the journal.
 pub const JOURNAL_KIND_MIN: u8 = 1;
 /// Highest log record kind owned by the journal.
@@ -201,6 +203,16 @@ pub enum JournalRecord {
         /// Its result.
         outcome: Outcome,
     },
+    /// A named durable position (for example the next item of a batch),
+    /// kept across compaction; the newest value wins. Not a unit.
+    Cursor {
+        /// The cursor's name.
+        name: String,
+        /// Its value.
+        value: Value,
+        /// Wall clock, milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
 }
 
 impl JournalRecord {
@@ -215,6 +227,7 @@ impl JournalRecord {
             JournalRecord::Abort { .. } => KIND_ABORT,
             JournalRecord::CompensationIntent { .. } => KIND_COMPENSATION_INTENT,
             JournalRecord::CompensationOutcome { .. } => KIND_COMPENSATION_OUTCOME,
+            JournalRecord::Cursor { .. } => KIND_CURSOR,
         }
     }
 
@@ -229,10 +242,12 @@ impl JournalRecord {
             JournalRecord::Abort { .. } => "abort",
             JournalRecord::CompensationIntent { .. } => "compensation_intent",
             JournalRecord::CompensationOutcome { .. } => "compensation_outcome",
+            JournalRecord::Cursor { .. } => "cursor",
         }
     }
 
-    /// The unit this record belongs to.
+    /// The unit this record belongs to (for a [`JournalRecord::Cursor`],
+    /// the cursor's name).
     pub fn unit(&self) -> &str {
         match self {
             JournalRecord::UnitBegin { unit, .. }
@@ -243,6 +258,7 @@ impl JournalRecord {
             | JournalRecord::Abort { unit, .. }
             | JournalRecord::CompensationIntent { unit, .. }
             | JournalRecord::CompensationOutcome { unit, .. } => unit,
+            JournalRecord::Cursor { name, .. } => name,
         }
     }
 
@@ -270,7 +286,7 @@ impl JournalRecord {
     /// assert!(JournalRecord::decode(6, &rec.encode()).is_err()); // kind mismatch
     /// ```
     pub fn decode(kind: u8, payload: &[u8]) -> Result<JournalRecord, Error> {
-        if !(KIND_UNIT_BEGIN..=KIND_COMPENSATION_OUTCOME).contains(&kind) {
+        if !(KIND_UNIT_BEGIN..=KIND_CURSOR).contains(&kind) {
             return Err(Error::UnknownRecordKind { kind });
         }
         let rec: JournalRecord = serde_json::from_slice(payload).map_err(|e| Error::BadRecord {

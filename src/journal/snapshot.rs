@@ -1,0 +1,386 @@
+//! The journal's snapshot payload: an explicit, versioned type, independent
+//! of the in-memory [`State`] (which may change between releases without
+//! changing the format). Specified in `docs/format.md` ("Journal snapshot").
+//!
+//! * **Version 2** (written by this build): a JSON object with `version`,
+//!   the counters, the incomplete units, the key index (oldest settlement
+//!   first), the retained finished unit ids (oldest first), the named
+//!   cursors, and the hashes of finished ids retention dropped.
+//! * **Version 1** (written by earlier builds: `{"version":1,"state":{...}}`
+//!   with maps keyed by id) is still read, so existing journals open; the
+//!   next compaction rewrites it as version 2.
+//!
+//! A newer version is refused with [`Error::BadSnapshot`] naming the
+//! versions this build reads.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::{Error, Result};
+use super::record::{Outcome, OutcomeVia, PolicyKind};
+use super::state::{EffectRec, Finished, Forgotten, KeyEntry, State, UnitRec};
+use super::view::{KeyStatus, UnitState};
+
+/// The version this build writes.
+pub(crate) const VERSION: u32 = 2;
+
+/// One effect of an incomplete unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapEffect {
+    seq: u32,
+    name: String,
+    key: String,
+    policy: PolicyKind,
+    compensable: bool,
+    intent_lsn: u64,
+    outcome: Option<(Outcome, OutcomeVia, u64)>,
+    comp_intent: Option<u64>,
+    comp_outcome: Option<(Outcome, u64)>,
+}
+
+/// One incomplete unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapUnit {
+    id: String,
+    kind: String,
+    payload: Value,
+    begin_lsn: u64,
+    begin_at_ms: u64,
+    effects: Vec<SnapEffect>,
+    checkpoint: Option<(u64, Value)>,
+    end: Option<(UnitState, u64)>,
+    abort_reason: Option<String>,
+}
+
+/// One key index entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapKey {
+    key: String,
+    unit: String,
+    effect: String,
+    status: KeyStatus,
+    settled_lsn: Option<u64>,
+    outcome: Option<Outcome>,
+    at_ms: u64,
+}
+
+/// One retained finished unit id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapFinished {
+    id: String,
+    state: UnitState,
+    lsn: u64,
+    at_ms: u64,
+}
+
+/// One named cursor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapCursor {
+    name: String,
+    lsn: u64,
+    value: Value,
+}
+
+/// The version-2 snapshot: a frozen copy of the live state, taken under the
+/// journal's lock and encoded outside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JournalSnapshot {
+    version: u32,
+    last_lsn: u64,
+    committed: u64,
+    aborted: u64,
+    units: Vec<SnapUnit>,
+    keys: Vec<SnapKey>,
+    finished: Vec<SnapFinished>,
+    cursors: Vec<SnapCursor>,
+    forgotten_ids: Vec<u64>,
+    forgotten_units: u64,
+    forgotten_keys: u64,
+}
+
+/// Version 1, as earlier builds wrote it.
+#[derive(Deserialize)]
+struct V1 {
+    state: V1State,
+}
+
+#[derive(Deserialize)]
+struct V1State {
+    units: HashMap<String, SnapUnit>,
+    finished: HashMap<String, V1Finished>,
+    keys: HashMap<String, SnapKey>,
+    committed: u64,
+    aborted: u64,
+    last_lsn: u64,
+}
+
+#[derive(Deserialize)]
+struct V1Finished {
+    state: UnitState,
+    lsn: u64,
+    at_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: u32,
+}
+
+fn effect_to(e: &EffectRec) -> SnapEffect {
+    SnapEffect {
+        seq: e.seq,
+        name: e.name.clone(),
+        key: e.key.clone(),
+        policy: e.policy,
+        compensable: e.compensable,
+        intent_lsn: e.intent_lsn,
+        outcome: e.outcome.clone(),
+        comp_intent: e.comp_intent,
+        comp_outcome: e.comp_outcome.clone(),
+    }
+}
+
+fn effect_from(e: SnapEffect) -> EffectRec {
+    EffectRec {
+        seq: e.seq,
+        name: e.name,
+        key: e.key,
+        policy: e.policy,
+        compensable: e.compensable,
+        intent_lsn: e.intent_lsn,
+        outcome: e.outcome,
+        comp_intent: e.comp_intent,
+        comp_outcome: e.comp_outcome,
+    }
+}
+
+fn unit_to(u: &UnitRec) -> SnapUnit {
+    SnapUnit {
+        id: u.id.clone(),
+        kind: u.kind.clone(),
+        payload: u.payload.clone(),
+        begin_lsn: u.begin_lsn,
+        begin_at_ms: u.begin_at_ms,
+        effects: u.effects.iter().map(effect_to).collect(),
+        checkpoint: u.checkpoint.clone(),
+        end: u.end,
+        abort_reason: u.abort_reason.clone(),
+    }
+}
+
+fn unit_from(u: SnapUnit) -> UnitRec {
+    UnitRec {
+        id: u.id,
+        kind: u.kind,
+        payload: u.payload,
+        begin_lsn: u.begin_lsn,
+        begin_at_ms: u.begin_at_ms,
+        effects: u.effects.into_iter().map(effect_from).collect(),
+        checkpoint: u.checkpoint,
+        end: u.end,
+        abort_reason: u.abort_reason,
+    }
+}
+
+fn key_to(k: &KeyEntry) -> SnapKey {
+    SnapKey {
+        key: k.key.clone(),
+        unit: k.unit.clone(),
+        effect: k.effect.clone(),
+        status: k.status,
+        settled_lsn: k.settled_lsn,
+        outcome: k.outcome.clone(),
+        at_ms: k.at_ms,
+    }
+}
+
+fn key_from(k: SnapKey) -> KeyEntry {
+    KeyEntry {
+        key: k.key,
+        unit: k.unit,
+        effect: k.effect,
+        status: k.status,
+        settled_lsn: k.settled_lsn,
+        outcome: k.outcome,
+        at_ms: k.at_ms,
+    }
+}
+
+impl JournalSnapshot {
+    /// The frozen copy of `state`'s live part (finished units' histories are
+    /// never included). O(retained state); called under the journal's lock.
+    pub(crate) fn of(state: &State) -> JournalSnapshot {
+        let mut units: Vec<SnapUnit> = state.live_units().map(unit_to).collect();
+        units.sort_by_key(|u| u.begin_lsn);
+        let mut keys: Vec<SnapKey> = state.keys.values().map(key_to).collect();
+        keys.sort_by(|a, b| {
+            (a.settled_lsn.unwrap_or(u64::MAX), &a.key)
+                .cmp(&(b.settled_lsn.unwrap_or(u64::MAX), &b.key))
+        });
+        let mut finished: Vec<SnapFinished> = state
+            .finished
+            .iter()
+            .map(|(id, f)| SnapFinished {
+                id: id.clone(),
+                state: f.state,
+                lsn: f.lsn,
+                at_ms: f.at_ms,
+            })
+            .collect();
+        finished.sort_by_key(|f| f.lsn);
+        JournalSnapshot {
+            version: VERSION,
+            last_lsn: state.last_lsn,
+            committed: state.committed,
+            aborted: state.aborted,
+            units,
+            keys,
+            finished,
+            cursors: state
+                .cursors
+                .iter()
+                .map(|(name, (lsn, value))| SnapCursor {
+                    name: name.clone(),
+                    lsn: *lsn,
+                    value: value.clone(),
+                })
+                .collect(),
+            forgotten_ids: state.forgotten.order.iter().copied().collect(),
+            forgotten_units: state.forgotten.units,
+            forgotten_keys: state.forgotten.keys,
+        }
+    }
+
+    /// The payload bytes (UTF-8 JSON). Called outside the journal's lock.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        // Every map key is a string and every number finite: cannot fail.
+        serde_json::to_vec(self).expect("journal snapshots always serialize")
+    }
+}
+
+/// Rebuilds a state from a snapshot payload (version 1 or 2) covering
+/// LSNs `..=lsn`. Never panics on bad input.
+pub(crate) fn decode(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State> {
+    let bad = |reason: String| Error::BadSnapshot { lsn, reason };
+    let version = serde_json::from_slice::<VersionOnly>(data)
+        .map_err(|e| bad(e.to_string()))?
+        .version;
+    let mut state = State::new(keep_finished);
+    match version {
+        1 => {
+            let v1: V1 = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
+            let s = v1.state;
+            // The map key is how replay finds a unit; a unit filed under
+            // another id would show up twice (and could be resumed under the
+            // wrong id). `min`: the message must not depend on hash order.
+            if let Some((k, u)) = s.units.iter().filter(|(k, u)| **k != u.id).min_by_key(|e| e.0) {
+                return Err(bad(format!("unit filed under {k:?} has id {:?}", u.id)));
+            }
+            if let Some((k, e)) = s.keys.iter().filter(|(k, e)| **k != e.key).min_by_key(|e| e.0) {
+                return Err(bad(format!(
+                    "key entry filed under {k:?} is for key {:?}",
+                    e.key
+                )));
+            }
+            state.committed = s.committed;
+            state.aborted = s.aborted;
+            state.last_lsn = s.last_lsn;
+            let mut units: Vec<SnapUnit> = s.units.into_values().collect();
+            units.sort_by(|a, b| a.id.cmp(&b.id));
+            fill_units(&mut state, units).map_err(bad)?;
+            let mut keys: Vec<SnapKey> = s.keys.into_values().collect();
+            keys.sort_by(|a, b| a.key.cmp(&b.key));
+            fill_keys(&mut state, keys).map_err(bad)?;
+            state.finished = s
+                .finished
+                .into_iter()
+                .map(|(id, f)| {
+                    (
+                        id,
+                        Finished {
+                            state: f.state,
+                            lsn: f.lsn,
+                            at_ms: f.at_ms,
+                        },
+                    )
+                })
+                .collect();
+        }
+        VERSION => {
+            let v: JournalSnapshot = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
+            state.committed = v.committed;
+            state.aborted = v.aborted;
+            state.last_lsn = v.last_lsn;
+            fill_units(&mut state, v.units).map_err(bad)?;
+            fill_keys(&mut state, v.keys).map_err(bad)?;
+            for f in v.finished {
+                if state
+                    .finished
+                    .insert(
+                        f.id.clone(),
+                        Finished {
+                            state: f.state,
+                            lsn: f.lsn,
+                            at_ms: f.at_ms,
+                        },
+                    )
+                    .is_some()
+                {
+                    return Err(bad(format!("finished unit {:?} listed twice", f.id)));
+                }
+            }
+            let mut cursors = BTreeMap::new();
+            for c in v.cursors {
+                if cursors.insert(c.name.clone(), (c.lsn, c.value)).is_some() {
+                    return Err(bad(format!("cursor {:?} listed twice", c.name)));
+                }
+            }
+            state.cursors = cursors;
+            let mut forgotten = Forgotten {
+                units: v.forgotten_units,
+                keys: v.forgotten_keys,
+                ..Forgotten::default()
+            };
+            for h in v.forgotten_ids {
+                if forgotten.set.insert(h) {
+                    forgotten.order.push_back(h);
+                }
+            }
+            state.forgotten = forgotten;
+        }
+        other => {
+            return Err(bad(format!(
+                "payload version {other} is not supported (this build reads 1 and {VERSION}); \
+                 open it with the agentwal release that wrote it"
+            )))
+        }
+    }
+    if let Some(u) = state.units.values().filter(|u| u.end.is_some()).min_by(|a, b| a.id.cmp(&b.id)) {
+        return Err(bad(format!("snapshot holds a finished unit ({:?})", u.id)));
+    }
+    state.last_lsn = state.last_lsn.max(lsn);
+    state.snapshot_counts = (state.committed, state.aborted);
+    Ok(state)
+}
+
+fn fill_units(state: &mut State, units: Vec<SnapUnit>) -> std::result::Result<(), String> {
+    for u in units {
+        let u = unit_from(u);
+        if let Some(old) = state.units.insert(u.id.clone(), u) {
+            return Err(format!("unit {:?} listed twice", old.id));
+        }
+    }
+    Ok(())
+}
+
+fn fill_keys(state: &mut State, keys: Vec<SnapKey>) -> std::result::Result<(), String> {
+    for k in keys {
+        let k = key_from(k);
+        if let Some(old) = state.keys.insert(k.key.clone(), k) {
+            return Err(format!("key {:?} listed twice", old.key));
+        }
+    }
+    Ok(())
+}

@@ -15,6 +15,7 @@
 
 mod measure;
 mod report;
+mod scaling;
 mod scenarios;
 mod systems;
 
@@ -44,8 +45,8 @@ pub struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: agentwal-bench [--quick] [--dir DIR] [--no-write] [--only PHASE]... [--writers 1,8] [--rounds N]\n\
-         phases: latency, writers, tasks, units, baselines, replay, compaction\n\
-         (internal: agentwal-bench --child verify|replay|crc|idle|grow DIR)"
+         phases: latency, writers, tasks, units, baselines, replay, compaction, scaling\n\
+         (internal: agentwal-bench --child verify|replay|crc|idle|grow|scale-run:N|scale-open DIR)"
     );
     std::process::exit(2)
 }

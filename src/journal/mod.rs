@@ -296,7 +296,9 @@ impl Journal {
         opts.validate()?;
         let log = Log::open_with(storage, dir, opts.log.clone())?;
         let replayed = engine::open_log::<State>(&log, Mode::Owner)?;
-        let state = replayed.state;
+        let mut state = replayed.state;
+        // The tail may hold more ids and keys than the retention allows.
+        state.apply_retention(&opts.retention, record::now_ms());
         let (snapshot_lsn, records_replayed) = (replayed.snapshot_lsn, replayed.records);
         let mut incomplete: Vec<UnitView> = state.live_units().map(view::unit_view).collect();
         incomplete.sort_by_key(|u| u.begin_lsn);
@@ -471,7 +473,12 @@ impl Journal {
 
     /// The key index entry of `key`, if retained.
     pub fn key_status(&self, key: &str) -> Option<KeyView> {
-        self.inner.state.lock().keys.get(key).map(view::key_view)
+        self.inner
+            .state
+            .lock()
+            .keys
+            .get(key)
+            .map(|k| view::key_view(k))
     }
 
     /// The recorded outcome of a settled key, if retained.
@@ -481,7 +488,7 @@ impl Journal {
             .lock()
             .keys
             .get(key)
-            .and_then(|k| k.outcome.clone())
+            .and_then(|k| k.outcome())
     }
 
     /// Counters.
@@ -608,7 +615,9 @@ impl Journal {
             };
             (lsn, st.snapshot(), retired, covered)
         };
-        let data = State::encode(frozen);
+        // Sized like the previous snapshot (plus an eighth): no regrowth copies.
+        let hint = self.inner.counters.lock().snapshot_bytes as usize;
+        let data = frozen.encode(hint + hint / 8);
         let mut report = CompactReport {
             snapshot_lsn: lsn,
             snapshot_bytes: data.len() as u64,
@@ -701,6 +710,7 @@ impl Journal {
     /// Compacts when a trigger is reached; a failure is kept in the stats
     /// (the record that triggered it is already durable).
     fn maybe_auto_compact(&self) {
+        self.maybe_trim();
         let ac = self.inner.opts.auto_compact;
         let due = || {
             let c = self.inner.counters.lock();
@@ -722,6 +732,24 @@ impl Journal {
         if due() {
             let r = self.compact_locked();
             self.inner.counters.lock().auto_error = r.err().map(|e| e.to_string());
+        }
+    }
+
+    /// Applies the retention count in memory as soon as the key index or
+    /// the finished ids exceed it by an eighth: memory stays bounded by the
+    /// retention whatever the compaction interval. (Nothing is written: a
+    /// restart may bring back, from the log tail, ids and keys dropped here
+    /// until the next trim, which only de-duplicates more.) Each trim costs
+    /// O(n log n) for n retained entries and happens every n/8 new ones:
+    /// O(log n) amortized per record.
+    fn maybe_trim(&self) {
+        let Some(cap) = self.inner.opts.retention.max_keys else {
+            return;
+        };
+        let high = cap + (cap / 8).max(64);
+        let mut st = self.inner.state.lock();
+        if st.keys.len() > high || st.finished.len() > high {
+            st.apply_retention(&self.inner.opts.retention, record::now_ms());
         }
     }
 

@@ -14,8 +14,10 @@
 //! versions this build reads.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::error::{Error, Result};
@@ -62,7 +64,7 @@ pub(crate) struct SnapKey {
     effect: String,
     status: KeyStatus,
     settled_lsn: Option<u64>,
-    outcome: Option<Outcome>,
+    outcome: Option<Box<RawValue>>,
     at_ms: u64,
 }
 
@@ -83,8 +85,29 @@ pub(crate) struct SnapCursor {
     value: Value,
 }
 
-/// The version-2 snapshot: a frozen copy of the live state, taken under the
-/// journal's lock and encoded outside it.
+/// A key index entry as written (borrowed from the shared entry).
+#[derive(Serialize)]
+struct SnapKeyRef<'a> {
+    key: &'a str,
+    unit: &'a str,
+    effect: &'a str,
+    status: KeyStatus,
+    settled_lsn: Option<u64>,
+    outcome: &'a Option<Box<RawValue>>,
+    at_ms: u64,
+}
+
+/// The frozen view of the state a snapshot is encoded from: taken under the
+/// journal's lock, encoded outside it. The key index (the large part) is a
+/// list of shared pointers; units, finished ids and cursors are copied
+/// (incomplete units are few, finished ids small).
+#[derive(Debug, Clone)]
+pub(crate) struct Frozen {
+    head: JournalSnapshot,
+    keys: Vec<Arc<KeyEntry>>,
+}
+
+/// The version-2 snapshot payload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct JournalSnapshot {
     version: u32,
@@ -184,20 +207,25 @@ fn unit_from(u: SnapUnit) -> UnitRec {
     }
 }
 
-fn key_to(k: &KeyEntry) -> SnapKey {
-    SnapKey {
-        key: k.key.clone(),
-        unit: k.unit.clone(),
-        effect: k.effect.clone(),
+fn key_ref(k: &KeyEntry) -> SnapKeyRef<'_> {
+    SnapKeyRef {
+        key: &k.key,
+        unit: &k.unit,
+        effect: &k.effect,
         status: k.status,
         settled_lsn: k.settled_lsn,
-        outcome: k.outcome.clone(),
+        outcome: &k.outcome,
         at_ms: k.at_ms,
     }
 }
 
-fn key_from(k: SnapKey) -> KeyEntry {
-    KeyEntry {
+fn key_from(k: SnapKey) -> std::result::Result<KeyEntry, String> {
+    // The outcome must be one (it is handed back to effects): check it now.
+    if let Some(raw) = &k.outcome {
+        serde_json::from_str::<Outcome>(raw.get())
+            .map_err(|e| format!("outcome of key {:?}: {e}", k.key))?;
+    }
+    Ok(KeyEntry {
         key: k.key,
         unit: k.unit,
         effect: k.effect,
@@ -205,20 +233,17 @@ fn key_from(k: SnapKey) -> KeyEntry {
         settled_lsn: k.settled_lsn,
         outcome: k.outcome,
         at_ms: k.at_ms,
-    }
+    })
 }
 
-impl JournalSnapshot {
-    /// The frozen copy of `state`'s live part (finished units' histories are
-    /// never included). O(retained state); called under the journal's lock.
-    pub(crate) fn of(state: &State) -> JournalSnapshot {
+impl Frozen {
+    /// The frozen view of `state`'s live part (finished units' histories are
+    /// never included). Called under the journal's lock: copies the live
+    /// units and finished ids, and one pointer per key.
+    pub(crate) fn of(state: &State) -> Frozen {
         let mut units: Vec<SnapUnit> = state.live_units().map(unit_to).collect();
         units.sort_by_key(|u| u.begin_lsn);
-        let mut keys: Vec<SnapKey> = state.keys.values().map(key_to).collect();
-        keys.sort_by(|a, b| {
-            (a.settled_lsn.unwrap_or(u64::MAX), &a.key)
-                .cmp(&(b.settled_lsn.unwrap_or(u64::MAX), &b.key))
-        });
+        let keys: Vec<Arc<KeyEntry>> = state.keys.values().cloned().collect();
         let mut finished: Vec<SnapFinished> = state
             .finished
             .iter()
@@ -230,13 +255,13 @@ impl JournalSnapshot {
             })
             .collect();
         finished.sort_by_key(|f| f.lsn);
-        JournalSnapshot {
+        let head = JournalSnapshot {
             version: VERSION,
             last_lsn: state.last_lsn,
             committed: state.committed,
             aborted: state.aborted,
             units,
-            keys,
+            keys: Vec::new(),
             finished,
             cursors: state
                 .cursors
@@ -250,14 +275,53 @@ impl JournalSnapshot {
             forgotten_ids: state.forgotten.order.iter().copied().collect(),
             forgotten_units: state.forgotten.units,
             forgotten_keys: state.forgotten.keys,
-        }
+        };
+        Frozen { head, keys }
     }
 
-    /// The payload bytes (UTF-8 JSON). Called outside the journal's lock.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The payload bytes (UTF-8 JSON), the keys oldest settlement first.
+    /// Called outside the journal's lock; `capacity` is a size hint (the
+    /// previous snapshot's size) that spares the buffer's regrowth.
+    pub(crate) fn encode(mut self, capacity: usize) -> Vec<u8> {
+        self.keys.sort_by(|a, b| {
+            (a.settled_lsn.unwrap_or(u64::MAX), &a.key)
+                .cmp(&(b.settled_lsn.unwrap_or(u64::MAX), &b.key))
+        });
+        let h = &self.head;
+        let out = JournalSnapshotRef {
+            version: h.version,
+            last_lsn: h.last_lsn,
+            committed: h.committed,
+            aborted: h.aborted,
+            units: &h.units,
+            keys: self.keys.iter().map(|k| key_ref(k)).collect(),
+            finished: &h.finished,
+            cursors: &h.cursors,
+            forgotten_ids: &h.forgotten_ids,
+            forgotten_units: h.forgotten_units,
+            forgotten_keys: h.forgotten_keys,
+        };
+        let mut buf = Vec::with_capacity(capacity);
         // Every map key is a string and every number finite: cannot fail.
-        serde_json::to_vec(self).expect("journal snapshots always serialize")
+        serde_json::to_writer(&mut buf, &out).expect("journal snapshots always serialize");
+        buf
     }
+}
+
+/// [`JournalSnapshot`] as written: the same fields, borrowed.
+#[derive(Serialize)]
+struct JournalSnapshotRef<'a> {
+    version: u32,
+    last_lsn: u64,
+    committed: u64,
+    aborted: u64,
+    units: &'a [SnapUnit],
+    keys: Vec<SnapKeyRef<'a>>,
+    finished: &'a [SnapFinished],
+    cursors: &'a [SnapCursor],
+    forgotten_ids: &'a [u64],
+    forgotten_units: u64,
+    forgotten_keys: u64,
 }
 
 /// Rebuilds a state from a snapshot payload (version 1 or 2) covering
@@ -377,8 +441,8 @@ fn fill_units(state: &mut State, units: Vec<SnapUnit>) -> std::result::Result<()
 
 fn fill_keys(state: &mut State, keys: Vec<SnapKey>) -> std::result::Result<(), String> {
     for k in keys {
-        let k = key_from(k);
-        if let Some(old) = state.keys.insert(k.key.clone(), k) {
+        let k = key_from(k)?;
+        if let Some(old) = state.keys.insert(k.key.clone(), Arc::new(k)) {
             return Err(format!("key {:?} listed twice", old.key));
         }
     }

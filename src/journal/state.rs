@@ -15,8 +15,10 @@
 //! operator's view).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::error::{Error, Result};
@@ -94,15 +96,42 @@ impl UnitRec {
 }
 
 /// An entry of the idempotency key index.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct KeyEntry {
     pub key: String,
     pub unit: String,
     pub effect: String,
     pub status: KeyStatus,
     pub settled_lsn: Option<u64>,
-    pub outcome: Option<Outcome>,
+    /// The settled outcome, kept as its JSON text: a key index of many
+    /// thousands of entries costs a few dozen bytes per outcome instead of
+    /// a tree of JSON values. Read it with [`KeyEntry::outcome`].
+    pub outcome: Option<Box<RawValue>>,
     pub at_ms: u64,
+}
+
+impl PartialEq for KeyEntry {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.key, &self.unit, &self.effect, self.status, self.settled_lsn, self.at_ms)
+            == (&o.key, &o.unit, &o.effect, o.status, o.settled_lsn, o.at_ms)
+            && self.outcome() == o.outcome()
+    }
+}
+
+impl KeyEntry {
+    /// The settled outcome, decoded.
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+}
+
+/// An outcome as JSON text.
+pub(crate) fn raw_outcome(o: &Outcome) -> Box<RawValue> {
+    // An outcome holds a JSON value (finite numbers, string keys): it
+    // always serializes, and serde_json's output is valid JSON.
+    serde_json::value::to_raw_value(o).expect("outcomes always serialize")
 }
 
 /// A finished unit remembered by id only.
@@ -208,7 +237,10 @@ pub(crate) struct State {
     pub keep_finished: bool,
     pub units: HashMap<String, UnitRec>,
     pub finished: HashMap<String, Finished>,
-    pub keys: HashMap<String, KeyEntry>,
+    /// The key index. Entries are shared (`Arc`) so that a snapshot's frozen
+    /// view is a list of pointers; an entry changed while a snapshot is
+    /// being encoded is copied first.
+    pub keys: HashMap<String, Arc<KeyEntry>>,
     /// Named cursors: LSN of the newest value and the value.
     pub cursors: BTreeMap<String, (u64, Value)>,
     /// Finished ids dropped by retention.
@@ -392,14 +424,16 @@ impl State {
                 });
                 // A settled key stays settled (first settlement wins); an
                 // unknown key becomes in doubt until its outcome arrives.
-                self.keys.entry(key.clone()).or_insert_with(|| KeyEntry {
-                    key: key.clone(),
-                    unit: unit.clone(),
-                    effect: name.clone(),
-                    status: KeyStatus::InDoubt,
-                    settled_lsn: None,
-                    outcome: None,
-                    at_ms: 0,
+                self.keys.entry(key.clone()).or_insert_with(|| {
+                    Arc::new(KeyEntry {
+                        key: key.clone(),
+                        unit: unit.clone(),
+                        effect: name.clone(),
+                        status: KeyStatus::InDoubt,
+                        settled_lsn: None,
+                        outcome: None,
+                        at_ms: 0,
+                    })
                 });
             }
             JournalRecord::EffectOutcome {
@@ -423,17 +457,19 @@ impl State {
                 }
                 e.outcome = Some((outcome.clone(), *via, lsn));
                 let name = e.name.clone();
-                let entry = self.keys.entry(key.clone()).or_insert_with(|| KeyEntry {
-                    key: key.clone(),
-                    unit: unit.clone(),
-                    effect: name.clone(),
-                    status: KeyStatus::InDoubt,
-                    settled_lsn: None,
-                    outcome: None,
-                    at_ms: 0,
+                let entry = self.keys.entry(key.clone()).or_insert_with(|| {
+                    Arc::new(KeyEntry {
+                        key: key.clone(),
+                        unit: unit.clone(),
+                        effect: name.clone(),
+                        status: KeyStatus::InDoubt,
+                        settled_lsn: None,
+                        outcome: None,
+                        at_ms: 0,
+                    })
                 });
                 if entry.status == KeyStatus::InDoubt {
-                    *entry = KeyEntry {
+                    *entry = Arc::new(KeyEntry {
                         key: key.clone(),
                         unit: unit.clone(),
                         effect: name,
@@ -443,9 +479,9 @@ impl State {
                             KeyStatus::Failed
                         },
                         settled_lsn: Some(lsn),
-                        outcome: Some(outcome.clone()),
+                        outcome: Some(raw_outcome(outcome)),
                         at_ms: *at_ms,
-                    };
+                    });
                 }
             }
             JournalRecord::Checkpoint { unit, state } => {
@@ -602,7 +638,7 @@ impl State {
 impl StateMachine for State {
     type Record = JournalRecord;
     type Error = Error;
-    type Snapshot = snapshot::JournalSnapshot;
+    type Snapshot = snapshot::Frozen;
 
     fn empty(mode: Mode) -> Self {
         State::new(mode == Mode::History)
@@ -648,11 +684,11 @@ impl StateMachine for State {
         State::apply(self, lsn, &rec)
     }
 
-    fn snapshot(&self) -> snapshot::JournalSnapshot {
-        snapshot::JournalSnapshot::of(self)
+    fn snapshot(&self) -> snapshot::Frozen {
+        snapshot::Frozen::of(self)
     }
 
-    fn encode(snapshot: snapshot::JournalSnapshot) -> Vec<u8> {
-        snapshot.encode()
+    fn encode(snapshot: snapshot::Frozen) -> Vec<u8> {
+        snapshot.encode(0)
     }
 }

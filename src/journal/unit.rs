@@ -406,8 +406,8 @@ impl Unit {
                 Some((o, _, _)) => Prep::Recorded(o.clone()),
                 // In doubt here, but another unit has since recorded an
                 // outcome for the same key: that outcome stands, nothing runs.
-                None => match st.keys.get(&e.key).and_then(|k| k.outcome.as_ref()) {
-                    Some(o) => Prep::Settled(ctx(&e.key, Attempt::Retry), o.clone()),
+                None => match st.keys.get(&e.key).and_then(|k| k.outcome()) {
+                    Some(o) => Prep::Settled(ctx(&e.key, Attempt::Retry), o),
                     // Its intent may be in memory only (its sync failed):
                     // the caller waits for `intent_lsn` before running.
                     None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), e.intent_lsn),
@@ -423,7 +423,7 @@ impl Unit {
             policy,
             compensable,
         };
-        let known = st.keys.get(&key).map(|k| k.outcome.clone());
+        let known = st.keys.get(&key).map(|k| k.outcome());
         Ok(match known {
             Some(Some(outcome)) => Prep::Reuse(ctx(&key, Attempt::First), intent, outcome),
             // Started elsewhere and not settled: it may have happened.

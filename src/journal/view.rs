@@ -255,7 +255,7 @@ impl JournalView {
     ) -> JournalView {
         let mut units: Vec<UnitView> = state.units.values().map(unit_view).collect();
         units.sort_by_key(|u| u.begin_lsn);
-        let mut keys: Vec<KeyView> = state.keys.values().map(key_view).collect();
+        let mut keys: Vec<KeyView> = state.keys.values().map(|k| key_view(k)).collect();
         keys.sort_by(|a, b| a.key.cmp(&b.key));
         JournalView {
             units,

@@ -71,6 +71,14 @@ pub fn snapshot_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<(Lsn, Pat
 /// Encodes a snapshot file.
 pub fn encode(lsn: Lsn, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + data.len());
+    out.extend_from_slice(&header(lsn, data));
+    out.extend_from_slice(data);
+    out
+}
+
+/// The 40-byte header of a snapshot file holding `data`.
+fn header(lsn: Lsn, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER);
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -81,7 +89,6 @@ pub fn encode(lsn: Lsn, data: &[u8]) -> Vec<u8> {
     h.update(data);
     out.extend_from_slice(&h.finalize().to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(data);
     out
 }
 
@@ -157,8 +164,10 @@ pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result
     let file = storage
         .open(&tmp, OpenMode::CreateNew)
         .map_err(|e| Error::io("create snapshot", &tmp, e))?;
+    // Header and payload in two writes: no second copy of a large payload.
     let written = file
-        .write_at(0, &encode(lsn, data))
+        .write_at(0, &header(lsn, data))
+        .and_then(|()| file.write_at(HEADER as u64, data))
         .map_err(|e| Error::io("write snapshot", &tmp, e))
         // The content must be durable before the rename can be: otherwise a
         // crash could persist the new name pointing at an empty or partial file.

@@ -28,11 +28,13 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod reader;
-pub mod record;
-pub mod scan;
-pub mod segment;
-pub mod snapshot;
+pub(crate) mod record;
+pub(crate) mod scan;
+pub(crate) mod segment;
+pub(crate) mod snapshot;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod writer;
 
 pub use error::{Error, Result};

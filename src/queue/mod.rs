@@ -274,7 +274,8 @@ impl WorkQueue {
         Self::open_with(Arc::new(FsStorage), journal_dir, opts)
     }
 
-    /// Opens the queue through any storage (e.g. [`crate::log::SimStorage`]).
+    /// Opens the queue through any storage (e.g. the simulator `SimStorage`,
+    /// feature `testing`).
     pub fn open_with(
         storage: Arc<dyn Storage>,
         journal_dir: impl AsRef<Path>,

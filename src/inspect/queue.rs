@@ -7,7 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::error::Result;
-use super::open::{display, CorruptionInfo, Inspection, OpenOptions, TornTailInfo};
+use super::open::{
+    display, is_segment, is_snapshot, CorruptionInfo, Inspection, OpenOptions, TornTailInfo,
+};
 use crate::log::Storage;
 
 /// The `queue` report.
@@ -86,11 +88,20 @@ pub fn queue(storage: Arc<dyn Storage>, journal: &Path) -> Result<QueueReport> {
         r.note = Some("no work queue in this journal".into());
         return Ok(r);
     }
-    let insp = match Inspection::open_with(storage, &dir, OpenOptions::default()) {
+    let insp = match Inspection::open_with(storage.clone(), &dir, OpenOptions::default()) {
         Ok(i) => i,
-        Err(super::Error::NotAJournal { .. }) => {
-            r.note = Some("the work queue directory holds no log yet".into());
-            return Ok(r);
+        Err(e @ super::Error::NotAJournal { .. }) => {
+            let holds_log_files = storage
+                .list_dir(&dir)
+                .is_ok_and(|v| v.iter().any(|p| is_segment(p) || is_snapshot(p)));
+            if !holds_log_files {
+                r.note = Some("the work queue directory holds no log yet".into());
+                return Ok(r);
+            }
+            // Files named like a log that are not one: when the journal
+            // itself is no journal either, say that (it is the input).
+            Inspection::open_with(storage, journal, OpenOptions::default())?;
+            return Err(e);
         }
         Err(e) => return Err(e),
     };

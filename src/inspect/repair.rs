@@ -25,8 +25,8 @@ use super::open::{
     SegmentGlance, TornTailInfo,
 };
 use super::semantics;
+use crate::log::format::{dropped_path, LOCK_FILE, SEGMENT_HEADER};
 use crate::log::record::{decode_at, Decoded, ALIGN, RECORD_HEADER};
-use crate::log::segment::SEGMENT_HEADER;
 use crate::log::storage::{FileBytes, LockFailure};
 use crate::log::{self, FsStorage, Log, LogOptions, Lsn, RecoveryMode, Storage};
 use std::collections::BTreeMap;
@@ -157,10 +157,10 @@ pub fn repair_with(
                 dir: dir.clone(),
                 pid,
             }),
-            LockFailure::Io(e) => Error::io("lock", &dir.join("LOCK"), e),
+            LockFailure::Io(e) => Error::io("lock", &dir.join(LOCK_FILE), e),
         })?;
         for p in &garbage {
-            let to = p.with_extension("wal.dropped");
+            let to = dropped_path(p);
             storage
                 .rename(p, &to)
                 .map_err(|e| Error::io("set aside", p, e))?;
@@ -424,7 +424,7 @@ fn log_options(sizes: &[u64], lossy: bool) -> LogOptions {
 /// Whether another process holds the journal's owner lock, without taking
 /// it or writing anything: `Some(pid)` when held.
 fn probe_lock(dir: &Path) -> Option<Option<u32>> {
-    let path = dir.join("LOCK");
+    let path = dir.join(LOCK_FILE);
     let file = std::fs::File::open(&path).ok()?;
     match file.try_lock_shared() {
         Ok(()) => {

@@ -24,6 +24,7 @@
 //! ```
 
 mod error;
+pub(crate) mod format;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;

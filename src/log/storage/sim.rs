@@ -349,6 +349,32 @@ impl SimStorage {
         s.durable.insert(path.to_path_buf(), ino);
     }
 
+    /// The machine as a process that is killed *now* leaves it, on the same
+    /// boot: a new, independent file system sharing nothing with this one
+    /// (locks released, faults and halts cleared) whose page cache (*live*
+    /// bytes), *durable* image and dirty (unsynced) writes are exactly
+    /// this one's. Unlike [`CrashMode::KeepAll`] nothing becomes durable:
+    /// dirty writes are persisted only by a later successful sync, and
+    /// writes a failed sync dropped stay readable but are never persisted
+    /// unless rewritten (Linux marks those pages clean). Call
+    /// [`SimStorage::crash`] on the result for a power loss after the restart.
+    pub fn kill(&self) -> SimStorage {
+        let s = self.state.lock();
+        let state = State {
+            inodes: s.inodes.clone(),
+            next_ino: s.next_ino,
+            dirs: s.dirs.clone(),
+            durable_dirs: s.durable_dirs.clone(),
+            live: s.live.clone(),
+            durable: s.durable.clone(),
+            pending_dir: s.pending_dir.clone(),
+            ..State::default()
+        };
+        SimStorage {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
     /// The image a disk may hold if power were lost now, as a new, independent
     /// file system (locks released, no faults). This storage is left untouched.
     pub fn crash(&self, mode: CrashMode) -> SimStorage {

@@ -133,7 +133,11 @@ fn wait_durable_on_an_lsn_never_written_is_a_typed_error() {
     let (tx, rx) = mpsc::channel();
     let l = log.clone();
     std::thread::spawn(move || {
-        let _ = tx.send((l.wait_durable(3), l.wait_durable(1_000_000), l.wait_durable(2)));
+        let _ = tx.send((
+            l.wait_durable(3),
+            l.wait_durable(1_000_000),
+            l.wait_durable(2),
+        ));
     });
     let (beyond, far, written) = rx
         .recv_timeout(Duration::from_secs(10))
@@ -155,7 +159,8 @@ fn torn_tail_is_cut_on_a_full_disk_and_the_report_says_the_copy_was_not_saved() 
         let sim = SimStorage::new();
         let log = open(&sim, preallocate);
         log.append(b"one").unwrap();
-        log.append_with(0, &[7u8; 300], Durability::Buffered).unwrap();
+        log.append_with(0, &[7u8; 300], Durability::Buffered)
+            .unwrap();
         drop(log);
         let image = sim.crash(CrashMode::KeepAll);
         let seg = first_segment(&image);
@@ -181,7 +186,12 @@ fn torn_tail_is_cut_on_a_full_disk_and_the_report_says_the_copy_was_not_saved() 
         assert_eq!(payloads(&log), vec![b"one".to_vec()]);
         drop(log);
         image.set_capacity(None);
-        let log = Log::open_with(Arc::new(image.crash(CrashMode::DropUnsynced)), DIR, opts(preallocate)).unwrap();
+        let log = Log::open_with(
+            Arc::new(image.crash(CrashMode::DropUnsynced)),
+            DIR,
+            opts(preallocate),
+        )
+        .unwrap();
         assert!(log.open_report().torn_tail.is_none(), "the cut was durable");
     }
 }
@@ -212,7 +222,11 @@ fn a_bit_flip_in_record_padding_is_corruption_with_segment_and_offset() {
                 Ok(_) => panic!("padding byte {pad}: the damaged log opened cleanly"),
             }
             let reader = LogReader::open_with(Arc::new(image), DIR).unwrap();
-            let c = reader.scan().corruption.clone().expect("the scan reports it");
+            let c = reader
+                .scan()
+                .corruption
+                .clone()
+                .expect("the scan reports it");
             assert_eq!((c.segment, c.offset), (seg.clone(), rec2));
         }
     }
@@ -249,7 +263,10 @@ fn a_reader_holding_the_live_segment_survives_the_owner_recovering_a_torn_tail()
     // Readers hold the live segment: a raw view and a record iterator.
     let view = FsStorage.map(&seg).unwrap();
     let reader = LogReader::open(dir).unwrap();
-    assert_eq!(reader.scan().torn_tail.as_ref().map(|t| t.offset), Some(end));
+    assert_eq!(
+        reader.scan().torn_tail.as_ref().map(|t| t.offset),
+        Some(end)
+    );
     let mut iter = reader.iter_from(1);
     let first = iter.next().unwrap().unwrap();
 

@@ -476,16 +476,17 @@ pub fn glance_segment(storage: &dyn Storage, path: &Path) -> Result<SegmentGlanc
         records: 0,
         last_lsn: None,
     };
-    let Ok(first) = decode_header(path, &bytes) else {
+    let Ok(header) = decode_header(path, &bytes) else {
         return Ok(g);
     };
+    let first = header.first_lsn;
     g.first_lsn = Some(first);
     let mut pos = SEGMENT_HEADER;
     let mut next = first;
     while let record::Decoded::Valid {
         record,
         next: after,
-    } = record::decode_at(&bytes, pos)
+    } = record::decode_at(&bytes, pos, header.codec)
     {
         if record.lsn != next {
             break;

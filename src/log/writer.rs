@@ -47,7 +47,7 @@ use super::record::{
     decode_at, encode, encoded_len, Codec, Decoded, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER,
 };
 use super::scan::{scan_dir, Corruption, ScanReport, SegmentScan, TornTail};
-use super::segment::{encode_header, new_salt, segment_name, SEGMENT_HEADER};
+use super::segment::{encode_header, segment_name, SEGMENT_HEADER};
 use super::snapshot::{self, Snapshot};
 use super::storage::{
     read_file_prefix, DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile,
@@ -785,7 +785,7 @@ fn create_segment(
             off += n as u64;
         }
     }
-    let salt = new_salt(first_lsn);
+    let salt = storage.segment_salt(first_lsn);
     file.write_at(0, &encode_header(first_lsn, salt))
         .map_err(|e| io("write header", e))?;
     // Header and size durable before any record is written into the file…

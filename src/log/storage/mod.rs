@@ -156,6 +156,12 @@ pub trait Storage: Send + Sync + Debug {
         let f = self.open(path, OpenMode::ReadOnly)?;
         read_file_prefix(f.as_ref(), max)
     }
+    /// The salt for a new segment whose first LSN is `first_lsn` (see
+    /// `docs/format.md`): random on a real file system; [`SimStorage`]
+    /// derives it from its own state so simulated runs are reproducible.
+    fn segment_salt(&self, first_lsn: u64) -> u32 {
+        super::segment::new_salt(first_lsn)
+    }
     /// Takes the exclusive owner lock of `dir` without blocking.
     fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure>;
 }

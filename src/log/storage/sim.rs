@@ -795,6 +795,13 @@ impl Storage for SimStorage {
         Ok(FileBytes::new(s.inodes[ino].live.clone()))
     }
 
+    fn segment_salt(&self, first_lsn: u64) -> u32 {
+        // Deterministic (a seed replays the same bytes), and still different
+        // for every file created: the inode counter only grows.
+        let ino = self.state.lock().next_ino;
+        SimRng::new(first_lsn ^ ino.rotate_left(32) ^ 0x5A17_5A17).next_u64() as u32
+    }
+
     fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
         let mut s = self.state.lock();
         if !s.locks.insert(dir.to_path_buf()) {

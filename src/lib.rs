@@ -3,14 +3,21 @@
 //! An embedded write-ahead log that lets AI agents and long-running workers be
 //! killed at any moment without losing work or sending a message twice.
 //!
-//! Layers (dependencies point downward only: runtime → journal → log; inspect
-//! reads journal and log):
+//! Layers (dependencies point downward only: `log` ← `journal`, `log` ←
+//! `queue` ← `runtime`; `inspect` reads `log`, `journal` and `queue`, never
+//! `runtime`):
 //!
 //! * [`log`] — segmented, checksummed, group-committed storage engine with
-//!   crash recovery and a fault-injecting storage seam.
+//!   crash recovery and a storage seam.
 //! * [`journal`] — units of side effects with idempotency keys and replay.
-//! * [`runtime`] — graceful shutdown, checkpointed batches, work queue, health.
+//! * [`queue`] — the durable work queue: codec, state machine, synchronous
+//!   API (no tokio).
+//! * [`runtime`] (feature `tokio`) — graceful shutdown, checkpointed batches,
+//!   the queue's async shell and drain, health endpoints.
 //! * [`inspect`] — the library behind the `wal-inspect` operator tool.
+//!
+//! Test-only code (the fault-injecting `SimStorage`, fuzz entry points, the
+//! queue's `ManualClock`) is compiled only with the `testing` feature.
 //!
 //! See `docs/` for the on-disk format, the recovery algorithm and operations.
 #![warn(missing_docs)]
@@ -19,6 +26,7 @@
 pub mod inspect;
 pub mod journal;
 pub mod log;
+pub mod queue;
 #[cfg(feature = "tokio")]
 pub mod runtime;
 

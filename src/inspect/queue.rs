@@ -102,9 +102,8 @@ pub fn queue(storage: Arc<dyn Storage>, journal: &Path) -> Result<QueueReport> {
     Ok(r)
 }
 
-#[cfg(feature = "tokio")]
 fn fill_items(insp: &Inspection, r: &mut QueueReport) {
-    match crate::runtime::queue::queue_view(insp.reader()) {
+    match crate::queue::queue_view(insp.reader()) {
         Ok(view) => {
             r.acked_compacted = view.acked_compacted;
             for item in &view.items {
@@ -130,12 +129,4 @@ fn fill_items(insp: &Inspection, r: &mut QueueReport) {
         }
         Err(e) => r.note = Some(format!("cannot interpret the queue's records: {e}")),
     }
-}
-
-#[cfg(not(feature = "tokio"))]
-fn fill_items(_insp: &Inspection, r: &mut QueueReport) {
-    r.note = Some(
-        "this build has no runtime layer (feature `tokio`) to interpret the queue's records; use `wal-inspect dump <dir>/queue`"
-            .into(),
-    );
 }

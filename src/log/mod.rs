@@ -24,6 +24,7 @@
 //! ```
 
 mod error;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod reader;
@@ -39,5 +40,7 @@ pub use reader::{LogIter, LogReader};
 pub use record::{Lsn, Record};
 pub use scan::{Corruption, ScanReport, SegmentScan, TornTail};
 pub use snapshot::Snapshot;
-pub use storage::{FsStorage, SimStorage, Storage};
+#[cfg(any(test, feature = "testing"))]
+pub use storage::SimStorage;
+pub use storage::{FsStorage, Storage};
 pub use writer::{Durability, Log, LogOptions, OpenReport, RecoveryMode};

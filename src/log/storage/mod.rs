@@ -21,6 +21,7 @@
 //!   caller must not retry the sync and pretend it succeeded (see "fsyncgate").
 
 mod fs;
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
 
 use std::fmt::Debug;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use fs::FsStorage;
+#[cfg(any(test, feature = "testing"))]
 pub use sim::SimStorage;
 
 /// How a file is opened through the seam.

@@ -289,6 +289,19 @@ impl Storage for RacyOnce {
         }
         self.inner.map(p)
     }
+    fn read_prefix(
+        &self,
+        p: &Path,
+        max: u64,
+    ) -> std::io::Result<agentwal::log::storage::FileBytes> {
+        if p == self.path {
+            if let Some(mut fake) = self.first.lock().unwrap().take() {
+                fake.truncate(max.min(fake.len() as u64) as usize);
+                return Ok(agentwal::log::storage::FileBytes::new(fake));
+            }
+        }
+        self.inner.read_prefix(p, max)
+    }
     fn lock_dir(
         &self,
         d: &Path,

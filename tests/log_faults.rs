@@ -355,7 +355,7 @@ fn lsns_at_the_end_of_the_range_never_panic() {
         let sim = SimStorage::new();
         sim.put(
             &Path::new(DIR).join(segment_name(first)),
-            &encode_header(first),
+            &encode_header(first, 7),
         );
         let r = Log::open_with(Arc::new(sim.clone()), DIR, opts(false));
         assert!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use agentwal::journal::{Journal, JournalOptions};
 use agentwal::log::testing::{encode_header, segment_name};
-use agentwal::log::testing::{encode_record, encode_snapshot};
+use agentwal::log::testing::{encode_record, encode_snapshot, Codec};
 use agentwal::log::{Log, LogOptions, LogReader, SimStorage};
 
 const DIR: &str = "/review/badlsn";
@@ -31,9 +31,16 @@ fn snapshot_at(lsn: u64) -> SimStorage {
 
 fn segment_at(first: u64, records: u64) -> SimStorage {
     let sim = SimStorage::new();
-    let mut bytes = encode_header(first).to_vec();
+    let mut bytes = encode_header(first, 0xC0FFEE).to_vec();
     for i in 0..records {
-        encode_record(&mut bytes, first.wrapping_add(i), 0, 0, b"x");
+        encode_record(
+            &mut bytes,
+            Codec::V2 { salt: 0xC0FFEE },
+            first.wrapping_add(i),
+            0,
+            0,
+            b"x",
+        );
     }
     bytes.resize(4096, 0);
     sim.put(&Path::new(DIR).join(segment_name(first)), &bytes);

@@ -509,16 +509,17 @@ pub fn glance_segment(storage: &dyn Storage, path: &Path) -> Result<SegmentGlanc
         records: 0,
         last_lsn: None,
     };
-    let Ok(first) = decode_header(path, &bytes) else {
+    let Ok(header) = decode_header(path, &bytes) else {
         return Ok(g);
     };
+    let first = header.first_lsn;
     g.first_lsn = Some(first);
     let mut pos = SEGMENT_HEADER;
     let mut next = first;
     while let record::Decoded::Valid {
         record,
         next: after,
-    } = record::decode_at(&bytes, pos)
+    } = record::decode_at(&bytes, pos, header.codec)
     {
         if record.lsn != next {
             break;
@@ -588,6 +589,23 @@ impl Storage for View {
     }
     fn map(&self, path: &Path) -> io::Result<FileBytes> {
         let b = self.inner.map(path)?;
+        self.count(path, &b);
+        Ok(b)
+    }
+    fn read_prefix(&self, path: &Path, max: u64) -> io::Result<FileBytes> {
+        // The live segment is read, not mapped (the owner may be writing it).
+        let b = self.inner.read_prefix(path, max)?;
+        self.count(path, &b);
+        Ok(b)
+    }
+    fn lock_dir(&self, _: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
+        Err(LockFailure::Io(read_only()))
+    }
+}
+
+impl View {
+    /// Reports progress when the scan moves on to segment `path`.
+    fn count(&self, path: &Path, b: &FileBytes) {
         if self.counting.load(Ordering::Acquire) && is_segment(path) {
             if let Some(p) = &self.progress {
                 // Called when the scan moves on to this segment: everything
@@ -596,9 +614,5 @@ impl Storage for View {
                 p(before.min(self.total), self.total);
             }
         }
-        Ok(b)
-    }
-    fn lock_dir(&self, _: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
-        Err(LockFailure::Io(read_only()))
     }
 }

@@ -26,7 +26,8 @@ use super::open::{
 };
 use super::semantics;
 use crate::log::format::{dropped_path, LOCK_FILE, SEGMENT_HEADER};
-use crate::log::record::{decode_at, Decoded, ALIGN, RECORD_HEADER};
+use crate::log::record::{decode_at, Codec, Decoded, ALIGN, RECORD_HEADER};
+use crate::log::segment::decode_header;
 use crate::log::storage::{FileBytes, LockFailure};
 use crate::log::{self, FsStorage, Log, LogOptions, Lsn, RecoveryMode, Storage};
 use std::collections::BTreeMap;
@@ -239,7 +240,7 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         if c.offset > 0 {
             let b = insp
                 .storage()
-                .map(Path::new(&c.segment))
+                .read_prefix(Path::new(&c.segment), u64::MAX)
                 .map_err(|e| Error::io("read", Path::new(&c.segment), e))?;
             r.dropped_bytes = nonzero_bytes_after(&b, c.offset);
             same_segment = readable_after(&b, c.offset as usize + ALIGN, &mut lost_units);
@@ -351,6 +352,12 @@ struct ReadableAfter {
 
 fn readable_after(b: &FileBytes, from: usize, units: &mut BTreeMap<String, u64>) -> ReadableAfter {
     let mut out = ReadableAfter::default();
+    // Records are checksummed as the segment's header says; without a
+    // readable header none can be trusted as readable.
+    let codec: Codec = match decode_header(Path::new("segment"), b) {
+        Ok(h) => h.codec,
+        Err(_) => return out,
+    };
     // Bounded work on adversarial bytes: at most this many bytes checksummed.
     let mut budget = 2 * b.len() as u64 + (1 << 20);
     let end = nonzero_end(b);
@@ -366,7 +373,7 @@ fn readable_after(b: &FileBytes, from: usize, units: &mut BTreeMap<String, u64>)
             break;
         }
         budget -= len.min(b.len() as u64);
-        match decode_at(b, pos) {
+        match decode_at(b, pos, codec) {
             Decoded::Valid { record, next } => {
                 out.records += 1;
                 out.first.get_or_insert(record.lsn);

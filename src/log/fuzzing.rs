@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::record::{decode_at, Decoded, Lsn, ALIGN};
+use super::record::{decode_at, Codec, Decoded, Lsn, ALIGN};
 use super::segment::{decode_header, segment_name};
 use super::snapshot;
 use super::storage::sim::{CrashMode, FaultKind, FaultOp, SimRng};
@@ -37,9 +37,19 @@ pub fn decode_record(data: &[u8]) {
     let _ = decode_header(path, data);
     let _ = snapshot::decode(Path::new("fuzz.snap"), data);
     let bytes = FileBytes::new(data.to_vec());
+    let salt = data
+        .get(12..16)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    for codec in [Codec::V1, Codec::V2 { salt }] {
+        decode_records(&bytes, codec);
+    }
+}
+
+fn decode_records(bytes: &FileBytes, codec: Codec) {
+    let data: &[u8] = bytes;
     let mut pos = 0;
     while pos <= data.len() {
-        match decode_at(&bytes, pos) {
+        match decode_at(bytes, pos, codec) {
             Decoded::Valid { record, next } => {
                 let start = record.offset() as usize;
                 assert_eq!(start, pos, "record offset must be where it was decoded");

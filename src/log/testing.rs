@@ -7,7 +7,7 @@
 //! journal on purpose. Programs read a log through [`super::LogReader`] and
 //! [`super::Log`], and classify its damage through [`super::ScanReport`].
 
-pub use super::record::{encode as encode_record, encoded_len, ALIGN, RECORD_HEADER};
+pub use super::record::{encode as encode_record, encoded_len, Codec, ALIGN, RECORD_HEADER};
 pub use super::scan::scan_dir;
-pub use super::segment::{encode_header, segment_name, SEGMENT_HEADER};
+pub use super::segment::{encode_header, encode_header_v1, segment_name, SEGMENT_HEADER};
 pub use super::snapshot::encode as encode_snapshot;

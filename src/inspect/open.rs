@@ -31,9 +31,9 @@ use crate::log::format::{
     has_segment_magic, has_snapshot_magic, is_leftover_name, is_lock_name, is_owner_pid,
     is_segment_name, is_snapshot_name, parse_segment_name,
 };
-use crate::log::segment::{decode_header, SEGMENT_HEADER};
+use crate::log::probe::segment_prefix;
 use crate::log::storage::{DirLock, FileBytes, LockFailure, OpenMode, StorageFile};
-use crate::log::{self, record, FsStorage, LogReader, Lsn, Storage};
+use crate::log::{self, FsStorage, LogReader, Lsn, Storage};
 
 /// How many times an open that races with the owner's compaction is retried.
 const MAX_OPENS: usize = 4;
@@ -502,34 +502,14 @@ pub struct SegmentGlance {
 /// Reads one segment on its own: header and consecutive valid records.
 pub fn glance_segment(storage: &dyn Storage, path: &Path) -> Result<SegmentGlance> {
     let bytes = storage.map(path).map_err(|e| Error::io("read", path, e))?;
-    let mut g = SegmentGlance {
+    let prefix = segment_prefix(path, &bytes);
+    Ok(SegmentGlance {
         segment: display(path),
         file_bytes: bytes.len() as u64,
-        first_lsn: None,
-        records: 0,
-        last_lsn: None,
-    };
-    let Ok(header) = decode_header(path, &bytes) else {
-        return Ok(g);
-    };
-    let first = header.first_lsn;
-    g.first_lsn = Some(first);
-    let mut pos = SEGMENT_HEADER;
-    let mut next = first;
-    while let record::Decoded::Valid {
-        record,
-        next: after,
-    } = record::decode_at(&bytes, pos, header.codec)
-    {
-        if record.lsn != next {
-            break;
-        }
-        g.records += 1;
-        g.last_lsn = Some(next);
-        next += 1;
-        pos = after;
-    }
-    Ok(g)
+        first_lsn: prefix.first_lsn,
+        records: prefix.records,
+        last_lsn: prefix.last_lsn,
+    })
 }
 
 /// The storage the log reader sees: the real one minus hidden (damaged)

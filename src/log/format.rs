@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::record::Lsn;
 
-pub(crate) use super::segment::{parse_segment_name, SEGMENT_HEADER, SEGMENT_MAGIC};
+pub(crate) use super::segment::{parse_segment_name, SEGMENT_MAGIC};
 
 /// Magic bytes at the start of every snapshot file.
 pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"AGWALSNP";

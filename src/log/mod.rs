@@ -28,6 +28,7 @@ pub(crate) mod format;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod probe;
 mod reader;
 pub(crate) mod record;
 pub(crate) mod scan;

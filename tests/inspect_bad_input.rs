@@ -253,3 +253,21 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_work_queue_whose_files_are_all_garbage_is_bad_input_not_an_empty_queue() {
+    use agentwal::queue::{QueueOptions, WorkQueue};
+    let d = tempfile::tempdir().unwrap();
+    make_log(d.path(), 3, small_opts());
+    let q = WorkQueue::open(d.path(), QueueOptions::default()).unwrap();
+    q.enqueue(b"item").unwrap();
+    q.close().unwrap();
+    assert_eq!(inspect_dir("queue", d.path(), &[]).code, 0);
+    overwrite_every_file(&d.path().join("queue"), &mut 7);
+    for cmd in ["queue", "verify"] {
+        let r = inspect_dir(cmd, d.path(), &[]);
+        assert_clean_failure(&r, "queue is not a journal directory");
+    }
+    // The journal itself still reads.
+    assert_eq!(inspect_dir("summary", d.path(), &[]).code, 0);
+}

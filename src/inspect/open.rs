@@ -412,6 +412,14 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
     })
 }
 
+/// True when `dir` holds a file named like a segment or a snapshot (a log,
+/// or something pretending to be one).
+pub(crate) fn holds_log_files(storage: &dyn Storage, dir: &Path) -> bool {
+    storage
+        .list_dir(dir)
+        .is_ok_and(|v| v.iter().any(|p| is_segment(p) || is_snapshot(p)))
+}
+
 /// True for a segment file name (`<20 digits>.wal`).
 pub(crate) fn is_segment(p: &Path) -> bool {
     is_segment_name(p)

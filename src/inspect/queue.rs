@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::error::Result;
 use super::open::{
-    display, is_segment, is_snapshot, CorruptionInfo, Inspection, OpenOptions, TornTailInfo,
+    display, holds_log_files, CorruptionInfo, Inspection, OpenOptions, TornTailInfo,
 };
 use crate::log::Storage;
 
@@ -91,10 +91,7 @@ pub fn queue(storage: Arc<dyn Storage>, journal: &Path) -> Result<QueueReport> {
     let insp = match Inspection::open_with(storage.clone(), &dir, OpenOptions::default()) {
         Ok(i) => i,
         Err(e @ super::Error::NotAJournal { .. }) => {
-            let holds_log_files = storage
-                .list_dir(&dir)
-                .is_ok_and(|v| v.iter().any(|p| is_segment(p) || is_snapshot(p)));
-            if !holds_log_files {
+            if !holds_log_files(storage.as_ref(), &dir) {
                 r.note = Some("the work queue directory holds no log yet".into());
                 return Ok(r);
             }

@@ -396,13 +396,7 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
         }
     }
     findings.unreachable_segments = unreachable.iter().map(|p| display(p)).collect();
-    let mut leftovers: Vec<String> = listing
-        .iter()
-        .filter(|p| is_leftover_name(p))
-        .map(|p| display(p))
-        .collect();
-    leftovers.sort();
-    findings.leftovers = leftovers;
+    findings.leftovers = sorted_names(&listing, is_leftover_name, display);
     Ok(Inspection {
         dir: dir.to_path_buf(),
         storage: storage.clone(),
@@ -444,19 +438,26 @@ fn carries_agentwal_structure(storage: &dyn Storage, listing: &[PathBuf]) -> boo
     })
 }
 
+/// The files of `listing` that `pick` selects, shown by `show`, sorted.
+fn sorted_names(
+    listing: &[PathBuf],
+    pick: fn(&Path) -> bool,
+    show: fn(&Path) -> String,
+) -> Vec<String> {
+    let mut v: Vec<String> = listing
+        .iter()
+        .filter(|p| pick(p))
+        .map(|p| show(p))
+        .collect();
+    v.sort();
+    v
+}
+
 /// The "not a journal" error for a directory whose segment and snapshot
 /// files are all foreign or garbage.
 fn not_a_journal(dir: &Path, listing: &[PathBuf]) -> Error {
-    let named = |f: fn(&Path) -> bool| {
-        let mut v: Vec<String> = listing
-            .iter()
-            .filter(|p| f(p))
-            .map(|p| file_name(p))
-            .collect();
-        v.sort();
-        v
-    };
-    let (segs, snaps) = (named(is_segment), named(is_snapshot));
+    let segs = sorted_names(listing, is_segment, file_name);
+    let snaps = sorted_names(listing, is_snapshot, file_name);
     let first = |v: &[String]| v.first().cloned().unwrap_or_default();
     let reason = match (segs.is_empty(), snaps.is_empty()) {
         (false, true) => format!(

@@ -160,7 +160,7 @@ pub trait Storage: Send + Sync + Debug {
         read_file_prefix(f.as_ref(), max)
     }
     /// The salt for a new segment whose first LSN is `first_lsn` (see
-    /// `docs/format.md`): random on a real file system; [`SimStorage`]
+    /// `docs/format.md`): random on a real file system; `SimStorage` (feature `testing`)
     /// derives it from its own state so simulated runs are reproducible.
     fn segment_salt(&self, first_lsn: u64) -> u32 {
         super::segment::new_salt(first_lsn)

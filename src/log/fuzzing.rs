@@ -701,9 +701,7 @@ fn check_held_reader(
     for r in iter {
         match r {
             Ok(r) => seen.push((r.lsn, r.payload().to_vec())),
-            Err(
-                Error::Corruption { .. } | Error::Io { .. } | Error::LsnOutOfRange { .. },
-            ) => break,
+            Err(Error::Corruption { .. } | Error::Io { .. } | Error::LsnOutOfRange { .. }) => break,
             Err(e) => return Err(format!("held reader: unexpected error {e}")),
         }
     }

@@ -676,10 +676,14 @@ pub fn crash_case(seed: u64, max_rounds: u64) -> Result<CaseStats, String> {
     Ok(stats)
 }
 
+/// A reader's iterator held across the owner's recovery, and the records
+/// it returned so far.
+type HeldReader = (super::LogIter, Vec<(Lsn, Vec<u8>)>);
+
 /// Opens a read-only reader and an iterator that holds the live segment,
 /// as `wal-inspect` may while the owner recovers. `None` when the state does
 /// not open read-only (the owner's open decides what that means).
-fn hold_reader(sim: &SimStorage, dir: &Path) -> Option<(super::LogIter, Vec<(Lsn, Vec<u8>)>)> {
+fn hold_reader(sim: &SimStorage, dir: &Path) -> Option<HeldReader> {
     let reader = LogReader::open_with(Arc::new(sim.clone()), dir).ok()?;
     let mut iter = reader.iter_from(0);
     let mut seen = Vec::new();
@@ -693,10 +697,7 @@ fn hold_reader(sim: &SimStorage, dir: &Path) -> Option<(super::LogIter, Vec<(Lsn
 /// returns must be one that was appended (recovery never hands a reader
 /// wrong bytes, even as it zeroes a torn tail under it), and every failure
 /// a typed error.
-fn check_held_reader(
-    held: (super::LogIter, Vec<(Lsn, Vec<u8>)>),
-    model: &Model,
-) -> Result<(), String> {
+fn check_held_reader(held: HeldReader, model: &Model) -> Result<(), String> {
     let (iter, mut seen) = held;
     for r in iter {
         match r {
@@ -748,8 +749,8 @@ pub fn torn_sector_case(seed: u64) -> Result<(), String> {
     let image = sim.crash(CrashMode::TornSectors(rng.next_u64()));
     let check = |log: &Log| -> Result<(), String> {
         let from = log.snapshot_lsn() + 1;
-        let mut expect = from;
-        for r in log.read_from(from).map_err(|e| e.to_string())? {
+        let records = log.read_from(from).map_err(|e| e.to_string())?;
+        for (expect, r) in (from..).zip(records) {
             let r = r.map_err(|e| format!("read after a clean open: {e}"))?;
             if r.lsn != expect {
                 return Err(format!("expected LSN {expect}, read {}", r.lsn));
@@ -758,7 +759,6 @@ pub fn torn_sector_case(seed: u64) -> Result<(), String> {
             if want.map(|w| (w.0, &w.1[..])) != Some((r.kind, r.payload())) {
                 return Err(format!("record {} differs from what was appended", r.lsn));
             }
-            expect += 1;
         }
         Ok(())
     };

@@ -19,6 +19,12 @@
 //! Test-only code (the fault-injecting `SimStorage`, fuzz entry points, the
 //! queue's `ManualClock`) is compiled only with the `testing` feature.
 //!
+//! The on-disk format (record, segment, snapshot encodings and the scan that
+//! classifies damage) is private to [`log`]: it is not part of the semver
+//! surface. Programs read a log through [`LogReader`] and classify damage
+//! through [`log::ScanReport`]; tests forge files through `log::testing`
+//! (feature `testing`).
+//!
 //! See `docs/` for the on-disk format, the recovery algorithm and operations.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -29,6 +35,19 @@ pub mod log;
 pub mod queue;
 #[cfg(feature = "tokio")]
 pub mod runtime;
+
+// The front door: the handful of types most programs need, so that
+// `use agentwal::{Journal, JournalOptions, Effect};` is enough. Everything
+// else stays under its layer's module (`agentwal::journal::*`,
+// `agentwal::log::*`, `agentwal::queue::*`, `agentwal::runtime::*`).
+pub use journal::{
+    Compensation, Effect, EffectCtx, Journal, JournalOptions, JournalView, Probe, Retention, Unit,
+    UnitState,
+};
+pub use log::{Durability, Log, LogOptions, LogReader, Lsn, RecoveryMode};
+pub use queue::{Claimed, QueueOptions, WorkQueue};
+#[cfg(feature = "tokio")]
+pub use runtime::{run_batch, run_batch_units, Shutdown};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

@@ -340,7 +340,7 @@ fn a_scan_racing_with_the_writer_is_not_reported_as_corruption() {
         })
     };
     // One scan of that image alone would call it corruption...
-    let once = agentwal::log::scan::scan_dir(racy().as_ref(), dir, None).unwrap();
+    let once = agentwal::log::testing::scan_dir(racy().as_ref(), dir, None).unwrap();
     assert!(
         once.corruption.is_some(),
         "the doctored image must look corrupt"

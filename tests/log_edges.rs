@@ -294,8 +294,8 @@ fn a_reader_holding_the_live_segment_survives_the_owner_recovering_a_torn_tail()
 /// records, `records` records of 40 bytes from LSN 1, the last `unsynced`
 /// of them not covered by any `synced_lsn`.
 fn v1_segment(records: u64, size: usize) -> Vec<u8> {
-    use agentwal::log::record::{encode, Codec};
-    use agentwal::log::segment::encode_header_v1;
+    use agentwal::log::testing::encode_header_v1;
+    use agentwal::log::testing::{encode_record as encode, Codec};
     let mut b = encode_header_v1(1).to_vec();
     for lsn in 1..=records {
         encode(&mut b, Codec::V1, lsn, lsn - 1, 3, &v1_payload(lsn));
@@ -310,7 +310,7 @@ fn v1_payload(lsn: u64) -> Vec<u8> {
 
 #[test]
 fn a_journal_of_the_previous_format_opens_appends_and_rotates_into_the_new_one() {
-    use agentwal::log::record::Codec;
+    use agentwal::log::testing::Codec;
     for preallocate in [true, false] {
         let sim = SimStorage::new();
         let seg = Path::new(DIR).join("00000000000000000001.wal");

@@ -350,7 +350,7 @@ fn failed_segment_removal_is_retried_oldest_first() {
 /// typed error or a working log, never an overflow panic.
 #[test]
 fn lsns_at_the_end_of_the_range_never_panic() {
-    use agentwal::log::segment::{encode_header, segment_name};
+    use agentwal::log::testing::{encode_header, segment_name};
     for first in [u64::MAX, u64::MAX - 1] {
         let sim = SimStorage::new();
         sim.put(
@@ -368,7 +368,7 @@ fn lsns_at_the_end_of_the_range_never_panic() {
         }
     }
     let sim = SimStorage::new();
-    let snap = agentwal::log::snapshot::encode(u64::MAX, b"s");
+    let snap = agentwal::log::testing::encode_snapshot(u64::MAX, b"s");
     sim.put(
         &Path::new(DIR).join(format!("snap-{:020}.snap", u64::MAX)),
         &snap,

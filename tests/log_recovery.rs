@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agentwal::log::segment::encode_header;
 use agentwal::log::storage::Storage;
+use agentwal::log::testing::encode_header;
 use agentwal::log::{Durability, Error, Log, LogOptions, LogReader, RecoveryMode, SimStorage};
 
 const DIR: &str = "/sim/recovery/journal";

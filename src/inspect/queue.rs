@@ -7,7 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::error::Result;
-use super::open::{display, CorruptionInfo, Inspection, OpenOptions, TornTailInfo};
+use super::open::{
+    display, holds_log_files, CorruptionInfo, Inspection, OpenOptions, TornTailInfo,
+};
 use crate::log::Storage;
 
 /// The `queue` report.
@@ -86,11 +88,17 @@ pub fn queue(storage: Arc<dyn Storage>, journal: &Path) -> Result<QueueReport> {
         r.note = Some("no work queue in this journal".into());
         return Ok(r);
     }
-    let insp = match Inspection::open_with(storage, &dir, OpenOptions::default()) {
+    let insp = match Inspection::open_with(storage.clone(), &dir, OpenOptions::default()) {
         Ok(i) => i,
-        Err(super::Error::NotAJournal { .. }) => {
-            r.note = Some("the work queue directory holds no log yet".into());
-            return Ok(r);
+        Err(e @ super::Error::NotAJournal { .. }) => {
+            if !holds_log_files(storage.as_ref(), &dir) {
+                r.note = Some("the work queue directory holds no log yet".into());
+                return Ok(r);
+            }
+            // Files named like a log that are not one: when the journal
+            // itself is no journal either, say that (it is the input).
+            Inspection::open_with(storage, journal, OpenOptions::default())?;
+            return Err(e);
         }
         Err(e) => return Err(e),
     };

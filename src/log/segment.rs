@@ -78,6 +78,7 @@ pub fn encode_header(first_lsn: Lsn, salt: u32) -> [u8; SEGMENT_HEADER] {
 
 /// Encodes a header of format version 1 (no salt). This build never writes
 /// one; tests and tools use it to build journals of the previous format.
+#[cfg(any(test, feature = "testing"))]
 pub fn encode_header_v1(first_lsn: Lsn) -> [u8; SEGMENT_HEADER] {
     let mut h = encode_header(first_lsn, 0);
     h[8..12].copy_from_slice(&1u32.to_le_bytes());

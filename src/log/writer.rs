@@ -256,7 +256,7 @@ impl Log {
                 dir: dir.clone(),
                 pid,
             },
-            LockFailure::Io(e) => Error::io("lock", dir.join("LOCK"), e),
+            LockFailure::Io(e) => Error::io("lock", dir.join(super::format::LOCK_FILE), e),
         })?;
         let snap = snapshot::read_latest(storage.as_ref(), &dir)?;
         let snap_lsn = snap.as_ref().map_or(0, |s| s.lsn);
@@ -276,7 +276,7 @@ impl Log {
                 .is_some_and(|s| s.first_lsn + s.records <= snap_lsn)
         {
             for s in segments.drain(..) {
-                let to = s.path.with_extension("wal.dropped");
+                let to = super::format::dropped_path(&s.path);
                 storage
                     .rename(&s.path, &to)
                     .map_err(|e| Error::io("set aside segment", &s.path, e))?;
@@ -861,7 +861,7 @@ fn apply_recovery(
             return Err(c.to_error());
         }
         for p in &dropped_segments {
-            let to = p.with_extension("wal.dropped");
+            let to = super::format::dropped_path(p);
             storage
                 .rename(p, &to)
                 .map_err(|e| Error::io("set aside segment", p, e))?;
@@ -869,7 +869,7 @@ fn apply_recovery(
         report.dropped_segments = dropped_segments;
         if c.offset == 0 {
             // A whole damaged segment: set it aside too.
-            let to = c.segment.with_extension("wal.dropped");
+            let to = super::format::dropped_path(&c.segment);
             storage
                 .rename(&c.segment, &to)
                 .map_err(|e| Error::io("set aside segment", &c.segment, e))?;

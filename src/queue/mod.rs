@@ -26,6 +26,14 @@
 //!   its payload; acked items are forgotten at once. The log is compacted
 //!   into a snapshot every `compact_after_records` records.
 //!
+//! **Boundaries.** The queue is its own layer, on the public API of
+//! [`crate::log`] only: it imports nothing from `journal`, `runtime` or
+//! `inspect`, and it does not need tokio (a `wal-inspect` built without tokio
+//! reads a queue through [`queue_view`]). The async wrappers
+//! (`enqueue_async`, ...) and drain-on-shutdown wiring live above it, in
+//! `runtime` (feature `tokio`). The manual clock for tests is behind the
+//! `testing` feature.
+//!
 //! The record encoding is specified byte by byte in `docs/operations.md`
 //! ("Queue records").
 //!
@@ -274,7 +282,8 @@ impl WorkQueue {
         Self::open_with(Arc::new(FsStorage), journal_dir, opts)
     }
 
-    /// Opens the queue through any storage (e.g. [`crate::log::SimStorage`]).
+    /// Opens the queue through any storage (e.g. the simulator `SimStorage`,
+    /// feature `testing`).
     pub fn open_with(
         storage: Arc<dyn Storage>,
         journal_dir: impl AsRef<Path>,

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use super::{DirLock, FileBytes, LockFailure, OpenMode, Storage, StorageFile};
 
-/// Name of the lock file inside a journal directory.
-pub const LOCK_FILE: &str = "LOCK";
+use crate::log::format::LOCK_FILE;
 
 /// The operating system's file system (Linux/Unix).
 #[derive(Debug, Default, Clone, Copy)]

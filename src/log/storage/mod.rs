@@ -1,10 +1,11 @@
 //! The storage seam: every byte the log writes or reads goes through [`Storage`].
 //!
-//! Two implementations ship with the crate:
+//! Two implementations ship with the crate (the second only with the
+//! `testing` feature, never in the default build):
 //!
 //! * [`FsStorage`] — the real file system (positional `pwrite`, `fdatasync`,
 //!   directory `fsync`, `flock`, memmap2 for read-only views);
-//! * [`SimStorage`] — an in-memory file system that keeps *live* and *durable*
+//! * `SimStorage` (`sim`) — an in-memory file system that keeps *live* and *durable*
 //!   images apart, can simulate a power loss (dropping, tearing and reordering
 //!   unsynced writes, forgetting directory entries that were never made durable
 //!   by a directory sync) and injects I/O errors (EIO, ENOSPC, failed sync).
@@ -159,7 +160,7 @@ pub trait Storage: Send + Sync + Debug {
         read_file_prefix(f.as_ref(), max)
     }
     /// The salt for a new segment whose first LSN is `first_lsn` (see
-    /// `docs/format.md`): random on a real file system; [`SimStorage`]
+    /// `docs/format.md`): random on a real file system; `SimStorage` (feature `testing`)
     /// derives it from its own state so simulated runs are reproducible.
     fn segment_salt(&self, first_lsn: u64) -> u32 {
         super::segment::new_salt(first_lsn)

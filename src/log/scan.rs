@@ -44,8 +44,9 @@ pub struct SegmentScan {
     pub file_len: u64,
     /// Segment format version (from the header).
     pub version: u32,
-    /// How its records are checksummed (from the header).
-    pub codec: Codec,
+    /// How its records are checksummed (from the header; the format is
+    /// private to the log, `version` is the public face of it).
+    pub(crate) codec: Codec,
     /// `synced_lsn` of its last valid record (0 when it has none): every
     /// LSN up to it was proven durable by whoever wrote that record.
     pub last_synced_lsn: Lsn,

@@ -61,7 +61,7 @@
 //! ```
 
 mod error;
-pub mod record;
+pub(crate) mod record;
 mod state;
 mod unit;
 pub mod view;

@@ -2,9 +2,9 @@
 //! [`LogReader`] (no lock, no write), so it runs beside the owning process.
 
 use super::state::{Item, ItemState, QueueState, ReplayError};
+use super::Error;
 use crate::engine::{self, Mode};
 use crate::log::LogReader;
-use crate::runtime::error::Error;
 
 /// One work-queue item as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -119,7 +119,12 @@ fn targets(r: &Results) -> Vec<Target> {
     t.push(Target {
         name: "scaling: peak RSS, largest / smallest run",
         measured: rss.map_or("n/a".into(), |(s, b)| {
-            format!("{:.2}× ({} → {} records)", b.rss as f64 / s.rss as f64, s.records, b.records)
+            format!(
+                "{:.2}× ({} → {} records)",
+                b.rss as f64 / s.rss as f64,
+                s.records,
+                b.records
+            )
         }),
         goal: "≤ 1.25×",
         met: rss.map(|(s, b)| b.rss as f64 <= 1.25 * s.rss as f64),
@@ -127,19 +132,28 @@ fn targets(r: &Results) -> Vec<Target> {
     let peak = r.scaling.iter().map(|x| x.rss).max();
     t.push(Target {
         name: "scaling: peak RSS of any run (default options)",
-        measured: peak.map_or("n/a".into(), |p| format!("{:.1} MiB", p as f64 / (1 << 20) as f64)),
+        measured: peak.map_or("n/a".into(), |p| {
+            format!("{:.1} MiB", p as f64 / (1 << 20) as f64)
+        }),
         goal: "≤ 64 MiB",
         met: peak.map(|p| p <= 64 << 20),
     });
     t.push(Target {
         name: "scaling: re-open time after the largest run",
-        measured: big.map_or("n/a".into(), |b| format!("{:.3} s ({} records)", b.open_secs, b.records)),
+        measured: big.map_or("n/a".into(), |b| {
+            format!("{:.3} s ({} records)", b.open_secs, b.records)
+        }),
         goal: "≤ 0.2 s",
         met: big.map(|b| b.open_secs <= 0.2),
     });
-    let wf = r.scaling.iter().map(|x| x.write_factor()).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let wf = r
+        .scaling
+        .iter()
+        .map(|x| x.write_factor())
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     t.push(Target {
-        name: "scaling: bytes written (log + snapshots) per record / log bytes per record, worst run",
+        name:
+            "scaling: bytes written (log + snapshots) per record / log bytes per record, worst run",
         measured: wf.map_or("n/a".into(), |x| format!("{x:.2}×")),
         goal: "≤ 3× (constant)",
         met: wf.map(|x| x <= 3.0),

@@ -66,7 +66,11 @@ impl ScaleRow {
 pub fn sizes(quick: bool) -> Vec<u64> {
     if let Some(v) = std::env::var("AGENTWAL_BENCH_SCALE")
         .ok()
-        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect::<Vec<u64>>())
+        .map(|v| {
+            v.split(',')
+                .filter_map(|x| x.parse().ok())
+                .collect::<Vec<u64>>()
+        })
         .filter(|v| !v.is_empty())
     {
         return v;
@@ -79,7 +83,11 @@ pub fn sizes(quick: bool) -> Vec<u64> {
 }
 
 /// Runs every size in children and collects the rows.
-pub fn run(root: &Path, quick: bool, child: impl Fn(&Path, &str) -> Res<serde_json::Value>) -> Res<Vec<ScaleRow>> {
+pub fn run(
+    root: &Path,
+    quick: bool,
+    child: impl Fn(&Path, &str) -> Res<serde_json::Value>,
+) -> Res<Vec<ScaleRow>> {
     let mut rows = Vec::new();
     for n in sizes(quick) {
         let d = root.join(format!("scaling-{n}"));

@@ -237,6 +237,20 @@ pub fn install_snapshot(log: &Log, lsn: Lsn, data: &[u8]) -> Result<usize, log::
     log.truncate_before(lsn + 1)
 }
 
+/// [`install_snapshot`] with the payload streamed by `fill` (never held in
+/// memory whole). Returns the payload length and the segments removed.
+pub fn install_snapshot_with(
+    log: &Log,
+    lsn: Lsn,
+    fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(u64, usize), log::Error> {
+    if lsn == 0 {
+        return Ok((0, 0));
+    }
+    let (_, len) = log.write_snapshot_with(lsn, fill)?;
+    Ok((len, log.truncate_before(lsn + 1)?))
+}
+
 /// When to compact: the log tail since the last snapshot is at least
 /// `ratio` × the last snapshot's size and at least `min_tail_bytes`.
 ///

@@ -618,27 +618,29 @@ impl Journal {
             };
             (lsn, st.snapshot(), retired, covered)
         };
-        // Sized like the previous snapshot (plus an eighth): no regrowth copies.
-        let hint = self.inner.counters.lock().snapshot_bytes as usize;
-        let data = frozen.encode(hint + hint / 8);
         let mut report = CompactReport {
             snapshot_lsn: lsn,
-            snapshot_bytes: data.len() as u64,
             retired,
             ..CompactReport::default()
         };
         if lsn == 0 {
             return Ok(report);
         }
-        // write_snapshot waits until `lsn` is durable, then writes the file
-        // atomically (tmp, fsync, rename, directory fsync).
-        report.segments_removed = engine::install_snapshot(&self.inner.log, lsn, &data)?;
+        // Encoded straight into the file (waiting until `lsn` is durable;
+        // tmp, fsync, rename, directory fsync): the payload is never held
+        // in memory whole.
+        let mut frozen = Some(frozen);
+        let (len, removed) = engine::install_snapshot_with(&self.inner.log, lsn, &mut |w| {
+            frozen.take().map_or(Ok(()), |f| f.encode_to(w))
+        })?;
+        report.snapshot_bytes = len;
+        report.segments_removed = removed;
         let mut c = self.inner.counters.lock();
         // What was appended while the snapshot was written stays counted.
         c.records = c.records.saturating_sub(covered.0);
         c.bytes = c.bytes.saturating_sub(covered.1);
         c.compactions += 1;
-        c.snapshot_bytes = data.len() as u64;
+        c.snapshot_bytes = len;
         Ok(report)
     }
 
@@ -690,8 +692,8 @@ impl Journal {
     /// step. A record the state refuses writes nothing. Returns the last
     /// LSN; the caller waits for durability *after* releasing the lock.
     fn append_locked(&self, st: &mut State, unit: &str, recs: &[JournalRecord]) -> Result<u64> {
-        let (range, bytes) = engine::append_checked(&self.inner.log, st, recs.to_vec())
-            .map_err(|e| match e {
+        let (range, bytes) =
+            engine::append_checked(&self.inner.log, st, recs.to_vec()).map_err(|e| match e {
                 Error::Log(crate::log::Error::RecordTooLarge { size, limit }) => {
                     Error::PayloadTooLarge {
                         unit: unit.to_string(),
@@ -763,9 +765,9 @@ impl Journal {
 
 /// The retention policy in words (for error messages).
 fn describe_retention(r: &Retention) -> String {
-    let count = r
-        .max_keys
-        .map_or("no count limit".to_string(), |n| format!("newest {n} finished ids"));
+    let count = r.max_keys.map_or("no count limit".to_string(), |n| {
+        format!("newest {n} finished ids")
+    });
     let age = r.max_age.map_or("no age limit".to_string(), |a| {
         format!("finished within {} s", a.as_secs())
     });
@@ -914,7 +916,10 @@ mod tests {
         };
         let j = Journal::open(dir.path(), opts.clone()).unwrap();
         for i in 0..5 {
-            j.begin(&format!("u{i}"), "k", &i).unwrap().commit().unwrap();
+            j.begin(&format!("u{i}"), "k", &i)
+                .unwrap()
+                .commit()
+                .unwrap();
         }
         j.compact().unwrap();
         assert_eq!(j.stats().finished_ids, 2);

@@ -280,9 +280,17 @@ impl Frozen {
     }
 
     /// The payload bytes (UTF-8 JSON), the keys oldest settlement first.
-    /// Called outside the journal's lock; `capacity` is a size hint (the
-    /// previous snapshot's size) that spares the buffer's regrowth.
-    pub(crate) fn encode(mut self, capacity: usize) -> Vec<u8> {
+    pub(crate) fn encode(self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Writing into a Vec cannot fail.
+        self.encode_to(&mut buf)
+            .expect("journal snapshots always serialize");
+        buf
+    }
+
+    /// Writes the payload (UTF-8 JSON) into `w`, the keys oldest settlement
+    /// first. Called outside the journal's lock.
+    pub(crate) fn encode_to(mut self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
         self.keys.sort_by(|a, b| {
             (a.settled_lsn.unwrap_or(u64::MAX), &a.key)
                 .cmp(&(b.settled_lsn.unwrap_or(u64::MAX), &b.key))
@@ -301,10 +309,9 @@ impl Frozen {
             forgotten_units: h.forgotten_units,
             forgotten_keys: h.forgotten_keys,
         };
-        let mut buf = Vec::with_capacity(capacity);
-        // Every map key is a string and every number finite: cannot fail.
-        serde_json::to_writer(&mut buf, &out).expect("journal snapshots always serialize");
-        buf
+        // Every map key is a string and every number finite: only the
+        // writer can fail.
+        serde_json::to_writer(w, &out).map_err(std::io::Error::other)
     }
 }
 
@@ -339,10 +346,20 @@ pub(crate) fn decode(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State
             // The map key is how replay finds a unit; a unit filed under
             // another id would show up twice (and could be resumed under the
             // wrong id). `min`: the message must not depend on hash order.
-            if let Some((k, u)) = s.units.iter().filter(|(k, u)| **k != u.id).min_by_key(|e| e.0) {
+            if let Some((k, u)) = s
+                .units
+                .iter()
+                .filter(|(k, u)| **k != u.id)
+                .min_by_key(|e| e.0)
+            {
                 return Err(bad(format!("unit filed under {k:?} has id {:?}", u.id)));
             }
-            if let Some((k, e)) = s.keys.iter().filter(|(k, e)| **k != e.key).min_by_key(|e| e.0) {
+            if let Some((k, e)) = s
+                .keys
+                .iter()
+                .filter(|(k, e)| **k != e.key)
+                .min_by_key(|e| e.0)
+            {
                 return Err(bad(format!(
                     "key entry filed under {k:?} is for key {:?}",
                     e.key
@@ -373,7 +390,8 @@ pub(crate) fn decode(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State
                 .collect();
         }
         VERSION => {
-            let v: JournalSnapshot = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
+            let v: JournalSnapshot =
+                serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
             state.committed = v.committed;
             state.aborted = v.aborted;
             state.last_lsn = v.last_lsn;
@@ -421,7 +439,12 @@ pub(crate) fn decode(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State
             )))
         }
     }
-    if let Some(u) = state.units.values().filter(|u| u.end.is_some()).min_by(|a, b| a.id.cmp(&b.id)) {
+    if let Some(u) = state
+        .units
+        .values()
+        .filter(|u| u.end.is_some())
+        .min_by(|a, b| a.id.cmp(&b.id))
+    {
         return Err(bad(format!("snapshot holds a finished unit ({:?})", u.id)));
     }
     state.last_lsn = state.last_lsn.max(lsn);

@@ -112,8 +112,14 @@ pub(crate) struct KeyEntry {
 
 impl PartialEq for KeyEntry {
     fn eq(&self, o: &Self) -> bool {
-        (&self.key, &self.unit, &self.effect, self.status, self.settled_lsn, self.at_ms)
-            == (&o.key, &o.unit, &o.effect, o.status, o.settled_lsn, o.at_ms)
+        (
+            &self.key,
+            &self.unit,
+            &self.effect,
+            self.status,
+            self.settled_lsn,
+            self.at_ms,
+        ) == (&o.key, &o.unit, &o.effect, o.status, o.settled_lsn, o.at_ms)
             && self.outcome() == o.outcome()
     }
 }
@@ -304,9 +310,8 @@ impl State {
                 s.finished.insert(id.to_string(), *f);
             }
             let key = match rec {
-                JournalRecord::EffectIntent { key, .. } | JournalRecord::EffectOutcome { key, .. } => {
-                    Some(key)
-                }
+                JournalRecord::EffectIntent { key, .. }
+                | JournalRecord::EffectOutcome { key, .. } => Some(key),
                 _ => None,
             };
             if let Some(k) = key.and_then(|k| self.keys.get(k)) {
@@ -575,8 +580,8 @@ impl State {
             .live_units()
             .flat_map(|u| u.effects.iter().map(|e| e.key.as_str()))
             .collect();
-        // Keys.
-        let mut settled: Vec<(u64, String)> = self
+        // Keys, oldest settlement first (references: no copy of the index).
+        let mut settled: Vec<(u64, &str)> = self
             .keys
             .values()
             .filter(|k| {
@@ -584,40 +589,46 @@ impl State {
                     && !live.contains(k.unit.as_str())
                     && !live_keys.contains(k.key.as_str())
             })
-            .map(|k| (k.settled_lsn.unwrap_or(0), k.key.clone()))
+            .map(|k| (k.settled_lsn.unwrap_or(0), k.key.as_str()))
             .collect();
-        settled.sort();
-        let mut drop_keys = Vec::new();
+        settled.sort_unstable();
         let excess = retention
             .max_keys
             .map_or(0, |m| settled.len().saturating_sub(m));
-        for (i, (_, key)) in settled.iter().enumerate() {
-            let old = min_at.is_some_and(|m| self.keys[key].at_ms < m);
-            if i < excess || old {
-                drop_keys.push(key.clone());
-            }
-        }
+        let drop_keys: Vec<String> = settled
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, key))| {
+                *i < excess || min_at.is_some_and(|m| self.keys[*key].at_ms < m)
+            })
+            .map(|(_, (_, key))| key.to_string())
+            .collect();
+        drop(settled);
+        drop(live);
+        drop(live_keys);
         self.forgotten.keys += drop_keys.len() as u64;
         for k in drop_keys {
             self.keys.remove(&k);
         }
-        // Finished unit ids.
-        let mut fin: Vec<(u64, String)> = self
+        // Finished unit ids, oldest end first.
+        let mut fin: Vec<(u64, &str)> = self
             .finished
             .iter()
-            .map(|(id, f)| (f.lsn, id.clone()))
+            .map(|(id, f)| (f.lsn, id.as_str()))
             .collect();
-        fin.sort();
+        fin.sort_unstable();
         let excess = retention
             .max_keys
             .map_or(0, |m| fin.len().saturating_sub(m));
-        let mut drop_units = Vec::new();
-        for (i, (_, id)) in fin.iter().enumerate() {
-            let old = min_at.is_some_and(|m| self.finished[id].at_ms < m);
-            if i < excess || old {
-                drop_units.push(id.clone());
-            }
-        }
+        let drop_units: Vec<String> = fin
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, id))| {
+                *i < excess || min_at.is_some_and(|m| self.finished[*id].at_ms < m)
+            })
+            .map(|(_, (_, id))| id.to_string())
+            .collect();
+        drop(fin);
         // Their hashes are remembered for as long again, so that `begin`
         // on such an id is explained instead of starting the unit anew.
         let cap = retention.max_keys.unwrap_or(1 << 20);
@@ -689,6 +700,6 @@ impl StateMachine for State {
     }
 
     fn encode(snapshot: snapshot::Frozen) -> Vec<u8> {
-        snapshot.encode(0)
+        snapshot.encode()
     }
 }

@@ -303,8 +303,8 @@ impl WorkQueue {
         }
         let dir = queue_dir(journal_dir);
         let log = Log::open_with(storage, &dir, opts.log.clone())?;
-        let r = engine::open_log::<QueueState>(&log, Mode::Owner)
-            .map_err(|e| replay_error(&dir, e))?;
+        let r =
+            engine::open_log::<QueueState>(&log, Mode::Owner).map_err(|e| replay_error(&dir, e))?;
         let mut state = r.state;
         let mut replayed = r.records;
         // Whatever is in flight belonged to the previous owner (one process
@@ -340,8 +340,8 @@ impl WorkQueue {
             let n = ops.len() as u64;
             // One write and one fdatasync for all of them: the repair is
             // durable before any new claim can hand these items out.
-            let (range, _) = engine::append_checked(&log, &mut state, ops)
-                .map_err(|e| replay_error(&dir, e))?;
+            let (range, _) =
+                engine::append_checked(&log, &mut state, ops).map_err(|e| replay_error(&dir, e))?;
             log.wait_durable(*range.end())?;
             replayed += n;
         }

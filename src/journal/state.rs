@@ -176,7 +176,7 @@ pub struct Retention {
 
 impl Retention {
     /// Default count cap of settled keys (and of finished unit ids).
-    pub const DEFAULT_MAX_KEYS: usize = 10_000;
+    pub const DEFAULT_MAX_KEYS: usize = 1024;
     /// Default age cap: 24 hours.
     pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 

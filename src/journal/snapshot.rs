@@ -97,14 +97,33 @@ struct SnapKeyRef<'a> {
     at_ms: u64,
 }
 
+/// A finished unit id as written (borrowed).
+#[derive(Serialize)]
+struct SnapFinishedRef<'a> {
+    id: &'a str,
+    state: UnitState,
+    lsn: u64,
+    at_ms: u64,
+}
+
+/// Serializes an iterator as a sequence without collecting it.
+struct Seq<I>(std::cell::Cell<Option<I>>);
+
+impl<I: Iterator<Item = T>, T: Serialize> Serialize for Seq<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.take().into_iter().flatten())
+    }
+}
+
 /// The frozen view of the state a snapshot is encoded from: taken under the
-/// journal's lock, encoded outside it. The key index (the large part) is a
-/// list of shared pointers; units, finished ids and cursors are copied
-/// (incomplete units are few, finished ids small).
+/// journal's lock, encoded outside it. The key index and the finished ids
+/// (the large parts) are lists of shared pointers; incomplete units (few)
+/// and cursors are copied.
 #[derive(Debug, Clone)]
 pub(crate) struct Frozen {
     head: JournalSnapshot,
     keys: Vec<Arc<KeyEntry>>,
+    finished: Vec<(Arc<str>, Finished)>,
 }
 
 /// The version-2 snapshot payload.
@@ -244,17 +263,11 @@ impl Frozen {
         let mut units: Vec<SnapUnit> = state.live_units().map(unit_to).collect();
         units.sort_by_key(|u| u.begin_lsn);
         let keys: Vec<Arc<KeyEntry>> = state.keys.values().cloned().collect();
-        let mut finished: Vec<SnapFinished> = state
+        let finished: Vec<(Arc<str>, Finished)> = state
             .finished
             .iter()
-            .map(|(id, f)| SnapFinished {
-                id: id.clone(),
-                state: f.state,
-                lsn: f.lsn,
-                at_ms: f.at_ms,
-            })
+            .map(|(id, f)| (id.clone(), *f))
             .collect();
-        finished.sort_by_key(|f| f.lsn);
         let head = JournalSnapshot {
             version: VERSION,
             last_lsn: state.last_lsn,
@@ -262,7 +275,7 @@ impl Frozen {
             aborted: state.aborted,
             units,
             keys: Vec::new(),
-            finished,
+            finished: Vec::new(),
             cursors: state
                 .cursors
                 .iter()
@@ -276,7 +289,11 @@ impl Frozen {
             forgotten_units: state.forgotten.units,
             forgotten_keys: state.forgotten.keys,
         };
-        Frozen { head, keys }
+        Frozen {
+            head,
+            keys,
+            finished,
+        }
     }
 
     /// The payload bytes (UTF-8 JSON), the keys oldest settlement first.
@@ -295,6 +312,7 @@ impl Frozen {
             (a.settled_lsn.unwrap_or(u64::MAX), &a.key)
                 .cmp(&(b.settled_lsn.unwrap_or(u64::MAX), &b.key))
         });
+        self.finished.sort_unstable_by_key(|f| f.1.lsn);
         let h = &self.head;
         let out = JournalSnapshotRef {
             version: h.version,
@@ -302,8 +320,15 @@ impl Frozen {
             committed: h.committed,
             aborted: h.aborted,
             units: &h.units,
-            keys: self.keys.iter().map(|k| key_ref(k)).collect(),
-            finished: &h.finished,
+            keys: Seq(std::cell::Cell::new(Some(self.keys.iter().map(|k| key_ref(k))))),
+            finished: Seq(std::cell::Cell::new(Some(self.finished.iter().map(|(id, f)| {
+                SnapFinishedRef {
+                    id,
+                    state: f.state,
+                    lsn: f.lsn,
+                    at_ms: f.at_ms,
+                }
+            })))),
             cursors: &h.cursors,
             forgotten_ids: &h.forgotten_ids,
             forgotten_units: h.forgotten_units,
@@ -315,16 +340,17 @@ impl Frozen {
     }
 }
 
-/// [`JournalSnapshot`] as written: the same fields, borrowed.
+/// [`JournalSnapshot`] as written: the same fields, borrowed, the large
+/// lists streamed.
 #[derive(Serialize)]
-struct JournalSnapshotRef<'a> {
+struct JournalSnapshotRef<'a, K, F> {
     version: u32,
     last_lsn: u64,
     committed: u64,
     aborted: u64,
     units: &'a [SnapUnit],
-    keys: Vec<SnapKeyRef<'a>>,
-    finished: &'a [SnapFinished],
+    keys: K,
+    finished: F,
     cursors: &'a [SnapCursor],
     forgotten_ids: &'a [u64],
     forgotten_units: u64,
@@ -379,7 +405,7 @@ pub(crate) fn decode(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State
                 .into_iter()
                 .map(|(id, f)| {
                     (
-                        id,
+                        Arc::from(id),
                         Finished {
                             state: f.state,
                             lsn: f.lsn,
@@ -401,7 +427,7 @@ pub(crate) fn decode(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State
                 if state
                     .finished
                     .insert(
-                        f.id.clone(),
+                        Arc::from(f.id.as_str()),
                         Finished {
                             state: f.state,
                             lsn: f.lsn,

@@ -242,7 +242,8 @@ pub(crate) struct State {
     /// Keep finished units' histories (operator view) instead of dropping them.
     pub keep_finished: bool,
     pub units: HashMap<String, UnitRec>,
-    pub finished: HashMap<String, Finished>,
+    /// Finished unit ids (shared with a snapshot's frozen view).
+    pub finished: HashMap<Arc<str>, Finished>,
     /// The key index. Entries are shared (`Arc`) so that a snapshot's frozen
     /// view is a list of pointers; an entry changed while a snapshot is
     /// being encoded is copied first.
@@ -307,7 +308,7 @@ impl State {
                 s.units.entry(id.to_string()).or_insert_with(|| u.clone());
             }
             if let Some(f) = self.finished.get(id) {
-                s.finished.insert(id.to_string(), *f);
+                s.finished.insert(Arc::from(id), *f);
             }
             let key = match rec {
                 JournalRecord::EffectIntent { key, .. }
@@ -378,7 +379,7 @@ impl State {
                 if self.units.get(unit).is_some_and(|u| u.end.is_none()) {
                     return Err(bad(unit, "unit begun twice".into()));
                 }
-                self.finished.remove(unit);
+                self.finished.remove(unit.as_str());
                 if self.forgotten.set.remove(&id_hash(unit)) {
                     let h = id_hash(unit);
                     self.forgotten.order.retain(|x| *x != h);
@@ -561,7 +562,7 @@ impl State {
             self.units.remove(unit);
         }
         self.finished
-            .insert(unit.to_string(), Finished { state, lsn, at_ms });
+            .insert(Arc::from(unit), Finished { state, lsn, at_ms });
     }
 
     /// Drops settled keys and finished unit ids beyond the retention. Keys
@@ -614,7 +615,7 @@ impl State {
         let mut fin: Vec<(u64, &str)> = self
             .finished
             .iter()
-            .map(|(id, f)| (f.lsn, id.as_str()))
+            .map(|(id, f)| (f.lsn, &**id))
             .collect();
         fin.sort_unstable();
         let excess = retention
@@ -634,7 +635,7 @@ impl State {
         let cap = retention.max_keys.unwrap_or(1 << 20);
         self.forgotten.units += drop_units.len() as u64;
         for id in drop_units {
-            self.finished.remove(&id);
+            self.finished.remove(id.as_str());
             self.forgotten.push(id_hash(&id), cap);
         }
         before - (self.keys.len() + self.finished.len())

@@ -63,7 +63,7 @@ mod state;
 mod unit;
 pub mod view;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -73,7 +73,9 @@ use serde::Serialize;
 pub use error::{Error, Result};
 pub use record::{JournalRecord, Outcome, OutcomeVia, PolicyKind};
 pub use state::{EffectStatus, Retention};
-pub use unit::{Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit};
+pub use unit::{
+    default_key, Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit,
+};
 pub use view::{EffectState, EffectView, JournalView, KeyStatus, KeyView, UnitState, UnitView};
 
 use crate::log::{Durability, FsStorage, Log, LogOptions, Storage};
@@ -96,8 +98,13 @@ pub struct JournalOptions {
     pub log: LogOptions,
     /// Largest encoded caller payload (unit payload, checkpoint state, effect
     /// result, as JSON) accepted; larger ones are refused with
-    /// [`Error::PayloadTooLarge`] before anything is written. Default 1 MiB.
-    /// Must be below `log.max_record_bytes` (records add a little framing).
+    /// [`Error::PayloadTooLarge`] before anything is written — except an
+    /// effect's result, which exists only because the effect ran: it is
+    /// recorded as a failed outcome instead ([`Error::ResultTooLarge`]).
+    /// Default 16 MiB ([`DEFAULT_MAX_PAYLOAD_BYTES`], sized for real model
+    /// outputs). Must be below `log.max_record_bytes` (records add a little
+    /// framing): the default options raise the log's limit to
+    /// [`DEFAULT_MAX_RECORD_BYTES`].
     pub max_payload_bytes: u64,
     /// How long settled keys and finished unit ids survive compaction.
     /// Default: the newest 100 000, no age limit.
@@ -106,11 +113,23 @@ pub struct JournalOptions {
     pub auto_compact: AutoCompact,
 }
 
+/// Default [`JournalOptions::max_payload_bytes`]: 16 MiB, so that a long
+/// model answer (a few MB of JSON) is recorded rather than refused after the
+/// paid call already happened.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 16 << 20;
+
+/// The log record limit of [`JournalOptions::default`]: the payload limit
+/// plus 1 MiB for the record's own fields (unit id, key, error text).
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = DEFAULT_MAX_PAYLOAD_BYTES + (1 << 20);
+
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
-            log: LogOptions::default(),
-            max_payload_bytes: 1 << 20,
+            log: LogOptions {
+                max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+                ..LogOptions::default()
+            },
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             retention: Retention {
                 max_keys: Some(100_000),
                 max_age: None,
@@ -227,6 +246,9 @@ struct Inner {
     opts: JournalOptions,
     state: Mutex<State>,
     active: Mutex<HashSet<String>>,
+    /// Idempotency keys being executed (or probed) right now by a live unit
+    /// of this process, with that unit's id; see [`Error::KeyBusy`].
+    running: Mutex<HashMap<String, String>>,
     counters: Mutex<Counters>,
     compacting: Mutex<()>,
     replay: ReplayReport,
@@ -280,6 +302,7 @@ impl Journal {
                 opts,
                 state: Mutex::new(state),
                 active: Mutex::new(HashSet::new()),
+                running: Mutex::new(HashMap::new()),
                 counters: Mutex::new(Counters {
                     records: records_replayed,
                     ..Counters::default()
@@ -636,6 +659,10 @@ impl Journal {
 
     fn release(&self, id: &str) {
         self.inner.active.lock().remove(id);
+    }
+
+    fn release_key(&self, key: &str) {
+        self.inner.running.lock().remove(key);
     }
 }
 

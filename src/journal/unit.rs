@@ -46,6 +46,21 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Marks an idempotency key as being executed by a live unit of this
+/// process (see [`Error::KeyBusy`]); released on drop, after the outcome
+/// was appended (or the run gave up).
+#[derive(Debug)]
+pub(crate) struct KeyGuard {
+    journal: Journal,
+    key: String,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.journal.release_key(&self.key);
+    }
+}
+
 /// Whether the effect's code runs for the first time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
@@ -120,7 +135,9 @@ impl<T> Policy<'_, T> {
 /// Description of one effect: a name, an in-doubt policy (required: there
 /// is no default), and optionally an explicit key and a compensation flag.
 ///
-/// The default idempotency key is `<unit id>/<effect name>/<step>`.
+/// The default idempotency key is `<unit id>/<escaped effect name>/<step>`,
+/// where the effect name has `%` written as `%25` and `/` as `%2F` (see
+/// [`default_key`]): no two (unit, name, step) triples share a key.
 pub struct Effect<'p, T> {
     name: String,
     key: Option<String>,
@@ -227,12 +244,13 @@ enum Prep {
     /// This unit's step is in doubt, but its key was settled (by another
     /// unit): record that outcome for the step, run nothing.
     Settled(EffectCtx, Outcome),
-    /// Intent appended (buffered) at this LSN: wait durable, then run.
-    Fresh(EffectCtx, u64),
+    /// Intent appended (buffered) at this LSN: wait durable, then run. The
+    /// guard holds the key against other live units until the outcome is in.
+    Fresh(EffectCtx, u64, KeyGuard),
     /// In doubt; this unit's intent for the step is at this LSN (recorded
     /// earlier, or appended now because the key is in doubt in another
     /// unit) and must be durable before anything runs.
-    InDoubt(EffectCtx, u64),
+    InDoubt(EffectCtx, u64, KeyGuard),
 }
 
 /// An open unit. Obtained from [`Journal::begin`] (new or resumed); ended
@@ -245,8 +263,47 @@ pub struct Unit {
     next_seq: u32,
 }
 
-fn default_key(unit: &str, name: &str, seq: u32) -> String {
-    format!("{unit}/{name}/{seq}")
+/// The default idempotency key of step `seq`, effect `name`, of unit `unit`:
+/// `<unit>/<name with % as %25 and / as %2F>/<seq>`.
+///
+/// Injective: the step is after the last `/`, the escaped name (which holds
+/// no `/`) between the last two, the unit id is everything before — so unit
+/// `orders/7` effect `email` (`orders/7/email/0`) and unit `orders` effect
+/// `7/email` (`orders/7%2Femail/0`) never share a key. Names without `/` or
+/// `%` keep the key earlier versions derived; a resumed unit always uses the
+/// key recorded with its intent, whatever scheme derived it.
+///
+/// ```
+/// use agentwal::journal::default_key;
+/// assert_eq!(default_key("orders/7", "email", 0), "orders/7/email/0");
+/// assert_eq!(default_key("orders", "7/email", 0), "orders/7%2Femail/0");
+/// ```
+pub fn default_key(unit: &str, name: &str, seq: u32) -> String {
+    let mut escaped = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '/' => escaped.push_str("%2F"),
+            c => escaped.push(c),
+        }
+    }
+    format!("{unit}/{escaped}/{seq}")
+}
+
+/// Why a result does not replay (`Err(reason)`): its JSON must decode to
+/// `T` and re-encode to the very same JSON.
+fn check_round_trip<T: Serialize + DeserializeOwned>(value: &Value) -> std::result::Result<(), String> {
+    let back: T = serde_json::from_value(value.clone())
+        .map_err(|e| format!("does not read back as the effect's result type ({e})"))?;
+    let again = serde_json::to_value(&back)
+        .map_err(|e| format!("reads back as a value that cannot be encoded again ({e})"))?;
+    if again != *value {
+        return Err(format!(
+            "reads back as a different value ({})",
+            clip(again.to_string(), 200)
+        ));
+    }
+    Ok(())
 }
 
 fn clip(mut s: String, max: usize) -> String {
@@ -377,6 +434,13 @@ impl Unit {
                 unit: id.to_string(),
                 reason: "the unit is not open".into(),
             })?;
+        if let Some(e) = u.effects.iter().find(|e| e.comp_intent.is_some()) {
+            return Err(Error::RollingBack {
+                unit: id.to_string(),
+                step: e.seq,
+                action: "run",
+            });
+        }
         let ctx = |key: &str, attempt| EffectCtx {
             unit: id.to_string(),
             name: name.to_string(),
@@ -402,19 +466,55 @@ impl Unit {
                     requested,
                 });
             }
+            // The recorded declaration governs: a step recorded
+            // `never_repeat` never runs again because new code says
+            // `retry_same_key`, and rollback compensates what was recorded.
+            if e.policy != policy || e.compensable != compensable {
+                let decl = |p: PolicyKind, c: bool| {
+                    format!(
+                        "{name} (policy {p}, {})",
+                        if c { "compensable" } else { "not compensable" }
+                    )
+                };
+                return Err(Error::EffectMismatch {
+                    unit: id.to_string(),
+                    step: seq,
+                    recorded: decl(e.policy, e.compensable),
+                    requested: decl(policy, compensable),
+                });
+            }
+            let key = e.key.clone();
             return Ok(match &e.outcome {
                 Some((o, _, _)) => Prep::Recorded(o.clone()),
                 // In doubt here, but another unit has since recorded an
                 // outcome for the same key: that outcome stands, nothing runs.
-                None => match st.keys.get(&e.key).and_then(|k| k.outcome.as_ref()) {
-                    Some(o) => Prep::Settled(ctx(&e.key, Attempt::Retry), o.clone()),
+                None => match st.keys.get(&key).and_then(|k| k.outcome.as_ref()) {
+                    Some(o) => Prep::Settled(ctx(&key, Attempt::Retry), o.clone()),
                     // Its intent may be in memory only (its sync failed):
                     // the caller waits for `intent_lsn` before running.
-                    None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), e.intent_lsn),
+                    None => {
+                        let intent_lsn = e.intent_lsn;
+                        let held = self.hold_key(&key, name, seq)?;
+                        Prep::InDoubt(ctx(&key, Attempt::Retry), intent_lsn, held)
+                    }
                 },
             });
         }
         let key = key.map_or_else(|| default_key(id, name, seq), str::to_string);
+        if let Some(k) = st.keys.get(&key) {
+            // A key belongs to one effect: never hand its result (or its
+            // in-doubt state) to an effect of another name.
+            if k.effect != name {
+                return Err(Error::KeyConflict {
+                    unit: id.to_string(),
+                    step: seq,
+                    effect: name.to_string(),
+                    key,
+                    recorded_unit: k.unit.clone(),
+                    recorded_effect: k.effect.clone(),
+                });
+            }
+        }
         let intent = JournalRecord::EffectIntent {
             unit: id.to_string(),
             seq,
@@ -428,13 +528,38 @@ impl Unit {
             Some(Some(outcome)) => Prep::Reuse(ctx(&key, Attempt::First), intent, outcome),
             // Started elsewhere and not settled: it may have happened.
             Some(None) => {
+                // Refused before anything is written while a live unit of
+                // this process is executing it.
+                let held = self.hold_key(&key, name, seq)?;
                 let lsn = self.j().append_locked(&mut st, id, &[intent])?;
-                Prep::InDoubt(ctx(&key, Attempt::Retry), lsn)
+                Prep::InDoubt(ctx(&key, Attempt::Retry), lsn, held)
             }
             None => {
+                let held = self.hold_key(&key, name, seq)?;
                 let lsn = self.j().append_locked(&mut st, id, &[intent])?;
-                Prep::Fresh(ctx(&key, Attempt::First), lsn)
+                Prep::Fresh(ctx(&key, Attempt::First), lsn, held)
             }
+        })
+    }
+
+    /// Marks `key` as executed by this unit (called with the state lock
+    /// held, so the check and the intent are one step), or
+    /// [`Error::KeyBusy`] when another live unit of this process holds it.
+    fn hold_key(&self, key: &str, name: &str, seq: u32) -> Result<KeyGuard> {
+        let mut running = self.j().inner.running.lock();
+        if let Some(holder) = running.get(key) {
+            return Err(Error::KeyBusy {
+                unit: self.id().to_string(),
+                step: seq,
+                effect: name.to_string(),
+                key: key.to_string(),
+                holder: holder.clone(),
+            });
+        }
+        running.insert(key.to_string(), self.id().to_string());
+        Ok(KeyGuard {
+            journal: self.j().clone(),
+            key: key.to_string(),
         })
     }
 
@@ -470,48 +595,67 @@ impl Unit {
         }
     }
 
-    /// Turns the closure's result into the outcome record and the value to return.
-    fn outcome_of<T: Serialize, E: Display>(
+    /// Turns the closure's result into the outcome record and the value to
+    /// return. A result that is too large or would not replay (its JSON
+    /// does not read back as the same value) is recorded as a failed
+    /// outcome carrying the reason — the effect ran, so something must be
+    /// recorded or it would run again — and returned as a typed error that
+    /// says so.
+    fn outcome_of<T: Serialize + DeserializeOwned, E: Display>(
         &self,
         ctx: &EffectCtx,
         r: std::result::Result<T, E>,
         via: OutcomeVia,
     ) -> (JournalRecord, Result<T>) {
         let limit = self.j().inner.opts.max_payload_bytes;
+        let not_replayable = |recorded: String, reason: String| {
+            let message = clip(
+                format!(
+                    "the effect ran, but its result would be recorded as {recorded} and {reason}; recorded as failed instead"
+                ),
+                (limit / 2) as usize,
+            );
+            (
+                Outcome::Err { message },
+                Err(Error::ResultNotReplayable {
+                    unit: ctx.unit.clone(),
+                    step: ctx.seq,
+                    effect: ctx.name.clone(),
+                    key: ctx.key.clone(),
+                    recorded,
+                    reason,
+                }),
+            )
+        };
         let (outcome, ret) = match r {
             Ok(v) => match serde_json::to_value(&v) {
                 Ok(value) => {
                     let size = super::json_size(&value);
-                    if size <= limit {
-                        (Outcome::Ok { value }, Ok(v))
-                    } else {
-                        // The effect ran, so something must be recorded or it
-                        // would be repeated: record it as failed.
-                        let what = format!("result of effect {:?}", ctx.name);
+                    if size > limit {
                         (
                             Outcome::Err {
                                 message: format!(
-                                    "{what} of {size} bytes exceeds the payload limit of {limit} bytes"
+                                    "the effect ran, but its result of {size} bytes exceeds the payload limit of {limit} bytes; the result was not saved"
                                 ),
                             },
-                            Err(Error::PayloadTooLarge {
+                            Err(Error::ResultTooLarge {
                                 unit: ctx.unit.clone(),
-                                what,
+                                step: ctx.seq,
+                                effect: ctx.name.clone(),
+                                key: ctx.key.clone(),
                                 size,
                                 limit,
                             }),
                         )
+                    } else if let Err(reason) = check_round_trip::<T>(&value) {
+                        not_replayable(clip(value.to_string(), 200), reason)
+                    } else {
+                        (Outcome::Ok { value }, Ok(v))
                     }
                 }
-                Err(e) => (
-                    Outcome::Err {
-                        message: format!("result cannot be encoded as JSON: {e}"),
-                    },
-                    Err(Error::Encode {
-                        unit: ctx.unit.clone(),
-                        what: format!("result of effect {:?}", ctx.name),
-                        reason: e.to_string(),
-                    }),
+                Err(e) => not_replayable(
+                    "nothing".into(),
+                    format!("cannot be encoded as JSON ({e})"),
                 ),
             },
             Err(e) => {
@@ -621,16 +765,17 @@ impl Unit {
                 self.next_seq += 1;
                 self.decode(seq, &name, o)
             }
-            Prep::Fresh(ctx, lsn) => {
+            Prep::Fresh(ctx, lsn, _held) => {
                 // The intent must be durable before the effect can happen:
                 // this is the sync that makes a crash during `f` visible as
                 // "in doubt" instead of "never started".
                 j.inner.log.wait_durable(lsn)?;
                 self.next_seq += 1;
                 let r = f(&ctx);
+                // `_held` keeps the key until the outcome is appended.
                 self.finish(&ctx, r, OutcomeVia::Run)
             }
-            Prep::InDoubt(ctx, intent_lsn) => {
+            Prep::InDoubt(ctx, intent_lsn, _held) => {
                 // Returns at once for a durable intent; fails (poisoned)
                 // for one whose sync failed, so `f` never runs without it.
                 j.inner.log.wait_durable(intent_lsn)?;
@@ -663,7 +808,7 @@ impl Unit {
         }
     }
 
-    fn finish<T: Serialize, E: Display>(
+    fn finish<T: Serialize + DeserializeOwned, E: Display>(
         &self,
         ctx: &EffectCtx,
         r: std::result::Result<T, E>,
@@ -676,9 +821,16 @@ impl Unit {
         ret
     }
 
-    fn check_no_in_doubt(&self) -> Result<()> {
+    fn check_committable(&self) -> Result<()> {
         let st = self.j().inner.state.lock();
         if let Some(u) = st.units.get(self.id()) {
+            if let Some(e) = u.effects.iter().find(|e| e.comp_intent.is_some()) {
+                return Err(Error::RollingBack {
+                    unit: self.id().to_string(),
+                    step: e.seq,
+                    action: "commit",
+                });
+            }
             if let Some(e) = u.effects.iter().find(|e| e.outcome.is_none()) {
                 return Err(Error::InvalidCall {
                     unit: self.id().to_string(),
@@ -688,15 +840,29 @@ impl Unit {
                     ),
                 });
             }
+            let recorded = u.effects.len() as u32;
+            if recorded > self.next_seq {
+                return Err(Error::UnreplayedSteps {
+                    unit: self.id().to_string(),
+                    replayed: self.next_seq,
+                    recorded,
+                });
+            }
         }
         Ok(())
     }
 
     /// Commits the unit durably (one `fdatasync`, which also covers the
-    /// buffered outcome before it). Returns the commit's LSN. Refused while
-    /// an effect of the unit is in doubt.
+    /// buffered outcome before it). Returns the commit's LSN.
+    ///
+    /// Refused while an effect of the unit is in doubt
+    /// ([`Error::InvalidCall`]), once a rollback has recorded a compensation
+    /// ([`Error::RollingBack`]: finish the rollback instead), and when the
+    /// journal records more steps than this (resumed) handle asked for
+    /// ([`Error::UnreplayedSteps`]: code that no longer knows a recorded
+    /// effect must not commit over it; replay it or roll the unit back).
     pub fn commit(self) -> Result<u64> {
-        self.check_no_in_doubt()?;
+        self.check_committable()?;
         let rec = JournalRecord::Commit {
             unit: self.id().to_string(),
             at_ms: now_ms(),
@@ -847,7 +1013,7 @@ impl Unit {
             let j = j.clone();
             super::blocking(move || Ok(j.inner.log.wait_durable(lsn)?))
         };
-        let (ctx, via) = match prep {
+        let (ctx, via, _held) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
                 return self.decode(seq, &name, o);
@@ -866,17 +1032,17 @@ impl Unit {
                 self.next_seq += 1;
                 return self.decode(seq, &name, o);
             }
-            Prep::Fresh(ctx, lsn) => {
+            Prep::Fresh(ctx, lsn, held) => {
                 // Durable before the effect can happen (see `run`).
                 wait_durable(lsn).await?;
-                (ctx, OutcomeVia::Run)
+                (ctx, OutcomeVia::Run, held)
             }
-            Prep::InDoubt(ctx, intent_lsn) => {
+            Prep::InDoubt(ctx, intent_lsn, held) => {
                 // See `run`: never run on a non-durable intent.
                 wait_durable(intent_lsn).await?;
                 match policy {
                     Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
-                    Policy::RetrySameKey => (ctx, OutcomeVia::Retry),
+                    Policy::RetrySameKey => (ctx, OutcomeVia::Retry, held),
                     Policy::Reconcile(probe) => match probe(&ctx) {
                         Ok(Probe::Happened(v)) => {
                             self.next_seq += 1;
@@ -885,7 +1051,7 @@ impl Unit {
                             write(vec![rec], Durability::Buffered).await?;
                             return ret;
                         }
-                        Ok(Probe::NotHappened) => (ctx, OutcomeVia::Retry),
+                        Ok(Probe::NotHappened) => (ctx, OutcomeVia::Retry, held),
                         Err(message) => {
                             return Err(Error::ReconcileFailed {
                                 unit: ctx.unit.clone(),

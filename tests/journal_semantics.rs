@@ -85,7 +85,10 @@ fn keys_of_different_units_never_collide() {
         .unwrap();
     b.commit().unwrap();
     assert_eq!(runs.get(), 2, "both effects ran");
-    assert_eq!(ka, "orders/7/email/0", "keys without '/' in the name keep their form");
+    assert_eq!(
+        ka, "orders/7/email/0",
+        "keys without '/' in the name keep their form"
+    );
     assert_eq!(kb, "orders/7%2Femail/0");
     assert_ne!(ka, kb);
     // The escape is injective on names holding the escape character too.
@@ -98,8 +101,10 @@ fn a_settled_key_is_never_handed_to_an_effect_of_another_name() {
     let storage = SimStorage::new();
     let j = open(&storage);
     let mut a = j.begin("a", "t", &()).unwrap();
-    a.run(Effect::never_repeat("charge").key("K"), |_| Ok::<_, String>(100))
-        .unwrap();
+    a.run(Effect::never_repeat("charge").key("K"), |_| {
+        Ok::<_, String>(100)
+    })
+    .unwrap();
     a.commit().unwrap();
 
     let mut b = j.begin("b", "t", &()).unwrap();
@@ -124,7 +129,10 @@ fn a_settled_key_is_never_handed_to_an_effect_of_another_name() {
                 (unit.as_str(), *step, effect.as_str(), key.as_str()),
                 ("b", 0, "email", "K")
             );
-            assert_eq!((recorded_unit.as_str(), recorded_effect.as_str()), ("a", "charge"));
+            assert_eq!(
+                (recorded_unit.as_str(), recorded_effect.as_str()),
+                ("a", "charge")
+            );
         }
         e => panic!("expected KeyConflict, got {e}"),
     }
@@ -133,9 +141,10 @@ fn a_settled_key_is_never_handed_to_an_effect_of_another_name() {
     assert_eq!(j.log().next_lsn(), before, "nothing written");
     // The same effect name does reuse the key's recorded result.
     let v: u32 = b
-        .run(Effect::never_repeat("charge").key("K"), |_| -> Result<u32, String> {
-            panic!("a settled key never runs again")
-        })
+        .run(
+            Effect::never_repeat("charge").key("K"),
+            |_| -> Result<u32, String> { panic!("a settled key never runs again") },
+        )
         .unwrap();
     assert_eq!(v, 100);
 }
@@ -170,12 +179,16 @@ fn keys_recorded_by_the_old_scheme_still_replay_on_resume() {
     assert_eq!(v, 5);
     // In doubt under its old key: retried with that very key.
     let key = u
-        .run(Effect::retry_same_key("c/d"), |c| Ok::<_, String>(c.key().to_string()))
+        .run(Effect::retry_same_key("c/d"), |c| {
+            Ok::<_, String>(c.key().to_string())
+        })
         .unwrap();
     assert_eq!(key, "u/c/d/1");
     // A new step gets the new scheme.
     let key = u
-        .run(Effect::retry_same_key("e/f"), |c| Ok::<_, String>(c.key().to_string()))
+        .run(Effect::retry_same_key("e/f"), |c| {
+            Ok::<_, String>(c.key().to_string())
+        })
         .unwrap();
     assert_eq!(key, "u/e%2Ff/2");
     u.commit().unwrap();
@@ -190,10 +203,14 @@ fn a_unit_whose_rollback_was_interrupted_can_only_finish_its_rollback() {
     {
         let j = open(&storage);
         let mut u = j.begin("u", "t", &()).unwrap();
-        u.run(Effect::never_repeat("reserve").compensable(), |_| Ok::<_, String>(1))
-            .unwrap();
-        u.run(Effect::never_repeat("charge").compensable(), |_| Ok::<_, String>(2))
-            .unwrap();
+        u.run(Effect::never_repeat("reserve").compensable(), |_| {
+            Ok::<_, String>(1)
+        })
+        .unwrap();
+        u.run(Effect::never_repeat("charge").compensable(), |_| {
+            Ok::<_, String>(2)
+        })
+        .unwrap();
         // The refund of step 1 runs, then the process is killed while
         // compensating step 0 (it ran too): no abort record exists.
         let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -216,9 +233,10 @@ fn a_unit_whose_rollback_was_interrupted_can_only_finish_its_rollback() {
     // The normal resume path: replaying the charge is refused...
     let mut u = j.begin("u", "t", &()).unwrap();
     let err = u
-        .run(Effect::never_repeat("reserve").compensable(), |_| -> Result<u32, String> {
-            panic!("never runs")
-        })
+        .run(
+            Effect::never_repeat("reserve").compensable(),
+            |_| -> Result<u32, String> { panic!("never runs") },
+        )
         .unwrap_err();
     assert!(
         matches!(&err, Error::RollingBack { unit, action: "run", .. } if unit == "u"),
@@ -228,7 +246,13 @@ fn a_unit_whose_rollback_was_interrupted_can_only_finish_its_rollback() {
     // ... and so is committing.
     let err = u.commit().unwrap_err();
     assert!(
-        matches!(&err, Error::RollingBack { action: "commit", .. }),
+        matches!(
+            &err,
+            Error::RollingBack {
+                action: "commit",
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(j.unit_state("u"), Some(UnitState::Incomplete));
@@ -283,10 +307,13 @@ fn a_recorded_never_repeat_step_never_runs_under_a_redeclared_policy() {
     assert!(!ran.get(), "an in-doubt never_repeat step never runs again");
     // The compensable flag is part of the declaration too.
     let err = u
-        .run(Effect::never_repeat("ledger").key("k0").compensable(), |_| {
-            ran.set(true);
-            Ok::<_, String>(())
-        })
+        .run(
+            Effect::never_repeat("ledger").key("k0").compensable(),
+            |_| {
+                ran.set(true);
+                Ok::<_, String>(())
+            },
+        )
         .unwrap_err();
     match &err {
         Error::EffectMismatch {
@@ -318,8 +345,10 @@ fn resumed_code_that_asks_for_fewer_steps_cannot_commit_over_the_others() {
         let j = open(&storage);
         let mut u = j.begin("u", "t", &()).unwrap();
         for name in ["plan", "send"] {
-            u.run(Effect::retry_same_key(name).compensable(), |_| Ok::<_, String>(1))
-                .unwrap();
+            u.run(Effect::retry_same_key(name).compensable(), |_| {
+                Ok::<_, String>(1)
+            })
+            .unwrap();
         }
         j.sync().unwrap();
         // Killed before the commit.
@@ -328,8 +357,10 @@ fn resumed_code_that_asks_for_fewer_steps_cannot_commit_over_the_others() {
     assert_eq!(j.effect_status("u", 1), Some(EffectStatus::Completed));
     // New code knows only the first step.
     let mut u = j.begin("u", "t", &()).unwrap();
-    u.run(Effect::retry_same_key("plan").compensable(), |_| Ok::<_, String>(1))
-        .unwrap();
+    u.run(Effect::retry_same_key("plan").compensable(), |_| {
+        Ok::<_, String>(1)
+    })
+    .unwrap();
     let err = u.commit().unwrap_err();
     match &err {
         Error::UnreplayedSteps {
@@ -344,9 +375,10 @@ fn resumed_code_that_asks_for_fewer_steps_cannot_commit_over_the_others() {
     // Replaying every recorded step, the commit goes through.
     let mut u = j.begin("u", "t", &()).unwrap();
     for name in ["plan", "send"] {
-        u.run(Effect::retry_same_key(name).compensable(), |_| -> Result<u32, String> {
-            panic!("replayed, not run")
-        })
+        u.run(
+            Effect::retry_same_key(name).compensable(),
+            |_| -> Result<u32, String> { panic!("replayed, not run") },
+        )
         .unwrap();
     }
     u.commit().unwrap();
@@ -373,7 +405,8 @@ fn key_busy_while_another_unit_executes(policy: PolicyKind) {
                 .run(effect("send"), |_| {
                     runs2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     started_tx.send(()).unwrap();
-                    go_rx.recv().unwrap();
+                    // Bounded: a failing test must not hang.
+                    let _ = go_rx.recv_timeout(std::time::Duration::from_secs(10));
                     Ok::<_, String>(7)
                 })
                 .unwrap();
@@ -384,22 +417,26 @@ fn key_busy_while_another_unit_executes(policy: PolicyKind) {
         // Unit A is executing K right now.
         let mut b = j.begin("b", "t", &()).unwrap();
         let before = j.log().next_lsn();
-        let err = b
-            .run(effect("send"), |_| {
-                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok::<u32, String>(8)
-            })
-            .unwrap_err();
+        let r = b.run(effect("send"), |_| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<u32, String>(8)
+        });
+        let written = j.log().next_lsn() - before;
+        let b_status = j.effect_status("b", 0);
+        go_tx.send(()).unwrap();
+        let err = r.expect_err("b must not run the key a is executing");
         match &err {
             Error::KeyBusy {
                 unit, key, holder, ..
-            } => assert_eq!((unit.as_str(), key.as_str(), holder.as_str()), ("b", "K", "a")),
+            } => assert_eq!(
+                (unit.as_str(), key.as_str(), holder.as_str()),
+                ("b", "K", "a")
+            ),
             e => panic!("expected KeyBusy, got {e}"),
         }
         assert!(err.is_retryable());
-        assert_eq!(j.log().next_lsn(), before, "nothing written for b");
-        assert_eq!(j.effect_status("b", 0), Some(EffectStatus::NotStarted));
-        go_tx.send(()).unwrap();
+        assert_eq!(written, 0, "nothing written for b");
+        assert_eq!(b_status, Some(EffectStatus::NotStarted));
         assert_eq!(a.join().unwrap(), 7);
         // Retried once A recorded its outcome: A's result, nothing runs.
         let v: u32 = b
@@ -430,9 +467,10 @@ fn a_key_is_released_when_its_effect_panics() {
     let j = open(&storage);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut a = j.begin("a", "t", &()).unwrap();
-        let _ = a.run(Effect::retry_same_key("send").key("K"), |_| -> Result<u32, String> {
-            panic!("the effect's code panics")
-        });
+        let _ = a.run(
+            Effect::retry_same_key("send").key("K"),
+            |_| -> Result<u32, String> { panic!("the effect's code panics") },
+        );
     }));
     assert!(r.is_err());
     // Not busy: in doubt, and the policy applies.
@@ -475,7 +513,10 @@ fn a_result_that_would_not_replay_is_recorded_as_failed_and_never_rerun() {
             e => panic!("expected ResultNotReplayable, got {e}"),
         }
         let msg = err.to_string();
-        assert!(msg.contains("ran") && msg.contains("recorded as failed"), "{msg}");
+        assert!(
+            msg.contains("ran") && msg.contains("recorded as failed"),
+            "{msg}"
+        );
         assert!(!err.is_retryable());
         // A value that does round-trip is recorded as usual.
         let v: f64 = u
@@ -506,14 +547,19 @@ fn an_oversized_result_says_the_effect_ran_and_what_was_recorded() {
     let mut u = j.begin("u", "t", &()).unwrap();
     let big = "x".repeat(5 << 10);
     let err = u
-        .run(Effect::retry_same_key("llm"), |_| Ok::<_, String>(big.clone()))
+        .run(Effect::retry_same_key("llm"), |_| {
+            Ok::<_, String>(big.clone())
+        })
         .unwrap_err();
     assert!(
         matches!(&err, Error::ResultTooLarge { step: 0, limit, .. } if *limit == 4 << 10),
         "{err}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("ran") && msg.contains("recorded as failed"), "{msg}");
+    assert!(
+        msg.contains("ran") && msg.contains("recorded as failed"),
+        "{msg}"
+    );
     assert!(!msg.contains("nothing was written"), "{msg}");
     assert_eq!(j.effect_status("u", 0), Some(EffectStatus::Failed));
 }
@@ -521,12 +567,15 @@ fn an_oversized_result_says_the_effect_ran_and_what_was_recorded() {
 #[test]
 fn a_multi_megabyte_model_answer_is_recorded_under_the_default_options() {
     let dir = tempfile::tempdir().unwrap();
-    let answer = "token ".repeat(2 << 20 / 6 + 1); // just over 2 MB
+    let answer = "token ".repeat((2 << 20) / 6 + 1); // just over 2 MiB
+    assert!(answer.len() > 2 << 20);
     {
         let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
         let mut u = j.begin("u", "t", &()).unwrap();
         let got: String = u
-            .run(Effect::retry_same_key("llm"), |_| Ok::<_, String>(answer.clone()))
+            .run(Effect::retry_same_key("llm"), |_| {
+                Ok::<_, String>(answer.clone())
+            })
             .unwrap();
         assert_eq!(got.len(), answer.len());
         // Killed before the commit.
@@ -534,9 +583,10 @@ fn a_multi_megabyte_model_answer_is_recorded_under_the_default_options() {
     let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
     let mut u = j.begin("u", "t", &()).unwrap();
     let got: String = u
-        .run(Effect::retry_same_key("llm"), |_| -> Result<String, String> {
-            panic!("the paid call is not repeated")
-        })
+        .run(
+            Effect::retry_same_key("llm"),
+            |_| -> Result<String, String> { panic!("the paid call is not repeated") },
+        )
         .unwrap();
     assert_eq!(got, answer);
     u.commit().unwrap();

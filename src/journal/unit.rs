@@ -2,18 +2,27 @@
 //!
 //! For every effect, [`Unit::run`]:
 //!
+//! 0. refuses to run anything in a unit that is rolling back (a compensation
+//!    intent is recorded): [`Error::RollingBack`];
 //! 1. looks the step up in the replayed unit: a recorded outcome is returned
-//!    without running anything (a different effect name or key at this step
-//!    is [`Error::EffectMismatch`]);
+//!    without running anything (a different effect name, key, policy or
+//!    compensable flag at this step is [`Error::EffectMismatch`]: the
+//!    recorded declaration governs);
 //! 2. otherwise looks the key up in the key index: a settled key's recorded
-//!    outcome is reused (intent + outcome recorded, nothing runs);
+//!    outcome is reused (intent + outcome recorded, nothing runs) if the key
+//!    belongs to an effect of the same name ([`Error::KeyConflict`] if not);
 //! 3. otherwise appends the **effect intent durably** (one `fdatasync`, shared
 //!    with the buffered unit-begin and previous outcome), runs the closure,
 //!    and appends the outcome **buffered** (made durable by the next intent
-//!    or by the commit);
+//!    or by the commit). While the closure runs, the key is held: another
+//!    live unit of this process asking for it gets [`Error::KeyBusy`];
 //! 4. an effect found *in doubt* (intent, no outcome) follows its policy —
 //!    unless another unit has meanwhile recorded an outcome for its key:
-//!    that outcome is recorded for the step and returned, nothing runs.
+//!    that outcome is recorded for the step and returned, nothing runs;
+//! 5. a result is recorded only if it replays (its JSON reads back as the
+//!    same value) and fits the payload limit; otherwise the effect, which
+//!    ran, is recorded as a permanent failure with the reason
+//!    ([`Error::ResultNotReplayable`], [`Error::ResultTooLarge`]).
 
 use std::fmt::Display;
 
@@ -192,7 +201,9 @@ impl<'p, T> Effect<'p, T> {
         }
     }
 
-    /// Uses an explicit idempotency key instead of the derived one.
+    /// Uses an explicit idempotency key instead of the derived one
+    /// ([`default_key`]). A key belongs to one effect name: another effect
+    /// asking for a key the journal knows gets [`Error::KeyConflict`].
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
@@ -292,7 +303,9 @@ pub fn default_key(unit: &str, name: &str, seq: u32) -> String {
 
 /// Why a result does not replay (`Err(reason)`): its JSON must decode to
 /// `T` and re-encode to the very same JSON.
-fn check_round_trip<T: Serialize + DeserializeOwned>(value: &Value) -> std::result::Result<(), String> {
+fn check_round_trip<T: Serialize + DeserializeOwned>(
+    value: &Value,
+) -> std::result::Result<(), String> {
     let back: T = serde_json::from_value(value.clone())
         .map_err(|e| format!("does not read back as the effect's result type ({e})"))?;
     let again = serde_json::to_value(&back)
@@ -653,10 +666,9 @@ impl Unit {
                         (Outcome::Ok { value }, Ok(v))
                     }
                 }
-                Err(e) => not_replayable(
-                    "nothing".into(),
-                    format!("cannot be encoded as JSON ({e})"),
-                ),
+                Err(e) => {
+                    not_replayable("nothing".into(), format!("cannot be encoded as JSON ({e})"))
+                }
             },
             Err(e) => {
                 let message = clip(e.to_string(), (limit / 2) as usize);
@@ -698,6 +710,15 @@ impl Unit {
     /// above all); its error is recorded as the effect's failed outcome and
     /// returned as [`Error::EffectFailed`] (a recorded failure is returned
     /// again on resume, never retried).
+    ///
+    /// Errors that mean nothing ran and nothing was written:
+    /// [`Error::EffectMismatch`] (the step was recorded with another name,
+    /// key, policy or compensable flag), [`Error::KeyConflict`] (the key
+    /// belongs to an effect of another name), [`Error::KeyBusy`] (retryable:
+    /// another live unit of this process is executing the key),
+    /// [`Error::RollingBack`] (a rollback of this unit has begun). Errors
+    /// that mean the effect ran and a failure was recorded in place of its
+    /// result: [`Error::ResultNotReplayable`], [`Error::ResultTooLarge`].
     ///
     /// ```
     /// use agentwal::journal::{Effect, Journal, JournalOptions, Probe};

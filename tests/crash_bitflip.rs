@@ -28,7 +28,8 @@ fn opts(preallocate: bool) -> LogOptions {
 struct Journal {
     files: Vec<(PathBuf, Vec<u8>)>,
     records: BTreeMap<u64, Vec<u8>>,
-    /// (segment, offset, end of header + payload, lsn) of every record.
+    /// (segment, offset, end of the record with its padding, lsn) of every
+    /// record: every byte of it, padding included, is checked.
     locs: Vec<(PathBuf, u64, u64, u64)>,
     /// synced_lsn of every record, by LSN.
     synced: BTreeMap<u64, u64>,
@@ -94,7 +95,7 @@ fn build(preallocate: bool) -> Journal {
             (
                 seg,
                 r.offset(),
-                r.offset() + 28 + r.payload().len() as u64,
+                r.offset() + (28 + r.payload().len() as u64).div_ceil(8) * 8,
                 r.lsn,
             )
         })
@@ -134,7 +135,7 @@ impl Journal {
         self.segments.last().map(|p| p.as_path()) == Some(f)
     }
 
-    /// Record whose bytes (header..payload end) contain `offset` of `f`.
+    /// Record whose bytes (header..padding end) contain `offset` of `f`.
     fn record_at(&self, f: &Path, offset: u64) -> Option<&(PathBuf, u64, u64, u64)> {
         self.locs
             .iter()

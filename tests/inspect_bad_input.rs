@@ -173,3 +173,101 @@ fn garbage_files_named_like_segments_are_not_a_journal() {
     let r = inspect_dir("verify", e.path(), &[]);
     assert_eq!(r.code, 1, "{r:?}");
 }
+
+/// Every file of `dir` (recursively) overwritten with pseudo-random bytes of
+/// the same size, as a disk-wiping bug or a wrong `dd` would leave it.
+fn overwrite_every_file(dir: &Path, seed: &mut u64) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            overwrite_every_file(&p, seed);
+            continue;
+        }
+        let len = fs::metadata(&p).unwrap().len() as usize;
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                // xorshift64*: deterministic, no dependency.
+                *seed ^= *seed >> 12;
+                *seed ^= *seed << 25;
+                *seed ^= *seed >> 27;
+                (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+            })
+            .collect();
+        fs::write(&p, junk).unwrap();
+    }
+}
+
+#[test]
+fn a_journal_whose_files_are_all_garbage_is_not_a_journal() {
+    use agentwal::journal::{Effect, Journal, JournalOptions};
+    use agentwal::queue::{QueueOptions, WorkQueue};
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path(), JournalOptions::small()).unwrap();
+    for i in 0..20u64 {
+        let mut u = j
+            .begin(
+                &format!("unit-{i}"),
+                "record",
+                &serde_json::json!({ "n": i }),
+            )
+            .unwrap();
+        u.run(Effect::retry_same_key("send"), |_| Ok::<_, String>(i))
+            .unwrap();
+        u.commit().unwrap();
+        if i == 10 {
+            j.compact().unwrap();
+        }
+    }
+    drop(j);
+    let q = WorkQueue::open(d.path(), QueueOptions::default()).unwrap();
+    q.enqueue(b"item").unwrap();
+    q.close().unwrap();
+    // The real journal is fine (and has a LOCK, segments, a snapshot, a queue).
+    assert_eq!(inspect_dir("verify", d.path(), &[]).code, 0);
+    let names: Vec<String> = fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "LOCK"), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".snap")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".wal")), "{names:?}");
+
+    for seed in [1u64, 0x9E37_79B9_7F4A_7C15, 42] {
+        let copy = tempfile::tempdir().unwrap();
+        let mut s = seed;
+        copy_dir(d.path(), copy.path());
+        overwrite_every_file(copy.path(), &mut s);
+        every_command_fails_cleanly(copy.path(), "is not a journal directory");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_work_queue_whose_files_are_all_garbage_is_bad_input_not_an_empty_queue() {
+    use agentwal::queue::{QueueOptions, WorkQueue};
+    let d = tempfile::tempdir().unwrap();
+    make_log(d.path(), 3, small_opts());
+    let q = WorkQueue::open(d.path(), QueueOptions::default()).unwrap();
+    q.enqueue(b"item").unwrap();
+    q.close().unwrap();
+    assert_eq!(inspect_dir("queue", d.path(), &[]).code, 0);
+    overwrite_every_file(&d.path().join("queue"), &mut 7);
+    for cmd in ["queue", "verify"] {
+        let r = inspect_dir(cmd, d.path(), &[]);
+        assert_clean_failure(&r, "queue is not a journal directory");
+    }
+    // The journal itself still reads.
+    assert_eq!(inspect_dir("summary", d.path(), &[]).code, 0);
+}

@@ -6,7 +6,7 @@ mod inspect_support;
 
 use std::time::Duration;
 
-use agentwal::runtime::queue::{QueueOptions, WorkQueue};
+use agentwal::queue::{QueueOptions, WorkQueue};
 use inspect_support::*;
 use serde_json::{json, Value};
 

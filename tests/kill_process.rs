@@ -43,7 +43,7 @@ use agentwal::journal::{
     Probe, Retention, UnitState,
 };
 use agentwal::log::{Durability, Log, LogOptions, LogReader};
-use agentwal::runtime::queue::{queue_dir, queue_view, ItemState, QueueOptions, WorkQueue};
+use agentwal::queue::{queue_dir, queue_view, ItemState, QueueOptions, WorkQueue};
 
 const MODE_ENV: &str = "AGENTWAL_KILL_CHILD";
 const DIR_ENV: &str = "AGENTWAL_KILL_DIR";

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agentwal::log::segment::encode_header;
 use agentwal::log::storage::Storage;
+use agentwal::log::testing::encode_header;
 use agentwal::log::{Durability, Error, Log, LogOptions, LogReader, RecoveryMode, SimStorage};
 
 const DIR: &str = "/sim/recovery/journal";
@@ -274,11 +274,11 @@ fn row_torn_segment_creation_zeros_is_removed() {
 
 #[test]
 fn row_torn_segment_creation_bad_header_is_removed() {
-    let mut h = encode_header(11).to_vec();
+    let mut h = encode_header(11, 0x1234_5678).to_vec();
     h[24] ^= 0xff; // checksum does not match: the header write tore
     h.resize(4096, 0);
     torn_creation(&h);
-    torn_creation(&encode_header(11)[..20]);
+    torn_creation(&encode_header(11, 0x1234_5678)[..20]);
 }
 
 #[test]
@@ -316,8 +316,8 @@ fn row_wrong_magic_is_bad_magic() {
 fn row_newer_version_is_unsupported() {
     let (sim, _) = journal(20);
     let seg = segments(&sim)[0].1.clone();
-    let mut h = encode_header(1);
-    h[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let mut h = encode_header(1, 0);
+    h[8..12].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32fast::hash(&h[0..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     sim.poke(&seg, 0, &h).unwrap();
@@ -327,7 +327,7 @@ fn row_newer_version_is_unsupported() {
             found,
             supported,
         }) => {
-            assert_eq!((path, found, supported), (seg, 2, 1));
+            assert_eq!((path, found, supported), (seg, 3, 2));
         }
         other => panic!("expected UnsupportedVersion, got {:?}", other.map(|_| ())),
     }

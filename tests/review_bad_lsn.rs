@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agentwal::journal::{Journal, JournalOptions};
-use agentwal::log::segment::{encode_header, segment_name};
-use agentwal::log::{record, snapshot, Log, LogOptions, LogReader, SimStorage};
+use agentwal::log::testing::{encode_header, segment_name};
+use agentwal::log::testing::{encode_record, encode_snapshot, Codec};
+use agentwal::log::{Log, LogOptions, LogReader, SimStorage};
 
 const DIR: &str = "/review/badlsn";
 
@@ -23,16 +24,23 @@ fn snapshot_at(lsn: u64) -> SimStorage {
     let sim = SimStorage::new();
     sim.put(
         &Path::new(DIR).join(format!("snap-{lsn:020}.snap")),
-        &snapshot::encode(lsn, b"{}"),
+        &encode_snapshot(lsn, b"{}"),
     );
     sim
 }
 
 fn segment_at(first: u64, records: u64) -> SimStorage {
     let sim = SimStorage::new();
-    let mut bytes = encode_header(first).to_vec();
+    let mut bytes = encode_header(first, 0xC0FFEE).to_vec();
     for i in 0..records {
-        record::encode(&mut bytes, first.wrapping_add(i), 0, 0, b"x");
+        encode_record(
+            &mut bytes,
+            Codec::V2 { salt: 0xC0FFEE },
+            first.wrapping_add(i),
+            0,
+            0,
+            b"x",
+        );
     }
     bytes.resize(4096, 0);
     sim.put(&Path::new(DIR).join(segment_name(first)), &bytes);

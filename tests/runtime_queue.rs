@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use agentwal::log::storage::sim::CrashMode;
 use agentwal::log::{LogOptions, LogReader, SimStorage};
-use agentwal::runtime::queue::{
+use agentwal::queue::Error;
+use agentwal::queue::{
     queue_dir, queue_view, Claimed, ItemState, ManualClock, NackOutcome, QueueOptions, WorkQueue,
 };
-use agentwal::runtime::Error;
 
 fn opts(clock: &Arc<ManualClock>) -> QueueOptions {
     QueueOptions {

@@ -16,7 +16,7 @@ use crate::measure::Res;
 /// Bytes of one agentwal record carrying `payload_len` bytes (header + padding),
 /// so the raw baseline writes exactly as many bytes per operation.
 pub fn record_bytes(payload_len: usize) -> usize {
-    agentwal::log::record::encoded_len(payload_len)
+    agentwal::log::testing::encoded_len(payload_len)
 }
 
 /// A deterministic payload of `len` bytes.

@@ -17,6 +17,13 @@
 //!   owner is alive), cuts only a torn tail unless told `lossy`, saves cut
 //!   bytes beside the log and says exactly what it dropped.
 //!
+//! **Boundaries.** `inspect` reads the `log`, `journal` and `queue` layers and
+//! never `runtime` (so a `wal-inspect` built without tokio reads everything).
+//! It does not re-derive the log's format: file names, magic numbers and the
+//! `LOCK` name come from the log's `format` module, the damage classification
+//! from the log's scan ([`crate::log::ScanReport`]), and records of a segment
+//! outside the log's order from the log's `probe`.
+//!
 //! ```
 //! use agentwal::inspect::{summary::summary, Inspection};
 //! use agentwal::log::{Log, LogOptions};

@@ -27,9 +27,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::error::{Error, Result};
-use crate::log::segment::{decode_header, parse_segment_name, SEGMENT_HEADER, SEGMENT_MAGIC};
+use crate::log::format::{
+    has_segment_magic, has_snapshot_magic, is_leftover_name, is_lock_name, is_owner_pid,
+    is_segment_name, is_snapshot_name, parse_segment_name,
+};
+use crate::log::probe::segment_prefix;
 use crate::log::storage::{DirLock, FileBytes, LockFailure, OpenMode, StorageFile};
-use crate::log::{self, record, FsStorage, LogReader, Lsn, Storage};
+use crate::log::{self, FsStorage, LogReader, Lsn, Storage};
 
 /// How many times an open that races with the owner's compaction is retried.
 const MAX_OPENS: usize = 4;
@@ -335,30 +339,13 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
     };
 
     let scan = reader.scan();
-    if hid_segment && scan.segments.is_empty() && reader.snapshot().is_none() {
-        // Not one file here is an agentwal segment: this is not a damaged
-        // journal but something else (garbage named like segments).
-        let segs: Vec<&PathBuf> = listing.iter().filter(|p| is_segment(p)).collect();
-        let any_magic = segs.iter().any(|p| {
-            storage
-                .map(p)
-                .is_ok_and(|b| b.get(..SEGMENT_MAGIC.len()) == Some(&SEGMENT_MAGIC[..]))
-        });
-        // A LOCK file means an agentwal log owned this directory: its
-        // segments were overwritten, which is damage to report with segment
-        // and offset (verify exit 1), not a wrong path.
-        let owned = listing
-            .iter()
-            .any(|p| p.file_name().is_some_and(|n| n == "LOCK"));
-        if !any_magic && !owned {
-            return Err(Error::NotAJournal {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "none of its {} segment file(s) is an agentwal segment (bad magic in {})",
-                    segs.len(),
-                    segs.first().map_or_else(String::new, |p| file_name(p))
-                ),
-            });
+    if !problems.is_empty() && scan.segments.is_empty() && reader.snapshot().is_none() {
+        // Nothing readable is left once the damaged files are hidden. Unless
+        // something here still carries agentwal's structure, this is not a
+        // damaged journal but something else: garbage named like segments,
+        // or a journal whose every file was overwritten.
+        if !carries_agentwal_structure(storage.as_ref(), &listing) {
+            return Err(not_a_journal(dir, &listing));
         }
     }
     let mut findings = Findings::default();
@@ -409,18 +396,7 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
         }
     }
     findings.unreachable_segments = unreachable.iter().map(|p| display(p)).collect();
-    let mut leftovers: Vec<String> = listing
-        .iter()
-        .filter(|p| {
-            let n = file_name(p);
-            (n.starts_with("cut-") && n.ends_with(".bin"))
-                || n.ends_with(".dropped")
-                || n.ends_with(".tmp")
-        })
-        .map(|p| display(p))
-        .collect();
-    leftovers.sort();
-    findings.leftovers = leftovers;
+    findings.leftovers = sorted_names(&listing, is_leftover_name, display);
     Ok(Inspection {
         dir: dir.to_path_buf(),
         storage: storage.clone(),
@@ -430,15 +406,81 @@ fn open_once(storage: &Arc<dyn Storage>, dir: &Path, opts: &OpenOptions) -> Resu
     })
 }
 
-/// True for a segment file name (`<20 digits>.wal`).
-pub(crate) fn is_segment(p: &Path) -> bool {
-    parse_segment_name(p).is_some()
+/// True when `dir` holds a file named like a segment or a snapshot (a log,
+/// or something pretending to be one).
+pub(crate) fn holds_log_files(storage: &dyn Storage, dir: &Path) -> bool {
+    storage
+        .list_dir(dir)
+        .is_ok_and(|v| v.iter().any(|p| is_segment(p) || is_snapshot(p)))
 }
 
-/// True for a snapshot file name (`snap-<20 digits>.snap`).
+/// True for a segment file name (`<20 digits>.wal`).
+pub(crate) fn is_segment(p: &Path) -> bool {
+    is_segment_name(p)
+}
+
+/// True for a snapshot file name (`snap-*.snap`).
 pub(crate) fn is_snapshot(p: &Path) -> bool {
-    let n = file_name(p);
-    n.starts_with("snap-") && n.ends_with(".snap")
+    is_snapshot_name(p)
+}
+
+/// True when a file of `listing` still shows agentwal wrote this directory:
+/// a segment or snapshot starting with its magic number, or an owner-lock
+/// file holding an owner's pid (an owned journal whose segments were
+/// overwritten is damage to report with segment and offset, not a wrong
+/// path). Files overwritten with garbage carry none of these.
+fn carries_agentwal_structure(storage: &dyn Storage, listing: &[PathBuf]) -> bool {
+    let starts = |p: &Path, f: fn(&[u8]) -> bool| storage.map(p).is_ok_and(|b| f(&b));
+    listing.iter().any(|p| {
+        (is_segment(p) && starts(p, has_segment_magic))
+            || (is_snapshot(p) && starts(p, has_snapshot_magic))
+            || (is_lock_name(p) && starts(p, is_owner_pid))
+    })
+}
+
+/// The files of `listing` that `pick` selects, shown by `show`, sorted.
+fn sorted_names(
+    listing: &[PathBuf],
+    pick: fn(&Path) -> bool,
+    show: fn(&Path) -> String,
+) -> Vec<String> {
+    let mut v: Vec<String> = listing
+        .iter()
+        .filter(|p| pick(p))
+        .map(|p| show(p))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The "not a journal" error for a directory whose segment and snapshot
+/// files are all foreign or garbage.
+fn not_a_journal(dir: &Path, listing: &[PathBuf]) -> Error {
+    let segs = sorted_names(listing, is_segment, file_name);
+    let snaps = sorted_names(listing, is_snapshot, file_name);
+    let first = |v: &[String]| v.first().cloned().unwrap_or_default();
+    let reason = match (segs.is_empty(), snaps.is_empty()) {
+        (false, true) => format!(
+            "none of its {} segment file(s) is an agentwal segment (bad magic in {})",
+            segs.len(),
+            first(&segs)
+        ),
+        (false, false) => format!(
+            "none of its {} segment file(s) is an agentwal segment (bad magic in {}), and no snapshot is an agentwal snapshot (bad magic in {})",
+            segs.len(),
+            first(&segs),
+            first(&snaps)
+        ),
+        _ => format!(
+            "none of its {} snapshot file(s) is an agentwal snapshot (bad magic in {}), and it has no segment",
+            snaps.len(),
+            first(&snaps)
+        ),
+    };
+    Error::NotAJournal {
+        path: dir.to_path_buf(),
+        reason,
+    }
 }
 
 pub(crate) fn file_name(p: &Path) -> String {
@@ -468,34 +510,19 @@ pub struct SegmentGlance {
 
 /// Reads one segment on its own: header and consecutive valid records.
 pub fn glance_segment(storage: &dyn Storage, path: &Path) -> Result<SegmentGlance> {
-    let bytes = storage.map(path).map_err(|e| Error::io("read", path, e))?;
-    let mut g = SegmentGlance {
+    // Positional reads, not a map: the segment may be the live one, which
+    // an owner may be writing while we look.
+    let bytes = storage
+        .read_prefix(path, u64::MAX)
+        .map_err(|e| Error::io("read", path, e))?;
+    let prefix = segment_prefix(path, &bytes);
+    Ok(SegmentGlance {
         segment: display(path),
         file_bytes: bytes.len() as u64,
-        first_lsn: None,
-        records: 0,
-        last_lsn: None,
-    };
-    let Ok(first) = decode_header(path, &bytes) else {
-        return Ok(g);
-    };
-    g.first_lsn = Some(first);
-    let mut pos = SEGMENT_HEADER;
-    let mut next = first;
-    while let record::Decoded::Valid {
-        record,
-        next: after,
-    } = record::decode_at(&bytes, pos)
-    {
-        if record.lsn != next {
-            break;
-        }
-        g.records += 1;
-        g.last_lsn = Some(next);
-        next += 1;
-        pos = after;
-    }
-    Ok(g)
+        first_lsn: prefix.first_lsn,
+        records: prefix.records,
+        last_lsn: prefix.last_lsn,
+    })
 }
 
 /// The storage the log reader sees: the real one minus hidden (damaged)
@@ -555,6 +582,23 @@ impl Storage for View {
     }
     fn map(&self, path: &Path) -> io::Result<FileBytes> {
         let b = self.inner.map(path)?;
+        self.count(path, &b);
+        Ok(b)
+    }
+    fn read_prefix(&self, path: &Path, max: u64) -> io::Result<FileBytes> {
+        // The live segment is read, not mapped (the owner may be writing it).
+        let b = self.inner.read_prefix(path, max)?;
+        self.count(path, &b);
+        Ok(b)
+    }
+    fn lock_dir(&self, _: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
+        Err(LockFailure::Io(read_only()))
+    }
+}
+
+impl View {
+    /// Reports progress when the scan moves on to segment `path`.
+    fn count(&self, path: &Path, b: &FileBytes) {
         if self.counting.load(Ordering::Acquire) && is_segment(path) {
             if let Some(p) = &self.progress {
                 // Called when the scan moves on to this segment: everything
@@ -563,9 +607,5 @@ impl Storage for View {
                 p(before.min(self.total), self.total);
             }
         }
-        Ok(b)
-    }
-    fn lock_dir(&self, _: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
-        Err(LockFailure::Io(read_only()))
     }
 }

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::error::Result;
-use super::open::{display, CorruptionInfo, Inspection, OpenOptions, TornTailInfo};
+use super::open::{
+    display, holds_log_files, CorruptionInfo, Inspection, OpenOptions, TornTailInfo,
+};
 use crate::log::Storage;
+use crate::queue::ItemState;
 
 /// The `queue` report.
 #[derive(Debug, Clone, Serialize)]
@@ -33,20 +36,8 @@ pub struct QueueReport {
     pub note: Option<String>,
 }
 
-/// One work-queue item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct QueueItem {
-    /// The item id.
-    pub id: u64,
-    /// `pending`, `in_flight`, `dead_lettered` or `acked`.
-    pub state: String,
-    /// Claims so far.
-    pub attempts: u32,
-    /// The worker holding it (in flight only).
-    pub worker: Option<String>,
-    /// The error recorded by the last nack or dead-lettering.
-    pub last_error: Option<String>,
-}
+/// One work-queue item: the queue layer's own view of it.
+pub use crate::queue::QueueItemView as QueueItem;
 
 /// Items by state.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -86,11 +77,17 @@ pub fn queue(storage: Arc<dyn Storage>, journal: &Path) -> Result<QueueReport> {
         r.note = Some("no work queue in this journal".into());
         return Ok(r);
     }
-    let insp = match Inspection::open_with(storage, &dir, OpenOptions::default()) {
+    let insp = match Inspection::open_with(storage.clone(), &dir, OpenOptions::default()) {
         Ok(i) => i,
-        Err(super::Error::NotAJournal { .. }) => {
-            r.note = Some("the work queue directory holds no log yet".into());
-            return Ok(r);
+        Err(e @ super::Error::NotAJournal { .. }) => {
+            if !holds_log_files(storage.as_ref(), &dir) {
+                r.note = Some("the work queue directory holds no log yet".into());
+                return Ok(r);
+            }
+            // Files named like a log that are not one: when the journal
+            // itself is no journal either, say that (it is the input).
+            Inspection::open_with(storage, journal, OpenOptions::default())?;
+            return Err(e);
         }
         Err(e) => return Err(e),
     };
@@ -102,40 +99,20 @@ pub fn queue(storage: Arc<dyn Storage>, journal: &Path) -> Result<QueueReport> {
     Ok(r)
 }
 
-#[cfg(feature = "tokio")]
 fn fill_items(insp: &Inspection, r: &mut QueueReport) {
-    match crate::runtime::queue::queue_view(insp.reader()) {
+    match crate::queue::queue_view(insp.reader()) {
         Ok(view) => {
             r.acked_compacted = view.acked_compacted;
             for item in &view.items {
-                let state = serde_json::to_value(item.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                match state.as_str() {
-                    "pending" => r.counts.pending += 1,
-                    "in_flight" => r.counts.in_flight += 1,
-                    "dead_lettered" => r.counts.dead_lettered += 1,
-                    "acked" => r.counts.acked += 1,
-                    _ => {}
+                match item.state {
+                    ItemState::Pending => r.counts.pending += 1,
+                    ItemState::InFlight => r.counts.in_flight += 1,
+                    ItemState::DeadLettered => r.counts.dead_lettered += 1,
+                    ItemState::Acked => r.counts.acked += 1,
                 }
-                r.items.push(QueueItem {
-                    id: item.id,
-                    state,
-                    attempts: item.attempts,
-                    worker: item.worker.clone(),
-                    last_error: item.last_error.clone(),
-                });
             }
+            r.items = view.items;
         }
         Err(e) => r.note = Some(format!("cannot interpret the queue's records: {e}")),
     }
-}
-
-#[cfg(not(feature = "tokio"))]
-fn fill_items(_insp: &Inspection, r: &mut QueueReport) {
-    r.note = Some(
-        "this build has no runtime layer (feature `tokio`) to interpret the queue's records; use `wal-inspect dump <dir>/queue`"
-            .into(),
-    );
 }

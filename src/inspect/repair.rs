@@ -25,9 +25,9 @@ use super::open::{
     SegmentGlance, TornTailInfo,
 };
 use super::semantics;
-use crate::log::record::{decode_at, Decoded, ALIGN, RECORD_HEADER};
-use crate::log::segment::SEGMENT_HEADER;
-use crate::log::storage::{FileBytes, LockFailure};
+use crate::log::format::{dropped_path, LOCK_FILE};
+use crate::log::probe::{nonzero_bytes_after, records_after, RecordsAfter};
+use crate::log::storage::LockFailure;
 use crate::log::{self, FsStorage, Log, LogOptions, Lsn, RecoveryMode, Storage};
 use std::collections::BTreeMap;
 
@@ -157,10 +157,10 @@ pub fn repair_with(
                 dir: dir.clone(),
                 pid,
             }),
-            LockFailure::Io(e) => Error::io("lock", &dir.join("LOCK"), e),
+            LockFailure::Io(e) => Error::io("lock", &dir.join(LOCK_FILE), e),
         })?;
         for p in &garbage {
-            let to = p.with_extension("wal.dropped");
+            let to = dropped_path(p);
             storage
                 .rename(p, &to)
                 .map_err(|e| Error::io("set aside", p, e))?;
@@ -184,6 +184,12 @@ pub fn repair_with(
         report
             .messages
             .push(format!("the cut bytes are saved in {p}"));
+    }
+    if let Some(why) = &open.cut_not_saved {
+        // The cut went ahead (it needs no space); only the forensic copy is missing.
+        report.messages.push(format!(
+            "the cut was made, but the cut bytes could not be kept: {why}"
+        ));
     }
     let after = Inspection::open_with(storage, &dir, OpenOptions::default())?;
     let clean = after.findings().corruption.is_empty() && after.findings().torn_tail.is_none();
@@ -234,22 +240,22 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
             return Ok(r);
         }
         r.dropped_from_lsn = c.expected_lsn.or_else(|| scan.next_lsn());
-        let mut same_segment = ReadableAfter::default();
+        let mut same_segment = RecordsAfter::default();
         let mut lost_units: BTreeMap<String, u64> = BTreeMap::new();
         if c.offset > 0 {
             let b = insp
                 .storage()
-                .map(Path::new(&c.segment))
+                .read_prefix(Path::new(&c.segment), u64::MAX)
                 .map_err(|e| Error::io("read", Path::new(&c.segment), e))?;
             r.dropped_bytes = nonzero_bytes_after(&b, c.offset);
-            same_segment = readable_after(&b, c.offset as usize + ALIGN, &mut lost_units);
+            same_segment = records_after(&b, c.offset, |r| count_unit(r, &mut lost_units));
         }
         for s in &f.unreachable_segments {
             let p = Path::new(s);
             r.dropped_segments
                 .push(glance_segment(insp.storage().as_ref(), p)?);
             let b = insp.storage().map(p).map_err(|e| Error::io("read", p, e))?;
-            readable_after(&b, SEGMENT_HEADER, &mut lost_units);
+            records_after(&b, 0, |r| count_unit(r, &mut lost_units));
         }
         r.lost_units = lost_units.keys().cloned().collect();
         let lost_records: u64 = r.dropped_segments.iter().map(|g| g.records).sum();
@@ -329,64 +335,13 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
     Ok(r)
 }
 
-fn nonzero_bytes_after(b: &[u8], offset: u64) -> u64 {
-    let start = (offset as usize).min(b.len());
-    let end = b
-        .iter()
-        .rposition(|&x| x != 0)
-        .map_or(start, |p| (p + 1).max(start));
-    (end - start) as u64
-}
-
-/// Valid records found after damage at `offset` (what a lossy cut loses
-/// besides the damaged record).
-#[derive(Debug, Default)]
-struct ReadableAfter {
-    records: u64,
-    first: Option<Lsn>,
-    last: Option<Lsn>,
-    /// The search stopped at its work budget: there may be more.
-    exhausted: bool,
-}
-
-fn readable_after(b: &FileBytes, from: usize, units: &mut BTreeMap<String, u64>) -> ReadableAfter {
-    let mut out = ReadableAfter::default();
-    // Bounded work on adversarial bytes: at most this many bytes checksummed.
-    let mut budget = 2 * b.len() as u64 + (1 << 20);
-    let end = nonzero_end(b);
-    let mut pos = from;
-    while pos + RECORD_HEADER <= end {
-        let len = u32::from_le_bytes(b[pos + 4..pos + 8].try_into().expect("4 bytes")) as u64;
-        if (pos + RECORD_HEADER) as u64 + len > b.len() as u64 {
-            pos += ALIGN; // cannot be a record: no checksum work
-            continue;
-        }
-        if len > budget {
-            out.exhausted = true;
-            break;
-        }
-        budget -= len.min(b.len() as u64);
-        match decode_at(b, pos) {
-            Decoded::Valid { record, next } => {
-                out.records += 1;
-                out.first.get_or_insert(record.lsn);
-                out.last = Some(record.lsn);
-                if let Some(v) = semantics::decode_record(record.kind, record.payload()) {
-                    if let Some(u) = v.get("unit").and_then(|u| u.as_str()) {
-                        *units.entry(u.to_string()).or_default() += 1;
-                    }
-                }
-                pos = next;
-            }
-            _ => pos += ALIGN,
+/// Counts a record lost by a cut against the unit it belongs to.
+fn count_unit(record: &log::Record, units: &mut BTreeMap<String, u64>) {
+    if let Some(v) = semantics::decode_record(record.kind, record.payload()) {
+        if let Some(u) = v.get("unit").and_then(|u| u.as_str()) {
+            *units.entry(u.to_string()).or_default() += 1;
         }
     }
-    out
-}
-
-/// Offset just past the last non-zero byte.
-fn nonzero_end(b: &[u8]) -> usize {
-    b.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1)
 }
 
 fn insp_segment_sizes(storage: &dyn Storage, dir: &Path) -> Vec<u64> {
@@ -424,7 +379,7 @@ fn log_options(sizes: &[u64], lossy: bool) -> LogOptions {
 /// Whether another process holds the journal's owner lock, without taking
 /// it or writing anything: `Some(pid)` when held.
 fn probe_lock(dir: &Path) -> Option<Option<u32>> {
-    let path = dir.join("LOCK");
+    let path = dir.join(LOCK_FILE);
     let file = std::fs::File::open(&path).ok()?;
     match file.try_lock_shared() {
         Ok(()) => {

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::error::{Error, Result};
 use super::open::{
-    glance_segment, CorruptionInfo, Inspection, OpenOptions, SegmentGlance, SnapshotInfo,
-    TornTailInfo,
+    glance_segment, holds_log_files, CorruptionInfo, Inspection, OpenOptions, SegmentGlance,
+    SnapshotInfo, TornTailInfo,
 };
 use super::queue::queue_dir;
 use crate::log::Lsn;
@@ -69,8 +69,10 @@ pub fn verify(insp: &Inspection) -> Result<VerifyReport> {
                 report.ok &= qr.ok;
                 report.queue = Some(Box::new(qr));
             }
-            // A queue directory without a log yet: nothing to verify.
-            Err(Error::NotAJournal { .. }) => {}
+            // A queue directory without a log yet: nothing to verify. One
+            // whose files are named like a log but none is one is bad input,
+            // as `queue` says too.
+            Err(Error::NotAJournal { .. }) if !holds_log_files(insp.storage().as_ref(), &qdir) => {}
             Err(e) => return Err(e),
         }
     }

@@ -1,6 +1,9 @@
 //! The journal layer: units, side effects, idempotency keys, replay.
 //!
-//! Built on the public API of [`crate::log`] only; the log knows nothing of units.
+//! Built on the public API of [`crate::log`] only ([`crate::log::Log`],
+//! [`crate::log::LogReader`]); it never decodes the log's format, and it
+//! imports nothing from `queue`, `runtime` or `inspect`. The log knows nothing
+//! of units.
 //!
 //! # What it promises
 //!
@@ -58,7 +61,7 @@
 //! ```
 
 mod error;
-pub mod record;
+pub(crate) mod record;
 mod state;
 mod unit;
 pub mod view;

@@ -9,9 +9,21 @@
 //! until the log is reopened. One owner per directory (advisory lock), any
 //! number of read-only [`LogReader`]s.
 //!
-//! **Boundaries.** The log knows nothing of units, effects or queues: a record
-//! is a kind byte and opaque bytes. Every byte reaches the disk through the
-//! [`storage::Storage`] seam.
+//! **Boundaries.** The log is the bottom layer: it imports nothing from
+//! `journal`, `queue`, `runtime` or `inspect`, and knows nothing of units,
+//! effects or queues: a record is a kind byte and opaque bytes. Every byte
+//! reaches the disk through the [`storage::Storage`] seam.
+//!
+//! **The format is private.** The record, segment and snapshot codecs and the
+//! recovery scan (`record`, `segment`, `snapshot`, `scan`) are crate-private,
+//! so the on-disk format is not part of the semver surface; the file names,
+//! magic numbers and the `LOCK` name live once, in `format`. Other layers read
+//! through [`Log`] and [`LogReader`] (and [`ScanReport`] for the damage a scan
+//! classified); `wal-inspect` also uses the crate-private `probe` (one
+//! segment read on its own). Snapshots are written only by the owning
+//! [`Log::write_snapshot`] (it holds the owner lock). Tests forge files
+//! through `testing` (feature `testing`), which also gates the simulator
+//! (`SimStorage`) and the fuzz entry points.
 //!
 //! ```
 //! use agentwal::log::{Log, LogOptions};
@@ -24,14 +36,19 @@
 //! ```
 
 mod error;
+pub(crate) mod format;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod probe;
 mod reader;
-pub mod record;
-pub mod scan;
-pub mod segment;
-pub mod snapshot;
+pub(crate) mod record;
+pub(crate) mod scan;
+pub(crate) mod segment;
+pub(crate) mod snapshot;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod writer;
 
 pub use error::{Error, Result};
@@ -39,5 +56,7 @@ pub use reader::{LogIter, LogReader};
 pub use record::{Lsn, Record};
 pub use scan::{Corruption, ScanReport, SegmentScan, TornTail};
 pub use snapshot::Snapshot;
-pub use storage::{FsStorage, SimStorage, Storage};
+#[cfg(any(test, feature = "testing"))]
+pub use storage::SimStorage;
+pub use storage::{FsStorage, Storage};
 pub use writer::{Durability, Log, LogOptions, OpenReport, RecoveryMode};

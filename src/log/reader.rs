@@ -1,17 +1,21 @@
 //! Reading: record iterators and the read-only [`LogReader`].
 //!
 //! A `LogReader` never takes the owner lock and never writes, so it can run
-//! while another process owns and appends to the directory. Segments are
-//! mapped one at a time (memmap2 on the real file system) and unmapped when
-//! the iterator moves on, so memory stays flat in the log size.
+//! while another process owns and appends to the directory. Sealed segments
+//! are mapped one at a time (memmap2 on the real file system) and unmapped
+//! when the iterator moves on, so memory stays flat in the log size. The
+//! last (live) segment, which the owner writes and recovery zeroes while we
+//! read, is read with positional reads up to the end of its valid records,
+//! so a concurrent recovery or an I/O error is a typed error, never a
+//! `SIGBUS`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{Error, Result};
-use super::record::{decode_at, Decoded, Lsn, Record};
+use super::record::{decode_at, Codec, Decoded, Lsn, Record};
 use super::scan::{scan_dir, ScanReport};
-use super::segment::SEGMENT_HEADER;
+use super::segment::{decode_header, HeaderProblem, SEGMENT_HEADER};
 use super::snapshot::{self, Snapshot};
 use super::storage::{FileBytes, FsStorage, Storage};
 
@@ -21,7 +25,9 @@ pub struct LogIter {
     storage: Arc<dyn Storage>,
     segments: Vec<(Lsn, PathBuf)>,
     idx: usize,
-    current: Option<(FileBytes, usize)>,
+    current: Option<(FileBytes, usize, Codec)>,
+    /// Where the valid records of the last segment end (how much of it to read).
+    live_end: u64,
     next_lsn: Lsn,
     from: Lsn,
     last: Lsn,
@@ -34,6 +40,7 @@ impl LogIter {
         segments: Vec<(Lsn, PathBuf)>,
         from: Lsn,
         last: Lsn,
+        live_end: u64,
     ) -> Self {
         // Start at the last segment whose first LSN is <= from.
         let idx = segments
@@ -46,6 +53,7 @@ impl LogIter {
             segments,
             idx,
             current: None,
+            live_end,
             next_lsn,
             from,
             last,
@@ -80,8 +88,14 @@ impl Iterator for LogIter {
                     };
                     return self.fail(e);
                 }
-                match self.storage.map(&path) {
-                    Ok(b) => self.current = Some((b, SEGMENT_HEADER)),
+                let live = self.idx + 1 == self.segments.len();
+                let read = if live {
+                    self.storage.read_prefix(&path, self.live_end)
+                } else {
+                    self.storage.map(&path)
+                };
+                let bytes = match read {
+                    Ok(b) => b,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return self.fail(Error::LsnOutOfRange {
                             lsn: self.next_lsn,
@@ -89,11 +103,23 @@ impl Iterator for LogIter {
                             last: self.last,
                         })
                     }
-                    Err(e) => return self.fail(Error::io("map segment", path, e)),
-                }
+                    Err(e) => return self.fail(Error::io("read segment", path, e)),
+                };
+                let codec = match decode_header(&path, &bytes) {
+                    Ok(h) => h.codec,
+                    Err(HeaderProblem::Fatal(e)) => return self.fail(e),
+                    Err(HeaderProblem::Damaged(why)) => {
+                        return self.fail(Error::Corruption {
+                            segment: path,
+                            offset: 0,
+                            reason: why.to_string(),
+                        })
+                    }
+                };
+                self.current = Some((bytes, SEGMENT_HEADER, codec));
             }
-            let (bytes, pos) = self.current.as_mut().expect("mapped above");
-            match decode_at(bytes, *pos) {
+            let (bytes, pos, codec) = self.current.as_mut().expect("read above");
+            match decode_at(bytes, *pos, *codec) {
                 Decoded::Valid { record, next } if record.lsn == self.next_lsn => {
                     *pos = next;
                     self.next_lsn += 1;
@@ -225,6 +251,7 @@ impl LogReader {
             .map(|s| (s.first_lsn, s.path.clone()))
             .collect();
         let last = self.scan.last_lsn().unwrap_or(0);
-        LogIter::new(self.storage.clone(), segments, from, last)
+        let live_end = self.scan.segments.last().map_or(0, |s| s.end_offset);
+        LogIter::new(self.storage.clone(), segments, from, last, live_end)
     }
 }

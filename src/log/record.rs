@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! offset size field
-//!      0    4 crc32      CRC-32 (IEEE, crc32fast) of bytes 4 .. 28+len
+//!      0    4 crc32      checksum (see below)
 //!      4    4 len        payload length in bytes
 //!      8    8 lsn        log sequence number of this record
 //!     16    8 synced_lsn highest LSN known durable when this record was written
@@ -13,6 +13,16 @@
 //!     28  len payload
 //!      …  0-7 padding    zeros up to the next multiple of 8
 //! ```
+//!
+//! The checksum depends on the segment's format version ([`Codec`]):
+//!
+//! * **version 2** (written by this build): CRC-32 (IEEE, crc32fast) of the
+//!   segment's 4-byte salt (from the segment header) followed by bytes
+//!   `4 .. encoded_len` — padding included. Bytes inside a payload cannot
+//!   imitate a record of the segment without knowing its random salt, and a
+//!   flipped padding bit fails the checksum.
+//! * **version 1** (still read): CRC-32 of bytes `4 .. 28+len`; padding is
+//!   not covered, so the decoder requires it to be zero.
 
 use std::ops::Range;
 
@@ -37,10 +47,51 @@ pub fn encoded_len(payload_len: usize) -> usize {
     (RECORD_HEADER + payload_len).div_ceil(ALIGN) * ALIGN
 }
 
-/// Appends the encoding of one record to `out`.
-pub fn encode(out: &mut Vec<u8>, lsn: Lsn, synced_lsn: Lsn, kind: u8, payload: &[u8]) {
+/// How the records of one segment are checksummed; decided by the segment
+/// header (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Format version 1: unsalted checksum, padding not covered (must be zero).
+    V1,
+    /// Format version 2: checksum seeded with the segment's salt, padding covered.
+    V2 {
+        /// The segment's random salt.
+        salt: u32,
+    },
+}
+
+impl Codec {
+    /// The checksum of a record whose bytes after the crc field are `body`
+    /// (for version 1 without padding, for version 2 with it).
+    fn crc(self, body: &[u8]) -> u32 {
+        match self {
+            Codec::V1 => crc32fast::hash(body),
+            Codec::V2 { salt } => {
+                let mut h = crc32fast::Hasher::new();
+                h.update(&salt.to_le_bytes());
+                h.update(body);
+                h.finalize()
+            }
+        }
+    }
+}
+
+/// Appends the encoding of one record to `out`, checksummed with `codec`.
+///
+/// The payload length must fit the format (the writer refuses larger
+/// records before encoding); a longer payload is cut at [`FORMAT_MAX_PAYLOAD`]
+/// bytes rather than panicking.
+pub fn encode(
+    out: &mut Vec<u8>,
+    codec: Codec,
+    lsn: Lsn,
+    synced_lsn: Lsn,
+    kind: u8,
+    payload: &[u8],
+) {
+    let payload = &payload[..payload.len().min(FORMAT_MAX_PAYLOAD as usize)];
     let start = out.len();
-    let len = u32::try_from(payload.len()).expect("payload length checked by the writer");
+    let len = payload.len() as u32;
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&lsn.to_le_bytes());
@@ -48,7 +99,10 @@ pub fn encode(out: &mut Vec<u8>, lsn: Lsn, synced_lsn: Lsn, kind: u8, payload: &
     out.push(kind);
     out.extend_from_slice(&[0; 3]);
     out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[start + 4..]);
+    if codec != Codec::V1 {
+        out.resize(start + encoded_len(payload.len()), 0);
+    }
+    let crc = codec.crc(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     out.resize(start + encoded_len(payload.len()), 0);
 }
@@ -110,9 +164,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Decodes the record at `pos` of `bytes`. Never panics and never allocates:
-/// the length field is checked against the bytes actually present.
-pub fn decode_at(bytes: &FileBytes, pos: usize) -> Decoded {
+/// Decodes the record at `pos` of `bytes`, a segment whose header says
+/// `codec`. Never panics and never allocates: the length field is checked
+/// against the bytes actually present. Every byte of the record, padding
+/// included, is checked (by the checksum, or for version 1 padding by
+/// requiring zeros).
+pub fn decode_at(bytes: &FileBytes, pos: usize, codec: Codec) -> Decoded {
     let b: &[u8] = bytes;
     let Some(header) = b.get(pos..pos.saturating_add(RECORD_HEADER)) else {
         return if b.get(pos..).is_none_or(|rest| rest.iter().all(|&x| x == 0)) {
@@ -125,17 +182,25 @@ pub fn decode_at(bytes: &FileBytes, pos: usize) -> Decoded {
         return Decoded::Zero;
     }
     let len = u32_at(header, 4) as usize;
-    let Some(end) = (pos + RECORD_HEADER)
-        .checked_add(len)
-        .filter(|&e| e <= b.len())
-    else {
+    // `pos + RECORD_HEADER <= b.len()` here, and `len` is at most 2^32, so
+    // none of these additions can overflow.
+    let end = pos + RECORD_HEADER + len;
+    let padded = pos + encoded_len(len);
+    if padded > b.len() {
         return Decoded::Invalid("length field runs past the end of the segment");
-    };
+    }
     if header[25..28] != [0, 0, 0] {
         return Decoded::Invalid("reserved header bytes are not zero");
     }
-    if crc32fast::hash(&b[pos + 4..end]) != u32_at(header, 0) {
+    let covered = match codec {
+        Codec::V1 => end,
+        Codec::V2 { .. } => padded,
+    };
+    if codec.crc(&b[pos + 4..covered]) != u32_at(header, 0) {
         return Decoded::Invalid("checksum mismatch");
+    }
+    if b[end..padded].iter().any(|&x| x != 0) {
+        return Decoded::Invalid("padding bytes are not zero");
     }
     let lsn = u64_at(header, 8);
     let synced_lsn = u64_at(header, 16);
@@ -153,7 +218,7 @@ pub fn decode_at(bytes: &FileBytes, pos: usize) -> Decoded {
             bytes: bytes.clone(),
             range: pos + RECORD_HEADER..end,
         },
-        next: pos + encoded_len(len),
+        next: padded,
     }
 }
 
@@ -161,10 +226,16 @@ pub fn decode_at(bytes: &FileBytes, pos: usize) -> Decoded {
 mod tests {
     use super::*;
 
-    fn one(payload: &[u8]) -> FileBytes {
+    const SALTED: Codec = Codec::V2 { salt: 0x5A17_C0DE };
+
+    fn one_with(codec: Codec, payload: &[u8]) -> FileBytes {
         let mut v = Vec::new();
-        encode(&mut v, 7, 3, 9, payload);
+        encode(&mut v, codec, 7, 3, 9, payload);
         FileBytes::new(v)
+    }
+
+    fn one(payload: &[u8]) -> FileBytes {
+        one_with(SALTED, payload)
     }
 
     #[test]
@@ -174,7 +245,7 @@ mod tests {
             let b = one(&payload);
             assert_eq!(b.len(), encoded_len(len));
             assert_eq!(b.len() % ALIGN, 0);
-            match decode_at(&b, 0) {
+            match decode_at(&b, 0, SALTED) {
                 Decoded::Valid { record, next } => {
                     assert_eq!(record.lsn, 7);
                     assert_eq!(record.synced_lsn, 3);
@@ -188,28 +259,46 @@ mod tests {
     }
 
     #[test]
-    fn every_single_bit_flip_is_detected() {
-        let b = one(b"hello, agentwal: a record to flip");
-        let body = RECORD_HEADER + 33; // bits in padding are not covered, and need not be
-        for bit in 0..body * 8 {
-            let mut v = b.to_vec();
-            v[bit / 8] ^= 1 << (bit % 8);
-            let d = decode_at(&FileBytes::new(v), 0);
-            assert!(
-                !matches!(d, Decoded::Valid { .. }),
-                "flip of bit {bit} went undetected"
-            );
+    fn every_single_bit_flip_is_detected_padding_included() {
+        for codec in [SALTED, Codec::V1] {
+            let b = one_with(codec, b"hello, agentwal: a record to flip");
+            assert!(matches!(decode_at(&b, 0, codec), Decoded::Valid { .. }));
+            for bit in 0..b.len() * 8 {
+                let mut v = b.to_vec();
+                v[bit / 8] ^= 1 << (bit % 8);
+                let d = decode_at(&FileBytes::new(v), 0, codec);
+                assert!(
+                    !matches!(d, Decoded::Valid { .. }),
+                    "{codec:?}: flip of bit {bit} went undetected"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_record_checksummed_with_another_salt_or_version_is_invalid() {
+        let b = one(b"salted");
+        assert!(matches!(decode_at(&b, 0, SALTED), Decoded::Valid { .. }));
+        assert!(!matches!(
+            decode_at(&b, 0, Codec::V2 { salt: 1 }),
+            Decoded::Valid { .. }
+        ));
+        assert!(!matches!(
+            decode_at(&b, 0, Codec::V1),
+            Decoded::Valid { .. }
+        ));
+        let old = one_with(Codec::V1, b"salted");
+        assert!(!matches!(decode_at(&old, 0, SALTED), Decoded::Valid { .. }));
     }
 
     #[test]
     fn every_truncation_is_handled() {
         let payload = b"truncate me at every offset";
         let b = one(payload);
-        // Cuts inside the trailing padding leave the record intact, and that is fine.
-        for cut in 0..RECORD_HEADER + payload.len() {
+        // A record is whole only with its padding (every write includes it).
+        for cut in 0..b.len() {
             let v = b[..cut].to_vec();
-            let d = decode_at(&FileBytes::new(v), 0);
+            let d = decode_at(&FileBytes::new(v), 0, SALTED);
             assert!(!matches!(d, Decoded::Valid { .. }), "cut at {cut} decoded");
         }
     }
@@ -219,7 +308,7 @@ mod tests {
         let mut v = one(b"x").to_vec();
         v[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
-            decode_at(&FileBytes::new(v), 0),
+            decode_at(&FileBytes::new(v), 0, SALTED),
             Decoded::Invalid("length field runs past the end of the segment")
         ));
     }
@@ -227,15 +316,15 @@ mod tests {
     #[test]
     fn zeros_are_unwritten_space() {
         assert!(matches!(
-            decode_at(&FileBytes::new(vec![0u8; 64]), 0),
+            decode_at(&FileBytes::new(vec![0u8; 64]), 0, SALTED),
             Decoded::Zero
         ));
         assert!(matches!(
-            decode_at(&FileBytes::new(vec![0u8; 5]), 0),
+            decode_at(&FileBytes::new(vec![0u8; 5]), 0, Codec::V1),
             Decoded::Zero
         ));
         assert!(matches!(
-            decode_at(&FileBytes::new(vec![0u8; 5]), 9),
+            decode_at(&FileBytes::new(vec![0u8; 5]), 9, SALTED),
             Decoded::Zero
         ));
     }

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | only zero bytes up to the end of the file | clean end |
 //! | damage in the **last** segment, and no later record proves it was synced | torn tail: cut |
-//! | damage anywhere, and a later valid record has `synced_lsn >=` the damaged LSN | corruption |
+//! | damage anywhere, and a later valid record (salted checksum, LSN plausible for its offset) has `synced_lsn >=` the damaged LSN | corruption |
 //! | damage (any non-zero byte past the end) in a **sealed** segment | corruption |
 //! | next segment does not start at the expected LSN | corruption (LSN gap) |
 //! | bad header in the **last** segment, nothing but zeros after it | torn segment creation: remove |
@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{Error, Result};
-use super::record::{decode_at, Decoded, Lsn, ALIGN};
+use super::record::{decode_at, encoded_len, Codec, Decoded, Lsn, ALIGN};
 use super::segment::{decode_header, segment_files, HeaderProblem, SEGMENT_HEADER};
 use super::storage::{FileBytes, Storage};
 
@@ -42,6 +42,14 @@ pub struct SegmentScan {
     pub end_offset: u64,
     /// File length.
     pub file_len: u64,
+    /// Segment format version (from the header).
+    pub version: u32,
+    /// How its records are checksummed (from the header; the format is
+    /// private to the log, `version` is the public face of it).
+    pub(crate) codec: Codec,
+    /// `synced_lsn` of its last valid record (0 when it has none): every
+    /// LSN up to it was proven durable by whoever wrote that record.
+    pub last_synced_lsn: Lsn,
 }
 
 impl SegmentScan {
@@ -150,9 +158,23 @@ pub fn nonzero_end(b: &[u8], from: usize) -> usize {
     from
 }
 
-/// Looks past damage at `from` for a valid record proving that LSN `expected`
-/// was synced (its `synced_lsn >= expected`). Bounded work on any input.
-fn acknowledged_after(b: &FileBytes, from: usize, end: usize, expected: Lsn) -> Option<(u64, Lsn)> {
+/// Looks past damage at `from` (where LSN `expected` should start) for a
+/// valid record proving that `expected` was synced (its `synced_lsn >=
+/// expected`). Bounded work on any input.
+///
+/// A candidate counts only if it cannot be bytes inside an earlier record:
+/// its checksum must verify with the segment's `codec` (in a version-2
+/// segment that needs the segment's random salt, which payload bytes cannot
+/// know), and its LSN must be plausible for its position — records
+/// `expected..lsn` need at least `encoded_len(0)` bytes each, so a record at
+/// `pos` can hold at most LSN `expected + (pos - from) / encoded_len(0)`.
+fn acknowledged_after(
+    b: &FileBytes,
+    from: usize,
+    end: usize,
+    expected: Lsn,
+    codec: Codec,
+) -> Option<(u64, Lsn)> {
     let mut budget: u64 = 2 * b.len() as u64 + (1 << 20);
     let mut pos = from + ALIGN;
     while pos < end {
@@ -161,14 +183,20 @@ fn acknowledged_after(b: &FileBytes, from: usize, end: usize, expected: Lsn) -> 
             let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as u64;
             let lsn = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
             let synced = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
-            if lsn > expected && synced >= expected && synced < lsn && len <= h.len() as u64 {
+            let most = expected.saturating_add(((pos - from) / encoded_len(0)) as u64);
+            if lsn > expected
+                && lsn <= most
+                && synced >= expected
+                && synced < lsn
+                && len <= h.len() as u64
+            {
                 if budget < len {
                     // Too much adversarial data to classify cheaply: treat the
                     // damage as corruption rather than guess it away.
                     return Some((pos as u64, lsn));
                 }
                 budget -= len;
-                if let Decoded::Valid { record, .. } = decode_at(b, pos) {
+                if let Decoded::Valid { record, .. } = decode_at(b, pos, codec) {
                     return Some((pos as u64, record.lsn));
                 }
             }
@@ -199,13 +227,22 @@ pub fn scan_dir(
             report.dropped_segments.push(path);
             continue;
         }
-        let bytes = match storage.map(&path) {
+        // The last segment is live: the owner appends to it and recovery
+        // zeroes its torn tail while we read, so read it with positional
+        // reads (a read error is an error, never a SIGBUS). Sealed segments
+        // are never shrunk, so mapping them is safe.
+        let read = if last {
+            storage.read_prefix(&path, u64::MAX)
+        } else {
+            storage.map(&path)
+        };
+        let bytes = match read {
             Ok(b) => b,
             // Removed by the owner's compaction between listing and mapping.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && report.segments.is_empty() => {
                 continue
             }
-            Err(e) => return Err(Error::io("map segment", &path, e)),
+            Err(e) => return Err(Error::io("read segment", &path, e)),
         };
         let corrupt = |offset: u64, reason: String, expected_lsn: Lsn| Corruption {
             segment: path.clone(),
@@ -213,8 +250,8 @@ pub fn scan_dir(
             reason,
             expected_lsn,
         };
-        let first_lsn = match decode_header(&path, &bytes) {
-            Ok(l) => l,
+        let (first_lsn, codec, version) = match decode_header(&path, &bytes) {
+            Ok(h) => (h.first_lsn, h.codec, h.version),
             Err(HeaderProblem::Fatal(e)) => return Err(e),
             Err(HeaderProblem::Damaged(why)) => {
                 let data_end = nonzero_end(&bytes, SEGMENT_HEADER.min(bytes.len()));
@@ -270,16 +307,20 @@ pub fn scan_dir(
             records: 0,
             end_offset: SEGMENT_HEADER as u64,
             file_len: bytes.len() as u64,
+            version,
+            codec,
+            last_synced_lsn: 0,
         };
         let mut pos = SEGMENT_HEADER;
         let mut next = first_lsn;
         let stop_reason: Option<String> = loop {
-            match decode_at(&bytes, pos) {
+            match decode_at(&bytes, pos, codec) {
                 Decoded::Valid {
                     record,
                     next: after,
                 } if record.lsn == next => {
                     report.record_bytes += (after - pos) as u64;
+                    seg.last_synced_lsn = record.synced_lsn;
                     pos = after;
                     next += 1;
                     seg.records += 1;
@@ -295,7 +336,7 @@ pub fn scan_dir(
         let data_end = nonzero_end(&bytes, pos);
         if data_end > pos {
             let why = stop_reason.unwrap_or_else(|| "zero record header followed by data".into());
-            if let Some((at, lsn)) = acknowledged_after(&bytes, pos, data_end, next) {
+            if let Some((at, lsn)) = acknowledged_after(&bytes, pos, data_end, next, codec) {
                 report.corruption = Some(corrupt(
                     pos as u64,
                     format!("{why}; record LSN {lsn} at offset {at} proves LSN {next} was acknowledged durable"),

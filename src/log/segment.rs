@@ -3,12 +3,18 @@
 //! ```text
 //! offset size field
 //!      0    8 magic      b"AGWALSEG"
-//!      8    4 version    format version (1)
-//!     12    4 reserved   zero
+//!      8    4 version    segment format version (2; 1 is still read)
+//!     12    4 salt       version 2: random, mixed into every record checksum
+//!                        version 1: reserved, zero
 //!     16    8 first_lsn  LSN of the first record in this segment
 //!     24    4 crc32      CRC-32 of bytes 0..24
 //!     28    4 reserved   zero
 //! ```
+//!
+//! The salt is drawn afresh for every segment file, so a record is valid
+//! only in the segment that wrote it: bytes inside a payload (or left over
+//! from an earlier file) cannot pass for a record, which is what lets
+//! recovery trust a record found after damage as proof of acknowledged data.
 //!
 //! A segment is named `<first_lsn as 20 decimal digits>.wal`, so names sort in
 //! LSN order.
@@ -16,12 +22,18 @@
 use std::path::{Path, PathBuf};
 
 use super::error::Error;
-use super::record::Lsn;
+use super::record::{Codec, Lsn};
 
 /// Magic bytes at the start of every segment.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"AGWALSEG";
-/// Current (and newest readable) format version.
+/// Format version of snapshot files, and of segments written before
+/// salted checksums (still read, never written).
 pub const FORMAT_VERSION: u32 = 1;
+/// Segment format version this build writes (and the newest it reads):
+/// salted record checksums that cover the padding.
+pub const SEGMENT_VERSION: u32 = 2;
+/// Oldest segment format version this build reads.
+pub const OLDEST_SEGMENT_VERSION: u32 = 1;
 /// Size of the segment header; the first record starts here.
 pub const SEGMENT_HEADER: usize = 32;
 /// File name extension of segments.
@@ -52,15 +64,54 @@ pub fn segment_files(listing: Vec<PathBuf>) -> Vec<(Lsn, PathBuf)> {
     v
 }
 
-/// Encodes a segment header.
-pub fn encode_header(first_lsn: Lsn) -> [u8; SEGMENT_HEADER] {
+/// Encodes a segment header of the current version with `salt`.
+pub fn encode_header(first_lsn: Lsn, salt: u32) -> [u8; SEGMENT_HEADER] {
     let mut h = [0u8; SEGMENT_HEADER];
     h[0..8].copy_from_slice(SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&salt.to_le_bytes());
     h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
     let crc = crc32fast::hash(&h[0..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// Encodes a header of format version 1 (no salt). This build never writes
+/// one; tests and tools use it to build journals of the previous format.
+#[cfg(any(test, feature = "testing"))]
+pub fn encode_header_v1(first_lsn: Lsn) -> [u8; SEGMENT_HEADER] {
+    let mut h = encode_header(first_lsn, 0);
+    h[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// A fresh random salt for a new segment. Not cryptographic: it only has to
+/// be unpredictable to whoever chooses payload bytes, and different for
+/// every segment file (std's `RandomState` keys are random per process and
+/// per call, mixed here with the time and the segment's first LSN).
+pub fn new_salt(first_lsn: Lsn) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(first_lsn);
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.write_u32(std::process::id());
+    let x = h.finish();
+    (x ^ (x >> 32)) as u32
+}
+
+/// A decoded, checked segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// LSN of the first record in the segment.
+    pub first_lsn: Lsn,
+    /// Format version of the segment.
+    pub version: u32,
+    /// How its records are checksummed.
+    pub codec: Codec,
 }
 
 /// Why a header is not valid.
@@ -73,8 +124,8 @@ pub enum HeaderProblem {
     Fatal(Error),
 }
 
-/// Decodes and checks a segment header, returning its first LSN.
-pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<Lsn, HeaderProblem> {
+/// Decodes and checks a segment header (any readable version).
+pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<SegmentHeader, HeaderProblem> {
     let Some(h) = bytes.get(..SEGMENT_HEADER) else {
         return Err(HeaderProblem::Damaged("file shorter than a segment header"));
     };
@@ -82,7 +133,13 @@ pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<Lsn, HeaderProblem> {
         return Err(HeaderProblem::Damaged("segment header is all zeros"));
     }
     if crc32fast::hash(&h[0..24]).to_le_bytes() != h[24..28] {
-        if &h[0..8] != SEGMENT_MAGIC {
+        // A header whose write tore or stopped short (its bytes are ours or
+        // still zero) is damage to judge by position, not a foreign file.
+        let torn_magic = h[0..8]
+            .iter()
+            .zip(SEGMENT_MAGIC)
+            .all(|(&a, &b)| a == b || a == 0);
+        if !torn_magic {
             return Err(HeaderProblem::Fatal(Error::BadMagic {
                 path: path.to_path_buf(),
             }));
@@ -95,14 +152,23 @@ pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<Lsn, HeaderProblem> {
         }));
     }
     let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if !(OLDEST_SEGMENT_VERSION..=SEGMENT_VERSION).contains(&version) {
         return Err(HeaderProblem::Fatal(Error::UnsupportedVersion {
             path: path.to_path_buf(),
             found: version,
-            supported: FORMAT_VERSION,
+            supported: SEGMENT_VERSION,
         }));
     }
-    if h[12..16] != [0; 4] || h[28..32] != [0; 4] {
+    let salt = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+    let codec = if version == 1 {
+        if salt != 0 {
+            return Err(HeaderProblem::Damaged("reserved header bytes are not zero"));
+        }
+        Codec::V1
+    } else {
+        Codec::V2 { salt }
+    };
+    if h[28..32] != [0; 4] {
         return Err(HeaderProblem::Damaged("reserved header bytes are not zero"));
     }
     let first = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
@@ -114,7 +180,11 @@ pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<Lsn, HeaderProblem> {
             reason: format!("first LSN {first} is out of range"),
         }));
     }
-    Ok(first)
+    Ok(SegmentHeader {
+        first_lsn: first,
+        version,
+        codec,
+    })
 }
 
 #[cfg(test)]
@@ -138,8 +208,13 @@ mod tests {
     #[test]
     fn header_round_trip_and_damage() {
         let p = Path::new("seg");
-        let h = encode_header(77);
-        assert_eq!(decode_header(p, &h).ok(), Some(77));
+        let h = encode_header(77, 0xDEAD_BEEF);
+        let d = decode_header(p, &h).unwrap();
+        assert_eq!(d.first_lsn, 77);
+        assert_eq!(d.version, SEGMENT_VERSION);
+        assert_eq!(d.codec, Codec::V2 { salt: 0xDEAD_BEEF });
+        let old = decode_header(p, &encode_header_v1(77)).unwrap();
+        assert_eq!((old.first_lsn, old.version, old.codec), (77, 1, Codec::V1));
         assert!(matches!(
             decode_header(p, &h[..10]),
             Err(HeaderProblem::Damaged(_))
@@ -150,13 +225,14 @@ mod tests {
             assert!(decode_header(p, &x).is_err(), "bit {bit}");
         }
         let mut v2 = h;
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        v2[8..12].copy_from_slice(&3u32.to_le_bytes());
         let crc = crc32fast::hash(&v2[0..24]);
         v2[24..28].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             decode_header(p, &v2),
             Err(HeaderProblem::Fatal(Error::UnsupportedVersion {
-                found: 2,
+                found: 3,
+                supported: 2,
                 ..
             }))
         ));

@@ -26,8 +26,8 @@ use super::record::Lsn;
 use super::segment::FORMAT_VERSION;
 use super::storage::{OpenMode, Storage};
 
-/// Magic bytes of a snapshot file.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"AGWALSNP";
+pub(crate) use super::format::SNAPSHOT_MAGIC;
+use super::format::{is_snapshot_tmp_name, parse_snapshot_name, snapshot_name, snapshot_tmp_name};
 const HEADER: usize = 40;
 
 /// A snapshot read back from disk.
@@ -39,21 +39,6 @@ pub struct Snapshot {
     pub data: Vec<u8>,
     /// File it was read from.
     pub path: PathBuf,
-}
-
-fn snapshot_name(lsn: Lsn) -> String {
-    format!("snap-{lsn:020}.snap")
-}
-
-fn parse_snapshot_name(path: &Path) -> Option<Lsn> {
-    let stem = path
-        .file_name()?
-        .to_str()?
-        .strip_prefix("snap-")?
-        .strip_suffix(".snap")?;
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| stem.parse().ok())
-        .flatten()
 }
 
 /// Snapshot files of `dir`, sorted by LSN.
@@ -144,13 +129,13 @@ pub fn read_latest(storage: &dyn Storage, dir: &Path) -> Result<Option<Snapshot>
 
 /// Writes a snapshot atomically and durably, then removes older snapshots.
 pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result<PathBuf> {
-    let tmp = dir.join(format!("snap-{lsn:020}.tmp"));
+    let tmp = dir.join(snapshot_tmp_name(lsn));
     let path = dir.join(snapshot_name(lsn));
     // Temporaries of earlier attempts (a crash or a full disk mid-write) are
     // garbage: the directory has one owner, so none is being written. Left
     // behind they would hold on to the space a full disk needs back.
     if let Ok(names) = storage.list_dir(dir) {
-        for p in names.iter().filter(|p| is_snapshot_tmp(p)) {
+        for p in names.iter().filter(|p| is_snapshot_tmp_name(p)) {
             let _ = storage.remove_file(p);
         }
     }
@@ -190,13 +175,6 @@ pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result
     Ok(path)
 }
 
-/// `snap-*.tmp`: a snapshot being written (or abandoned mid-write).
-fn is_snapshot_tmp(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("snap-") && n.ends_with(".tmp"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,7 +192,7 @@ mod tests {
             s.list_dir(dir)
                 .unwrap()
                 .into_iter()
-                .filter(|p| is_snapshot_tmp(p))
+                .filter(|p| is_snapshot_tmp_name(p))
                 .count()
         };
         assert_eq!(tmps(&sim), 0);

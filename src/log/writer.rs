@@ -18,10 +18,18 @@
 //!    is written (header + zero fill), `fsync`ed and its directory entry
 //!    `fsync`ed *before* the first record goes into it, so a crash can never
 //!    leave acknowledged records in a file whose name is not durable.
-//! 3. **Recovery**: a torn tail is zeroed and `fdatasync`ed before the first
-//!    new append, so stale bytes can never reappear behind new records; then
-//!    the active segment and the directory are `fsync`ed, because what was
-//!    found may be a killed process's unsynced pages or unsynced file name.
+//! 3. **Recovery**: a torn tail is zeroed (never truncated: a reader may
+//!    have the file mapped) and `fdatasync`ed before the first new append,
+//!    so stale bytes can never reappear behind new records. Then the active
+//!    segment's header and every record past the last LSN a previous owner
+//!    proved durable (the newest record's `synced_lsn`) are *rewritten* and
+//!    the segment and the directory `fsync`ed: what was found may be a
+//!    killed process's unsynced pages, or pages a failed `fdatasync` marked
+//!    clean without writing them (a restart on the same boot still reads
+//!    them from the page cache). A sync alone would not write clean pages;
+//!    rewriting the same bytes dirties them again, so the sync makes them
+//!    durable before `durable_lsn` and new records' `synced_lsn` vouch for
+//!    them.
 //! 4. A failed write or sync **poisons** the log: the kernel may have dropped
 //!    the dirty pages, so a retry could report success for lost data.
 
@@ -35,11 +43,15 @@ use parking_lot::{Condvar, Mutex};
 
 use super::error::{Error, Result};
 use super::reader::LogIter;
-use super::record::{encode, encoded_len, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER};
-use super::scan::{scan_dir, Corruption, ScanReport, TornTail};
+use super::record::{
+    decode_at, encode, encoded_len, Codec, Decoded, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER,
+};
+use super::scan::{scan_dir, Corruption, ScanReport, SegmentScan, TornTail};
 use super::segment::{encode_header, segment_name, SEGMENT_HEADER};
 use super::snapshot::{self, Snapshot};
-use super::storage::{DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile};
+use super::storage::{
+    read_file_prefix, DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile,
+};
 
 /// What to do when recovery finds corruption of acknowledged data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,6 +129,10 @@ pub struct OpenReport {
     pub torn_tail: Option<TornTail>,
     /// Where the cut bytes were saved.
     pub cut_saved_to: Option<PathBuf>,
+    /// Why the cut bytes could not be saved (for example a full disk). The
+    /// torn tail was cut anyway: it was never acknowledged, and cutting it
+    /// needs no space. No partial side file is left behind.
+    pub cut_not_saved: Option<String>,
     /// In lossy mode: the corruption at which the log was truncated.
     pub lossy_cut: Option<Corruption>,
     /// In lossy mode: segments set aside (renamed to `*.dropped`).
@@ -130,6 +146,9 @@ struct WriterState {
     file: Arc<dyn StorageFile>,
     /// First LSN of each live segment and its path; the last one is active.
     segments: Vec<(Lsn, PathBuf)>,
+    /// Checksum scheme of the active segment (a segment of the previous
+    /// format version is continued in that version until it is sealed).
+    codec: Codec,
     pos: u64,
     next_lsn: Lsn,
     buf: Vec<u8>,
@@ -237,7 +256,7 @@ impl Log {
                 dir: dir.clone(),
                 pid,
             },
-            LockFailure::Io(e) => Error::io("lock", dir.join("LOCK"), e),
+            LockFailure::Io(e) => Error::io("lock", dir.join(super::format::LOCK_FILE), e),
         })?;
         let snap = snapshot::read_latest(storage.as_ref(), &dir)?;
         let snap_lsn = snap.as_ref().map_or(0, |s| s.lsn);
@@ -257,7 +276,7 @@ impl Log {
                 .is_some_and(|s| s.first_lsn + s.records <= snap_lsn)
         {
             for s in segments.drain(..) {
-                let to = s.path.with_extension("wal.dropped");
+                let to = super::format::dropped_path(&s.path);
                 storage
                     .rename(&s.path, &to)
                     .map_err(|e| Error::io("set aside segment", &s.path, e))?;
@@ -288,29 +307,35 @@ impl Log {
             .iter()
             .map(|s| (s.first_lsn, s.path.clone()))
             .collect();
-        let (file, pos) = match list.last() {
-            Some((_, path)) => {
+        let (file, pos, codec) = match segments.last() {
+            Some(active) => {
+                let path = &active.path;
                 let f = storage
                     .open(path, OpenMode::ReadWrite)
                     .map_err(|e| Error::io("open segment", path, e))?;
                 // The records found may be dirty pages of a killed process
-                // (never synced), and the segment's name may never have been
-                // made durable (a kill inside `create_segment`). Make both
-                // durable now, or `durable_lsn` below would be a lie: `sync`
-                // would return at once, appends would go into a file whose
-                // name a power loss can take away, and new records would carry
-                // a `synced_lsn` claiming unsynced ones, turning a later torn
-                // tail into "corruption" that refuses to open.
+                // (never synced), pages a failed fdatasync marked clean
+                // without writing them (a restart on the same boot reads
+                // them from the page cache), and the segment's name may never
+                // have been made durable (a kill inside `create_segment`).
+                // Make all of it durable now, or `durable_lsn` below would be
+                // a lie: `sync` would return at once, appends would go into a
+                // file whose name a power loss can take away, and new records
+                // would carry a `synced_lsn` claiming unsynced ones, turning a
+                // later torn tail into "corruption" that refuses to open. A
+                // sync does not write clean pages, so first rewrite what no
+                // earlier owner proved durable.
+                rewrite_unproven(f.as_ref(), active)?;
                 f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
                 storage
                     .sync_dir(&dir)
                     .map_err(|e| Error::io("fsync directory", &dir, e))?;
-                (f, pos)
+                (f, pos, active.codec)
             }
             None => {
-                let (f, path) = create_segment(storage.as_ref(), &dir, &opts, next_lsn)?;
+                let (f, path, codec) = create_segment(storage.as_ref(), &dir, &opts, next_lsn)?;
                 list.push((next_lsn, path));
-                (f, SEGMENT_HEADER as u64)
+                (f, SEGMENT_HEADER as u64, codec)
             }
         };
         let inner = Inner {
@@ -320,6 +345,7 @@ impl Log {
             writer: Mutex::new(WriterState {
                 file,
                 segments: list,
+                codec,
                 pos,
                 next_lsn,
                 buf: Vec::new(),
@@ -450,7 +476,7 @@ impl Log {
                 buf.clear();
                 self.rotate(w)?;
             }
-            encode(&mut buf, w.next_lsn, synced, *kind, payload);
+            encode(&mut buf, w.codec, w.next_lsn, synced, *kind, payload);
             w.next_lsn += 1;
         }
         self.flush_buf(w, &buf)?;
@@ -479,13 +505,14 @@ impl Log {
         self.inner
             .durable_lsn
             .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
-        let (file, new_path) = create_segment(
+        let (file, new_path, codec) = create_segment(
             self.inner.storage.as_ref(),
             &self.inner.dir,
             &self.inner.opts,
             w.next_lsn,
         )?;
         w.file = file;
+        w.codec = codec;
         w.segments.push((w.next_lsn, new_path));
         w.pos = SEGMENT_HEADER as u64;
         Ok(())
@@ -502,9 +529,20 @@ impl Log {
 
     /// Blocks until a sync covering `lsn` completed (group commit: one caller
     /// syncs for everyone waiting).
+    ///
+    /// An `lsn` that was never written (at or beyond [`Log::next_lsn`]) is
+    /// [`Error::LsnOutOfRange`]: no sync could ever cover it.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         if self.durable_lsn() >= lsn {
             return Ok(());
+        }
+        let next = self.next_lsn();
+        if lsn >= next {
+            return Err(Error::LsnOutOfRange {
+                lsn,
+                first: self.snapshot_lsn() + 1,
+                last: next - 1,
+            });
         }
         let inner = &self.inner;
         let mut st = inner.syncing.lock();
@@ -603,15 +641,16 @@ impl Log {
 
     /// Reads records with LSN `>= from` up to the last record written now.
     pub fn read_from(&self, from: Lsn) -> Result<LogIter> {
-        let (segments, last) = {
+        let (segments, last, end) = {
             let w = self.inner.writer.lock();
-            (w.segments.clone(), w.next_lsn - 1)
+            (w.segments.clone(), w.next_lsn - 1, w.pos)
         };
         Ok(LogIter::new(
             self.inner.storage.clone(),
             segments,
             from,
             last,
+            end,
         ))
     }
 
@@ -721,13 +760,14 @@ impl Log {
     }
 }
 
-/// Creates a new segment durably: header, zero fill, fsync, directory fsync.
+/// Creates a new segment durably: header (current format, fresh salt), zero
+/// fill, fsync, directory fsync. Returns the file, its path and its codec.
 fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
     opts: &LogOptions,
     first_lsn: Lsn,
-) -> Result<(Arc<dyn StorageFile>, PathBuf)> {
+) -> Result<(Arc<dyn StorageFile>, PathBuf, Codec)> {
     let path = dir.join(segment_name(first_lsn));
     let file = storage
         .open(&path, OpenMode::CreateNew)
@@ -745,7 +785,8 @@ fn create_segment(
             off += n as u64;
         }
     }
-    file.write_at(0, &encode_header(first_lsn))
+    let salt = storage.segment_salt(first_lsn);
+    file.write_at(0, &encode_header(first_lsn, salt))
         .map_err(|e| io("write header", e))?;
     // Header and size durable before any record is written into the file…
     file.sync_all().map_err(|e| io("fsync", e))?;
@@ -754,7 +795,48 @@ fn create_segment(
     storage
         .sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))?;
-    Ok((file, path))
+    Ok((file, path, Codec::V2 { salt }))
+}
+
+/// Rewrites, with the very bytes read back, the active segment's header and
+/// every record after the last LSN a previous owner proved durable (the
+/// newest record's `synced_lsn`). On Linux, pages whose writeback failed are
+/// marked clean: they stay readable but a later `fsync` skips them. Writing
+/// them again dirties them, so the caller's sync really persists them.
+/// Bounded by what was never proven durable (normally the last group of
+/// records), never the whole log.
+fn rewrite_unproven(f: &dyn StorageFile, seg: &SegmentScan) -> Result<()> {
+    let path = &seg.path;
+    let bytes =
+        read_file_prefix(f, seg.end_offset).map_err(|e| Error::io("read segment", path, e))?;
+    if (bytes.len() as u64) < seg.end_offset {
+        return Err(Error::io(
+            "read segment",
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "segment is {} bytes, recovery found records up to offset {}",
+                    bytes.len(),
+                    seg.end_offset
+                ),
+            ),
+        ));
+    }
+    let proven = seg.last_synced_lsn;
+    let mut pos = SEGMENT_HEADER;
+    while pos < bytes.len() {
+        match decode_at(&bytes, pos, seg.codec) {
+            Decoded::Valid { record, next } if record.lsn <= proven => pos = next,
+            _ => break,
+        }
+    }
+    let io = |e| Error::io("rewrite unproven bytes", path, e);
+    f.write_at(0, &bytes[..SEGMENT_HEADER]).map_err(io)?;
+    if pos < bytes.len() {
+        f.write_at(pos as u64, &bytes[pos..]).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Applies the scan's decision: cut a torn tail (saving the bytes), or in
@@ -779,7 +861,7 @@ fn apply_recovery(
             return Err(c.to_error());
         }
         for p in &dropped_segments {
-            let to = p.with_extension("wal.dropped");
+            let to = super::format::dropped_path(p);
             storage
                 .rename(p, &to)
                 .map_err(|e| Error::io("set aside segment", p, e))?;
@@ -787,7 +869,7 @@ fn apply_recovery(
         report.dropped_segments = dropped_segments;
         if c.offset == 0 {
             // A whole damaged segment: set it aside too.
-            let to = c.segment.with_extension("wal.dropped");
+            let to = super::format::dropped_path(&c.segment);
             storage
                 .rename(&c.segment, &to)
                 .map_err(|e| Error::io("set aside segment", &c.segment, e))?;
@@ -801,7 +883,7 @@ fn apply_recovery(
             .map_err(|e| Error::io("fsync directory", dir, e))?;
     } else if let Some(t) = torn_tail.clone() {
         if t.whole_segment {
-            report.cut_saved_to = save_cut(storage, dir, &t.segment, 0)?;
+            save_cut_or_report(storage, dir, &t.segment, 0, report);
             storage
                 .remove_file(&t.segment)
                 .map_err(|e| Error::io("remove torn segment", &t.segment, e))?;
@@ -814,11 +896,8 @@ fn apply_recovery(
         report.torn_tail = Some(t);
     }
     if let Some((path, offset)) = cut {
-        let saved = save_cut(storage, dir, &path, offset)?;
-        if report.cut_saved_to.is_none() {
-            report.cut_saved_to = saved;
-        }
-        zero_from(storage, &path, offset, opts)?;
+        save_cut_or_report(storage, dir, &path, offset, report);
+        zero_from(storage, &path, offset)?;
     }
     let pos = segments
         .last()
@@ -826,19 +905,48 @@ fn apply_recovery(
     Ok((segments, pos))
 }
 
+/// Saves the bytes a cut removes (see [`save_cut`]); when that fails (a
+/// full disk, an I/O error) recovery goes on: the bytes were never
+/// acknowledged, and cutting needs no space. The report says why.
+fn save_cut_or_report(
+    storage: &dyn Storage,
+    dir: &Path,
+    path: &Path,
+    offset: u64,
+    report: &mut OpenReport,
+) {
+    match save_cut(storage, dir, path, offset) {
+        Ok(saved) => {
+            if report.cut_saved_to.is_none() {
+                report.cut_saved_to = saved;
+            }
+        }
+        Err(e) => {
+            report.cut_not_saved = Some(format!(
+                "could not save the cut bytes of {} from offset {offset}: {e}",
+                path.display()
+            ));
+        }
+    }
+}
+
 /// Copies the bytes of `path` from `offset` to its last non-zero byte into a
 /// side file `cut-<segment>-<offset>.bin`, durably.
 /// Nothing is saved (`None`) when there is no non-zero byte to keep, so a
 /// segment whose creation never got past its zero fill leaves no empty file.
+/// On failure the side file is removed again (best effort), so no empty or
+/// partial copy is left to be mistaken for the cut bytes.
 fn save_cut(
     storage: &dyn Storage,
     dir: &Path,
     path: &Path,
     offset: u64,
 ) -> Result<Option<PathBuf>> {
+    // The segment is live (recovery is about to zero part of it): positional
+    // reads, not a map.
     let bytes = storage
-        .map(path)
-        .map_err(|e| Error::io("map segment", path, e))?;
+        .read_prefix(path, u64::MAX)
+        .map_err(|e| Error::io("read segment", path, e))?;
     let start = (offset as usize).min(bytes.len());
     let end = super::scan::nonzero_end(&bytes, start);
     if end == start {
@@ -857,35 +965,50 @@ fn save_cut(
     let f = storage
         .open(&side, OpenMode::CreateNew)
         .map_err(|e| Error::io("create cut file", &side, e))?;
-    f.write_at(0, &bytes[start..end])
-        .map_err(|e| Error::io("write cut file", &side, e))?;
-    f.sync_all()
-        .map_err(|e| Error::io("fsync cut file", &side, e))?;
-    storage
-        .sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    let written = f
+        .write_at(0, &bytes[start..end])
+        .map_err(|e| Error::io("write cut file", &side, e))
+        .and_then(|()| {
+            f.sync_all()
+                .map_err(|e| Error::io("fsync cut file", &side, e))
+        })
+        .and_then(|()| {
+            // The copy's name durable too, or a power loss could take the
+            // only copy of the cut bytes away.
+            storage
+                .sync_dir(dir)
+                .map_err(|e| Error::io("fsync directory", dir, e))
+        });
+    if let Err(e) = written {
+        drop(f);
+        // Best effort: the caller reports `e` either way.
+        if storage.remove_file(&side).is_ok() {
+            let _ = storage.sync_dir(dir);
+        }
+        return Err(e);
+    }
     Ok(Some(side))
 }
 
 /// Overwrites `path` from `offset` to its end with zeros and syncs, so stale
 /// bytes can never be mistaken for records written after recovery.
-fn zero_from(storage: &dyn Storage, path: &Path, offset: u64, opts: &LogOptions) -> Result<()> {
+///
+/// Never truncates, even without preallocation: a read-only reader
+/// (`wal-inspect`, [`crate::log::LogReader`]) may have the file mapped, and
+/// touching a mapped page past a shrunk end is a `SIGBUS`. Overwriting in
+/// place also needs no free space, so a torn tail is cut on a full disk.
+fn zero_from(storage: &dyn Storage, path: &Path, offset: u64) -> Result<()> {
     let f = storage
         .open(path, OpenMode::ReadWrite)
         .map_err(|e| Error::io("open segment", path, e))?;
     let len = f.len().map_err(|e| Error::io("stat segment", path, e))?;
-    if !opts.preallocate {
-        f.set_len(offset)
-            .map_err(|e| Error::io("truncate", path, e))?;
-    } else {
-        let chunk = vec![0u8; 1 << 20];
-        let mut off = offset;
-        while off < len {
-            let n = (len - off).min(chunk.len() as u64) as usize;
-            f.write_at(off, &chunk[..n])
-                .map_err(|e| Error::io("zero torn tail", path, e))?;
-            off += n as u64;
-        }
+    let chunk = vec![0u8; (len.saturating_sub(offset)).min(1 << 20) as usize];
+    let mut off = offset;
+    while off < len {
+        let n = (len - off).min(chunk.len() as u64) as usize;
+        f.write_at(off, &chunk[..n])
+            .map_err(|e| Error::io("zero torn tail", path, e))?;
+        off += n as u64;
     }
     f.sync_all().map_err(|e| Error::io("fsync", path, e))
 }

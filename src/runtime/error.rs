@@ -1,8 +1,6 @@
 //! Errors of the runtime layer.
 
-use std::path::PathBuf;
-
-/// What went wrong in the runtime layer (shutdown, work queue, batch, health).
+/// What went wrong in the runtime layer (shutdown, queue drain, batch, health).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -10,11 +8,6 @@ pub enum Error {
     /// what is in progress and return.
     #[error("shutdown in progress: no new unit of work may start")]
     ShuttingDown,
-
-    /// The work queue is draining (shutdown): it accepts no new items and
-    /// hands out no new claims.
-    #[error("work queue is draining for shutdown: no enqueue or claim accepted")]
-    Draining,
 
     /// `SHUTDOWN_TIMEOUT` (or another duration setting) could not be parsed.
     #[error("invalid value {value:?} for {name}: {reason}")]
@@ -56,9 +49,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The storage below failed (the queue's or the batch cursor's log).
+    /// The storage below failed (the batch cursor's log).
     #[error(transparent)]
     Log(#[from] crate::log::Error),
+
+    /// The work queue below failed.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::Error),
 
     /// The journal below failed.
     #[error(transparent)]
@@ -74,38 +71,6 @@ pub enum Error {
         index: u64,
         /// The item's error, as text.
         message: String,
-    },
-
-    /// No queue item has this id (never enqueued, or acked and compacted away).
-    #[error("work queue item {id} does not exist")]
-    NotFound {
-        /// The item id.
-        id: u64,
-    },
-
-    /// The claim is no longer valid: its lease expired and another claim
-    /// took the item, or the item was released at shutdown. The result of this
-    /// attempt must not be recorded as the item's outcome.
-    #[error("work queue item {id}: claim (attempt {attempt}) is no longer held{}", current.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
-    LeaseLost {
-        /// The item id.
-        id: u64,
-        /// The attempt the caller claimed.
-        attempt: u32,
-        /// What holds the item now, in words.
-        current: Option<String>,
-    },
-
-    /// A queue or batch record could not be decoded: the file was written by
-    /// something else, or a bug wrote an inconsistent history.
-    #[error("undecodable record at LSN {lsn} in {}: {reason}", dir.display())]
-    BadRecord {
-        /// The log directory.
-        dir: PathBuf,
-        /// The record's LSN (0 for a snapshot).
-        lsn: u64,
-        /// What is wrong.
-        reason: String,
     },
 
     /// A payload could not be (de)serialized with serde.

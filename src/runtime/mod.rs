@@ -11,22 +11,24 @@
 //! | --- | --- |
 //! | [`shutdown`] | SIGTERM/SIGINT, the deadline budget, unit guards, second-signal exit |
 //! | [`batch`] | checkpointed batches that resume at exactly the next item |
-//! | [`queue`] | a durable work queue: claim/lease/ack/nack, dead letters, drain |
+//! | `queue_async` | async (tokio) wrappers of the [`crate::queue::WorkQueue`] operations |
 //! | [`metrics`] | counters rendered in the Prometheus text format |
 //! | `health` (feature `http`) | `/health`, `/ready`, `POST /shutdown`, `/metrics` |
 //!
-//! Dependencies point downward only: runtime → journal → log.
+//! Dependencies point downward only: runtime → queue, journal → log. The
+//! durable work queue itself (codec, state, synchronous API) is the
+//! [`crate::queue`] layer, which builds without tokio.
 
 pub mod batch;
 mod error;
 #[cfg(feature = "http")]
 pub mod health;
 pub mod metrics;
-pub mod queue;
+mod queue_async;
 pub mod shutdown;
 
+pub use crate::queue::{QueueOptions, WorkQueue};
 pub use batch::{run_batch, run_batch_units, BatchCursor, BatchReport};
 pub use error::Error;
 pub use metrics::Metrics;
-pub use queue::{QueueOptions, WorkQueue};
 pub use shutdown::{Shutdown, ShutdownReason, UnitGuard, UnitsWait};

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use super::{DirLock, FileBytes, LockFailure, OpenMode, Storage, StorageFile};
 
-/// Name of the lock file inside a journal directory.
-pub const LOCK_FILE: &str = "LOCK";
+use crate::log::format::LOCK_FILE;
 
 /// The operating system's file system (Linux/Unix).
 #[derive(Debug, Default, Clone, Copy)]
@@ -97,12 +96,20 @@ impl Storage for FsStorage {
         if file.metadata()?.len() == 0 {
             return Ok(FileBytes::new(Vec::new()));
         }
-        // SAFETY: the map is read-only. agentwal never shrinks a segment file that
-        // another handle may have mapped while the directory is shared: the owner
-        // only appends and overwrites its preallocated tail, and `repair` (the only
-        // truncating path) requires the exclusive owner lock. A foreign process
-        // truncating the file underneath us is outside the contract, as for every
-        // mmap-based reader.
+        // SAFETY: memmap2 requires that the mapped file is not modified or
+        // shrunk while mapped; a shrink makes touching the lost pages a SIGBUS.
+        // The map is read-only, and agentwal never shrinks a segment or
+        // snapshot file: recovery and `repair` zero a cut range in place
+        // instead of truncating, compaction unlinks whole files (an unlinked
+        // file stays mapped intact), and snapshots are written to a temporary
+        // file and renamed. The bytes of the live (last) segment do change
+        // while mapped (appends into zeros, recovery zeroing a torn tail), so
+        // agentwal itself reads that segment with `read_prefix` (pread) and
+        // maps only sealed segments and snapshots (rewritten only by a lossy
+        // recovery zeroing damage in place, which a reader sees as damage,
+        // never as a fault). What remains outside this contract: another program
+        // truncating the file, or an I/O error on a mapped page, either of
+        // which the kernel reports as SIGBUS.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         Ok(FileBytes::new(map))
     }

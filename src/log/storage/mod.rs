@@ -1,10 +1,11 @@
 //! The storage seam: every byte the log writes or reads goes through [`Storage`].
 //!
-//! Two implementations ship with the crate:
+//! Two implementations ship with the crate (the second only with the
+//! `testing` feature, never in the default build):
 //!
 //! * [`FsStorage`] — the real file system (positional `pwrite`, `fdatasync`,
 //!   directory `fsync`, `flock`, memmap2 for read-only views);
-//! * [`SimStorage`] — an in-memory file system that keeps *live* and *durable*
+//! * `SimStorage` (`sim`) — an in-memory file system that keeps *live* and *durable*
 //!   images apart, can simulate a power loss (dropping, tearing and reordering
 //!   unsynced writes, forgetting directory entries that were never made durable
 //!   by a directory sync) and injects I/O errors (EIO, ENOSPC, failed sync).
@@ -21,6 +22,7 @@
 //!   caller must not retry the sync and pretend it succeeded (see "fsyncgate").
 
 mod fs;
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
 
 use std::fmt::Debug;
@@ -30,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use fs::FsStorage;
+#[cfg(any(test, feature = "testing"))]
 pub use sim::SimStorage;
 
 /// How a file is opened through the seam.
@@ -90,6 +93,27 @@ impl Debug for FileBytes {
     }
 }
 
+/// Reads the first `max` bytes of an open file (all of it if shorter) with
+/// positional reads, continuing short reads and retrying `EINTR`.
+/// Allocates at most the file's current length.
+pub fn read_file_prefix(f: &dyn StorageFile, max: u64) -> io::Result<FileBytes> {
+    let len = f.len()?.min(max);
+    let len = usize::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to read"))?;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(got as u64, &mut buf[got..]) {
+            Ok(0) => break, // the file shrank meanwhile
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(FileBytes::new(buf))
+}
+
 /// An exclusive lock on a directory, released when dropped.
 pub trait DirLock: Send + Sync + Debug {}
 
@@ -121,8 +145,26 @@ pub trait Storage: Send + Sync + Debug {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries durable (`fsync` on the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// A read-only view of the whole file as it is now.
+    /// A read-only view of the whole file as it is now (a memory map on the
+    /// real file system). Only for files nobody writes any more (sealed
+    /// segments, snapshots): an I/O error on a mapped page, or a file
+    /// shrunk underneath the map, is a `SIGBUS`, not an error.
     fn map(&self, path: &Path) -> io::Result<FileBytes>;
+    /// The first `max` bytes of the file (all of it if shorter), read with
+    /// positional reads into memory. For files another process may be
+    /// writing (the live segment): every failure is an `io::Error`, short
+    /// reads are continued, and a file that shrinks meanwhile yields the
+    /// bytes that were there.
+    fn read_prefix(&self, path: &Path, max: u64) -> io::Result<FileBytes> {
+        let f = self.open(path, OpenMode::ReadOnly)?;
+        read_file_prefix(f.as_ref(), max)
+    }
+    /// The salt for a new segment whose first LSN is `first_lsn` (see
+    /// `docs/format.md`): random on a real file system; `SimStorage` (feature `testing`)
+    /// derives it from its own state so simulated runs are reproducible.
+    fn segment_salt(&self, first_lsn: u64) -> u32 {
+        super::segment::new_salt(first_lsn)
+    }
     /// Takes the exclusive owner lock of `dir` without blocking.
     fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure>;
 }

@@ -55,7 +55,16 @@ pub enum CrashMode {
     KeepAll,
     /// A random, seed-determined mix (see the module documentation).
     Random(u64),
+    /// As `Random`, and an unsynced write may also damage the bytes that
+    /// precede it in its 4 KiB block, synced or not (a device that
+    /// rewrites a whole physical sector and tears): they come back as
+    /// zeros or garbage. See `docs/recovery.md` for what recovery can
+    /// promise then.
+    TornSectors(u64),
 }
+
+/// Size of the block a torn write may damage in [`CrashMode::TornSectors`].
+pub const PHYSICAL_SECTOR: usize = 4096;
 
 /// The operation a fault is injected into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +77,11 @@ pub enum FaultOp {
     SyncDir,
     /// `open` with [`OpenMode::CreateNew`].
     Create,
-    /// `rename`.
+    /// `rename` (and `remove_file`).
     Rename,
+    /// `read_at` on a file, and `map` (a read of every page). Reads never
+    /// count as mutating operations and are not stopped by a halt.
+    Read,
 }
 
 /// The error an injected fault returns.
@@ -79,13 +91,18 @@ pub enum FaultKind {
     Eio,
     /// `ENOSPC`; a failing write persists nothing.
     NoSpace,
+    /// `ENOSPC` after part of the write went in: its first half, rounded
+    /// down to whole 512-byte sectors (nothing for a write under two
+    /// sectors), reaches the page cache and may be persisted like any other
+    /// unsynced write.
+    PartialNoSpace,
 }
 
 impl FaultKind {
     fn error(self) -> io::Error {
         match self {
             FaultKind::Eio => io::Error::from_raw_os_error(5),
-            FaultKind::NoSpace => io::Error::from_raw_os_error(28),
+            FaultKind::NoSpace | FaultKind::PartialNoSpace => io::Error::from_raw_os_error(28),
         }
     }
 }
@@ -163,29 +180,52 @@ struct State {
     syncs: u64,
     capacity: Option<u64>,
     sync_delay: Option<std::time::Duration>,
+    /// When set, `read_at` returns a random, shorter (never empty) prefix.
+    short_reads: Option<SimRng>,
 }
 
 impl State {
-    /// Counts a mutating operation and applies halts and injected faults.
-    fn mutate(&mut self, op: FaultOp) -> io::Result<()> {
-        if let Some(limit) = self.halt_after {
-            if self.mutations >= limit {
-                return Err(io::Error::other("simulated power loss: storage halted"));
-            }
-        }
-        self.mutations += 1;
+    /// Applies injected read faults (reads are not mutations: no halt, no count).
+    fn read_fault(&mut self) -> io::Result<()> {
+        self.fire(FaultOp::Read).map_or(Ok(()), |k| Err(k.error()))
+    }
+
+    /// Counts down the faults armed for `op`; the kind of one that fires.
+    fn fire(&mut self, op: FaultOp) -> Option<FaultKind> {
         for f in &mut self.faults {
             if f.op == op {
                 if f.countdown == 0 {
                     let kind = f.kind;
                     f.countdown = u64::MAX;
                     self.faults.retain(|f| f.countdown != u64::MAX);
-                    return Err(kind.error());
+                    return Some(kind);
                 }
                 f.countdown -= 1;
             }
         }
-        Ok(())
+        None
+    }
+
+    /// Counts a mutating operation and applies halts and injected faults.
+    fn mutate(&mut self, op: FaultOp) -> io::Result<()> {
+        self.mutate_kind(op).map_err(|(e, _)| e)
+    }
+
+    /// As [`State::mutate`], also saying which injected fault fired.
+    fn mutate_kind(&mut self, op: FaultOp) -> Result<(), (io::Error, Option<FaultKind>)> {
+        if let Some(limit) = self.halt_after {
+            if self.mutations >= limit {
+                return Err((
+                    io::Error::other("simulated power loss: storage halted"),
+                    None,
+                ));
+            }
+        }
+        self.mutations += 1;
+        match self.fire(op) {
+            Some(kind) => Err((kind.error(), Some(kind))),
+            None => Ok(()),
+        }
     }
 
     /// Bytes held by files that have a name (removed files free their space,
@@ -284,6 +324,13 @@ impl SimStorage {
         self.state.lock().sync_delay = delay;
     }
 
+    /// With `Some(seed)`, every `read_at` returns a random shorter (never
+    /// empty) part of what was asked, as a real `pread` may; `None` turns
+    /// that off. Readers must continue short reads.
+    pub fn set_short_reads(&self, seed: Option<u64>) {
+        self.state.lock().short_reads = seed.map(SimRng::new);
+    }
+
     /// Number of mutating operations (writes, syncs, creates, renames, removes) so far.
     pub fn mutations(&self) -> u64 {
         self.state.lock().mutations
@@ -349,19 +396,46 @@ impl SimStorage {
         s.durable.insert(path.to_path_buf(), ino);
     }
 
+    /// The machine as a process that is killed *now* leaves it, on the same
+    /// boot: a new, independent file system sharing nothing with this one
+    /// (locks released, faults and halts cleared) whose page cache (*live*
+    /// bytes), *durable* image and dirty (unsynced) writes are exactly
+    /// this one's. Unlike [`CrashMode::KeepAll`] nothing becomes durable:
+    /// dirty writes are persisted only by a later successful sync, and
+    /// writes a failed sync dropped stay readable but are never persisted
+    /// unless rewritten (Linux marks those pages clean). Call
+    /// [`SimStorage::crash`] on the result for a power loss after the restart.
+    pub fn kill(&self) -> SimStorage {
+        let s = self.state.lock();
+        let state = State {
+            inodes: s.inodes.clone(),
+            next_ino: s.next_ino,
+            dirs: s.dirs.clone(),
+            durable_dirs: s.durable_dirs.clone(),
+            live: s.live.clone(),
+            durable: s.durable.clone(),
+            pending_dir: s.pending_dir.clone(),
+            ..State::default()
+        };
+        SimStorage {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
     /// The image a disk may hold if power were lost now, as a new, independent
     /// file system (locks released, no faults). This storage is left untouched.
     pub fn crash(&self, mode: CrashMode) -> SimStorage {
         let s = self.state.lock();
         let mut rng = match mode {
-            CrashMode::Random(seed) => Some(SimRng::new(seed)),
+            CrashMode::Random(seed) | CrashMode::TornSectors(seed) => Some(SimRng::new(seed)),
             _ => None,
         };
+        let damage = matches!(mode, CrashMode::TornSectors(_));
         // Directory entries: durable ones plus a prefix of the pending operations.
         let (names, dirs) = match mode {
             CrashMode::KeepAll => (s.live.clone(), s.dirs.clone()),
             CrashMode::DropUnsynced => (s.durable.clone(), s.durable_dirs.clone()),
-            CrashMode::Random(_) => {
+            CrashMode::Random(_) | CrashMode::TornSectors(_) => {
                 let rng = rng.as_mut().expect("rng for random mode");
                 let keep = rng.below(s.pending_dir.len() as u64 + 1) as usize;
                 let mut names = s.durable.clone();
@@ -395,7 +469,7 @@ impl SimStorage {
             let content = match mode {
                 CrashMode::KeepAll => inode.live.clone(),
                 CrashMode::DropUnsynced => inode.durable.clone(),
-                CrashMode::Random(_) => {
+                CrashMode::Random(_) | CrashMode::TornSectors(_) => {
                     let rng = rng.as_mut().expect("rng for random mode");
                     let mut content = inode.durable.clone();
                     for p in &inode.pending {
@@ -422,6 +496,18 @@ impl SimStorage {
                                     }
                                 }
                             },
+                        }
+                        if let (true, Pending::Write { offset, .. }) = (damage, p) {
+                            // The device rewrote the whole block and tore:
+                            // what preceded the write in it is lost too.
+                            let off = *offset as usize;
+                            let block = off / PHYSICAL_SECTOR * PHYSICAL_SECTOR;
+                            if block < off && off <= content.len() && rng.below(4) == 0 {
+                                let garbage = rng.below(2) == 0;
+                                for b in &mut content[block..off] {
+                                    *b = if garbage { rng.next_u64() as u8 } else { 0 };
+                                }
+                            }
                         }
                     }
                     content
@@ -472,13 +558,33 @@ impl StorageFile for SimFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.check_writable()?;
         let mut s = self.state.lock();
-        s.mutate(FaultOp::Write)?;
+        let mut buf = buf;
+        let mut fail = None;
+        match s.mutate_kind(FaultOp::Write) {
+            Ok(()) => {}
+            Err((e, Some(FaultKind::PartialNoSpace))) if buf.len() >= 2 * SECTOR => {
+                // File systems allocate whole blocks: what goes in is a
+                // whole number of sectors.
+                buf = &buf[..buf.len() / 2 / SECTOR * SECTOR];
+                fail = Some(e);
+            }
+            Err((e, _)) => return Err(e),
+        }
         if let Some(cap) = s.capacity {
             let cur = s.inodes[&self.ino].live.len() as u64;
+            let used = s.live_bytes();
             let grow = (offset + buf.len() as u64).saturating_sub(cur);
-            if s.live_bytes() + grow > cap {
-                return Err(FaultKind::NoSpace.error());
+            if used + grow > cap {
+                // A real file system fills what it can, then fails: the
+                // bytes up to the end of the space left go in.
+                let room = (cap.saturating_sub(used) + cur).saturating_sub(offset);
+                let room = room as usize / SECTOR * SECTOR;
+                buf = &buf[..room.min(buf.len())];
+                fail = Some(FaultKind::NoSpace.error());
             }
+        }
+        if buf.is_empty() {
+            return Err(fail.unwrap_or_else(|| FaultKind::NoSpace.error()));
         }
         let inode = s.inodes.get_mut(&self.ino).expect("open inode");
         write_into(&mut inode.live, offset, buf);
@@ -486,14 +592,21 @@ impl StorageFile for SimFile {
             offset,
             data: buf.to_vec(),
         });
-        Ok(())
+        fail.map_or(Ok(()), Err)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let s = self.state.lock();
+        let mut s = self.state.lock();
+        s.read_fault()?;
+        let live_len = s.inodes[&self.ino].live.len();
+        let start = (offset as usize).min(live_len);
+        let mut n = (live_len - start).min(buf.len());
+        if let Some(rng) = s.short_reads.as_mut() {
+            if n > 1 {
+                n = 1 + rng.below(n as u64) as usize;
+            }
+        }
         let live = &s.inodes[&self.ino].live;
-        let start = (offset as usize).min(live.len());
-        let n = (live.len() - start).min(buf.len());
         buf[..n].copy_from_slice(&live[start..start + n]);
         Ok(n)
     }
@@ -676,9 +789,20 @@ impl Storage for SimStorage {
     }
 
     fn map(&self, path: &Path) -> io::Result<FileBytes> {
-        let s = self.state.lock();
-        let ino = s.live.get(path).ok_or_else(|| not_found(path))?;
+        let mut s = self.state.lock();
+        let ino = *s.live.get(path).ok_or_else(|| not_found(path))?;
+        // A read error on a mapped page is a SIGBUS on a real system; the
+        // simulator reports it as the error the caller would get from a read.
+        s.read_fault()?;
+        let ino = &ino;
         Ok(FileBytes::new(s.inodes[ino].live.clone()))
+    }
+
+    fn segment_salt(&self, first_lsn: u64) -> u32 {
+        // Deterministic (a seed replays the same bytes), and still different
+        // for every file created: the inode counter only grows.
+        let ino = self.state.lock().next_ino;
+        SimRng::new(first_lsn ^ ino.rotate_left(32) ^ 0x5A17_5A17).next_u64() as u32
     }
 
     fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure> {

@@ -3,8 +3,8 @@
 
 use super::codec::{decode_op, decode_snapshot};
 use super::state::{Item, ItemState, QueueState};
+use super::Error;
 use crate::log::LogReader;
-use crate::runtime::error::Error;
 
 /// One work-queue item as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -26,11 +26,19 @@
 //!   its payload; acked items are forgotten at once. The log is compacted
 //!   into a snapshot every `compact_after_records` records.
 //!
+//! **Boundaries.** The queue is its own layer, on the public API of
+//! [`crate::log`] only: it imports nothing from `journal`, `runtime` or
+//! `inspect`, and it does not need tokio (a `wal-inspect` built without tokio
+//! reads a queue through [`queue_view`]). The async wrappers
+//! (`enqueue_async`, ...) and drain-on-shutdown wiring live above it, in
+//! `runtime` (feature `tokio`). The manual clock for tests is behind the
+//! `testing` feature.
+//!
 //! The record encoding is specified byte by byte in `docs/operations.md`
 //! ("Queue records").
 //!
 //! ```
-//! use agentwal::runtime::queue::{QueueOptions, WorkQueue};
+//! use agentwal::queue::{QueueOptions, WorkQueue};
 //! let dir = tempfile::tempdir().unwrap();
 //! let q = WorkQueue::open(dir.path(), QueueOptions::default()).unwrap();
 //! let id = q.enqueue(b"send the report").unwrap();
@@ -41,11 +49,13 @@
 //! ```
 
 mod codec;
+mod error;
 mod state;
 mod view;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "testing"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,10 +64,10 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::log::{Durability, FsStorage, Log, LogOptions, Lsn, Storage};
 
+pub use error::Error;
 pub use state::ItemState;
 pub use view::{queue_view, QueueItemView, QueueView};
 
-use super::error::Error;
 use codec::{decode_op, decode_snapshot, encode_op, encode_snapshot};
 use state::{Op, QueueState};
 
@@ -92,10 +102,12 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock the test moves by hand.
+/// A clock the test moves by hand (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
 
+#[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     /// A clock at `ms`.
     pub fn new(ms: u64) -> Self {
@@ -108,6 +120,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
@@ -269,7 +282,8 @@ impl WorkQueue {
         Self::open_with(Arc::new(FsStorage), journal_dir, opts)
     }
 
-    /// Opens the queue through any storage (e.g. [`crate::log::SimStorage`]).
+    /// Opens the queue through any storage (e.g. the simulator `SimStorage`,
+    /// feature `testing`).
     pub fn open_with(
         storage: Arc<dyn Storage>,
         journal_dir: impl AsRef<Path>,
@@ -701,55 +715,8 @@ impl WorkQueue {
         Ok(Some(lsn))
     }
 
-    /// Async [`WorkQueue::enqueue`]: runs on tokio's blocking pool, so the
-    /// runtime's workers never wait for `fdatasync`.
-    pub async fn enqueue_async(&self, payload: Vec<u8>) -> Result<u64, Error> {
-        let q = self.clone();
-        blocking(move || q.enqueue(&payload)).await
-    }
-
-    /// Async [`WorkQueue::claim`].
-    pub async fn claim_async(&self, worker: &str) -> Result<Option<Claimed>, Error> {
-        let (q, w) = (self.clone(), worker.to_string());
-        blocking(move || q.claim(&w)).await
-    }
-
-    /// Async [`WorkQueue::ack`].
-    pub async fn ack_async(&self, claimed: &Claimed) -> Result<(), Error> {
-        let (q, c) = (self.clone(), claimed.clone());
-        blocking(move || q.ack(&c)).await
-    }
-
-    /// Async [`WorkQueue::nack`].
-    pub async fn nack_async(
-        &self,
-        claimed: &Claimed,
-        delay: Duration,
-        error: &str,
-    ) -> Result<NackOutcome, Error> {
-        let (q, c, e) = (self.clone(), claimed.clone(), error.to_string());
-        blocking(move || q.nack(&c, delay, &e)).await
-    }
-
-    /// Async [`WorkQueue::drain`].
-    pub async fn drain_async(&self, timeout: Duration) -> Result<DrainReport, Error> {
-        let q = self.clone();
-        blocking(move || q.drain(timeout)).await
-    }
-
     /// Syncs and closes the queue's log.
     pub fn close(self) -> Result<(), Error> {
         Ok(self.inner.log.sync().map(|_| ())?)
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Install {
-            what: "blocking queue task",
-            source: std::io::Error::other(e),
-        })?
 }

@@ -131,7 +131,7 @@ pub enum Error {
     /// An idempotency key is recorded for another effect (another name, in
     /// this unit or another one). A key belongs to one effect: its recorded
     /// result is never handed to a different effect, and nothing runs.
-    #[error("unit {unit:?}, step {step}: effect {effect:?} uses idempotency key {key:?}, which the journal records for effect {recorded_effect:?} of unit {recorded_unit:?}; a key belongs to one effect, so nothing ran and no result is handed over (give the effect its own key)")]
+    #[error("unit {unit:?}, step {step}: effect {effect:?} uses idempotency key {key:?}, which the journal records for {recorded}; a key belongs to one effect, so nothing ran and no result is handed over (give the effect its own key)")]
     KeyConflict {
         /// The unit asking.
         unit: String,
@@ -141,10 +141,8 @@ pub enum Error {
         effect: String,
         /// The idempotency key.
         key: String,
-        /// The unit the key is recorded for.
-        recorded_unit: String,
-        /// The effect name the key is recorded for.
-        recorded_effect: String,
+        /// The effect the key is recorded for: `effect "<name>" of unit "<id>"`.
+        recorded: String,
     },
 
     /// Another live unit of this process is executing (or probing) the
@@ -217,7 +215,7 @@ pub enum Error {
     /// does not read back as the same value (`f64::NAN` encodes as `null`),
     /// or it cannot be encoded at all. A failed outcome carrying this reason
     /// was recorded in its place (so the effect is never run again).
-    #[error("unit {unit:?}, step {step}: effect {effect:?} (key {key:?}) ran, but its result would be recorded as {recorded} and {reason}; it is recorded as failed with this reason instead (it will not run again)")]
+    #[error("unit {unit:?}, step {step}: effect {effect:?} (key {key:?}) ran, but its result {reason}; it is recorded as failed with this reason instead (it will not run again)")]
     ResultNotReplayable {
         /// The unit.
         unit: String,
@@ -227,10 +225,9 @@ pub enum Error {
         effect: String,
         /// Idempotency key.
         key: String,
-        /// The JSON that would have been recorded (clipped), or a note that
-        /// there is none.
-        recorded: String,
-        /// Why it does not replay.
+        /// What would have been recorded (the JSON, clipped) and why it does
+        /// not replay, for example `would be recorded as null, which does
+        /// not read back as the effect's result type (...)`.
         reason: String,
     },
 

@@ -523,8 +523,7 @@ impl Unit {
                     step: seq,
                     effect: name.to_string(),
                     key,
-                    recorded_unit: k.unit.clone(),
-                    recorded_effect: k.effect.clone(),
+                    recorded: format!("effect {:?} of unit {:?}", k.effect, k.unit),
                 });
             }
         }
@@ -621,11 +620,9 @@ impl Unit {
         via: OutcomeVia,
     ) -> (JournalRecord, Result<T>) {
         let limit = self.j().inner.opts.max_payload_bytes;
-        let not_replayable = |recorded: String, reason: String| {
+        let not_replayable = |reason: String| {
             let message = clip(
-                format!(
-                    "the effect ran, but its result would be recorded as {recorded} and {reason}; recorded as failed instead"
-                ),
+                format!("the effect ran, but its result {reason}; recorded as failed instead"),
                 (limit / 2) as usize,
             );
             (
@@ -635,7 +632,6 @@ impl Unit {
                     step: ctx.seq,
                     effect: ctx.name.clone(),
                     key: ctx.key.clone(),
-                    recorded,
                     reason,
                 }),
             )
@@ -660,15 +656,16 @@ impl Unit {
                                 limit,
                             }),
                         )
-                    } else if let Err(reason) = check_round_trip::<T>(&value) {
-                        not_replayable(clip(value.to_string(), 200), reason)
+                    } else if let Err(why) = check_round_trip::<T>(&value) {
+                        not_replayable(format!(
+                            "would be recorded as {}, which {why}",
+                            clip(value.to_string(), 200)
+                        ))
                     } else {
                         (Outcome::Ok { value }, Ok(v))
                     }
                 }
-                Err(e) => {
-                    not_replayable("nothing".into(), format!("cannot be encoded as JSON ({e})"))
-                }
+                Err(e) => not_replayable(format!("cannot be encoded as JSON ({e})")),
             },
             Err(e) => {
                 let message = clip(e.to_string(), (limit / 2) as usize);

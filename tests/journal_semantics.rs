@@ -146,6 +146,46 @@ fn a_settled_key_is_never_handed_to_an_effect_of_another_name() {
 }
 
 #[test]
+fn an_in_doubt_step_never_takes_the_result_another_effect_settled_for_its_key() {
+    // Written by an earlier version, which did not check names: unit "a" is
+    // in doubt on key K ("send"), unit "b" settled K as effect "refund".
+    let storage = SimStorage::new();
+    write_records(
+        &storage,
+        &[
+            begin_rec("a"),
+            intent_rec("a", 0, "send", "K", PolicyKind::RetrySameKey),
+            begin_rec("b"),
+            intent_rec("b", 0, "refund", "K", PolicyKind::RetrySameKey),
+            JournalRecord::EffectOutcome {
+                unit: "b".into(),
+                seq: 0,
+                key: "K".into(),
+                outcome: Outcome::Ok { value: json!(-5) },
+                via: OutcomeVia::Run,
+                at_ms: 0,
+            },
+        ],
+    );
+    let j = open(&storage);
+    let mut a = j.begin("a", "t", &()).unwrap();
+    let before = j.log().next_lsn();
+    let err = a
+        .run(
+            Effect::retry_same_key("send").key("K"),
+            |_| -> Result<i32, String> { panic!("nothing runs") },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::KeyConflict { unit, step: 0, recorded, .. }
+            if unit == "a" && recorded.contains("refund")),
+        "{err}"
+    );
+    assert_eq!(j.log().next_lsn(), before, "nothing written");
+    assert_eq!(j.effect_status("a", 0), Some(EffectStatus::InDoubt));
+}
+
+#[test]
 fn keys_recorded_by_the_old_scheme_still_replay_on_resume() {
     // Written by an earlier version: effect name "a/b" with the unescaped key.
     let storage = SimStorage::new();

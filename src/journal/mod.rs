@@ -18,13 +18,24 @@
 //!   ([`Effect::retry_same_key`], [`Effect::reconcile`], [`Effect::never_repeat`]).
 //!   There is no default policy.
 //! * A result is only handed to the effect that recorded it: a different
-//!   name, key or order on resume is [`Error::EffectMismatch`].
-//! * The **idempotency key index** remembers every settled key (for the
-//!   configured [`Retention`]): an effect whose key already completed — in
-//!   any unit — never runs again; its recorded result is returned.
+//!   name, key, order, policy or compensable flag on resume is
+//!   [`Error::EffectMismatch`] (the recorded declaration governs), and a
+//!   resumed unit that replayed fewer steps than recorded cannot commit
+//!   ([`Error::UnreplayedSteps`]).
+//! * The **idempotency key index** remembers every settled key with the
+//!   effect name it belongs to (for the configured [`Retention`]): an effect
+//!   whose key already completed — in any unit — never runs again; its
+//!   recorded result is returned to an effect of the same name, and an
+//!   effect of another name gets [`Error::KeyConflict`]. Default keys are
+//!   injective ([`default_key`]). A key a live unit of this process is
+//!   executing is [`Error::KeyBusy`] for the others (retryable).
+//! * A recorded result always replays: one whose JSON does not read back as
+//!   the same value is recorded as a failure ([`Error::ResultNotReplayable`]).
 //! * **Rollback** runs compensations of completed effects in reverse order,
 //!   each recorded, then the abort record; an interrupted rollback resumes
 //!   where it stopped (each compensation is recorded done exactly once).
+//!   Once a compensation is recorded the unit can only finish its rollback
+//!   ([`Error::RollingBack`] for `run` and `commit`).
 //! * **Compaction** writes the live state (incomplete units, key index,
 //!   counters) as a snapshot and drops old segments; recovery is snapshot +
 //!   log after it, so memory and disk are bounded by live state.

@@ -501,8 +501,23 @@ impl Unit {
                 Some((o, _, _)) => Prep::Recorded(o.clone()),
                 // In doubt here, but another unit has since recorded an
                 // outcome for the same key: that outcome stands, nothing runs.
-                None => match st.keys.get(&key).and_then(|k| k.outcome.as_ref()) {
-                    Some(o) => Prep::Settled(ctx(&key, Attempt::Retry), o.clone()),
+                None => match st
+                    .keys
+                    .get(&key)
+                    .and_then(|k| Some(k).zip(k.outcome.as_ref()))
+                {
+                    // Settled for another effect (journals written before
+                    // keys were checked against names): never hand it over.
+                    Some((k, _)) if k.effect != name => {
+                        return Err(Error::KeyConflict {
+                            unit: id.to_string(),
+                            step: seq,
+                            effect: name.to_string(),
+                            key,
+                            recorded: format!("effect {:?} of unit {:?}", k.effect, k.unit),
+                        })
+                    }
+                    Some((_, o)) => Prep::Settled(ctx(&key, Attempt::Retry), o.clone()),
                     // Its intent may be in memory only (its sync failed):
                     // the caller waits for `intent_lsn` before running.
                     None => {

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_support::{fleet_agent, fresh_db, pg_or_skip, required, restart_server, terminate_backends, Pg};
+use fleet_support::{
+    fleet_agent, fresh_db, pg_or_skip, required, restart_server, terminate_backends, Pg,
+};
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -101,7 +103,11 @@ impl Run {
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
-        assert!(o.status.success(), "fleet_agent {args:?} failed: {:?}", o.status);
+        assert!(
+            o.status.success(),
+            "fleet_agent {args:?} failed: {:?}",
+            o.status
+        );
         String::from_utf8(o.stdout).unwrap()
     }
     fn status(&self) -> serde_json::Value {
@@ -196,8 +202,13 @@ fn verify(pg: &Pg, db: &str, run: &Run, ex: &Expect) {
     let ledger = std::fs::read_to_string(run.ledger()).unwrap();
     let mut lines: HashMap<&str, u32> = HashMap::new();
     for line in ledger.lines() {
-        let (rec, _worker) = line.split_once('\t').unwrap_or_else(|| panic!("bad ledger line {line:?}"));
-        assert!(items.contains_key(rec), "ledger line for unknown record {rec}");
+        let (rec, _worker) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("bad ledger line {line:?}"));
+        assert!(
+            items.contains_key(rec),
+            "ledger line for unknown record {rec}"
+        );
         *lines.entry(rec).or_default() += 1;
     }
     for (rec, n) in &lines {
@@ -205,7 +216,10 @@ fn verify(pg: &Pg, db: &str, run: &Run, ex: &Expect) {
     }
     for (k, s) in &items {
         if s == "done" {
-            assert!(lines.contains_key(k.as_str()), "done item {k} has no ledger line");
+            assert!(
+                lines.contains_key(k.as_str()),
+                "done item {k} has no ledger line"
+            );
         }
     }
 
@@ -213,9 +227,15 @@ fn verify(pg: &Pg, db: &str, run: &Run, ex: &Expect) {
     let sink = std::fs::read_to_string(run.sink()).unwrap();
     let mut sent: HashMap<String, (String, u32)> = HashMap::new();
     for line in sink.lines() {
-        let (key, payload) = line.split_once('\t').unwrap_or_else(|| panic!("bad sink line {line:?}"));
+        let (key, payload) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("bad sink line {line:?}"));
         let rec = payload.split(' ').next().unwrap().to_string();
-        assert_eq!(key, format!("{rec}/send/1"), "message for {rec} sent with key {key}");
+        assert_eq!(
+            key,
+            format!("{rec}/send/1"),
+            "message for {rec} sent with key {key}"
+        );
         let e = sent.entry(rec).or_insert((payload.to_string(), 0));
         assert_eq!(e.0, payload, "message re-sent with another payload");
         e.1 += 1;
@@ -242,7 +262,10 @@ fn fleet_survives_kills_lost_disks_pg_restart_and_dropped_connections() {
     };
     let can_restart = pg.data.is_some();
     if !can_restart {
-        assert!(!required(), "AGENTWAL_REQUIRE_PG=1 but AGENTWAL_PG_DATA is unset: cannot restart the server");
+        assert!(
+            !required(),
+            "AGENTWAL_REQUIRE_PG=1 but AGENTWAL_PG_DATA is unset: cannot restart the server"
+        );
         eprintln!("fleet_chaos: AGENTWAL_PG_DATA unset: the PostgreSQL restart step is SKIPPED");
     }
     let n = env_num("AGENTWAL_FLEET_ITEMS", 5000);
@@ -254,7 +277,9 @@ fn fleet_survives_kills_lost_disks_pg_restart_and_dropped_connections() {
             .unwrap()
             .as_nanos() as u64,
     ) | 1;
-    eprintln!("fleet_chaos: {n} items, {workers} workers, seed {seed} (AGENTWAL_FLEET_SEED to replay)");
+    eprintln!(
+        "fleet_chaos: {n} items, {workers} workers, seed {seed} (AGENTWAL_FLEET_SEED to replay)"
+    );
     let mut rng = Rng(seed);
     let db = "aw_fleet_chaos";
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -327,10 +352,17 @@ fn fleet_survives_kills_lost_disks_pg_restart_and_dropped_connections() {
         "fleet_chaos: chaos over after {:?}: {kills} SIGKILLs ({lost_disks} with the journal deleted), {stops} stalls past the lease, {terminated} backends terminated, PostgreSQL restarted: {restarted}, SIGTERM drain: {drained}",
         began.elapsed()
     );
-    assert!(kills > 0 && terminated > 0, "the chaos did not happen: raise AGENTWAL_FLEET_ITEMS");
+    assert!(
+        kills > 0 && terminated > 0,
+        "the chaos did not happen: raise AGENTWAL_FLEET_ITEMS"
+    );
     for (s, c) in slots.iter_mut().enumerate() {
         let code = wait_exit(c, Duration::from_secs(180));
-        assert!(code.success(), "worker slot {s} exited with {code}; see {}", run.dir.join(format!("worker-{s}.log")).display());
+        assert!(
+            code.success(),
+            "worker slot {s} exited with {code}; see {}",
+            run.dir.join(format!("worker-{s}.log")).display()
+        );
     }
     eprintln!("fleet_chaos: drained after {:?}", began.elapsed());
     verify(&pg, db, &run, &Expect { items: n, kills });
@@ -358,7 +390,10 @@ fn lease_expiring_during_a_slow_step_is_fenced() {
     let mut a = run.worker(0, 0, 2500, 1000);
     let t = Instant::now();
     while run.status()["in_flight"].as_u64() != Some(1) {
-        assert!(t.elapsed() < Duration::from_secs(30), "worker A never claimed");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "worker A never claimed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
@@ -372,7 +407,10 @@ fn lease_expiring_during_a_slow_step_is_fenced() {
     let code = wait_exit(&mut a, Duration::from_secs(60));
     assert!(code.success(), "worker A exited with {code}");
     let log = std::fs::read_to_string(run.dir.join("worker-0.log")).unwrap();
-    assert!(log.contains("0 done, 0 in doubt, 1 taken over"), "worker A: {log}");
+    assert!(
+        log.contains("0 done, 0 in doubt, 1 taken over"),
+        "worker A: {log}"
+    );
     let ledger = std::fs::read_to_string(run.ledger()).unwrap();
     assert_eq!(ledger.lines().count(), 3, "{ledger}");
     assert!(ledger.lines().all(|l| l.ends_with("\tw1.0")), "{ledger}");

@@ -39,7 +39,11 @@ pub fn pg_or_skip(test: &str) -> Option<Pg> {
                 !required(),
                 "{test}: AGENTWAL_REQUIRE_PG=1 but AGENTWAL_PG_URL is not set: no PostgreSQL server to test against"
             );
-            eprintln!(
+            // Straight to the process's stderr, not through `eprintln!`, which
+            // the test harness captures (and hides for a passing test).
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED {test}: no PostgreSQL server (set AGENTWAL_PG_URL to run the fleet tests; .ci/run starts one)"
             );
             None

@@ -53,7 +53,10 @@ fn fleet_deployment_drains_within_the_grace_period_and_reads_the_url_from_a_secr
         .unwrap()
         .parse()
         .unwrap();
-    assert!(timeout + 5 <= grace, "SHUTDOWN_TIMEOUT {timeout} vs grace {grace}");
+    assert!(
+        timeout + 5 <= grace,
+        "SHUTDOWN_TIMEOUT {timeout} vs grace {grace}"
+    );
     let url = env("AGENTWAL_PG_URL");
     let secret = get(&url, "valueFrom.secretKeyRef.name").as_str().unwrap();
     assert!(docs

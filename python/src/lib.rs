@@ -608,7 +608,6 @@ impl RawJournal {
         let resumed = unit.is_resumed();
         Ok(RawUnit {
             inner: Mutex::new(Some(unit)),
-            journal: j,
             id,
             resumed,
         })
@@ -950,7 +949,6 @@ impl RawCompensation {
 #[pyclass(module = "agentwal._agentwal", frozen)]
 struct RawUnit {
     inner: Mutex<Option<Unit>>,
-    journal: Journal,
     id: String,
     resumed: bool,
 }
@@ -1019,9 +1017,8 @@ impl RawUnit {
 
     /// Status of step `seq`: not_started, in_doubt, completed, failed, compensated.
     fn effect_status(&self, py: Python<'_>, seq: u32) -> PyResult<String> {
-        let st = self
-            .journal
-            .effect_status(&self.id, seq)
+        let st = py
+            .allow_threads(|| self.inner.lock().as_ref().map(|u| u.effect_status(seq)))
             .ok_or_else(|| self.closed_err(py))?;
         Ok(format!("{st:?}")
             .chars()

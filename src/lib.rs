@@ -19,6 +19,26 @@
 //! Test-only code (the fault-injecting `SimStorage`, fuzz entry points, the
 //! queue's `ManualClock`) is compiled only with the `testing` feature.
 //!
+//! The types most programs need are re-exported here, the crate's front door:
+//!
+//! ```
+//! use agentwal::{Effect, Journal, JournalOptions, WorkQueue, QueueOptions};
+//! let dir = tempfile::tempdir().unwrap();
+//! let journal = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+//! let mut unit = journal.begin("order-7", "order", &serde_json::json!({ "id": 7 })).unwrap();
+//! let sent: u32 = unit
+//!     .run(Effect::retry_same_key("email"), |ctx| {
+//!         // ctx.key() goes to the receiver, which de-duplicates on it.
+//!         Ok::<_, std::io::Error>(ctx.key().len() as u32)
+//!     })
+//!     .unwrap();
+//! unit.commit().unwrap();
+//! assert!(sent > 0);
+//!
+//! let queue = WorkQueue::open(dir.path(), QueueOptions::default()).unwrap();
+//! queue.enqueue(b"order-8").unwrap();
+//! ```
+//!
 //! The on-disk format (record, segment, snapshot encodings and the scan that
 //! classifies damage) is private to [`log`]: it is not part of the semver
 //! surface. Programs read a log through [`LogReader`] and classify damage

@@ -237,7 +237,10 @@ fn a_journal_whose_files_are_all_garbage_is_not_a_journal() {
         let mut s = seed;
         copy_dir(d.path(), copy.path());
         overwrite_every_file(copy.path(), &mut s);
+        let before = snapshot_dir(copy.path());
         every_command_fails_cleanly(copy.path(), "is not a journal directory");
+        // Not even `repair` touched a byte (or created a file).
+        assert_eq!(snapshot_dir(copy.path()), before);
     }
 }
 

@@ -452,3 +452,20 @@ fn torn_segment_creation_is_a_torn_tail_and_repair_removes_it() {
     let log = Log::open(d.path(), small_opts()).unwrap();
     assert_eq!(log.next_lsn(), 11);
 }
+
+#[test]
+fn bit_flip_in_record_padding_is_corruption_with_segment_and_offset() {
+    let d = tempfile::tempdir().unwrap();
+    make_log(d.path(), 100, small_opts());
+    let (seg, off) = locate(d.path(), 10);
+    assert_eq!(seg, segments(d.path())[0]);
+    // 72-byte payloads: header + payload end at 100, padding is 100..104.
+    assert_eq!(encoded_len(72), 104);
+    flip(&seg, off + 101);
+
+    let r = inspect_dir("verify", d.path(), &["--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["corruption"]["segment"], seg.to_str().unwrap());
+    assert_eq!(v["corruption"]["offset"], off);
+}

@@ -289,3 +289,79 @@ fn a_reader_holding_the_live_segment_survives_the_owner_recovering_a_torn_tail()
     assert!(again.scan().torn_tail.is_none());
     assert_eq!(again.scan().records(), 9);
 }
+
+/// A segment exactly as format version 1 wrote it: unsalted header and
+/// records, `records` records of 40 bytes from LSN 1, the last `unsynced`
+/// of them not covered by any `synced_lsn`.
+fn v1_segment(records: u64, size: usize) -> Vec<u8> {
+    use agentwal::log::testing::encode_header_v1;
+    use agentwal::log::testing::{encode_record as encode, Codec};
+    let mut b = encode_header_v1(1).to_vec();
+    for lsn in 1..=records {
+        encode(&mut b, Codec::V1, lsn, lsn - 1, 3, &v1_payload(lsn));
+    }
+    b.resize(size, 0);
+    b
+}
+
+fn v1_payload(lsn: u64) -> Vec<u8> {
+    (0..40).map(|i| (lsn as u8).wrapping_mul(13) ^ i).collect()
+}
+
+#[test]
+fn a_journal_of_the_previous_format_opens_appends_and_rotates_into_the_new_one() {
+    for preallocate in [true, false] {
+        let sim = SimStorage::new();
+        let seg = Path::new(DIR).join("00000000000000000001.wal");
+        let size = if preallocate { 4096 } else { 32 + 5 * 72 };
+        sim.put(&seg, &v1_segment(5, size));
+        let reader = LogReader::open_with(Arc::new(sim.clone()), DIR).unwrap();
+        assert_eq!(reader.scan().segments[0].version, 1);
+        assert_eq!(reader.scan().records(), 5);
+
+        let log = open(&sim, preallocate);
+        let want: Vec<Vec<u8>> = (1..=5).map(v1_payload).collect();
+        assert_eq!(payloads(&log), want);
+        // Appends continue the old segment in its own format, then rotate
+        // into segments of the current format.
+        for i in 0..60u64 {
+            log.append(&[i as u8; 100]).unwrap();
+        }
+        drop(log);
+        let log = Log::open_with(
+            Arc::new(sim.crash(CrashMode::DropUnsynced)),
+            DIR,
+            opts(preallocate),
+        )
+        .unwrap();
+        let all = payloads(&log);
+        assert_eq!(all.len(), 65);
+        assert_eq!(all[..5], want[..]);
+        let reader = LogReader::open_with(log.storage().clone(), DIR).unwrap();
+        let versions: Vec<u32> = reader.scan().segments.iter().map(|s| s.version).collect();
+        assert_eq!(versions[0], 1, "{versions:?}");
+        assert!(versions[1..].iter().all(|&v| v == 2), "{versions:?}");
+        assert!(versions.len() > 1);
+    }
+}
+
+#[test]
+fn in_a_previous_format_segment_a_record_at_an_implausible_lsn_is_not_proof() {
+    // Format version 1 has no salt: the look-ahead at least requires the
+    // LSN a record claims to fit its position.
+    let sim = SimStorage::new();
+    let seg = Path::new(DIR).join("00000000000000000001.wal");
+    let mut b = v1_segment(3, 4096);
+    let torn_at = 32 + 3 * 72;
+    // A torn record 4 whose payload carries a record claiming LSN 900.
+    let mut torn = v1_record(4, 3, &[0x11; 200]);
+    let fake = v1_record(900, 899, b"fake proof");
+    torn[64..64 + fake.len()].copy_from_slice(&fake);
+    torn[40] ^= 0xFF; // the tear
+    b[torn_at..torn_at + torn.len()].copy_from_slice(&torn);
+    sim.put(&seg, &b);
+    let log = open(&sim, true);
+    let t = log.open_report().torn_tail.clone().expect("a torn tail");
+    assert_eq!(t.offset, torn_at as u64);
+    assert_eq!(payloads(&log).len(), 3);
+}

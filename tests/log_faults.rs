@@ -381,3 +381,119 @@ fn lsns_at_the_end_of_the_range_never_panic() {
     );
     assert!(LogReader::open_with(Arc::new(sim.clone()), DIR).is_err());
 }
+
+/// A journal of `n` durable records and a torn, never-acknowledged tail.
+fn journal_with_torn_tail(n: u64, preallocate: bool) -> SimStorage {
+    let sim = SimStorage::new();
+    let log = open(&sim, preallocate);
+    for lsn in 1..=n {
+        assert_eq!(log.append(&payload(lsn)).unwrap(), lsn);
+    }
+    log.append_with(0, &[9u8; 600], Durability::Buffered)
+        .unwrap();
+    drop(log);
+    let image = sim.crash(CrashMode::KeepAll);
+    let mut segs: Vec<_> = image
+        .list_dir(Path::new(DIR))
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segs.sort();
+    let last = segs.last().unwrap();
+    let bytes = image.read(last).unwrap();
+    // Tear the buffered record: garble a byte near its end.
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    image.poke(last, end as u64 - 8, &[0xEE]).unwrap();
+    image
+}
+
+#[test]
+fn read_errors_during_recovery_are_typed_and_a_later_open_recovers() {
+    for preallocate in [true, false] {
+        let base = journal_with_torn_tail(40, preallocate);
+        let mut failed_opens = 0;
+        for nth in 0..40 {
+            let sim = base.crash(CrashMode::KeepAll);
+            sim.inject(FaultOp::Read, nth, FaultKind::Eio);
+            match Log::open_with(Arc::new(sim.clone()), DIR, opts(preallocate)) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(os_error(&e), Some(5), "read {nth}: {e}");
+                    failed_opens += 1;
+                }
+            }
+            sim.clear_faults();
+            match LogReader::open_with(Arc::new(sim.clone()), DIR) {
+                Ok(_) => {}
+                Err(e) => panic!("reader after the fault cleared: {e}"),
+            }
+            sim.inject(FaultOp::Read, 0, FaultKind::Eio);
+            let r = LogReader::open_with(Arc::new(sim.clone()), DIR);
+            assert!(
+                matches!(&r, Err(e) if os_error(e) == Some(5)),
+                "the reader reports a read error: {:?}",
+                r.map(|_| ())
+            );
+            sim.clear_faults();
+            assert_recovers(&sim, CrashMode::DropUnsynced, 40, preallocate);
+        }
+        assert!(failed_opens > 0, "some read failed an open");
+    }
+}
+
+#[test]
+fn short_reads_are_continued_by_every_reader() {
+    for preallocate in [true, false] {
+        let sim = journal_with_torn_tail(60, preallocate);
+        sim.set_short_reads(Some(42));
+        let reader = LogReader::open_with(Arc::new(sim.clone()), DIR).unwrap();
+        assert_eq!(reader.scan().records(), 60);
+        assert!(reader.scan().torn_tail.is_some());
+        assert_eq!(reader.iter_from(1).filter(|r| r.is_ok()).count(), 60);
+        let log = open(&sim, preallocate);
+        assert!(log.open_report().torn_tail.is_some());
+        let got: Vec<Vec<u8>> = log
+            .read_from(1)
+            .unwrap()
+            .map(|r| r.unwrap().payload().to_vec())
+            .collect();
+        assert_eq!(got, (1..=60).map(payload).collect::<Vec<_>>());
+        assert_eq!(log.append(&payload(61)).unwrap(), 61);
+        drop(log);
+        sim.set_short_reads(None);
+        assert_recovers(&sim, CrashMode::DropUnsynced, 61, preallocate);
+    }
+}
+
+#[test]
+fn a_partial_write_before_enospc_poisons_and_recovery_cuts_it() {
+    for preallocate in [true, false] {
+        let sim = SimStorage::new();
+        let log = open(&sim, preallocate);
+        for lsn in 1..=3 {
+            log.append(&payload(lsn)).unwrap();
+        }
+        sim.inject(FaultOp::Write, 0, FaultKind::PartialNoSpace);
+        let big = vec![b'p'; 1024];
+        let r = log.append(&big);
+        assert_eq!(r.as_ref().err().and_then(os_error), Some(28), "{r:?}");
+        assert_poisoned(&log);
+        drop(log);
+        // Half of the record reached the page cache.
+        for mode in [
+            CrashMode::KeepAll,
+            CrashMode::DropUnsynced,
+            CrashMode::Random(1),
+            CrashMode::Random(2),
+        ] {
+            assert_recovers(&sim, mode, 3, preallocate);
+        }
+        let log = Log::open_with(Arc::new(sim.kill()), DIR, opts(preallocate)).unwrap();
+        assert!(
+            log.open_report().torn_tail.is_some(),
+            "the partial record is a torn tail"
+        );
+        assert_eq!(log.next_lsn(), 4);
+    }
+}

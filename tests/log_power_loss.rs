@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use agentwal::log::storage::sim::CrashMode;
+use agentwal::log::storage::sim::{CrashMode, FaultKind, FaultOp};
 use agentwal::log::{Durability, Log, LogOptions, SimStorage};
 
 const DIR: &str = "/sim/power-loss/journal";
@@ -269,4 +269,60 @@ fn a_caller_made_journal_directory_survives_power_loss() {
     )
     .unwrap();
     assert_eq!(log.next_lsn(), 2, "the journal directory vanished");
+}
+
+/// The `n`-th sync of the workload fails (the process poisons and exits),
+/// a new process starts on the same boot (it reads the page cache, pages
+/// the failed sync marked clean included), recovers and gets appends
+/// acknowledged, then the power fails: everything the second process saw
+/// at open or had acknowledged is there, at every failing sync.
+#[test]
+fn restart_on_the_same_boot_after_a_failed_sync_then_power_loss_keeps_what_the_restart_vouched_for()
+{
+    for preallocate in [true, false] {
+        let dry = SimStorage::new();
+        workload(&dry, preallocate);
+        let syncs = dry.syncs();
+        for n in 0..syncs {
+            let sim = SimStorage::new();
+            sim.inject(FaultOp::Sync, n, FaultKind::Eio);
+            let first = workload(&sim, preallocate);
+            let what = format!("sync {n}/{syncs} failed, preallocate {preallocate}");
+            let restarted = sim.kill();
+            let Ok(log) = Log::open_with(Arc::new(restarted.clone()), DIR, opts(preallocate))
+            else {
+                panic!("{what}: the restart could not open");
+            };
+            let seen = log.next_lsn() - 1;
+            assert!(
+                seen >= first.acked,
+                "{what}: restart lost acknowledged data"
+            );
+            let mut attempted = first.attempted.clone();
+            attempted.truncate(seen as usize);
+            for i in 0..5 {
+                let p = payload(1000 + i, 100);
+                let lsn = log.append(&p).unwrap();
+                assert_eq!(lsn as usize, attempted.len() + 1);
+                attempted.push(p);
+            }
+            let acked = log.durable_lsn();
+            drop(log);
+            let out = Outcome {
+                attempted,
+                acked,
+                snapshot: first.snapshot,
+            };
+            let mut modes = vec![CrashMode::DropUnsynced];
+            modes.extend((0..4).map(CrashMode::Random));
+            for mode in modes {
+                check(
+                    restarted.crash(mode),
+                    &out,
+                    preallocate,
+                    &format!("{what}, then {mode:?}"),
+                );
+            }
+        }
+    }
 }

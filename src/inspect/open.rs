@@ -510,7 +510,11 @@ pub struct SegmentGlance {
 
 /// Reads one segment on its own: header and consecutive valid records.
 pub fn glance_segment(storage: &dyn Storage, path: &Path) -> Result<SegmentGlance> {
-    let bytes = storage.map(path).map_err(|e| Error::io("read", path, e))?;
+    // Positional reads, not a map: the segment may be the live one, which
+    // an owner may be writing while we look.
+    let bytes = storage
+        .read_prefix(path, u64::MAX)
+        .map_err(|e| Error::io("read", path, e))?;
     let prefix = segment_prefix(path, &bytes);
     Ok(SegmentGlance {
         segment: display(path),

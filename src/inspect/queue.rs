@@ -11,6 +11,7 @@ use super::open::{
     display, holds_log_files, CorruptionInfo, Inspection, OpenOptions, TornTailInfo,
 };
 use crate::log::Storage;
+use crate::queue::ItemState;
 
 /// The `queue` report.
 #[derive(Debug, Clone, Serialize)]
@@ -35,20 +36,8 @@ pub struct QueueReport {
     pub note: Option<String>,
 }
 
-/// One work-queue item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct QueueItem {
-    /// The item id.
-    pub id: u64,
-    /// `pending`, `in_flight`, `dead_lettered` or `acked`.
-    pub state: String,
-    /// Claims so far.
-    pub attempts: u32,
-    /// The worker holding it (in flight only).
-    pub worker: Option<String>,
-    /// The error recorded by the last nack or dead-lettering.
-    pub last_error: Option<String>,
-}
+/// One work-queue item: the queue layer's own view of it.
+pub use crate::queue::QueueItemView as QueueItem;
 
 /// Items by state.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -115,25 +104,14 @@ fn fill_items(insp: &Inspection, r: &mut QueueReport) {
         Ok(view) => {
             r.acked_compacted = view.acked_compacted;
             for item in &view.items {
-                let state = serde_json::to_value(item.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                match state.as_str() {
-                    "pending" => r.counts.pending += 1,
-                    "in_flight" => r.counts.in_flight += 1,
-                    "dead_lettered" => r.counts.dead_lettered += 1,
-                    "acked" => r.counts.acked += 1,
-                    _ => {}
+                match item.state {
+                    ItemState::Pending => r.counts.pending += 1,
+                    ItemState::InFlight => r.counts.in_flight += 1,
+                    ItemState::DeadLettered => r.counts.dead_lettered += 1,
+                    ItemState::Acked => r.counts.acked += 1,
                 }
-                r.items.push(QueueItem {
-                    id: item.id,
-                    state,
-                    attempts: item.attempts,
-                    worker: item.worker.clone(),
-                    last_error: item.last_error.clone(),
-                });
             }
+            r.items = view.items;
         }
         Err(e) => r.note = Some(format!("cannot interpret the queue's records: {e}")),
     }

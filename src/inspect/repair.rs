@@ -185,6 +185,12 @@ pub fn repair_with(
             .messages
             .push(format!("the cut bytes are saved in {p}"));
     }
+    if let Some(why) = &open.cut_not_saved {
+        // The cut went ahead (it needs no space); only the forensic copy is missing.
+        report.messages.push(format!(
+            "the cut was made, but the cut bytes could not be kept: {why}"
+        ));
+    }
     let after = Inspection::open_with(storage, &dir, OpenOptions::default())?;
     let clean = after.findings().corruption.is_empty() && after.findings().torn_tail.is_none();
     report.verified_after = Some(clean);

@@ -309,7 +309,7 @@ pub fn queue(q: &QueueReport) -> String {
         for i in &q.items {
             t.row(vec![
                 i.id.to_string(),
-                i.state.clone(),
+                i.state.to_string(),
                 i.attempts.to_string(),
                 opt(i.worker.as_deref()),
                 opt(i.last_error.as_deref()),

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | only zero bytes up to the end of the file | clean end |
 //! | damage in the **last** segment, and no later record proves it was synced | torn tail: cut |
-//! | damage anywhere, and a later valid record has `synced_lsn >=` the damaged LSN | corruption |
+//! | damage anywhere, and a later valid record (salted checksum, LSN plausible for its offset) has `synced_lsn >=` the damaged LSN | corruption |
 //! | damage (any non-zero byte past the end) in a **sealed** segment | corruption |
 //! | next segment does not start at the expected LSN | corruption (LSN gap) |
 //! | bad header in the **last** segment, nothing but zeros after it | torn segment creation: remove |
@@ -44,8 +44,9 @@ pub struct SegmentScan {
     pub file_len: u64,
     /// Segment format version (from the header).
     pub version: u32,
-    /// How its records are checksummed (from the header).
-    pub codec: Codec,
+    /// How its records are checksummed (from the header; the format is
+    /// private to the log, `version` is the public face of it).
+    pub(crate) codec: Codec,
     /// `synced_lsn` of its last valid record (0 when it has none): every
     /// LSN up to it was proven durable by whoever wrote that record.
     pub last_synced_lsn: Lsn,

@@ -133,7 +133,13 @@ pub fn decode_header(path: &Path, bytes: &[u8]) -> Result<SegmentHeader, HeaderP
         return Err(HeaderProblem::Damaged("segment header is all zeros"));
     }
     if crc32fast::hash(&h[0..24]).to_le_bytes() != h[24..28] {
-        if &h[0..8] != SEGMENT_MAGIC {
+        // A header whose write tore or stopped short (its bytes are ours or
+        // still zero) is damage to judge by position, not a foreign file.
+        let torn_magic = h[0..8]
+            .iter()
+            .zip(SEGMENT_MAGIC)
+            .all(|(&a, &b)| a == b || a == 0);
+        if !torn_magic {
             return Err(HeaderProblem::Fatal(Error::BadMagic {
                 path: path.to_path_buf(),
             }));

@@ -18,6 +18,25 @@ pub enum ItemState {
     Acked,
 }
 
+impl ItemState {
+    /// The state's name, as in JSON (`pending`, `in_flight`,
+    /// `dead_lettered`, `acked`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Pending => "pending",
+            ItemState::InFlight => "in_flight",
+            ItemState::DeadLettered => "dead_lettered",
+            ItemState::Acked => "acked",
+        }
+    }
+}
+
+impl std::fmt::Display for ItemState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One durable state transition (one log record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {

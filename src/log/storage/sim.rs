@@ -91,9 +91,10 @@ pub enum FaultKind {
     Eio,
     /// `ENOSPC`; a failing write persists nothing.
     NoSpace,
-    /// `ENOSPC` after part of the write went in: its first half (rounded
-    /// down to a 512-byte sector, at least one byte) reaches the page cache
-    /// and may be persisted like any other unsynced write.
+    /// `ENOSPC` after part of the write went in: its first half, rounded
+    /// down to whole 512-byte sectors (nothing for a write under two
+    /// sectors), reaches the page cache and may be persisted like any other
+    /// unsynced write.
     PartialNoSpace,
 }
 
@@ -561,9 +562,10 @@ impl StorageFile for SimFile {
         let mut fail = None;
         match s.mutate_kind(FaultOp::Write) {
             Ok(()) => {}
-            Err((e, Some(FaultKind::PartialNoSpace))) if buf.len() > 1 => {
-                let half = buf.len() / 2;
-                buf = &buf[..(half / SECTOR * SECTOR).max(1)];
+            Err((e, Some(FaultKind::PartialNoSpace))) if buf.len() >= 2 * SECTOR => {
+                // File systems allocate whole blocks: what goes in is a
+                // whole number of sectors.
+                buf = &buf[..buf.len() / 2 / SECTOR * SECTOR];
                 fail = Some(e);
             }
             Err((e, _)) => return Err(e),
@@ -576,7 +578,8 @@ impl StorageFile for SimFile {
                 // A real file system fills what it can, then fails: the
                 // bytes up to the end of the space left go in.
                 let room = (cap.saturating_sub(used) + cur).saturating_sub(offset);
-                buf = &buf[..(room as usize).min(buf.len())];
+                let room = room as usize / SECTOR * SECTOR;
+                buf = &buf[..room.min(buf.len())];
                 fail = Some(FaultKind::NoSpace.error());
             }
         }

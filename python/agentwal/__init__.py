@@ -54,6 +54,7 @@ from .errors import (
     InvalidOptions,
     JournalIOError,
     KeyBusy,
+    KeyConflict,
     LeaseLost,
     Locked,
     NotAJournal,
@@ -61,13 +62,21 @@ from .errors import (
     PayloadTooLarge,
     Poisoned,
     ReconcileFailed,
+    ResultNotReplayable,
+    ResultTooLarge,
+    RollingBack,
     UnitBusy,
     UnitFinished,
     UnknownUnit,
+    UnreplayedSteps,
 )
 from .shutdown import Shutdown, ShuttingDown
 
 __version__: str = _agentwal.__version__
+
+#: ``default_key(unit, name, step)``: the idempotency key the journal derives
+#: for an effect without an explicit ``key=`` (the Rust ``journal::default_key``).
+default_key: Callable[[str, str, int], str] = _agentwal.default_key
 
 __all__ = [
     "Journal",
@@ -86,6 +95,7 @@ __all__ = [
     "effect",
     "current_unit",
     "POLICIES",
+    "default_key",
     # errors
     "Error",
     "JournalIOError",
@@ -106,6 +116,11 @@ __all__ = [
     "InvalidCall",
     "InvalidOptions",
     "KeyBusy",
+    "KeyConflict",
+    "RollingBack",
+    "UnreplayedSteps",
+    "ResultTooLarge",
+    "ResultNotReplayable",
     "Draining",
     "NotFound",
     "LeaseLost",
@@ -380,13 +395,22 @@ class Unit:
         _check_policy(name, policy, probe)
         loop = asyncio.get_running_loop()
         inner: List[concurrent.futures.Future[Any]] = []
+        lock = threading.Lock()
+        cancelled = [False]
         step_fn = _with_ctx(fn)
 
         def on_loop(value: Any) -> Any:
             if not inspect.isawaitable(value):
                 return value
-            cf = asyncio.run_coroutine_threadsafe(_await(value), loop)
-            inner.append(cf)
+            with lock:
+                if cancelled[0]:
+                    # Cancelled before the step's coroutine started: it never
+                    # runs (its intent is recorded: in doubt, per its policy).
+                    if inspect.iscoroutine(value):
+                        value.close()
+                    raise asyncio.CancelledError()
+                cf = asyncio.run_coroutine_threadsafe(_await(value), loop)
+                inner.append(cf)
             try:
                 return cf.result()
             except concurrent.futures.CancelledError:
@@ -404,8 +428,10 @@ class Unit:
                 return on_loop(probe(ctx))
 
         def cancel() -> None:
-            for cf in inner:
-                cf.cancel()
+            with lock:
+                cancelled[0] = True
+                for cf in inner:
+                    cf.cancel()
 
         return await _await_off_loop(
             lambda: self._raw.run(

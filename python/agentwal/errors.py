@@ -27,6 +27,11 @@ __all__ = [
     "InvalidCall",
     "InvalidOptions",
     "KeyBusy",
+    "KeyConflict",
+    "RollingBack",
+    "UnreplayedSteps",
+    "ResultTooLarge",
+    "ResultNotReplayable",
     "Draining",
     "NotFound",
     "LeaseLost",
@@ -122,7 +127,34 @@ class InvalidOptions(Error, ValueError):
 
 
 class KeyBusy(Error):
-    """The idempotency key is held by another effect."""
+    """Another live unit of this process is executing the effect with this
+    idempotency key right now (``holder``); nothing ran. Retryable."""
+
+    retryable = True
+
+
+class KeyConflict(Error):
+    """The idempotency key is recorded for another effect (``recorded``); a key
+    belongs to one effect, so nothing ran and no result is handed over."""
+
+
+class RollingBack(Error):
+    """The unit is rolling back: only finishing the rollback is possible."""
+
+
+class UnreplayedSteps(Error):
+    """Commit refused: the journal records more steps for this resumed unit
+    than the code replayed (``replayed`` of ``recorded``)."""
+
+
+class ResultTooLarge(PayloadTooLarge):
+    """The effect ran but its result exceeds the payload limit; it is recorded
+    as failed with this reason (it will not run again)."""
+
+
+class ResultNotReplayable(Error, ValueError):
+    """The effect ran but its result would not replay; it is recorded as
+    failed with this reason (it will not run again)."""
 
 
 class Draining(Error):

@@ -112,6 +112,92 @@ fn journal_err(py: Python<'_>, e: journal::Error) -> PyErr {
                 ("requested", s(py, requested)),
             ],
         ),
+        E::KeyConflict {
+            unit,
+            step,
+            effect,
+            key,
+            recorded,
+        } => (
+            "KeyConflict",
+            vec![
+                ("unit", s(py, unit)),
+                ("step", step.into_py(py)),
+                ("effect", s(py, effect)),
+                ("key", s(py, key)),
+                ("recorded", s(py, recorded)),
+            ],
+        ),
+        E::KeyBusy {
+            unit,
+            step,
+            effect,
+            key,
+            holder,
+        } => (
+            "KeyBusy",
+            vec![
+                ("unit", s(py, unit)),
+                ("step", step.into_py(py)),
+                ("effect", s(py, effect)),
+                ("key", s(py, key)),
+                ("holder", s(py, holder)),
+            ],
+        ),
+        E::RollingBack { unit, step, action } => (
+            "RollingBack",
+            vec![
+                ("unit", s(py, unit)),
+                ("step", step.into_py(py)),
+                ("action", s(py, action)),
+            ],
+        ),
+        E::UnreplayedSteps {
+            unit,
+            replayed,
+            recorded,
+        } => (
+            "UnreplayedSteps",
+            vec![
+                ("unit", s(py, unit)),
+                ("replayed", replayed.into_py(py)),
+                ("recorded", recorded.into_py(py)),
+            ],
+        ),
+        E::ResultTooLarge {
+            unit,
+            step,
+            effect,
+            key,
+            size,
+            limit,
+        } => (
+            "ResultTooLarge",
+            vec![
+                ("unit", s(py, unit)),
+                ("step", step.into_py(py)),
+                ("effect", s(py, effect)),
+                ("key", s(py, key)),
+                ("size", size.into_py(py)),
+                ("limit", limit.into_py(py)),
+            ],
+        ),
+        E::ResultNotReplayable {
+            unit,
+            step,
+            effect,
+            key,
+            reason,
+        } => (
+            "ResultNotReplayable",
+            vec![
+                ("unit", s(py, unit)),
+                ("step", step.into_py(py)),
+                ("effect", s(py, effect)),
+                ("key", s(py, key)),
+                ("reason", s(py, reason)),
+            ],
+        ),
         E::InDoubt {
             unit,
             step,
@@ -1413,6 +1499,13 @@ impl RawQueue {
     }
 }
 
+/// The idempotency key the journal derives for step `seq` of effect `name`
+/// in unit `unit` (when no explicit key is given).
+#[pyfunction]
+fn default_key(unit: &str, name: &str, seq: u32) -> String {
+    journal::default_key(unit, name, seq)
+}
+
 /// The native module.
 #[pymodule]
 fn _agentwal(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1422,6 +1515,7 @@ fn _agentwal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RawCompensation>()?;
     m.add_class::<RawQueue>()?;
     m.add_class::<RawClaimed>()?;
+    m.add_function(wrap_pyfunction!(default_key, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -143,16 +143,22 @@ def current_unit() -> Optional["Unit"]:
 
 
 def _takes_no_args(fn: Callable[..., Any]) -> bool:
+    """True when ``fn`` accepts no positional argument (then it is called
+    without the context). Plain functions and methods are read from their
+    code object (``inspect.signature`` costs more than a journal write)."""
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
+        code = fn.__code__
+        if code.co_flags & inspect.CO_VARARGS:
+            return False
+        return code.co_argcount - (1 if inspect.ismethod(fn) else 0) <= 0
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return False
-    for p in sig.parameters.values():
-        if p.kind in (p.VAR_POSITIONAL,):
-            return False
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
-            return False
-    return True
+    return not any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        for p in sig.parameters.values()
+    )
 
 
 def _with_ctx(fn: Callable[..., T]) -> Callable[[EffectCtx], T]:

@@ -18,6 +18,10 @@
 //!   without recording an outcome (the effect stays in doubt, exactly as
 //!   after a kill) and is re-raised unchanged.
 
+// PyO3 0.22's `#[pymethods]` expansion converts `PyResult` errors into
+// `PyErr` again, which newer clippy flags in the caller's code.
+#![allow(clippy::useless_conversion)]
+
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -385,7 +389,10 @@ fn to_json_at(v: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value>
                     type_name(&k)
                 )));
             };
-            m.insert(ks.to_cow()?.into_owned(), to_json_at(&val, what, depth + 1)?);
+            m.insert(
+                ks.to_cow()?.into_owned(),
+                to_json_at(&val, what, depth + 1)?,
+            );
         }
         return Ok(Value::Object(m));
     }
@@ -499,7 +506,12 @@ impl Unwound {
     fn into_err(self, py: Python<'_>, slot: &Slot) -> PyErr {
         match self {
             Unwound::Interrupted => slot.lock().take().unwrap_or_else(|| {
-                make_err(py, "Error", "interrupted without an exception".into(), vec![])
+                make_err(
+                    py,
+                    "Error",
+                    "interrupted without an exception".into(),
+                    vec![],
+                )
             }),
             Unwound::Panic(m) => make_err(
                 py,
@@ -1141,14 +1153,9 @@ impl RawUnit {
     /// Saves JSON-able `state` durably; returns its LSN.
     fn checkpoint(&self, py: Python<'_>, state: &Bound<'_, PyAny>) -> PyResult<u64> {
         let value = to_json(state, &format!("checkpoint of unit {:?}", self.id))?;
-        py.allow_threads(|| {
-            self.inner
-                .lock()
-                .as_mut()
-                .map(|u| u.checkpoint(&value))
-        })
-        .ok_or_else(|| self.closed_err(py))?
-        .map_err(|e| journal_err(py, e))
+        py.allow_threads(|| self.inner.lock().as_mut().map(|u| u.checkpoint(&value)))
+            .ok_or_else(|| self.closed_err(py))?
+            .map_err(|e| journal_err(py, e))
     }
 
     /// Runs (or replays) one effect. See `agentwal.Unit.run`.
@@ -1204,9 +1211,7 @@ impl RawUnit {
         let what = format!("result of effect {name:?}");
         let r = without_gil(py, || {
             let mut g = self.inner.lock();
-            let Some(unit) = g.as_mut() else {
-                return None;
-            };
+            let unit = g.as_mut()?;
             Some(unit.run(effect, |ctx| {
                 let out = call_py(&sl, &f, ctx_obj(ctx))?;
                 // Convert before anything is recorded: a value that would
@@ -1400,7 +1405,12 @@ impl RawQueue {
 
     /// Enqueues bytes (as is) or a JSON-able value; returns the item id.
     #[pyo3(signature = (payload, delay_seconds=0.0))]
-    fn enqueue(&self, py: Python<'_>, payload: &Bound<'_, PyAny>, delay_seconds: f64) -> PyResult<u64> {
+    fn enqueue(
+        &self,
+        py: Python<'_>,
+        payload: &Bound<'_, PyAny>,
+        delay_seconds: f64,
+    ) -> PyResult<u64> {
         let q = self.get(py)?;
         let bytes = payload_bytes(payload)?;
         if !(delay_seconds.is_finite() && delay_seconds >= 0.0) {
@@ -1491,9 +1501,7 @@ impl RawQueue {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let q = self.inner.lock().take();
         match q {
-            Some(q) => py
-                .allow_threads(|| q.close())
-                .map_err(|e| queue_err(py, e)),
+            Some(q) => py.allow_threads(|| q.close()).map_err(|e| queue_err(py, e)),
             None => Ok(()),
         }
     }

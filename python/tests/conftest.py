@@ -28,6 +28,7 @@ def journal(jdir: Path):
 def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 60):
     """Runs `code` in a fresh interpreter; returns the CompletedProcess."""
     import subprocess
+    import tempfile
 
     e = dict(os.environ)
     if env:
@@ -38,4 +39,6 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 
         text=True,
         env=e,
         timeout=timeout,
+        # Not the source tree: `python -c` puts the cwd first on sys.path.
+        cwd=tempfile.gettempdir(),
     )

@@ -466,3 +466,29 @@ def test_work_queue_claim_ack_nack_dead_letter(tmp_path):
         assert rep["timed_out"] is False
         with pytest.raises(agentwal.Draining):
             q.enqueue({"late": True})
+
+
+def test_default_key_is_the_journal_s(journal):
+    with journal.unit("orders/7") as unit:
+        k = unit.run("e/mail", lambda ctx: ctx.key, policy="retry_same_key")
+    assert k == agentwal.default_key("orders/7", "e/mail", 0)
+
+
+def test_a_key_belongs_to_one_effect(journal):
+    with journal.unit("k1") as unit:
+        unit.run("charge", lambda: 1, policy="never_repeat", key="pay-42")
+    unit = journal.unit("k2")
+    with pytest.raises(agentwal.KeyConflict) as ei:
+        unit.run("refund", lambda: pytest.fail("must not run"), policy="never_repeat", key="pay-42")
+    assert ei.value.key == "pay-42" and "charge" in ei.value.recorded
+    unit.abandon()
+
+
+def test_every_error_class_is_an_agentwal_error():
+    import agentwal.errors as errors
+
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert issubclass(cls, agentwal.Error), name
+        assert getattr(agentwal, name) is cls, name
+        assert cls.__doc__, name

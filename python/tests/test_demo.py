@@ -42,6 +42,8 @@ class Agent:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # Not the source tree: `python -m` puts the cwd first on sys.path.
+            cwd=d,
         )
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self.out: List[str] = []
@@ -203,7 +205,7 @@ def test_sigkill_inside_the_send_resends_once_with_the_same_key(tmp_path):
         "sys.exit(d.main(sys.argv[1:]))\n"
     )
     args = ["--journal", str(tmp_path / "journal"), "--sink", str(tmp_path / "sink.txt"), "--records", str(RECORDS), "--work-ms", "0"]
-    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 9, p.stderr
     a = Agent(tmp_path, work_ms=0)
     code_, _, out = a.wait(120)
@@ -281,10 +283,10 @@ def test_bad_shutdown_timeout_and_bad_arguments_exit_2(tmp_path):
     env = dict(os.environ, SHUTDOWN_TIMEOUT="soon")
     p = subprocess.run(
         [sys.executable, "-m", "agentwal.demo", "--journal", str(tmp_path / "j"), "--sink", str(tmp_path / "s")],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path,
     )
     assert p.returncode == 2 and "SHUTDOWN_TIMEOUT" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "agentwal.demo", "--journal", str(tmp_path / "j")], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-m", "agentwal.demo", "--journal", str(tmp_path / "j")], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 2 and "--sink" in p.stderr
 
 

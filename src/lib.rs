@@ -103,6 +103,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod fleet;
 pub mod inspect;
 pub mod journal;

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwal::journal::{
-    self, Attempt, AutoCompact, Compensation, Effect, EffectCtx, Journal, JournalOptions, Outcome,
-    Probe, Retention, Unit, UnitState,
+    self, Attempt, Compensation, Effect, EffectCtx, Journal, JournalOptions, Outcome, Probe, Unit,
+    UnitState,
 };
 use agentwal::queue::{self, Claimed, NackOutcome, QueueOptions, WorkQueue};
 use parking_lot::Mutex;
@@ -639,10 +639,8 @@ impl RawJournal {
             opts.log.segment_size = sz;
         }
         if compact_every_records.is_some() || compact_every_bytes.is_some() {
-            opts.auto_compact = AutoCompact {
-                every_records: compact_every_records,
-                every_bytes: compact_every_bytes,
-            };
+            opts.auto_compact.every_records = compact_every_records;
+            opts.auto_compact.every_bytes = compact_every_bytes;
         }
         if retain_keys.is_some() || retain_seconds.is_some() {
             let max_age = match retain_seconds {
@@ -657,16 +655,12 @@ impl RawJournal {
                 Some(x) => Some(Duration::from_secs_f64(x)),
                 None => None,
             };
-            opts.retention = Retention {
-                max_keys: retain_keys,
-                max_age,
-            };
+            opts.retention.max_keys = retain_keys;
+            opts.retention.max_age = max_age;
         }
         if retain_forever {
-            opts.retention = Retention {
-                max_keys: None,
-                max_age: None,
-            };
+            opts.retention.max_keys = None;
+            opts.retention.max_age = None;
         }
         let dir = path.clone();
         let j = py
@@ -1262,7 +1256,8 @@ impl RawUnit {
     fn commit(&self, py: Python<'_>) -> PyResult<u64> {
         let r = py.allow_threads(|| {
             let mut g = self.inner.lock();
-            // Refused commits (an effect in doubt) keep the handle open.
+            // `Unit::commit` consumes the unit: the handle is closed whatever
+            // the outcome (a refused commit leaves the unit incomplete).
             let u = g.take()?;
             Some(u.commit())
         });

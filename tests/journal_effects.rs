@@ -323,8 +323,16 @@ fn a_key_completed_in_one_unit_is_not_executed_by_another() {
     // Also after a reopen, from a third unit.
     let j = open(&storage);
     let mut c = j.begin("c", "t", &()).unwrap();
-    let v: String = c
+    // The key belongs to effect "mail": another name never gets its result.
+    let err = c
         .run(Effect::never_repeat("other-name").key("mail-42"), |_| {
+            runs.set(runs.get() + 1);
+            Ok::<_, String>("receipt-3".to_string())
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::KeyConflict { .. }), "{err}");
+    let v: String = c
+        .run(Effect::never_repeat("mail").key("mail-42"), |_| {
             runs.set(runs.get() + 1);
             Ok::<_, String>("receipt-3".into())
         })
@@ -506,7 +514,7 @@ fn oversized_payloads_are_refused_before_anything_is_written() {
     assert_eq!(j.log().next_lsn(), before, "nothing written");
 
     // A result too large to record: the effect ran, so it is recorded as
-    // failed (never repeated) and the error is typed.
+    // failed (never repeated) and the error is typed and says so.
     let runs = Cell::new(0);
     let err = u
         .run(Effect::retry_same_key("llm"), |_| {
@@ -514,7 +522,7 @@ fn oversized_payloads_are_refused_before_anything_is_written() {
             Ok::<_, String>(big.clone())
         })
         .unwrap_err();
-    assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
+    assert!(matches!(err, Error::ResultTooLarge { .. }), "{err}");
     drop(u);
     let mut u = j.begin("u", "t", &"small").unwrap();
     let err = u

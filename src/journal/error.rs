@@ -142,6 +142,109 @@ pub enum Error {
         requested: String,
     },
 
+    /// An idempotency key is recorded for another effect (another name, in
+    /// this unit or another one). A key belongs to one effect: its recorded
+    /// result is never handed to a different effect, and nothing runs.
+    #[error("unit {unit:?}, step {step}: effect {effect:?} uses idempotency key {key:?}, which the journal records for {recorded}; a key belongs to one effect, so nothing ran and no result is handed over (give the effect its own key)")]
+    KeyConflict {
+        /// The unit asking.
+        unit: String,
+        /// Its step.
+        step: u32,
+        /// The effect name asked for.
+        effect: String,
+        /// The idempotency key.
+        key: String,
+        /// The effect the key is recorded for: `effect "<name>" of unit "<id>"`.
+        recorded: String,
+    },
+
+    /// Another live unit of this process is executing (or probing) the
+    /// effect with this idempotency key right now. Nothing was written and
+    /// nothing ran; retry once that unit has recorded its outcome (the
+    /// result is then reused from the key index).
+    #[error("unit {unit:?}, step {step}: idempotency key {key:?} (effect {effect:?}) is being executed by unit {holder:?} in this process right now; nothing ran, retry later")]
+    KeyBusy {
+        /// The unit asking.
+        unit: String,
+        /// Its step.
+        step: u32,
+        /// The effect name asked for.
+        effect: String,
+        /// The idempotency key.
+        key: String,
+        /// The live unit executing it.
+        holder: String,
+    },
+
+    /// The unit is rolling back: a compensation intent is recorded for one
+    /// of its effects, so some effect may already be undone. Only finishing
+    /// the rollback ([`crate::journal::Unit::rollback`] or
+    /// [`crate::journal::Journal::rollback`]) is possible; running effects
+    /// and committing are refused.
+    #[error("unit {unit:?} is rolling back (a compensation of step {step} is recorded, so it may already be undone): {action} is refused; finish the rollback instead")]
+    RollingBack {
+        /// The unit.
+        unit: String,
+        /// The first step with a recorded compensation intent.
+        step: u32,
+        /// What was refused (`"run"` or `"commit"`).
+        action: &'static str,
+    },
+
+    /// Commit refused: the journal records more steps for this resumed unit
+    /// than the code replayed, so the code would commit over effects it no
+    /// longer knows. Replay every recorded step (run them again in order:
+    /// their recorded results come back), or roll the unit back.
+    #[error("unit {unit:?}: commit refused: the journal records {recorded} steps but the code asked for only {replayed}; steps {replayed}..{recorded} are unknown to the code (it changed since the unit started); replay them or roll the unit back")]
+    UnreplayedSteps {
+        /// The unit.
+        unit: String,
+        /// Steps the code asked for.
+        replayed: u32,
+        /// Steps the journal records.
+        recorded: u32,
+    },
+
+    /// The effect **ran**, but its result is larger than the payload limit.
+    /// A failed outcome carrying this reason was recorded in its place (so
+    /// the effect is never run again); the result itself was not saved.
+    #[error("unit {unit:?}, step {step}: effect {effect:?} (key {key:?}) ran, but its result of {size} bytes exceeds the payload limit of {limit} bytes; it is recorded as failed with this reason (it will not run again) and the result was not saved; raise JournalOptions::max_payload_bytes")]
+    ResultTooLarge {
+        /// The unit.
+        unit: String,
+        /// The step.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// Idempotency key.
+        key: String,
+        /// The result's encoded size.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+
+    /// The effect **ran**, but its result would not replay: its JSON encoding
+    /// does not read back as the same value (`f64::NAN` encodes as `null`),
+    /// or it cannot be encoded at all. A failed outcome carrying this reason
+    /// was recorded in its place (so the effect is never run again).
+    #[error("unit {unit:?}, step {step}: effect {effect:?} (key {key:?}) ran, but its result {reason}; it is recorded as failed with this reason instead (it will not run again)")]
+    ResultNotReplayable {
+        /// The unit.
+        unit: String,
+        /// The step.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// Idempotency key.
+        key: String,
+        /// What would have been recorded (the JSON, clipped) and why it does
+        /// not replay, for example `would be recorded as null, which does
+        /// not read back as the effect's result type (...)`.
+        reason: String,
+    },
+
     /// A `never_repeat` effect is in doubt: it may or may not have happened.
     /// The unit stays incomplete; an operator must resolve or roll it back.
     #[error("unit {unit:?}, step {step}: effect {effect:?} (key {key:?}, policy never_repeat) is in doubt: it may have happened before the crash; it will not run again, resolve it by hand or roll the unit back")]
@@ -231,13 +334,14 @@ pub enum Error {
 
 impl Error {
     /// True when retrying the same call may succeed (a transient I/O error,
-    /// a busy unit, a failed probe or compensation). False for oversized
-    /// payloads, mismatches, in-doubt `never_repeat` effects, corruption and
+    /// a busy unit or key, a failed probe or compensation). False for oversized
+    /// payloads, mismatches, key conflicts, a rolling-back unit, in-doubt `never_repeat` effects, corruption and
     /// a poisoned log.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Log(e) => !e.is_permanent(),
             Error::UnitBusy { .. }
+            | Error::KeyBusy { .. }
             | Error::ReconcileFailed { .. }
             | Error::CompensationFailed { .. }
             | Error::Task(_) => true,

@@ -18,13 +18,24 @@
 //!   ([`Effect::retry_same_key`], [`Effect::reconcile`], [`Effect::never_repeat`]).
 //!   There is no default policy.
 //! * A result is only handed to the effect that recorded it: a different
-//!   name, key or order on resume is [`Error::EffectMismatch`].
-//! * The **idempotency key index** remembers every settled key (for the
-//!   configured [`Retention`]): an effect whose key already completed — in
-//!   any unit — never runs again; its recorded result is returned.
+//!   name, key, order, policy or compensable flag on resume is
+//!   [`Error::EffectMismatch`] (the recorded declaration governs), and a
+//!   resumed unit that replayed fewer steps than recorded cannot commit
+//!   ([`Error::UnreplayedSteps`]).
+//! * The **idempotency key index** remembers every settled key with the
+//!   effect name it belongs to (for the configured [`Retention`]): an effect
+//!   whose key already completed — in any unit — never runs again; its
+//!   recorded result is returned to an effect of the same name, and an
+//!   effect of another name gets [`Error::KeyConflict`]. Default keys are
+//!   injective ([`default_key`]). A key a live unit of this process is
+//!   executing is [`Error::KeyBusy`] for the others (retryable).
+//! * A recorded result always replays: one whose JSON does not read back as
+//!   the same value is recorded as a failure ([`Error::ResultNotReplayable`]).
 //! * **Rollback** runs compensations of completed effects in reverse order,
 //!   each recorded, then the abort record; an interrupted rollback resumes
 //!   where it stopped (each compensation is recorded done exactly once).
+//!   Once a compensation is recorded the unit can only finish its rollback
+//!   ([`Error::RollingBack`] for `run` and `commit`).
 //! * **Compaction** writes the live state (incomplete units, key index,
 //!   retained finished ids, cursors, counters) as a snapshot and drops old
 //!   segments; recovery is snapshot + log after it. By default it runs when
@@ -32,7 +43,7 @@
 //!   least 4 MiB), so its cost is O(1) amortized per record and open replays
 //!   a bounded tail ([`crate::engine::CompactionPolicy`]).
 //! * **Memory is bounded by default**: the [`Retention`] policy (24 h and
-//!   10,000 keys / finished ids) bounds the key index and the finished ids;
+//!   1,024 keys / finished ids) bounds the key index and the finished ids;
 //!   memory is O(live units + retained keys), whatever the history. A
 //!   finished unit whose id retention dropped is refused by
 //!   [`Journal::begin`] with [`Error::UnitForgotten`] (for as long again);
@@ -80,7 +91,7 @@ mod state;
 mod unit;
 pub mod view;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -90,7 +101,9 @@ use serde::Serialize;
 pub use error::{Error, Result};
 pub use record::{JournalRecord, Outcome, OutcomeVia, PolicyKind};
 pub use state::{EffectStatus, Retention};
-pub use unit::{Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit};
+pub use unit::{
+    default_key, Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit,
+};
 pub use view::{EffectState, EffectView, JournalView, KeyStatus, KeyView, UnitState, UnitView};
 
 pub use crate::engine::CompactionPolicy;
@@ -124,11 +137,16 @@ pub struct JournalOptions {
     pub log: LogOptions,
     /// Largest encoded caller payload (unit payload, checkpoint state, effect
     /// result, as JSON) accepted; larger ones are refused with
-    /// [`Error::PayloadTooLarge`] before anything is written. Default 1 MiB.
-    /// Must be below `log.max_record_bytes` (records add a little framing).
+    /// [`Error::PayloadTooLarge`] before anything is written — except an
+    /// effect's result, which exists only because the effect ran: it is
+    /// recorded as a failed outcome instead ([`Error::ResultTooLarge`]).
+    /// Default 16 MiB ([`DEFAULT_MAX_PAYLOAD_BYTES`], sized for real model
+    /// outputs). Must be below `log.max_record_bytes` (records add a little
+    /// framing): the default options raise the log's limit to
+    /// [`DEFAULT_MAX_RECORD_BYTES`].
     pub max_payload_bytes: u64,
     /// How long settled keys and finished unit ids survive compaction.
-    /// Default: [`Retention::default`] (24 h, at most 10,000 of each).
+    /// Default: [`Retention::default`] (24 h, at most 1,024 of each).
     pub retention: Retention,
     /// Automatic compaction. Default: when the log since the last snapshot
     /// is twice the snapshot's size and at least 4 MiB
@@ -136,11 +154,23 @@ pub struct JournalOptions {
     pub auto_compact: AutoCompact,
 }
 
+/// Default [`JournalOptions::max_payload_bytes`]: 16 MiB, so that a long
+/// model answer (a few MB of JSON) is recorded rather than refused after the
+/// paid call already happened.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 16 << 20;
+
+/// The log record limit of [`JournalOptions::default`]: the payload limit
+/// plus 1 MiB for the record's own fields (unit id, key, error text).
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = DEFAULT_MAX_PAYLOAD_BYTES + (1 << 20);
+
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
-            log: LogOptions::default(),
-            max_payload_bytes: 1 << 20,
+            log: LogOptions {
+                max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+                ..LogOptions::default()
+            },
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             retention: Retention::default(),
             auto_compact: AutoCompact {
                 every_records: None,
@@ -271,6 +301,9 @@ struct Inner {
     opts: JournalOptions,
     state: Mutex<State>,
     active: Mutex<HashSet<String>>,
+    /// Idempotency keys being executed (or probed) right now by a live unit
+    /// of this process, with that unit's id; see [`Error::KeyBusy`].
+    running: Mutex<HashMap<String, String>>,
     counters: Mutex<Counters>,
     compacting: Mutex<()>,
     replay: ReplayReport,
@@ -278,6 +311,41 @@ struct Inner {
 
 /// An open journal, exclusively owning its directory. Cheap to clone; safe
 /// to share between threads (units on different threads share `fdatasync`s).
+///
+/// # Example
+///
+/// A unit that is cut short (here: dropped before its commit, as a kill
+/// would leave it) resumes after a reopen: the recorded effect is not run
+/// again, its result comes back from the journal.
+///
+/// ```
+/// use agentwal::{Effect, Journal, JournalOptions, UnitState};
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// let journal = Journal::open(dir, JournalOptions::default())?;
+/// let mut unit = journal.begin("invoice-9", "invoice", &serde_json::json!({"amount": 120}))?;
+/// let pdf: String = unit.run(Effect::retry_same_key("render"), |_ctx| {
+///     Ok::<_, std::io::Error>("invoice-9.pdf".to_string())
+/// })?;
+/// drop(unit); // no commit: the process "died" here
+/// journal.close()?;
+///
+/// let journal = Journal::open(dir, JournalOptions::default())?;
+/// assert_eq!(journal.unit_state("invoice-9"), Some(UnitState::Incomplete));
+/// let mut unit = journal.begin("invoice-9", "invoice", &serde_json::json!({"amount": 120}))?;
+/// assert!(unit.is_resumed());
+/// let mut ran = false;
+/// let again: String = unit.run(Effect::retry_same_key("render"), |_ctx| {
+///     ran = true;
+///     Ok::<_, std::io::Error>(String::new())
+/// })?;
+/// assert!(!ran, "a recorded effect is not run again");
+/// assert_eq!(again, pdf);
+/// unit.commit()?;
+/// assert_eq!(journal.unit_state("invoice-9"), Some(UnitState::Committed));
+/// journal.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Journal {
     inner: Arc<Inner>,
@@ -320,6 +388,7 @@ impl Journal {
                 opts,
                 state: Mutex::new(state),
                 active: Mutex::new(HashSet::new()),
+                running: Mutex::new(HashMap::new()),
                 counters: Mutex::new(Counters {
                     records: records_replayed,
                     // Payloads plus record headers, as appends count them.
@@ -760,6 +829,10 @@ impl Journal {
 
     fn release(&self, id: &str) {
         self.inner.active.lock().remove(id);
+    }
+
+    fn release_key(&self, key: &str) {
+        self.inner.running.lock().remove(key);
     }
 }
 

@@ -320,15 +320,17 @@ impl Frozen {
             committed: h.committed,
             aborted: h.aborted,
             units: &h.units,
-            keys: Seq(std::cell::Cell::new(Some(self.keys.iter().map(|k| key_ref(k))))),
-            finished: Seq(std::cell::Cell::new(Some(self.finished.iter().map(|(id, f)| {
-                SnapFinishedRef {
+            keys: Seq(std::cell::Cell::new(Some(
+                self.keys.iter().map(|k| key_ref(k)),
+            ))),
+            finished: Seq(std::cell::Cell::new(Some(self.finished.iter().map(
+                |(id, f)| SnapFinishedRef {
                     id,
                     state: f.state,
                     lsn: f.lsn,
                     at_ms: f.at_ms,
-                }
-            })))),
+                },
+            )))),
             cursors: &h.cursors,
             forgotten_ids: &h.forgotten_ids,
             forgotten_units: h.forgotten_units,

@@ -612,11 +612,8 @@ impl State {
             self.keys.remove(&k);
         }
         // Finished unit ids, oldest end first.
-        let mut fin: Vec<(u64, &str)> = self
-            .finished
-            .iter()
-            .map(|(id, f)| (f.lsn, &**id))
-            .collect();
+        let mut fin: Vec<(u64, &str)> =
+            self.finished.iter().map(|(id, f)| (f.lsn, &**id)).collect();
         fin.sort_unstable();
         let excess = retention
             .max_keys

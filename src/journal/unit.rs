@@ -2,18 +2,27 @@
 //!
 //! For every effect, [`Unit::run`]:
 //!
+//! 0. refuses to run anything in a unit that is rolling back (a compensation
+//!    intent is recorded): [`Error::RollingBack`];
 //! 1. looks the step up in the replayed unit: a recorded outcome is returned
-//!    without running anything (a different effect name or key at this step
-//!    is [`Error::EffectMismatch`]);
+//!    without running anything (a different effect name, key, policy or
+//!    compensable flag at this step is [`Error::EffectMismatch`]: the
+//!    recorded declaration governs);
 //! 2. otherwise looks the key up in the key index: a settled key's recorded
-//!    outcome is reused (intent + outcome recorded, nothing runs);
+//!    outcome is reused (intent + outcome recorded, nothing runs) if the key
+//!    belongs to an effect of the same name ([`Error::KeyConflict`] if not);
 //! 3. otherwise appends the **effect intent durably** (one `fdatasync`, shared
 //!    with the buffered unit-begin and previous outcome), runs the closure,
 //!    and appends the outcome **buffered** (made durable by the next intent
-//!    or by the commit);
+//!    or by the commit). While the closure runs, the key is held: another
+//!    live unit of this process asking for it gets [`Error::KeyBusy`];
 //! 4. an effect found *in doubt* (intent, no outcome) follows its policy —
 //!    unless another unit has meanwhile recorded an outcome for its key:
-//!    that outcome is recorded for the step and returned, nothing runs.
+//!    that outcome is recorded for the step and returned, nothing runs;
+//! 5. a result is recorded only if it replays (its JSON reads back as the
+//!    same value) and fits the payload limit; otherwise the effect, which
+//!    ran, is recorded as a permanent failure with the reason
+//!    ([`Error::ResultNotReplayable`], [`Error::ResultTooLarge`]).
 
 use std::fmt::Display;
 
@@ -43,6 +52,21 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.journal.release(&self.id);
+    }
+}
+
+/// Marks an idempotency key as being executed by a live unit of this
+/// process (see [`Error::KeyBusy`]); released on drop, after the outcome
+/// was appended (or the run gave up).
+#[derive(Debug)]
+pub(crate) struct KeyGuard {
+    journal: Journal,
+    key: String,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.journal.release_key(&self.key);
     }
 }
 
@@ -120,7 +144,43 @@ impl<T> Policy<'_, T> {
 /// Description of one effect: a name, an in-doubt policy (required: there
 /// is no default), and optionally an explicit key and a compensation flag.
 ///
-/// The default idempotency key is `<unit id>/<effect name>/<step>`.
+/// The default idempotency key is `<unit id>/<escaped effect name>/<step>`,
+/// where the effect name has `%` written as `%25` and `/` as `%2F` (see
+/// [`default_key`]): no two (unit, name, step) triples share a key.
+///
+/// # Example
+///
+/// One unit, the three in-doubt policies:
+///
+/// ```
+/// use agentwal::{Effect, Journal, JournalOptions, Probe};
+/// # let tmp = tempfile::tempdir()?;
+/// let journal = Journal::open(tmp.path(), JournalOptions::default())?;
+/// let mut unit = journal.begin("refund-3", "refund", &serde_json::json!({"order": 3}))?;
+///
+/// // Safe to repeat: the payment API de-duplicates on the key. Compensable:
+/// // a rollback of the unit runs its compensation.
+/// let charge: u64 = unit.run(Effect::retry_same_key("refund").compensable(), |ctx| {
+///     // payments.refund(order, idempotency_key = ctx.key())
+///     Ok::<_, std::io::Error>(ctx.key().len() as u64)
+/// })?;
+///
+/// // No de-duplicating receiver and must not happen twice: if it is in
+/// // doubt after a crash, the unit stops with `Error::InDoubt` for an operator.
+/// unit.run(Effect::never_repeat("print-cheque"), |_ctx| Ok::<_, std::io::Error>(()))?;
+///
+/// // In doubt → ask the outside world whether it happened.
+/// let ticket: String = unit.run(
+///     Effect::reconcile("open-ticket", |_ctx| {
+///         // tickets.find(ctx.key()).map(Probe::Happened)
+///         Ok::<_, std::io::Error>(Probe::NotHappened)
+///     }),
+///     |ctx| Ok::<_, std::io::Error>(format!("T-{}", ctx.key().len())),
+/// )?;
+/// unit.commit()?;
+/// assert!(charge > 0 && ticket.starts_with("T-"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Effect<'p, T> {
     name: String,
     key: Option<String>,
@@ -175,7 +235,9 @@ impl<'p, T> Effect<'p, T> {
         }
     }
 
-    /// Uses an explicit idempotency key instead of the derived one.
+    /// Uses an explicit idempotency key instead of the derived one
+    /// ([`default_key`]). A key belongs to one effect name: another effect
+    /// asking for a key the journal knows gets [`Error::KeyConflict`].
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
@@ -227,12 +289,13 @@ enum Prep {
     /// This unit's step is in doubt, but its key was settled (by another
     /// unit): record that outcome for the step, run nothing.
     Settled(EffectCtx, Outcome),
-    /// Intent appended (buffered) at this LSN: wait durable, then run.
-    Fresh(EffectCtx, u64),
+    /// Intent appended (buffered) at this LSN: wait durable, then run. The
+    /// guard holds the key against other live units until the outcome is in.
+    Fresh(EffectCtx, u64, KeyGuard),
     /// In doubt; this unit's intent for the step is at this LSN (recorded
     /// earlier, or appended now because the key is in doubt in another
     /// unit) and must be durable before anything runs.
-    InDoubt(EffectCtx, u64),
+    InDoubt(EffectCtx, u64, KeyGuard),
 }
 
 /// An open unit. Obtained from [`Journal::begin`] (new or resumed); ended
@@ -245,8 +308,49 @@ pub struct Unit {
     next_seq: u32,
 }
 
-fn default_key(unit: &str, name: &str, seq: u32) -> String {
-    format!("{unit}/{name}/{seq}")
+/// The default idempotency key of step `seq`, effect `name`, of unit `unit`:
+/// `<unit>/<name with % as %25 and / as %2F>/<seq>`.
+///
+/// Injective: the step is after the last `/`, the escaped name (which holds
+/// no `/`) between the last two, the unit id is everything before — so unit
+/// `orders/7` effect `email` (`orders/7/email/0`) and unit `orders` effect
+/// `7/email` (`orders/7%2Femail/0`) never share a key. Names without `/` or
+/// `%` keep the key earlier versions derived; a resumed unit always uses the
+/// key recorded with its intent, whatever scheme derived it.
+///
+/// ```
+/// use agentwal::journal::default_key;
+/// assert_eq!(default_key("orders/7", "email", 0), "orders/7/email/0");
+/// assert_eq!(default_key("orders", "7/email", 0), "orders/7%2Femail/0");
+/// ```
+pub fn default_key(unit: &str, name: &str, seq: u32) -> String {
+    let mut escaped = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '/' => escaped.push_str("%2F"),
+            c => escaped.push(c),
+        }
+    }
+    format!("{unit}/{escaped}/{seq}")
+}
+
+/// Why a result does not replay (`Err(reason)`): its JSON must decode to
+/// `T` and re-encode to the very same JSON.
+fn check_round_trip<T: Serialize + DeserializeOwned>(
+    value: &Value,
+) -> std::result::Result<(), String> {
+    let back: T = serde_json::from_value(value.clone())
+        .map_err(|e| format!("does not read back as the effect's result type ({e})"))?;
+    let again = serde_json::to_value(&back)
+        .map_err(|e| format!("reads back as a value that cannot be encoded again ({e})"))?;
+    if again != *value {
+        return Err(format!(
+            "reads back as a different value ({})",
+            clip(again.to_string(), 200)
+        ));
+    }
+    Ok(())
 }
 
 fn clip(mut s: String, max: usize) -> String {
@@ -377,6 +481,13 @@ impl Unit {
                 unit: id.to_string(),
                 reason: "the unit is not open".into(),
             })?;
+        if let Some(e) = u.effects.iter().find(|e| e.comp_intent.is_some()) {
+            return Err(Error::RollingBack {
+                unit: id.to_string(),
+                step: e.seq,
+                action: "run",
+            });
+        }
         let ctx = |key: &str, attempt| EffectCtx {
             unit: id.to_string(),
             name: name.to_string(),
@@ -402,19 +513,65 @@ impl Unit {
                     requested,
                 });
             }
+            // The recorded declaration governs: a step recorded
+            // `never_repeat` never runs again because new code says
+            // `retry_same_key`, and rollback compensates what was recorded.
+            if e.policy != policy || e.compensable != compensable {
+                let decl = |p: PolicyKind, c: bool| {
+                    format!(
+                        "{name} (policy {p}, {})",
+                        if c { "compensable" } else { "not compensable" }
+                    )
+                };
+                return Err(Error::EffectMismatch {
+                    unit: id.to_string(),
+                    step: seq,
+                    recorded: decl(e.policy, e.compensable),
+                    requested: decl(policy, compensable),
+                });
+            }
+            let key = e.key.clone();
             return Ok(match &e.outcome {
                 Some((o, _, _)) => Prep::Recorded(o.clone()),
                 // In doubt here, but another unit has since recorded an
                 // outcome for the same key: that outcome stands, nothing runs.
-                None => match st.keys.get(&e.key).and_then(|k| k.outcome()) {
-                    Some(o) => Prep::Settled(ctx(&e.key, Attempt::Retry), o),
+                None => match st.keys.get(&key).and_then(|k| Some(k).zip(k.outcome())) {
+                    // Settled for another effect (journals written before
+                    // keys were checked against names): never hand it over.
+                    Some((k, _)) if k.effect != name => {
+                        return Err(Error::KeyConflict {
+                            unit: id.to_string(),
+                            step: seq,
+                            effect: name.to_string(),
+                            key,
+                            recorded: format!("effect {:?} of unit {:?}", k.effect, k.unit),
+                        })
+                    }
+                    Some((_, o)) => Prep::Settled(ctx(&key, Attempt::Retry), o),
                     // Its intent may be in memory only (its sync failed):
                     // the caller waits for `intent_lsn` before running.
-                    None => Prep::InDoubt(ctx(&e.key, Attempt::Retry), e.intent_lsn),
+                    None => {
+                        let intent_lsn = e.intent_lsn;
+                        let held = self.hold_key(&key, name, seq)?;
+                        Prep::InDoubt(ctx(&key, Attempt::Retry), intent_lsn, held)
+                    }
                 },
             });
         }
         let key = key.map_or_else(|| default_key(id, name, seq), str::to_string);
+        if let Some(k) = st.keys.get(&key) {
+            // A key belongs to one effect: never hand its result (or its
+            // in-doubt state) to an effect of another name.
+            if k.effect != name {
+                return Err(Error::KeyConflict {
+                    unit: id.to_string(),
+                    step: seq,
+                    effect: name.to_string(),
+                    key,
+                    recorded: format!("effect {:?} of unit {:?}", k.effect, k.unit),
+                });
+            }
+        }
         let intent = JournalRecord::EffectIntent {
             unit: id.to_string(),
             seq,
@@ -428,13 +585,38 @@ impl Unit {
             Some(Some(outcome)) => Prep::Reuse(ctx(&key, Attempt::First), intent, outcome),
             // Started elsewhere and not settled: it may have happened.
             Some(None) => {
+                // Refused before anything is written while a live unit of
+                // this process is executing it.
+                let held = self.hold_key(&key, name, seq)?;
                 let lsn = self.j().append_locked(&mut st, id, &[intent])?;
-                Prep::InDoubt(ctx(&key, Attempt::Retry), lsn)
+                Prep::InDoubt(ctx(&key, Attempt::Retry), lsn, held)
             }
             None => {
+                let held = self.hold_key(&key, name, seq)?;
                 let lsn = self.j().append_locked(&mut st, id, &[intent])?;
-                Prep::Fresh(ctx(&key, Attempt::First), lsn)
+                Prep::Fresh(ctx(&key, Attempt::First), lsn, held)
             }
+        })
+    }
+
+    /// Marks `key` as executed by this unit (called with the state lock
+    /// held, so the check and the intent are one step), or
+    /// [`Error::KeyBusy`] when another live unit of this process holds it.
+    fn hold_key(&self, key: &str, name: &str, seq: u32) -> Result<KeyGuard> {
+        let mut running = self.j().inner.running.lock();
+        if let Some(holder) = running.get(key) {
+            return Err(Error::KeyBusy {
+                unit: self.id().to_string(),
+                step: seq,
+                effect: name.to_string(),
+                key: key.to_string(),
+                holder: holder.clone(),
+            });
+        }
+        running.insert(key.to_string(), self.id().to_string());
+        Ok(KeyGuard {
+            journal: self.j().clone(),
+            key: key.to_string(),
         })
     }
 
@@ -470,49 +652,65 @@ impl Unit {
         }
     }
 
-    /// Turns the closure's result into the outcome record and the value to return.
-    fn outcome_of<T: Serialize, E: Display>(
+    /// Turns the closure's result into the outcome record and the value to
+    /// return. A result that is too large or would not replay (its JSON
+    /// does not read back as the same value) is recorded as a failed
+    /// outcome carrying the reason — the effect ran, so something must be
+    /// recorded or it would run again — and returned as a typed error that
+    /// says so.
+    fn outcome_of<T: Serialize + DeserializeOwned, E: Display>(
         &self,
         ctx: &EffectCtx,
         r: std::result::Result<T, E>,
         via: OutcomeVia,
     ) -> (JournalRecord, Result<T>) {
         let limit = self.j().inner.opts.max_payload_bytes;
+        let not_replayable = |reason: String| {
+            let message = clip(
+                format!("the effect ran, but its result {reason}; recorded as failed instead"),
+                (limit / 2) as usize,
+            );
+            (
+                Outcome::Err { message },
+                Err(Error::ResultNotReplayable {
+                    unit: ctx.unit.clone(),
+                    step: ctx.seq,
+                    effect: ctx.name.clone(),
+                    key: ctx.key.clone(),
+                    reason,
+                }),
+            )
+        };
         let (outcome, ret) = match r {
             Ok(v) => match serde_json::to_value(&v) {
                 Ok(value) => {
                     let size = super::json_size(&value);
-                    if size <= limit {
-                        (Outcome::Ok { value }, Ok(v))
-                    } else {
-                        // The effect ran, so something must be recorded or it
-                        // would be repeated: record it as failed.
-                        let what = format!("result of effect {:?}", ctx.name);
+                    if size > limit {
                         (
                             Outcome::Err {
                                 message: format!(
-                                    "{what} of {size} bytes exceeds the payload limit of {limit} bytes"
+                                    "the effect ran, but its result of {size} bytes exceeds the payload limit of {limit} bytes; the result was not saved"
                                 ),
                             },
-                            Err(Error::PayloadTooLarge {
+                            Err(Error::ResultTooLarge {
                                 unit: ctx.unit.clone(),
-                                what,
+                                step: ctx.seq,
+                                effect: ctx.name.clone(),
+                                key: ctx.key.clone(),
                                 size,
                                 limit,
                             }),
                         )
+                    } else if let Err(why) = check_round_trip::<T>(&value) {
+                        not_replayable(format!(
+                            "would be recorded as {}, which {why}",
+                            clip(value.to_string(), 200)
+                        ))
+                    } else {
+                        (Outcome::Ok { value }, Ok(v))
                     }
                 }
-                Err(e) => (
-                    Outcome::Err {
-                        message: format!("result cannot be encoded as JSON: {e}"),
-                    },
-                    Err(Error::Encode {
-                        unit: ctx.unit.clone(),
-                        what: format!("result of effect {:?}", ctx.name),
-                        reason: e.to_string(),
-                    }),
-                ),
+                Err(e) => not_replayable(format!("cannot be encoded as JSON ({e})")),
             },
             Err(e) => {
                 let message = clip(e.to_string(), (limit / 2) as usize);
@@ -554,6 +752,15 @@ impl Unit {
     /// above all); its error is recorded as the effect's failed outcome and
     /// returned as [`Error::EffectFailed`] (a recorded failure is returned
     /// again on resume, never retried).
+    ///
+    /// Errors that mean nothing ran and nothing was written:
+    /// [`Error::EffectMismatch`] (the step was recorded with another name,
+    /// key, policy or compensable flag), [`Error::KeyConflict`] (the key
+    /// belongs to an effect of another name), [`Error::KeyBusy`] (retryable:
+    /// another live unit of this process is executing the key),
+    /// [`Error::RollingBack`] (a rollback of this unit has begun). Errors
+    /// that mean the effect ran and a failure was recorded in place of its
+    /// result: [`Error::ResultNotReplayable`], [`Error::ResultTooLarge`].
     ///
     /// ```
     /// use agentwal::journal::{Effect, Journal, JournalOptions, Probe};
@@ -621,16 +828,17 @@ impl Unit {
                 self.next_seq += 1;
                 self.decode(seq, &name, o)
             }
-            Prep::Fresh(ctx, lsn) => {
+            Prep::Fresh(ctx, lsn, _held) => {
                 // The intent must be durable before the effect can happen:
                 // this is the sync that makes a crash during `f` visible as
                 // "in doubt" instead of "never started".
                 j.inner.log.wait_durable(lsn)?;
                 self.next_seq += 1;
                 let r = f(&ctx);
+                // `_held` keeps the key until the outcome is appended.
                 self.finish(&ctx, r, OutcomeVia::Run)
             }
-            Prep::InDoubt(ctx, intent_lsn) => {
+            Prep::InDoubt(ctx, intent_lsn, _held) => {
                 // Returns at once for a durable intent; fails (poisoned)
                 // for one whose sync failed, so `f` never runs without it.
                 j.inner.log.wait_durable(intent_lsn)?;
@@ -663,7 +871,7 @@ impl Unit {
         }
     }
 
-    fn finish<T: Serialize, E: Display>(
+    fn finish<T: Serialize + DeserializeOwned, E: Display>(
         &self,
         ctx: &EffectCtx,
         r: std::result::Result<T, E>,
@@ -676,9 +884,16 @@ impl Unit {
         ret
     }
 
-    fn check_no_in_doubt(&self) -> Result<()> {
+    fn check_committable(&self) -> Result<()> {
         let st = self.j().inner.state.lock();
         if let Some(u) = st.units.get(self.id()) {
+            if let Some(e) = u.effects.iter().find(|e| e.comp_intent.is_some()) {
+                return Err(Error::RollingBack {
+                    unit: self.id().to_string(),
+                    step: e.seq,
+                    action: "commit",
+                });
+            }
             if let Some(e) = u.effects.iter().find(|e| e.outcome.is_none()) {
                 return Err(Error::InvalidCall {
                     unit: self.id().to_string(),
@@ -688,15 +903,29 @@ impl Unit {
                     ),
                 });
             }
+            let recorded = u.effects.len() as u32;
+            if recorded > self.next_seq {
+                return Err(Error::UnreplayedSteps {
+                    unit: self.id().to_string(),
+                    replayed: self.next_seq,
+                    recorded,
+                });
+            }
         }
         Ok(())
     }
 
     /// Commits the unit durably (one `fdatasync`, which also covers the
-    /// buffered outcome before it). Returns the commit's LSN. Refused while
-    /// an effect of the unit is in doubt.
+    /// buffered outcome before it). Returns the commit's LSN.
+    ///
+    /// Refused while an effect of the unit is in doubt
+    /// ([`Error::InvalidCall`]), once a rollback has recorded a compensation
+    /// ([`Error::RollingBack`]: finish the rollback instead), and when the
+    /// journal records more steps than this (resumed) handle asked for
+    /// ([`Error::UnreplayedSteps`]: code that no longer knows a recorded
+    /// effect must not commit over it; replay it or roll the unit back).
     pub fn commit(self) -> Result<u64> {
-        self.check_no_in_doubt()?;
+        self.check_committable()?;
         let rec = JournalRecord::Commit {
             unit: self.id().to_string(),
             at_ms: now_ms(),
@@ -847,7 +1076,7 @@ impl Unit {
             let j = j.clone();
             super::blocking(move || Ok(j.inner.log.wait_durable(lsn)?))
         };
-        let (ctx, via) = match prep {
+        let (ctx, via, _held) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
                 return self.decode(seq, &name, o);
@@ -866,17 +1095,17 @@ impl Unit {
                 self.next_seq += 1;
                 return self.decode(seq, &name, o);
             }
-            Prep::Fresh(ctx, lsn) => {
+            Prep::Fresh(ctx, lsn, held) => {
                 // Durable before the effect can happen (see `run`).
                 wait_durable(lsn).await?;
-                (ctx, OutcomeVia::Run)
+                (ctx, OutcomeVia::Run, held)
             }
-            Prep::InDoubt(ctx, intent_lsn) => {
+            Prep::InDoubt(ctx, intent_lsn, held) => {
                 // See `run`: never run on a non-durable intent.
                 wait_durable(intent_lsn).await?;
                 match policy {
                     Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
-                    Policy::RetrySameKey => (ctx, OutcomeVia::Retry),
+                    Policy::RetrySameKey => (ctx, OutcomeVia::Retry, held),
                     Policy::Reconcile(probe) => match probe(&ctx) {
                         Ok(Probe::Happened(v)) => {
                             self.next_seq += 1;
@@ -885,7 +1114,7 @@ impl Unit {
                             write(vec![rec], Durability::Buffered).await?;
                             return ret;
                         }
-                        Ok(Probe::NotHappened) => (ctx, OutcomeVia::Retry),
+                        Ok(Probe::NotHappened) => (ctx, OutcomeVia::Retry, held),
                         Err(message) => {
                             return Err(Error::ReconcileFailed {
                                 unit: ctx.unit.clone(),

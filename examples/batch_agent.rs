@@ -2,8 +2,13 @@
 //! simulated model call and one message sent to a "sink" file.
 //!
 //! ```text
-//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS]
+//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS] [--fail-rate P]
 //! ```
+//!
+//! `--fail-rate P` makes the simulated model call fail transiently (like an
+//! HTTP 429) with probability `P` per attempt: the effect's retry policy
+//! absorbs the failures (each attempt counted durably), every record still
+//! ends committed, and the final summary line counts the retries.
 //!
 //! Kill it at any moment (even with SIGKILL) and run it again: it resumes at
 //! the first record that is not committed, replays recorded model calls
@@ -20,7 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentwal::journal::{
-    Attempt, AutoCompact, Effect, Journal, JournalOptions, Retention, UnitState,
+    Attempt, AutoCompact, Effect, Journal, JournalOptions, OnExhausted, Retention, RetryPolicy,
+    StepError, UnitState,
 };
 use agentwal::log::LogOptions;
 use agentwal::runtime::{Metrics, Shutdown};
@@ -59,11 +65,57 @@ struct Args {
     /// Simulated work per record, in milliseconds.
     #[arg(long, default_value_t = 2)]
     work_ms: u64,
+    /// Probability (0..=1) that one attempt of the simulated model call
+    /// fails transiently (like an HTTP 429); the retry policy absorbs it.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    fail_rate: f64,
     /// Serve /health, /ready, POST /shutdown and /metrics on this address
     /// (e.g. 127.0.0.1:8080; keep it off public interfaces).
     #[cfg(feature = "http")]
     #[arg(long)]
     health: Option<String>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not a probability between 0 and 1"))
+    }
+}
+
+/// A small xorshift generator for the simulated failures.
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Dice {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Dice(seed | 1)
+    }
+    /// True with probability `p`.
+    fn roll(&mut self, p: f64) -> bool {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// The model call's retry policy: transient failures (429s) are retried
+/// with a short exponential backoff; if they outlast the budget the call is
+/// left in doubt (nothing recorded) and a re-run retries it with the same key.
+fn model_retry_policy() -> RetryPolicy {
+    RetryPolicy::exponential(10_000)
+        .backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .jitter(0.5)
+        .deadline(Duration::from_secs(120))
+        .on_exhausted(OnExhausted::LeaveInDoubt)
 }
 
 /// What the (fake) model answers.
@@ -102,6 +154,7 @@ struct Totals {
     tokens_spent: u64,
     tokens_saved: u64,
     resumed_units: u64,
+    retries: u64,
 }
 
 fn unit_id(i: u32) -> String {
@@ -114,6 +167,8 @@ fn process(
     sink: &mut File,
     i: u32,
     work: Duration,
+    fail_rate: f64,
+    dice: &mut Dice,
     t: &mut Totals,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let id = unit_id(i);
@@ -124,11 +179,23 @@ fn process(
 
     // The model call: journaled so that a resumed unit does not pay again.
     // In doubt after a kill it is simply called again (same key).
+    // Transient failures (429s) are retried by the effect's policy; only a
+    // success is recorded, so a resumed unit never pays for it again.
     let mut called = false;
-    let reply: ModelReply = unit.run(Effect::retry_same_key("model"), |_ctx| {
+    // The attempt number is counted durably: retries before a kill count too.
+    let mut attempt = 1u32;
+    let model = Effect::retry_same_key("model").retry(model_retry_policy());
+    let reply: ModelReply = unit.run(model, |ctx| {
         called = true;
-        Ok::<_, std::io::Error>(fake_model(&format!("summarize record {i}")))
+        attempt = ctx.attempt_number();
+        if dice.roll(fail_rate) {
+            return Err(StepError::transient("model: HTTP 429 Too Many Requests"));
+        }
+        Ok(fake_model(&format!("summarize record {i}")))
     })?;
+    if called {
+        t.retries += u64::from(attempt.saturating_sub(1));
+    }
     if called {
         t.model_calls += 1;
         t.tokens_spent += reply.tokens;
@@ -151,20 +218,19 @@ fn process(
             // A failed delivery (disk full, I/O error) may have reached the
             // receiver in part: it is in doubt, not failed. Recording the
             // error would replay it on every re-run and wedge this record
-            // forever; stopping here leaves the intent in doubt (durable
-            // already, like after a kill) and a re-run retries the send with
-            // the same key once the sink works again.
-            say_err!(
-                "batch_agent: error: cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
+            // forever; an in-doubt error records nothing (the intent is
+            // durable already, like after a kill), the agent stops, and a
+            // re-run retries the send with the same key.
+            return Err(StepError::in_doubt(format!(
+                "cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
                 ctx.key()
-            );
-            std::process::exit(2);
+            )));
         }
         t.sent += 1;
         if ctx.attempt() == Attempt::Retry {
             t.resends += 1;
         }
-        Ok::<_, std::io::Error>(())
+        Ok(())
     })?;
     unit.commit()?;
     Ok(())
@@ -249,6 +315,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     let work = Duration::from_millis(args.work_ms);
     let began = Instant::now();
     let mut t = Totals::default();
+    let mut dice = Dice::new();
     let step = (n / 10).max(1);
     // Where the loop stopped: `n` when it went through every record.
     let mut stopped_at = n;
@@ -268,7 +335,15 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
             continue;
         }
-        process(&journal, &mut sink, i, work, &mut t)?;
+        process(
+            &journal,
+            &mut sink,
+            i,
+            work,
+            args.fail_rate,
+            &mut dice,
+            &mut t,
+        )?;
         metrics.unit_committed();
         t.done += 1;
         match &bar {
@@ -307,6 +382,10 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         stats.disk_bytes,
         stats.compactions,
         began.elapsed().as_secs_f64()
+    );
+    say!(
+        "summary: {committed}/{n} committed, {} sent, {} re-sends, {} retries (transient model failures absorbed)",
+        t.sent, t.resends, t.retries
     );
     journal.close()?;
     Ok(committed == n)

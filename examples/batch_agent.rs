@@ -30,7 +30,6 @@ use agentwal::journal::{
 };
 use agentwal::log::LogOptions;
 use agentwal::runtime::{Metrics, Shutdown};
-use clap::Parser;
 use serde::{Deserialize, Serialize};
 
 /// Prints a line on stdout. Output is advisory: a closed pipe
@@ -50,40 +49,170 @@ macro_rules! say_err {
 }
 
 /// Process records as journaled units; safe to kill and re-run.
-#[derive(Parser, Debug)]
-#[command(name = "batch_agent", version, about)]
+///
+/// Parsed by hand (see [`Args::parse`]): the demo needs only the default
+/// features, so `cargo run --example batch_agent` works as written in the
+/// README and a library user's build never compiles a CLI framework.
+#[derive(Debug)]
 struct Args {
     /// Journal directory (created if missing).
-    #[arg(long)]
     journal: PathBuf,
     /// Sink file: one line per message delivery attempt.
-    #[arg(long)]
     sink: PathBuf,
     /// Number of records in the batch.
-    #[arg(long, default_value_t = 1000)]
     records: u32,
     /// Simulated work per record, in milliseconds.
-    #[arg(long, default_value_t = 2)]
     work_ms: u64,
     /// Probability (0..=1) that one attempt of the simulated model call
     /// fails transiently (like an HTTP 429); the retry policy absorbs it.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     fail_rate: f64,
+    /// Exit code when a graceful shutdown (SIGTERM, `POST /shutdown`) stops
+    /// the batch before every record is committed; `None`: 0, the contract's
+    /// default. For Kubernetes Jobs (see `deploy/kubernetes.yaml`).
+    exit_code_unfinished: Option<u8>,
     /// Serve /health, /ready, POST /shutdown and /metrics on this address
     /// (e.g. 127.0.0.1:8080; keep it off public interfaces).
     #[cfg(feature = "http")]
-    #[arg(long)]
     health: Option<String>,
 }
 
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let p: f64 = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
-    if (0.0..=1.0).contains(&p) {
-        Ok(p)
-    } else {
-        Err(format!("{p} is not a probability between 0 and 1"))
+const USAGE: &str = "\
+Process records as journaled units; safe to kill and re-run.
+
+Usage: batch_agent --journal DIR --sink FILE [OPTIONS]
+
+Options:
+      --journal DIR               Journal directory (created if missing)
+      --sink FILE                 Sink file: one line per message delivery attempt
+      --records N                 Number of records in the batch [default: 1000]
+      --work-ms MS                Simulated work per record, in milliseconds [default: 2]
+      --fail-rate P               Probability (0-1) that one model call attempt fails
+                                  transiently (like a 429); retried by the effect's
+                                  retry policy [default: 0]
+      --exit-code-unfinished N    Exit with N (1-255) instead of 0 when SIGTERM stops the
+                                  batch before it is finished (for Kubernetes Jobs);
+                                  also AGENTWAL_UNFINISHED_EXIT [default: 0, unset]
+      --health ADDR               Serve /health, /ready, POST /shutdown, /metrics on ADDR
+                                  (feature `http`; e.g. 127.0.0.1:8080)
+  -h, --help                      Print help
+  -V, --version                   Print version
+
+Environment: SHUTDOWN_TIMEOUT (seconds, default 25), RUST_LOG (tracing on stderr).
+";
+
+/// The environment variable behind `--exit-code-unfinished`.
+const UNFINISHED_EXIT_ENV: &str = "AGENTWAL_UNFINISHED_EXIT";
+
+impl Args {
+    /// Parses the process's arguments; prints usage and exits 2 on a
+    /// mistake, 0 on `--help` / `--version`.
+    fn parse() -> Args {
+        let env = std::env::var(UNFINISHED_EXIT_ENV).ok();
+        match Args::try_parse(std::env::args().skip(1), env.as_deref()) {
+            Ok(a) => a,
+            Err(ParseExit::Help) => {
+                say!("{USAGE}");
+                std::process::exit(0)
+            }
+            Err(ParseExit::Version) => {
+                say!("batch_agent {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0)
+            }
+            Err(ParseExit::Usage(msg)) => {
+                say_err!("batch_agent: error: {msg}\n\n{USAGE}");
+                std::process::exit(2)
+            }
+        }
+    }
+
+    fn try_parse(
+        argv: impl IntoIterator<Item = String>,
+        unfinished_env: Option<&str>,
+    ) -> Result<Args, ParseExit> {
+        fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ParseExit>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim()
+                .parse()
+                .map_err(|e| ParseExit::Usage(format!("invalid value '{v}' for {flag}: {e}")))
+        }
+        fn exit_code(flag: &str, v: &str) -> Result<u8, ParseExit> {
+            match num::<u8>(flag, v)? {
+                0 => Err(ParseExit::Usage(format!(
+                    "{flag} must be 1-255 (0 is the code of a finished batch)"
+                ))),
+                c => Ok(c),
+            }
+        }
+        let (mut journal, mut sink) = (None, None);
+        let mut a = Args {
+            journal: PathBuf::new(),
+            sink: PathBuf::new(),
+            records: 1000,
+            work_ms: 2,
+            fail_rate: 0.0,
+            exit_code_unfinished: match unfinished_env.filter(|v| !v.trim().is_empty()) {
+                Some(v) => Some(exit_code(UNFINISHED_EXIT_ENV, v)?),
+                None => None,
+            },
+            #[cfg(feature = "http")]
+            health: None,
+        };
+        let mut it = argv.into_iter();
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+                _ => (arg.clone(), None),
+            };
+            if matches!(flag.as_str(), "-h" | "--help") {
+                return Err(ParseExit::Help);
+            }
+            if matches!(flag.as_str(), "-V" | "--version") {
+                return Err(ParseExit::Version);
+            }
+            let known = [
+                "--journal",
+                "--sink",
+                "--records",
+                "--work-ms",
+                "--fail-rate",
+                "--exit-code-unfinished",
+                #[cfg(feature = "http")]
+                "--health",
+            ];
+            if !known.contains(&flag.as_str()) {
+                return Err(ParseExit::Usage(format!("unexpected argument '{arg}'")));
+            }
+            let value = match inline.or_else(|| it.next()) {
+                Some(v) => v,
+                None => return Err(ParseExit::Usage(format!("{flag} needs a value"))),
+            };
+            match flag.as_str() {
+                "--journal" => journal = Some(PathBuf::from(value)),
+                "--sink" => sink = Some(PathBuf::from(value)),
+                "--records" => a.records = num(&flag, &value)?,
+                "--work-ms" => a.work_ms = num(&flag, &value)?,
+                "--fail-rate" => {
+                    let p: f64 = num(&flag, &value)?;
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(ParseExit::Usage(format!(
+                            "{flag} must be a probability between 0 and 1, not {value}"
+                        )));
+                    }
+                    a.fail_rate = p;
+                }
+                "--exit-code-unfinished" => {
+                    a.exit_code_unfinished = Some(exit_code(&flag, &value)?)
+                }
+                #[cfg(feature = "http")]
+                "--health" => a.health = Some(value),
+                _ => unreachable!("checked against the known flags"),
+            }
+        }
+        a.journal = journal.ok_or_else(|| ParseExit::Usage("--journal DIR is required".into()))?;
+        a.sink = sink.ok_or_else(|| ParseExit::Usage("--sink FILE is required".into()))?;
+        Ok(a)
     }
 }
 
@@ -116,6 +245,14 @@ fn model_retry_policy() -> RetryPolicy {
         .jitter(0.5)
         .deadline(Duration::from_secs(120))
         .on_exhausted(OnExhausted::LeaveInDoubt)
+}
+
+/// Why parsing did not produce [`Args`].
+#[derive(Debug)]
+enum ParseExit {
+    Help,
+    Version,
+    Usage(String),
 }
 
 /// What the (fake) model answers.
@@ -180,9 +317,9 @@ fn process(
     // The model call: journaled so that a resumed unit does not pay again.
     // In doubt after a kill it is simply called again (same key).
     // Transient failures (429s) are retried by the effect's policy; only a
-    // success is recorded, so a resumed unit never pays for it again.
+    // success is recorded, so a resumed unit never pays for it again. The
+    // attempt number is counted durably: retries before a kill count too.
     let mut called = false;
-    // The attempt number is counted durably: retries before a kill count too.
     let mut attempt = 1u32;
     let model = Effect::retry_same_key("model").retry(model_retry_policy());
     let reply: ModelReply = unit.run(model, |ctx| {
@@ -250,8 +387,14 @@ fn main() -> ExitCode {
     // Never outlive the budget: a unit still running at the deadline is cut
     // (it replays as incomplete, like after a SIGKILL).
     shutdown.set_exit_at_deadline(true);
+    // Opt-in (Kubernetes Jobs): "drained, not finished" gets its own code;
+    // the default stays 0 after SIGTERM whether or not the batch was done.
+    shutdown.set_unfinished_exit_code(args.exit_code_unfinished.map(i32::from));
     match run(&args, &shutdown) {
-        Ok(_) if shutdown.is_triggered() => ExitCode::from(shutdown.exit_code() as u8),
+        Ok(true) if shutdown.is_triggered() => ExitCode::from(shutdown.exit_code() as u8),
+        Ok(false) if shutdown.is_triggered() => {
+            ExitCode::from(shutdown.unfinished_exit_code() as u8)
+        }
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -300,17 +443,9 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         replay.committed,
         replay.incomplete.len()
     );
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new(u64::from(n));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} records {elapsed} eta {eta}",
-            )
-            .expect("valid template"),
-        );
-        b.set_position(u64::from(start));
-        b
-    });
+    // On a terminal: one progress line on stderr, redrawn at most 10 times a
+    // second; otherwise ten "progress:" lines on stdout.
+    let mut bar = tty.then(|| Progress::new(n));
 
     let work = Duration::from_millis(args.work_ms);
     let began = Instant::now();
@@ -346,15 +481,15 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         )?;
         metrics.unit_committed();
         t.done += 1;
-        match &bar {
-            Some(b) => b.set_position(u64::from(i + 1)),
+        match &mut bar {
+            Some(b) => b.set_position(i + 1),
             None if (i + 1) % step == 0 || i + 1 == n => {
                 say!("progress: {}/{n} records", i + 1)
             }
             None => {}
         }
     }
-    if let Some(b) = bar {
+    if let Some(b) = &mut bar {
         b.finish();
     }
     journal.sync()?;
@@ -389,6 +524,55 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     );
     journal.close()?;
     Ok(committed == n)
+}
+
+/// A one-line progress display on stderr (a terminal).
+struct Progress {
+    total: u32,
+    pos: u32,
+    began: Instant,
+    drawn: Option<Instant>,
+}
+
+impl Progress {
+    fn new(total: u32) -> Progress {
+        Progress {
+            total,
+            pos: 0,
+            began: Instant::now(),
+            drawn: None,
+        }
+    }
+
+    fn set_position(&mut self, pos: u32) {
+        self.pos = pos;
+        if self
+            .drawn
+            .is_none_or(|d| d.elapsed() >= Duration::from_millis(100))
+        {
+            self.draw();
+        }
+    }
+
+    fn draw(&mut self) {
+        let (pos, total) = (u64::from(self.pos), u64::from(self.total.max(1)));
+        let filled = (pos * 40 / total) as usize;
+        let _ = write!(
+            std::io::stderr(),
+            "\r{}{} {}/{} records {:.0}s",
+            "#".repeat(filled),
+            "-".repeat(40 - filled.min(40)),
+            self.pos,
+            self.total,
+            self.began.elapsed().as_secs_f64()
+        );
+        self.drawn = Some(Instant::now());
+    }
+
+    fn finish(&mut self) {
+        self.draw();
+        say_err!("");
+    }
 }
 
 /// Runs the health server on its own thread and tokio runtime (the agent's

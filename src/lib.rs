@@ -3,9 +3,61 @@
 //! An embedded write-ahead log that lets AI agents and long-running workers be
 //! killed at any moment without losing work or sending a message twice.
 //!
-//! Layers (dependencies point downward only: `log` ← `journal`, `log` ←
-//! `queue` ← `runtime`; `inspect` reads `log`, `journal` and `queue`, never
-//! `runtime`):
+//! Work is journaled as **units** of **side effects**: an intent, then for each
+//! effect an *effect intent* with an idempotency key that is durable **before**
+//! the effect runs, then the effect's outcome, then commit or abort. After a
+//! SIGKILL or a power loss, replay hands back recorded results instead of
+//! running effects again and repeats an in-doubt effect only as its policy
+//! allows, always with the same key.
+//!
+//! # Quickstart
+//!
+//! `cargo add agentwal serde_json`, then (this is the README's example and
+//! `examples/quickstart.rs`):
+//!
+//! ```
+#![doc = include_str!("../examples/quickstart.rs")]
+//! ```
+//!
+//! A complete agent with graceful shutdown is `examples/batch_agent.rs`
+//! (`cargo run --release --example batch_agent -- --journal DIR --sink FILE`).
+//!
+//! # Guarantees
+//!
+//! 1. An append acknowledged as durable survives a process kill or power loss; a torn tail is repaired, corruption of acknowledged data is reported with segment and offset.
+//! 2. An effect's intent and idempotency key are durable before it runs; an effect whose outcome was recorded never runs again for that key.
+//! 3. An in-doubt effect is repeated only under its declared policy ([`Effect::retry_same_key`], [`Effect::reconcile`], [`Effect::never_repeat`]), always with the same key.
+//! 4. A graceful shutdown ([`Shutdown`], SIGTERM within `SHUTDOWN_TIMEOUT`) loses no work and repeats no effect; resuming with different effects is a typed error.
+//! 5. Cost does not grow with history: O(1) amortized appends, commits and compactions; memory O(live units + retained keys).
+//!
+//! # Guides
+//!
+//! The `docs/` folder of the repository: [the journal protocol and
+//! policies](https://github.com/agentwal/agentwal/blob/main/docs/journal.md),
+//! [operations: shutdown, Kubernetes, metrics, tracing](https://github.com/agentwal/agentwal/blob/main/docs/operations.md),
+//! [wal-inspect, the operator's tool](https://github.com/agentwal/agentwal/blob/main/docs/wal-inspect.md),
+//! [the recovery algorithm](https://github.com/agentwal/agentwal/blob/main/docs/recovery.md),
+//! [the on-disk format](https://github.com/agentwal/agentwal/blob/main/docs/format.md),
+//! [testing and the fault model](https://github.com/agentwal/agentwal/blob/main/docs/testing.md),
+//! [benchmarks](https://github.com/agentwal/agentwal/blob/main/docs/benchmarks.md).
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `tokio` | yes | [`runtime`]: signals and the shutdown budget, checkpointed batches, the queue's async shell and drain |
+//! | `http` | no | `runtime::health`: `/health`, `/ready`, `POST /shutdown` and Prometheus `/metrics` (axum) |
+//! | `cli` | no | the `wal-inspect` binary (clap, indicatif): `cargo install agentwal --features cli` |
+//! | `testing` | no | the fault-injecting `SimStorage`, fuzz entry points, the queue's `ManualClock` |
+//!
+//! Library users do not pay for the command-line tools: `cli` is off by
+//! default. On docs.rs every feature is on and each gated item carries a
+//! badge naming its feature.
+//!
+//! # Layers
+//!
+//! Dependencies point downward only: `log` ← `journal`, `log` ← `queue` ←
+//! `runtime`; `inspect` reads `log`, `journal` and `queue`, never `runtime`:
 //!
 //! * [`log`] — segmented, checksummed, group-committed storage engine with
 //!   crash recovery and a storage seam.
@@ -44,8 +96,7 @@
 //! surface. Programs read a log through [`LogReader`] and classify damage
 //! through [`log::ScanReport`]; tests forge files through `log::testing`
 //! (feature `testing`).
-//!
-//! See `docs/` for the on-disk format, the recovery algorithm and operations.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -54,6 +105,7 @@ pub mod journal;
 pub mod log;
 pub mod queue;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod runtime;
 
 // The front door: the handful of types most programs need, so that
@@ -67,6 +119,7 @@ pub use journal::{
 pub use log::{Durability, Log, LogOptions, LogReader, Lsn, RecoveryMode};
 pub use queue::{Claimed, QueueOptions, WorkQueue};
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use runtime::{run_batch, run_batch_units, Shutdown};
 
 /// The README's examples, compiled and run as doc tests.

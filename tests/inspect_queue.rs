@@ -1,6 +1,6 @@
 //! `wal-inspect queue`: work-queue items by state, attempts, worker and last
 //! error, read while the queue's owner still holds it.
-#![cfg(feature = "tokio")]
+#![cfg(all(feature = "cli", feature = "tokio"))]
 
 mod inspect_support;
 

@@ -22,6 +22,7 @@
 pub mod batch;
 mod error;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod health;
 pub mod metrics;
 mod queue_async;

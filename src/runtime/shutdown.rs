@@ -44,7 +44,7 @@
 
 use std::fmt;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,9 @@ struct Inner {
     /// Exit (through `force`) when the deadline passes with work outstanding.
     exit_at_deadline: AtomicBool,
     watchdog_armed: AtomicBool,
+    /// Exit code for a shutdown that left work unfinished, in place of 0
+    /// (`i32::MIN`: not set). See [`Shutdown::set_unfinished_exit_code`].
+    unfinished_exit: AtomicI32,
 }
 
 /// The shutdown controller. Cheap to clone; all clones share one state.
@@ -237,6 +240,7 @@ impl Shutdown {
                 force: Box::new(force),
                 exit_at_deadline: AtomicBool::new(false),
                 watchdog_armed: AtomicBool::new(false),
+                unfinished_exit: AtomicI32::new(i32::MIN),
             }),
         }
     }
@@ -335,9 +339,9 @@ impl Shutdown {
                         std::io::stderr(),
                         "agentwal: shutdown deadline ({:?}) reached with {units} unit(s) in progress; exiting with code {} (they replay as incomplete)",
                         me.inner.timeout,
-                        me.exit_code()
+                        me.unfinished_exit_code()
                     );
-                    (me.inner.force)(me.exit_code());
+                    (me.inner.force)(me.unfinished_exit_code());
                 }
             });
         if spawned.is_err() {
@@ -371,7 +375,12 @@ impl Shutdown {
         if n >= 2 {
             // Second signal: the operator wants out now. Safe: records are
             // atomic and an interrupted unit replays as incomplete.
-            let code = self.exit_code();
+            let code = self.unfinished_exit_code();
+            let units = self.outstanding_units();
+            let _ = writeln!(
+                std::io::stderr(),
+                "agentwal: second signal ({reason}) during shutdown: exiting now with code {code}, {units} unit(s) in progress (they replay as incomplete)"
+            );
             (self.inner.force)(code);
         }
     }
@@ -421,6 +430,47 @@ impl Shutdown {
     /// The exit code to end the process with: 130 after SIGINT, otherwise 0.
     pub fn exit_code(&self) -> i32 {
         self.reason().map_or(0, ShutdownReason::exit_code)
+    }
+
+    /// Makes a shutdown that leaves work unfinished exit with `code` instead
+    /// of 0 (`None`: back to the default, 0). Off by default: a SIGTERM exits
+    /// 0 whether or not the batch was done, which is what a Deployment or a
+    /// StatefulSet wants (the pod is restarted and resumes). A Kubernetes
+    /// **Job** must tell "drained, not finished" apart from "finished", or it
+    /// is marked Complete with work left; give it a distinct code (the demo's
+    /// `--exit-code-unfinished` / `AGENTWAL_UNFINISHED_EXIT`, 75 in
+    /// `deploy/kubernetes.yaml`) and match it in the Job's `podFailurePolicy`.
+    ///
+    /// Applies to the exits the controller makes itself (a second signal,
+    /// the deadline watchdog), which always leave work unfinished, and is
+    /// returned by [`Shutdown::unfinished_exit_code`] for the program's own
+    /// exit path. SIGINT's 130 is never replaced (it is already non-zero).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use agentwal::runtime::{Shutdown, ShutdownReason};
+    /// let shutdown = Shutdown::new(Duration::from_secs(25));
+    /// shutdown.set_unfinished_exit_code(Some(75));
+    /// shutdown.trigger_with(ShutdownReason::Sigterm);
+    /// assert_eq!(shutdown.exit_code(), 0); // finished: the usual code
+    /// assert_eq!(shutdown.unfinished_exit_code(), 75); // work left
+    /// ```
+    pub fn set_unfinished_exit_code(&self, code: Option<i32>) {
+        self.inner
+            .unfinished_exit
+            .store(code.unwrap_or(i32::MIN), Ordering::Release);
+    }
+
+    /// The exit code for a shutdown that left work unfinished: the code set
+    /// by [`Shutdown::set_unfinished_exit_code`] when [`Shutdown::exit_code`]
+    /// would be 0, otherwise [`Shutdown::exit_code`].
+    pub fn unfinished_exit_code(&self) -> i32 {
+        let code = self.exit_code();
+        match self.inner.unfinished_exit.load(Ordering::Acquire) {
+            i32::MIN => code,
+            over if code == 0 => over,
+            _ => code,
+        }
     }
 
     /// The configured budget (`SHUTDOWN_TIMEOUT`).
@@ -588,6 +638,33 @@ mod tests {
         );
         s.on_signal(ShutdownReason::Sigint);
         assert_eq!(code.load(Ordering::SeqCst), 0, "forced with SIGTERM's code");
+    }
+
+    #[test]
+    fn unfinished_exit_code_replaces_zero_only() {
+        let code = Arc::new(AtomicI32::new(-1));
+        let c = code.clone();
+        let s = Shutdown::with_force_exit(Duration::from_secs(5), move |x| {
+            c.store(x, Ordering::SeqCst)
+        });
+        assert_eq!(s.unfinished_exit_code(), 0, "not set: the usual code");
+        s.set_unfinished_exit_code(Some(75));
+        s.on_signal(ShutdownReason::Sigterm);
+        assert_eq!(s.exit_code(), 0, "the finished code is unchanged");
+        assert_eq!(s.unfinished_exit_code(), 75);
+        s.on_signal(ShutdownReason::Sigterm);
+        assert_eq!(
+            code.load(Ordering::SeqCst),
+            75,
+            "a forced exit is unfinished"
+        );
+
+        let int = Shutdown::new(Duration::from_secs(5));
+        int.set_unfinished_exit_code(Some(75));
+        int.trigger_with(ShutdownReason::Sigint);
+        assert_eq!(int.unfinished_exit_code(), 130, "SIGINT keeps 130");
+        int.set_unfinished_exit_code(None);
+        assert_eq!(int.unfinished_exit_code(), 130);
     }
 
     #[test]

@@ -1,0 +1,82 @@
+"""The Python benchmark: ``python -m agentwal.demo --work-ms 0`` against the
+plain Python + sqlite3 agent doing the same work (``sqlite_agent.py``), and
+against the Rust ``batch_agent`` on the same workload (the binding's
+overhead). Runs are interleaved round by round on the same file system, so
+the reported ratios (medians of per-round ratios) hold on a shared machine.
+
+    python benches/python/compare.py [--records 500] [--rounds 5] [--batch-agent PATH] [--dir DIR]
+
+Needs the package installed (``pip install ./python``). Without
+``--batch-agent`` (e.g. target/release/examples/batch_agent) the Rust
+comparison is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def timed(cmd: List[str]) -> float:
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--records", type=int, default=500)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch-agent", default=None)
+    p.add_argument("--dir", default=os.path.join(REPO, "target"))
+    a = p.parse_args()
+    os.makedirs(a.dir, exist_ok=True)
+    n = str(a.records)
+    systems: Dict[str, List[str]] = {
+        "agentwal (python -m agentwal.demo)": [sys.executable, "-m", "agentwal.demo", "--records", n, "--work-ms", "0"],
+        "python + sqlite3 (WAL, synchronous=FULL)": [sys.executable, os.path.join(HERE, "sqlite_agent.py"), "--records", n, "--work-ms", "0"],
+    }
+    if a.batch_agent:
+        systems["agentwal (Rust batch_agent)"] = [a.batch_agent, "--records", n, "--work-ms", "0"]
+    times: Dict[str, List[float]] = {k: [] for k in systems}
+    for r in range(a.rounds):
+        for name, base in systems.items():
+            d = tempfile.mkdtemp(prefix="agentwal-pybench-", dir=a.dir)
+            try:
+                if "sqlite" in name:
+                    cmd = base + ["--db", os.path.join(d, "db.sqlite"), "--sink", os.path.join(d, "sink")]
+                else:
+                    cmd = base + ["--journal", os.path.join(d, "journal"), "--sink", os.path.join(d, "sink")]
+                times[name].append(timed(cmd))
+                with open(os.path.join(d, "sink")) as f:
+                    assert sum(1 for _ in f) == a.records, f"{name}: wrong sink"
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+        print(f"round {r + 1}: " + ", ".join(f"{k.split(' (')[0] if 'Rust' not in k else 'rust'} {a.records / times[k][-1]:.0f} rec/s" for k in systems), file=sys.stderr)
+    print(f"{a.records} records per run, {a.rounds} rounds, work-ms 0, process start included")
+    print("| system | records/s (median) |")
+    print("| --- | --- |")
+    for k, v in times.items():
+        print(f"| {k} | {a.records / statistics.median(v):.0f} |")
+    py, sq = "agentwal (python -m agentwal.demo)", "python + sqlite3 (WAL, synchronous=FULL)"
+    ratio = statistics.median(s / p_ for p_, s in zip(times[py], times[sq]))
+    print(f"\nagentwal demo / sqlite3 agent throughput: {ratio:.2f}x (target >= 2x)")
+    if a.batch_agent:
+        rs = "agentwal (Rust batch_agent)"
+        over = statistics.median(p_ / r_ for p_, r_ in zip(times[py], times[rs]))
+        print(f"python demo time / Rust batch_agent time (binding overhead): {over:.2f}x (target <= 1.3x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

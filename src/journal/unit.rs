@@ -154,6 +154,40 @@ impl<T> Policy<'_, T> {
 /// The default idempotency key is `<unit id>/<escaped effect name>/<step>`,
 /// where the effect name has `%` written as `%25` and `/` as `%2F` (see
 /// [`default_key`]): no two (unit, name, step) triples share a key.
+///
+/// # Example
+///
+/// One unit, the three in-doubt policies:
+///
+/// ```
+/// use agentwal::{Effect, Journal, JournalOptions, Probe};
+/// # let tmp = tempfile::tempdir()?;
+/// let journal = Journal::open(tmp.path(), JournalOptions::default())?;
+/// let mut unit = journal.begin("refund-3", "refund", &serde_json::json!({"order": 3}))?;
+///
+/// // Safe to repeat: the payment API de-duplicates on the key. Compensable:
+/// // a rollback of the unit runs its compensation.
+/// let charge: u64 = unit.run(Effect::retry_same_key("refund").compensable(), |ctx| {
+///     // payments.refund(order, idempotency_key = ctx.key())
+///     Ok::<_, std::io::Error>(ctx.key().len() as u64)
+/// })?;
+///
+/// // No de-duplicating receiver and must not happen twice: if it is in
+/// // doubt after a crash, the unit stops with `Error::InDoubt` for an operator.
+/// unit.run(Effect::never_repeat("print-cheque"), |_ctx| Ok::<_, std::io::Error>(()))?;
+///
+/// // In doubt → ask the outside world whether it happened.
+/// let ticket: String = unit.run(
+///     Effect::reconcile("open-ticket", |_ctx| {
+///         // tickets.find(ctx.key()).map(Probe::Happened)
+///         Ok::<_, std::io::Error>(Probe::NotHappened)
+///     }),
+///     |ctx| Ok::<_, std::io::Error>(format!("T-{}", ctx.key().len())),
+/// )?;
+/// unit.commit()?;
+/// assert!(charge > 0 && ticket.starts_with("T-"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Effect<'p, T> {
     name: String,
     key: Option<String>,

@@ -306,6 +306,8 @@ pub struct Unit {
     guard: ActiveGuard,
     resumed: bool,
     next_seq: u32,
+    /// The `unit` tracing span (parent of each step's `effect` span).
+    span: tracing::Span,
 }
 
 /// The default idempotency key of step `seq`, effect `name`, of unit `unit`:
@@ -367,11 +369,57 @@ fn clip(mut s: String, max: usize) -> String {
 
 impl Unit {
     pub(crate) fn new(guard: ActiveGuard, resumed: bool) -> Unit {
+        let span = tracing::info_span!(target: "agentwal::unit", "unit", unit = %guard.id, resumed);
+        crate::observe::unit_begun(resumed);
+        if !resumed {
+            crate::observe::unit_started();
+        }
         Unit {
             guard,
             resumed,
             next_seq: 0,
+            span,
         }
+    }
+
+    /// The `effect` span of one step: the unit, the step, the effect's name,
+    /// its idempotency key (what an operator greps for in the receiver's
+    /// logs) and its policy. Events inside the effect's closure carry them.
+    fn effect_span(&self, seq: u32, name: &str, policy: PolicyKind, key: &str) -> tracing::Span {
+        tracing::info_span!(
+            target: "agentwal::unit",
+            parent: &self.span,
+            "effect",
+            unit = %self.id(),
+            step = seq,
+            effect = %name,
+            key = %key,
+            policy = ?policy
+        )
+    }
+
+    /// The key a prepared step runs (or replays) under.
+    fn prep_key<'a>(prep: &'a Prep, fallback: &'a str) -> &'a str {
+        match prep {
+            Prep::Recorded(_) => fallback,
+            Prep::Reuse(ctx, ..)
+            | Prep::Settled(ctx, _)
+            | Prep::Fresh(ctx, ..)
+            | Prep::InDoubt(ctx, ..) => ctx.key(),
+        }
+    }
+
+    /// An in-doubt step met its policy on resume: say what was decided.
+    fn in_doubt_decision(ctx: &EffectCtx, decision: &'static str) {
+        tracing::warn!(
+            target: "agentwal::recovery",
+            unit = %ctx.unit,
+            step = ctx.seq,
+            effect = %ctx.name,
+            key = %ctx.key(),
+            decision,
+            "in-doubt effect on resume"
+        );
     }
 
     fn j(&self) -> &Journal {
@@ -807,9 +855,13 @@ impl Unit {
         let prep = self.prepare(&name, key.as_deref(), policy.kind(), compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();
+        let fallback = key.clone().unwrap_or_else(|| default_key(&id, &name, seq));
+        let span = self.effect_span(seq, &name, policy.kind(), Self::prep_key(&prep, &fallback));
+        let _in_span = span.enter();
         match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
+                crate::observe::effect("replayed");
                 self.decode(seq, &name, o)
             }
             Prep::Reuse(ctx, intent, o) => {
@@ -847,18 +899,33 @@ impl Unit {
                 // for one whose sync failed, so `f` never runs without it.
                 j.inner.log.wait_durable(intent_lsn)?;
                 match policy {
-                    Policy::NeverRepeat => Err(self.in_doubt_error(&ctx)),
+                    Policy::NeverRepeat => {
+                        Self::in_doubt_decision(
+                            &ctx,
+                            "never_repeat: not run again, waiting for an operator",
+                        );
+                        Err(self.in_doubt_error(&ctx))
+                    }
                     Policy::RetrySameKey => {
+                        Self::in_doubt_decision(
+                            &ctx,
+                            "retry_same_key: running it again with the same key",
+                        );
                         self.next_seq += 1;
                         let r = f(&ctx);
                         self.finish(&ctx, r, OutcomeVia::Retry)
                     }
                     Policy::Reconcile(probe) => match probe(&ctx) {
                         Ok(Probe::Happened(v)) => {
+                            Self::in_doubt_decision(
+                                &ctx,
+                                "reconcile: the probe says it happened; its answer is recorded",
+                            );
                             self.next_seq += 1;
                             self.finish(&ctx, Ok::<T, String>(v), OutcomeVia::Reconcile)
                         }
                         Ok(Probe::NotHappened) => {
+                            Self::in_doubt_decision(&ctx, "reconcile: the probe says it did not happen; running it again with the same key");
                             self.next_seq += 1;
                             let r = f(&ctx);
                             self.finish(&ctx, r, OutcomeVia::Retry)
@@ -885,6 +952,8 @@ impl Unit {
         // Buffered: the next intent's or the commit's sync makes it durable.
         // Until then a crash leaves the effect in doubt, handled by its policy.
         self.j().append(self.id(), &[rec], Durability::Buffered)?;
+        crate::observe::effect(if ret.is_ok() { "ok" } else { "failed" });
+        tracing::debug!(target: "agentwal::unit", ok = ret.is_ok(), via = ?via, "effect outcome recorded");
         ret
     }
 
@@ -935,6 +1004,8 @@ impl Unit {
             at_ms: now_ms(),
         };
         let lsn = self.j().append(self.id(), &[rec], Durability::Durable)?;
+        crate::observe::unit_ended("committed");
+        tracing::debug!(target: "agentwal::unit", parent: &self.span, lsn, "unit committed");
         self.j().maybe_auto_compact();
         Ok(lsn)
     }
@@ -1045,6 +1116,14 @@ impl Unit {
             at_ms: now_ms(),
         };
         report.abort_lsn = self.j().append(self.id(), &[rec], Durability::Durable)?;
+        crate::observe::unit_ended("aborted");
+        tracing::info!(
+            target: "agentwal::unit",
+            parent: &self.span,
+            lsn = report.abort_lsn,
+            reason,
+            "unit rolled back and aborted"
+        );
         self.j().maybe_auto_compact();
         Ok(report)
     }
@@ -1069,7 +1148,8 @@ impl Unit {
             compensable,
         } = effect;
         let seq = self.next_seq;
-        let prep = self.prepare(&name, key.as_deref(), policy.kind(), compensable)?;
+        let policy_kind = policy.kind();
+        let prep = self.prepare(&name, key.as_deref(), policy_kind, compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();
         let write = |recs: Vec<JournalRecord>, d: Durability| {
@@ -1083,6 +1163,7 @@ impl Unit {
         let (ctx, via, _held) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
+                crate::observe::effect("replayed");
                 return self.decode(seq, &name, o);
             }
             Prep::Reuse(ctx, intent, o) => {
@@ -1108,17 +1189,36 @@ impl Unit {
                 // See `run`: never run on a non-durable intent.
                 wait_durable(intent_lsn).await?;
                 match policy {
-                    Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
-                    Policy::RetrySameKey => (ctx, OutcomeVia::Retry, held),
+                    Policy::NeverRepeat => {
+                        Self::in_doubt_decision(
+                            &ctx,
+                            "never_repeat: not run again, waiting for an operator",
+                        );
+                        return Err(self.in_doubt_error(&ctx));
+                    }
+                    Policy::RetrySameKey => {
+                        Self::in_doubt_decision(
+                            &ctx,
+                            "retry_same_key: running it again with the same key",
+                        );
+                        (ctx, OutcomeVia::Retry, held)
+                    }
                     Policy::Reconcile(probe) => match probe(&ctx) {
                         Ok(Probe::Happened(v)) => {
+                            Self::in_doubt_decision(
+                                &ctx,
+                                "reconcile: the probe says it happened; its answer is recorded",
+                            );
                             self.next_seq += 1;
                             let (rec, ret) =
                                 self.outcome_of(&ctx, Ok::<T, String>(v), OutcomeVia::Reconcile);
                             write(vec![rec], Durability::Buffered).await?;
                             return ret;
                         }
-                        Ok(Probe::NotHappened) => (ctx, OutcomeVia::Retry, held),
+                        Ok(Probe::NotHappened) => {
+                            Self::in_doubt_decision(&ctx, "reconcile: the probe says it did not happen; running it again with the same key");
+                            (ctx, OutcomeVia::Retry, held)
+                        }
                         Err(message) => {
                             return Err(Error::ReconcileFailed {
                                 unit: ctx.unit.clone(),
@@ -1132,10 +1232,13 @@ impl Unit {
             }
         };
         self.next_seq += 1;
-        let r = f(ctx.clone()).await;
+        let span = self.effect_span(seq, &name, policy_kind, ctx.key());
+        let r = tracing::Instrument::instrument(f(ctx.clone()), span.clone()).await;
         let (rec, ret) = self.outcome_of(&ctx, r, via);
         // Buffered (see `finish`).
         write(vec![rec], Durability::Buffered).await?;
+        crate::observe::effect(if ret.is_ok() { "ok" } else { "failed" });
+        tracing::debug!(target: "agentwal::unit", parent: &span, ok = ret.is_ok(), via = ?via, "effect outcome recorded");
         ret
     }
 

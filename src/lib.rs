@@ -57,6 +57,17 @@
 //! features = ["tokio"] }` and compiles no clap, indicatif or tokio-postgres. On docs.rs every feature is on and each gated item carries a
 //! badge naming its feature.
 //!
+//! # Observability
+//!
+//! The library records its own metrics through the [`metrics`] facade
+//! (fsync latency, records per group commit, bytes appended, compactions,
+//! units by state, in-doubt effects, queue depth, dead letters, lease
+//! expiries) and spans and events through [`tracing`] (a span per unit and
+//! per step carrying the idempotency key; events for recovery decisions and
+//! shutdown). Both cost one atomic load per call site when nothing listens.
+//! With `http`, `GET /metrics` serves them in the Prometheus format. See
+//! [`observe`] for every name.
+//!
 //! # Layers
 //!
 //! Dependencies point downward only: `log` ← `journal`, `log` ← `queue` ←
@@ -111,6 +122,7 @@ pub mod fleet;
 pub mod inspect;
 pub mod journal;
 pub mod log;
+pub mod observe;
 pub mod queue;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

@@ -2,8 +2,13 @@
 //! simulated model call and one message sent to a "sink" file.
 //!
 //! ```text
-//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS]
+//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS] [--fail-rate P]
 //! ```
+//!
+//! `--fail-rate P` makes the simulated model call fail transiently (like an
+//! HTTP 429) with probability `P` per attempt: the effect's retry policy
+//! absorbs the failures (each attempt counted durably), every record still
+//! ends committed, and the final summary line counts the retries.
 //!
 //! Kill it at any moment (even with SIGKILL) and run it again: it resumes at
 //! the first record that is not committed, replays recorded model calls
@@ -16,12 +21,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "http")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentwal::journal::{Attempt, Effect, Journal, JournalOptions, UnitState};
+use agentwal::journal::{
+    Attempt, Effect, Journal, JournalOptions, OnExhausted, RetryPolicy, StepError, UnitState,
+};
 use agentwal::log::{Durability, LogOptions};
-use agentwal::runtime::{Metrics, Shutdown};
+#[cfg(feature = "http")]
+use agentwal::runtime::Metrics;
+use agentwal::runtime::Shutdown;
 use serde::{Deserialize, Serialize};
 
 /// Prints a line on stdout. Output is advisory: a closed pipe
@@ -55,6 +65,9 @@ struct Args {
     records: u32,
     /// Simulated work per record, in milliseconds.
     work_ms: u64,
+    /// Probability (0..=1) that one attempt of the simulated model call
+    /// fails transiently (like an HTTP 429); the retry policy absorbs it.
+    fail_rate: f64,
     /// Exit code when a graceful shutdown (SIGTERM, `POST /shutdown`) stops
     /// the batch before every record is committed; `None`: 0, the contract's
     /// default. For Kubernetes Jobs (see `deploy/kubernetes.yaml`).
@@ -75,6 +88,9 @@ Options:
       --sink FILE                 Sink file: one line per message delivery attempt
       --records N                 Number of records in the batch [default: 1000]
       --work-ms MS                Simulated work per record, in milliseconds [default: 2]
+      --fail-rate P               Probability (0-1) that one model call attempt fails
+                                  transiently (like a 429); retried by the effect's
+                                  retry policy [default: 0]
       --exit-code-unfinished N    Exit with N (1-255) instead of 0 when SIGTERM stops the
                                   batch before it is finished (for Kubernetes Jobs);
                                   also AGENTWAL_UNFINISHED_EXIT [default: 0, unset]
@@ -137,6 +153,7 @@ impl Args {
             sink: PathBuf::new(),
             records: 1000,
             work_ms: 2,
+            fail_rate: 0.0,
             exit_code_unfinished: match unfinished_env.filter(|v| !v.trim().is_empty()) {
                 Some(v) => Some(exit_code(UNFINISHED_EXIT_ENV, v)?),
                 None => None,
@@ -161,6 +178,7 @@ impl Args {
                 "--sink",
                 "--records",
                 "--work-ms",
+                "--fail-rate",
                 "--exit-code-unfinished",
                 #[cfg(feature = "http")]
                 "--health",
@@ -177,6 +195,15 @@ impl Args {
                 "--sink" => sink = Some(PathBuf::from(value)),
                 "--records" => a.records = num(&flag, &value)?,
                 "--work-ms" => a.work_ms = num(&flag, &value)?,
+                "--fail-rate" => {
+                    let p: f64 = num(&flag, &value)?;
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(ParseExit::Usage(format!(
+                            "{flag} must be a probability between 0 and 1, not {value}"
+                        )));
+                    }
+                    a.fail_rate = p;
+                }
                 "--exit-code-unfinished" => {
                     a.exit_code_unfinished = Some(exit_code(&flag, &value)?)
                 }
@@ -189,6 +216,37 @@ impl Args {
         a.sink = sink.ok_or_else(|| ParseExit::Usage("--sink FILE is required".into()))?;
         Ok(a)
     }
+}
+
+/// A small xorshift generator for the simulated failures.
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Dice {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Dice(seed | 1)
+    }
+    /// True with probability `p`.
+    fn roll(&mut self, p: f64) -> bool {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// The model call's retry policy: transient failures (429s) are retried
+/// with a short exponential backoff; if they outlast the budget the call is
+/// left in doubt (nothing recorded) and a re-run retries it with the same key.
+fn model_retry_policy() -> RetryPolicy {
+    RetryPolicy::exponential(10_000)
+        .backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .jitter(0.5)
+        .deadline(Duration::from_secs(120))
+        .on_exhausted(OnExhausted::LeaveInDoubt)
 }
 
 /// Why parsing did not produce [`Args`].
@@ -235,6 +293,7 @@ struct Totals {
     tokens_spent: u64,
     tokens_saved: u64,
     resumed_units: u64,
+    retries: u64,
 }
 
 fn unit_id(i: u32) -> String {
@@ -252,6 +311,8 @@ fn process(
     sink: &mut File,
     i: u32,
     work: Duration,
+    fail_rate: f64,
+    dice: &mut Dice,
     t: &mut Totals,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let id = unit_id(i);
@@ -262,11 +323,23 @@ fn process(
 
     // The model call: journaled so that a resumed unit does not pay again.
     // In doubt after a kill it is simply called again (same key).
+    // Transient failures (429s) are retried by the effect's policy; only a
+    // success is recorded, so a resumed unit never pays for it again. The
+    // attempt number is counted durably: retries before a kill count too.
     let mut called = false;
-    let reply: ModelReply = unit.run(Effect::retry_same_key("model"), |_ctx| {
+    let mut attempt = 1u32;
+    let model = Effect::retry_same_key("model").retry(model_retry_policy());
+    let reply: ModelReply = unit.run(model, |ctx| {
         called = true;
-        Ok::<_, std::io::Error>(fake_model(&format!("summarize record {i}")))
+        attempt = ctx.attempt_number();
+        if dice.roll(fail_rate) {
+            return Err(StepError::transient("model: HTTP 429 Too Many Requests"));
+        }
+        Ok(fake_model(&format!("summarize record {i}")))
     })?;
+    if called {
+        t.retries += u64::from(attempt.saturating_sub(1));
+    }
     if called {
         t.model_calls += 1;
         t.tokens_spent += reply.tokens;
@@ -289,27 +362,40 @@ fn process(
             // A failed delivery (disk full, I/O error) may have reached the
             // receiver in part: it is in doubt, not failed. Recording the
             // error would replay it on every re-run and wedge this record
-            // forever; stopping here leaves the intent in doubt (durable
-            // already, like after a kill) and a re-run retries the send with
-            // the same key once the sink works again.
-            say_err!(
-                "batch_agent: error: cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
+            // forever; an in-doubt error records nothing (the intent is
+            // durable already, like after a kill), the agent stops, and a
+            // re-run retries the send with the same key.
+            return Err(StepError::in_doubt(format!(
+                "cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
                 ctx.key()
-            );
-            std::process::exit(2);
+            )));
         }
         t.sent += 1;
         if ctx.attempt() == Attempt::Retry {
             t.resends += 1;
         }
-        Ok::<_, std::io::Error>(())
+        Ok(())
     })?;
     unit.commit()?;
     Ok(())
 }
 
+/// Logs on stderr as `RUST_LOG` asks (e.g. `RUST_LOG=info`, or
+/// `RUST_LOG=agentwal=debug` for a span per unit and step); silent when it is
+/// unset. stdout keeps only the demo's own lines.
+fn install_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    install_tracing();
     // SIGTERM / SIGINT: finish the unit in progress, then exit 0 / 130 within
     // SHUTDOWN_TIMEOUT; a second signal exits at once (the journal replays).
     let shutdown = match Shutdown::install_thread() {
@@ -340,10 +426,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Error>> {
-    let metrics = Arc::new(Metrics::new());
+    // The library records its own metrics; /metrics renders them.
     #[cfg(feature = "http")]
     if let Some(addr) = &args.health {
-        serve_health(addr, shutdown.clone(), metrics.clone())?;
+        serve_health(addr, shutdown.clone(), Arc::new(Metrics::new()))?;
     }
     // Default retention and compaction: memory and open time stay flat
     // whatever --records is; the cursor below replaces old finished ids.
@@ -386,6 +472,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     let work = Duration::from_millis(args.work_ms);
     let began = Instant::now();
     let mut t = Totals::default();
+    let mut dice = Dice::new();
     let step = (n / 10).max(1);
     // Where the loop stopped: `n` when it went through every record.
     let mut stopped_at = n;
@@ -405,11 +492,18 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
             continue;
         }
-        process(&journal, &mut sink, i, work, &mut t)?;
+        process(
+            &journal,
+            &mut sink,
+            i,
+            work,
+            args.fail_rate,
+            &mut dice,
+            &mut t,
+        )?;
         // Buffered: durable with the next record's first sync (or the final
         // sync); until then the committed id itself tells the re-run.
         journal.set_cursor(CURSOR, &(i + 1), Durability::Buffered)?;
-        metrics.unit_committed();
         t.done += 1;
         match &mut bar {
             Some(b) => b.set_position(i + 1),
@@ -447,6 +541,10 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         stats.disk_bytes,
         stats.compactions,
         began.elapsed().as_secs_f64()
+    );
+    say!(
+        "summary: {committed}/{n} committed, {} sent, {} re-sends, {} retries (transient model failures absorbed)",
+        t.sent, t.resends, t.retries
     );
     journal.close()?;
     Ok(committed == n)

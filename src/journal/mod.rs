@@ -86,6 +86,7 @@
 
 mod error;
 pub(crate) mod record;
+mod retry;
 mod snapshot;
 mod state;
 mod unit;
@@ -99,7 +100,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 pub use error::{Error, Result};
-pub use record::{JournalRecord, Outcome, OutcomeVia, PolicyKind};
+pub use record::{JournalRecord, OperatorAction, Outcome, OutcomeVia, PolicyKind};
+pub use retry::{ErrorClass, OnExhausted, RetryPolicy, StepError};
 pub use state::{EffectStatus, Retention};
 pub use unit::{
     default_key, Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit,
@@ -382,6 +384,7 @@ impl Journal {
             keys: state.keys.len(),
             snapshot_bytes: replayed.snapshot_bytes,
         };
+        crate::observe::replayed(&replay);
         Ok(Journal {
             inner: Arc::new(Inner {
                 log,
@@ -669,7 +672,17 @@ impl Journal {
     /// retention, finished ids, counters) and removes segments it covers.
     pub fn compact(&self) -> Result<CompactReport> {
         let _one = self.inner.compacting.lock();
-        self.compact_locked()
+        self.compact_timed()
+    }
+
+    /// [`Journal::compact_locked`], timed and counted (metrics, tracing).
+    fn compact_timed(&self) -> Result<CompactReport> {
+        let started = std::time::Instant::now();
+        let r = self.compact_locked();
+        if let Ok(rep) = &r {
+            crate::observe::compacted(started.elapsed(), rep.snapshot_lsn, rep.snapshot_bytes);
+        }
+        r
     }
 
     /// [`Journal::compact`] with the `compacting` lock already held.
@@ -804,7 +817,7 @@ impl Journal {
         };
         // Re-check: a compaction that just finished reset the counters.
         if due() {
-            let r = self.compact_locked();
+            let r = self.compact_timed();
             self.inner.counters.lock().auto_error = r.err().map(|e| e.to_string());
         }
     }

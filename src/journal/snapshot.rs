@@ -22,7 +22,10 @@ use serde_json::Value;
 
 use super::error::{Error, Result};
 use super::record::{Outcome, OutcomeVia, PolicyKind};
-use super::state::{EffectRec, Finished, Forgotten, KeyEntry, State, UnitRec};
+use super::state::{
+    ApprovalRec, AttemptFailure, EffectRec, Finished, Forgotten, KeyEntry, OperatorNote, State,
+    UnitRec,
+};
 use super::view::{KeyStatus, UnitState};
 
 /// The version this build writes.
@@ -40,6 +43,16 @@ pub(crate) struct SnapEffect {
     outcome: Option<(Outcome, OutcomeVia, u64)>,
     comp_intent: Option<u64>,
     comp_outcome: Option<(Outcome, u64)>,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default)]
+    last_failure: Option<AttemptFailure>,
+    #[serde(default)]
+    round_base: u32,
+    #[serde(default)]
+    not_happened: Option<OperatorNote>,
+    #[serde(default)]
+    resolved_by: Option<OperatorNote>,
 }
 
 /// One incomplete unit.
@@ -54,6 +67,12 @@ pub(crate) struct SnapUnit {
     checkpoint: Option<(u64, Value)>,
     end: Option<(UnitState, u64)>,
     abort_reason: Option<String>,
+    #[serde(default)]
+    approvals: BTreeMap<String, ApprovalRec>,
+    #[serde(default)]
+    abort_requested: Option<OperatorNote>,
+    #[serde(default)]
+    operator_log: Vec<OperatorNote>,
 }
 
 /// One key index entry.
@@ -181,6 +200,11 @@ fn effect_to(e: &EffectRec) -> SnapEffect {
         outcome: e.outcome.clone(),
         comp_intent: e.comp_intent,
         comp_outcome: e.comp_outcome.clone(),
+        retries: e.retries,
+        last_failure: e.last_failure.clone(),
+        round_base: e.round_base,
+        not_happened: e.not_happened.clone(),
+        resolved_by: e.resolved_by.clone(),
     }
 }
 
@@ -195,6 +219,11 @@ fn effect_from(e: SnapEffect) -> EffectRec {
         outcome: e.outcome,
         comp_intent: e.comp_intent,
         comp_outcome: e.comp_outcome,
+        retries: e.retries,
+        last_failure: e.last_failure,
+        round_base: e.round_base,
+        not_happened: e.not_happened,
+        resolved_by: e.resolved_by,
     }
 }
 
@@ -209,6 +238,9 @@ fn unit_to(u: &UnitRec) -> SnapUnit {
         checkpoint: u.checkpoint.clone(),
         end: u.end,
         abort_reason: u.abort_reason.clone(),
+        approvals: u.approvals.clone(),
+        abort_requested: u.abort_requested.clone(),
+        operator_log: u.operator_log.clone(),
     }
 }
 
@@ -223,6 +255,9 @@ fn unit_from(u: SnapUnit) -> UnitRec {
         checkpoint: u.checkpoint,
         end: u.end,
         abort_reason: u.abort_reason,
+        approvals: u.approvals,
+        abort_requested: u.abort_requested,
+        operator_log: u.operator_log,
     }
 }
 

@@ -408,6 +408,11 @@ impl WorkQueue {
         let (range, _) = engine::append_checked(&self.inner.log, &mut shared.state, vec![op])
             .map_err(|e| replay_error(dir, e))?;
         shared.records_since_snapshot += 1;
+        crate::observe::queue_gauges(
+            shared.state.pending(),
+            shared.state.in_flight,
+            shared.state.dead,
+        );
         Ok(*range.end())
     }
 
@@ -499,6 +504,16 @@ impl WorkQueue {
                 let Some(id) = ready.or_else(expired) else {
                     break None;
                 };
+                if ready.is_none() {
+                    // Taken over from a worker whose lease ran out.
+                    crate::observe::lease_expired();
+                    tracing::info!(
+                        target: "agentwal::queue",
+                        item = id,
+                        worker = ?sh.state.items[&id].worker,
+                        "lease expired: the item is claimed again"
+                    );
+                }
                 let item = &sh.state.items[&id];
                 let attempts = item.attempts;
                 if attempts >= max {

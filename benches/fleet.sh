@@ -7,7 +7,8 @@
 #
 # Uses AGENTWAL_PG_URL when set, else starts a throwaway cluster (.ci/fleet-pg).
 # FLEET_BENCH_WORKERS ("1 2 4 8"), FLEET_BENCH_ITEMS_PER_WORKER (400),
-# FLEET_BENCH_WORK_MS (5), FLEET_BENCH_ROUNDS (3: the table shows medians).
+# FLEET_BENCH_WORK_MS (5), FLEET_BENCH_ROUNDS (3: the table shows medians),
+# FLEET_BENCH_NO_BUILD=1 (use the release examples already built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers_list=${FLEET_BENCH_WORKERS:-"1 2 4 8"}
@@ -25,7 +26,7 @@ if [ -z "${AGENTWAL_PG_URL:-}" ]; then
     . .ci/fleet-pg
     fleet_pg_start
 fi
-cargo build --release -q --features postgres,cli --example fleet_agent --example fleet_baseline
+[ -n "${FLEET_BENCH_NO_BUILD:-}" ] || cargo build --release -q --features postgres,cli --example fleet_agent --example fleet_baseline
 bin="${CARGO_TARGET_DIR:-target}/release/examples"
 
 url_db() {
@@ -35,7 +36,7 @@ url_db() {
     esac
 }
 fresh_db() {
-    psql -q "$AGENTWAL_PG_URL" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+    psql -q "$AGENTWAL_PG_URL" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
 }
 
 # cell SYSTEM WORKERS -> "items_per_s round_trips_per_unit"
@@ -45,7 +46,14 @@ cell() {
     local url
     url=$(url_db "$db")
     rm -rf "$out" && mkdir -p "$out"
-    "$bin/$sys" enqueue --pg "$url" --records "$n" >/dev/null
+    if [ "$sys" = fleet_agent ]; then
+        "$bin/$sys" enqueue --pg "$url" --records "$n" >/dev/null
+    else
+        # The baseline's table, filled the way `fleet_baseline enqueue` does.
+        psql -q "$url" -c "CREATE TABLE baseline_items (key text PRIMARY KEY, state text NOT NULL DEFAULT 'pending')" \
+            -c "CREATE INDEX baseline_pending ON baseline_items (key) WHERE state = 'pending'" \
+            -c "INSERT INTO baseline_items (key) SELECT 'record-' || lpad(i::text, 6, '0') FROM generate_series(0, $n - 1) i" >/dev/null
+    fi
     local t0 t1 i
     t0=$(date +%s.%N)
     for i in $(seq 1 "$w"); do

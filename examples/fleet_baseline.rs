@@ -90,7 +90,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             let n = i64::from(records);
             c.execute(
                 "INSERT INTO baseline_items (key)
-                 SELECT 'record-' || lpad(i::text, 6, '0') FROM generate_series(0, $1 - 1) i
+                 SELECT 'record-' || lpad(i::text, 6, '0') FROM generate_series(0, $1::bigint - 1) i
                  ON CONFLICT DO NOTHING",
                 &[&n],
             )

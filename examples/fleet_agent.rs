@@ -263,6 +263,12 @@ struct Totals {
     ledger_reused: u64,
 }
 
+/// The effects' stand-ins for external services.
+struct Outputs {
+    sink: File,
+    ledger: File,
+}
+
 enum Outcome {
     Done,
     InDoubt,
@@ -302,8 +308,10 @@ impl Worker {
                 .open(p)
                 .map_err(|e| format!("cannot open {}: {e}", p.display()))
         };
-        let mut sink = open(sink)?;
-        let mut ledger = open(ledger)?;
+        let mut out = Outputs {
+            sink: open(sink)?,
+            ledger: open(ledger)?,
+        };
         say!(
             "fleet_agent: worker {} on journal {} ({} incomplete local units at open)",
             self.worker,
@@ -372,15 +380,7 @@ impl Worker {
                         *h = Some((lease.key.clone(), lease.fence));
                     }
                     let r = self
-                        .process(
-                            &fleet,
-                            &journal,
-                            &lease,
-                            &mut sink,
-                            &mut ledger,
-                            &mut t,
-                            shutdown,
-                        )
+                        .process(&fleet, &journal, &lease, &mut out, &mut t, shutdown)
                         .await;
                     if let Ok(mut h) = held.lock() {
                         *h = None;
@@ -422,8 +422,7 @@ impl Worker {
         fleet: &Fleet,
         journal: &Journal,
         lease: &Lease,
-        sink: &mut File,
-        ledger: &mut File,
+        out: &mut Outputs,
         t: &mut Totals,
         shutdown: &Shutdown,
     ) -> Result<(Outcome, Vec<Lease>), BoxError> {
@@ -454,7 +453,11 @@ impl Worker {
             .await
         {
             Ok(Intent::Fresh) => {
-                append_line(ledger, "ledger", &format!("{key}\t{}\n", self.worker));
+                append_line(
+                    &mut out.ledger,
+                    "ledger",
+                    &format!("{key}\t{}\n", self.worker),
+                );
                 format!("written by {}", self.worker)
             }
             Ok(Intent::Settled(r)) => {
@@ -472,7 +475,7 @@ impl Worker {
         // 4. The message: local journal only (retry with the same key).
         unit.run(Effect::retry_same_key("send"), |ctx| {
             append_line(
-                sink,
+                &mut out.sink,
                 "sink",
                 &format!("{}\t{key} {}\n", ctx.key(), reply.text),
             );

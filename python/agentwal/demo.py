@@ -30,6 +30,8 @@ import agentwal
 from agentwal.shutdown import Shutdown
 
 PROG = "agentwal.demo"
+#: The environment variable behind ``--exit-code-unfinished``.
+UNFINISHED_EXIT_ENV = "AGENTWAL_UNFINISHED_EXIT"
 
 
 def say(msg: str) -> None:
@@ -144,7 +146,25 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--sink", required=True, help="sink file: one line per message delivery attempt")
     p.add_argument("--records", type=int, default=1000, help="number of records in the batch (default 1000)")
     p.add_argument("--work-ms", type=float, default=2, help="simulated work per record, in ms (default 2)")
+    p.add_argument(
+        "--exit-code-unfinished",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exit with N (1-255) instead of 0 when SIGTERM stops the batch before it is finished "
+        f"(for Kubernetes Jobs); also {UNFINISHED_EXIT_ENV} (default: unset)",
+    )
+    p.add_argument("-V", "--version", action="version", version=f"{PROG} {agentwal.__version__}")
     a = p.parse_args(argv)
+    if a.exit_code_unfinished is None:
+        env = os.environ.get(UNFINISHED_EXIT_ENV, "").strip()
+        if env:
+            try:
+                a.exit_code_unfinished = int(env)
+            except ValueError:
+                p.error(f"invalid value {env!r} for {UNFINISHED_EXIT_ENV}")
+    if a.exit_code_unfinished is not None and not 1 <= a.exit_code_unfinished <= 255:
+        p.error("--exit-code-unfinished must be 1-255 (0 is the code of a finished batch)")
     if a.records < 0 or a.records > 0xFFFFFFFF:
         p.error("--records must be between 0 and 4294967295")
     if a.work_ms < 0:
@@ -240,6 +260,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         say_err(f"{PROG}: error: {e}")
         return 2
+    # Opt-in (Kubernetes Jobs): "drained, not finished" gets its own code;
+    # the default stays 0 after SIGTERM whether or not the batch was done.
+    shutdown.set_unfinished_exit_code(args.exit_code_unfinished)
     try:
         ok = run(args, shutdown)
     except SinkError:
@@ -248,7 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         say_err(f"{PROG}: error: {e}")
         return 2
     if shutdown.triggered:
-        return shutdown.exit_code
+        return shutdown.exit_code if ok else shutdown.unfinished_exit_code
     return 0 if ok else 1
 
 

@@ -26,8 +26,9 @@ RECORDS = 300
 class Agent:
     """A running demo whose stdout is read line by line."""
 
-    def __init__(self, d: Path, records: int = RECORDS, work_ms: float = 2, budget: Optional[float] = None):
+    def __init__(self, d: Path, records: int = RECORDS, work_ms: float = 2, budget: Optional[float] = None, extra: Optional[List[str]] = None, env_extra: Optional[Dict[str, str]] = None):
         env = dict(os.environ)
+        env.update(env_extra or {})
         if budget is not None:
             env["SHUTDOWN_TIMEOUT"] = str(budget)
         self.p = subprocess.Popen(
@@ -37,6 +38,7 @@ class Agent:
                 "--sink", str(d / "sink.txt"),
                 "--records", str(records),
                 "--work-ms", str(work_ms),
+                *(extra or []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -301,3 +303,24 @@ def test_a_sink_that_cannot_be_opened_exits_2(tmp_path):
     code, _, out = a.wait(60)
     assert code == 2, (out, a.err)
     assert "sink" in a.err
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_exit_code_unfinished_after_sigterm_for_kubernetes_jobs(tmp_path, how):
+    extra = ["--exit-code-unfinished", "75"] if how == "flag" else None
+    env = {"AGENTWAL_UNFINISHED_EXIT": "75"} if how == "env" else None
+    a = Agent(tmp_path, work_ms=20, budget=10, extra=extra, env_extra=env)
+    a.wait_line("agentwal.demo:")
+    time.sleep(0.2)
+    assert a.signal(signal.SIGTERM)
+    code, _, out = a.wait(20)
+    assert code == 75, (out, a.err)
+    # A finished batch keeps 0.
+    a = Agent(tmp_path, work_ms=0, budget=10, extra=extra, env_extra=env)
+    code, _, out = a.wait(120)
+    assert code == 0, (out, a.err)
+    p = subprocess.run(
+        [sys.executable, "-m", "agentwal.demo", "--journal", str(tmp_path / "j"), "--sink", str(tmp_path / "s"), "--exit-code-unfinished", "0"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert p.returncode == 2 and "1-255" in p.stderr

@@ -73,6 +73,7 @@
 
 mod error;
 pub(crate) mod record;
+mod retry;
 mod state;
 mod unit;
 pub mod view;
@@ -85,7 +86,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 pub use error::{Error, Result};
-pub use record::{JournalRecord, Outcome, OutcomeVia, PolicyKind};
+pub use record::{JournalRecord, OperatorAction, Outcome, OutcomeVia, PolicyKind};
+pub use retry::{ErrorClass, OnExhausted, RetryPolicy, StepError};
 pub use state::{EffectStatus, Retention};
 pub use unit::{
     default_key, Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit,

@@ -324,3 +324,48 @@ def test_exit_code_unfinished_after_sigterm_for_kubernetes_jobs(tmp_path, how):
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert p.returncode == 2 and "1-255" in p.stderr
+
+
+def test_fail_rate_with_sigkills_commits_everything_and_counts_retries(tmp_path):
+    rng = random.Random(int(os.environ.get("KILL_SEED", time.time_ns() % 2**32)))
+    kills = 0
+    for _ in range(3):
+        a = Agent(tmp_path, extra=["--fail-rate", "0.3"])
+        a.wait_line("agentwal.demo:")
+        time.sleep(rng.uniform(0.05, 0.5))
+        if a.signal(signal.SIGKILL):
+            kills += 1
+        a.p.wait(30)
+    a = Agent(tmp_path, extra=["--fail-rate", "0.3"])
+    code, _, out = a.wait(120)
+    assert code == 0, (out, a.err)
+    line = next(l for l in out if l.startswith("summary: "))
+    assert line.startswith(f"summary: {RECORDS}/{RECORDS} committed, ")
+    done = int(next(l for l in out if l.startswith("records done:")).split()[2])
+    retries = int(line.split(" re-sends, ")[1].split(" retries")[0])
+    if done >= 30:
+        assert retries > 0, line
+    check_final(tmp_path, kills)
+
+
+def test_a_failing_sink_leaves_the_send_in_doubt_then_the_rerun_resends_it_once(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    j = tmp_path / "journal"
+    p = subprocess.run(
+        [sys.executable, "-m", "agentwal.demo", "--journal", str(j), "--sink", "/dev/full", "--records", "5", "--work-ms", "0"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "cannot write to the sink" in p.stderr and "stays in doubt" in p.stderr
+    with agentwal.Journal(j) as jj:
+        [u] = jj.incomplete_units()
+        assert u["id"] == "record-000000"
+        assert [e["state"] for e in u["effects"]] == ["completed", "in_doubt"]
+    p = subprocess.run(
+        [sys.executable, "-m", "agentwal.demo", "--journal", str(j), "--sink", str(tmp_path / "sink.txt"), "--records", "5", "--work-ms", "0"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "messages sent: 5 (re-sends: 1)" in p.stdout
+    assert "model calls: 4 made, 1 replayed from the journal" in p.stdout

@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "http")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,9 @@ use agentwal::journal::{
     StepError, UnitState,
 };
 use agentwal::log::LogOptions;
-use agentwal::runtime::{Metrics, Shutdown};
+#[cfg(feature = "http")]
+use agentwal::runtime::Metrics;
+use agentwal::runtime::Shutdown;
 use serde::{Deserialize, Serialize};
 
 /// Prints a line on stdout. Output is advisory: a closed pipe
@@ -373,8 +376,22 @@ fn process(
     Ok(())
 }
 
+/// Logs on stderr as `RUST_LOG` asks (e.g. `RUST_LOG=info`, or
+/// `RUST_LOG=agentwal=debug` for a span per unit and step); silent when it is
+/// unset. stdout keeps only the demo's own lines.
+fn install_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    install_tracing();
     // SIGTERM / SIGINT: finish the unit in progress, then exit 0 / 130 within
     // SHUTDOWN_TIMEOUT; a second signal exits at once (the journal replays).
     let shutdown = match Shutdown::install_thread() {
@@ -405,10 +422,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Error>> {
-    let metrics = Arc::new(Metrics::new());
+    // The library records its own metrics; /metrics renders them.
     #[cfg(feature = "http")]
     if let Some(addr) = &args.health {
-        serve_health(addr, shutdown.clone(), metrics.clone())?;
+        serve_health(addr, shutdown.clone(), Arc::new(Metrics::new()))?;
     }
     let opts = JournalOptions {
         log: LogOptions {
@@ -479,7 +496,6 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             &mut dice,
             &mut t,
         )?;
-        metrics.unit_committed();
         t.done += 1;
         match &mut bar {
             Some(b) => b.set_position(i + 1),

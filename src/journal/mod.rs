@@ -347,6 +347,7 @@ impl Journal {
             incomplete,
             keys: state.keys.len(),
         };
+        crate::observe::replayed(&replay);
         Ok(Journal {
             inner: Arc::new(Inner {
                 log,
@@ -564,7 +565,17 @@ impl Journal {
     /// retention, finished ids, counters) and removes segments it covers.
     pub fn compact(&self) -> Result<CompactReport> {
         let _one = self.inner.compacting.lock();
-        self.compact_locked()
+        self.compact_timed()
+    }
+
+    /// [`Journal::compact_locked`], timed and counted (metrics, tracing).
+    fn compact_timed(&self) -> Result<CompactReport> {
+        let started = std::time::Instant::now();
+        let r = self.compact_locked();
+        if let Ok(rep) = &r {
+            crate::observe::compacted(started.elapsed(), rep.snapshot_lsn, rep.snapshot_bytes);
+        }
+        r
     }
 
     /// [`Journal::compact`] with the `compacting` lock already held.
@@ -703,7 +714,7 @@ impl Journal {
         };
         // Re-check: a compaction that just finished reset the counters.
         if due() {
-            let r = self.compact_locked();
+            let r = self.compact_timed();
             self.inner.counters.lock().auto_error = r.err().map(|e| e.to_string());
         }
     }

@@ -420,6 +420,11 @@ impl WorkQueue {
             .append_with(kind, &payload, Durability::Buffered)?;
         shared.state.apply(op).map_err(|r| bad(dir, lsn, r))?;
         shared.records_since_snapshot += 1;
+        crate::observe::queue_gauges(
+            shared.state.pending(),
+            shared.state.in_flight,
+            shared.state.dead,
+        );
         Ok(lsn)
     }
 
@@ -511,6 +516,16 @@ impl WorkQueue {
                 let Some(id) = ready.or_else(expired) else {
                     break None;
                 };
+                if ready.is_none() {
+                    // Taken over from a worker whose lease ran out.
+                    crate::observe::lease_expired();
+                    tracing::info!(
+                        target: "agentwal::queue",
+                        item = id,
+                        worker = ?sh.state.items[&id].worker,
+                        "lease expired: the item is claimed again"
+                    );
+                }
                 let item = &sh.state.items[&id];
                 let attempts = item.attempts;
                 if attempts >= max {

@@ -14,6 +14,7 @@
 //! repository (not a tmpfs) and are deleted afterwards.
 
 mod measure;
+mod python;
 mod report;
 mod scaling;
 mod scenarios;
@@ -46,6 +47,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: agentwal-bench [--quick] [--dir DIR] [--no-write] [--only PHASE]... [--writers 1,8] [--rounds N]\n\
          phases: latency, writers, tasks, units, baselines, replay, compaction, scaling\n\
+         (--only python: the Python package against a Python + sqlite3 agent, see benches/python)\n\
          (internal: agentwal-bench --child verify|replay|crc|idle|grow|scale-run:N|scale-open DIR)"
     );
     std::process::exit(2)
@@ -112,6 +114,11 @@ fn main() {
 
 fn run(opts: &Opts) -> Res {
     std::fs::create_dir_all(&opts.work_root)?;
+    if !opts.only.is_empty() && opts.only.iter().all(|o| o == "python") {
+        // Its own report (benches/python/compare.py); the doc table is not touched.
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        return python::run(opts, &repo);
+    }
     let tmp = tempfile::Builder::new()
         .prefix("agentwal-bench-")
         .tempdir_in(&opts.work_root)?;

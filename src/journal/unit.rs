@@ -481,6 +481,11 @@ impl Unit {
         &self.guard.journal
     }
 
+    /// The journal this unit belongs to.
+    pub(crate) fn journal(&self) -> &Journal {
+        &self.guard.journal
+    }
+
     /// The unit id.
     pub fn id(&self) -> &str {
         &self.guard.id
@@ -922,6 +927,8 @@ impl Unit {
         } = effect;
         let seq = self.next_seq;
         let kind = policy.kind();
+        // So that an operator's result for this effect is checked against T.
+        self.j().register_type(&name, check_round_trip::<T>);
         let prep = self.prepare(&name, key.as_deref(), kind, compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();
@@ -1394,6 +1401,8 @@ impl Unit {
         } = effect;
         let seq = self.next_seq;
         let kind = policy.kind();
+        // So that an operator's result for this effect is checked against T.
+        self.j().register_type(&name, check_round_trip::<T>);
         let prep = self.prepare(&name, key.as_deref(), kind, compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();

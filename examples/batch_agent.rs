@@ -2,8 +2,13 @@
 //! simulated model call and one message sent to a "sink" file.
 //!
 //! ```text
-//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS]
+//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS] [--workers N]
 //! ```
+//!
+//! With `--workers N`, N threads run units at once over the one journal and
+//! share its group commit (one `fdatasync` covers the commits of every unit
+//! waiting); the order of sink lines is then free, and a `SIGKILL` leaves at
+//! most N units in flight (so at most N re-sends per kill).
 //!
 //! Kill it at any moment (even with SIGKILL) and run it again: it resumes at
 //! the first record that is not committed, replays recorded model calls
@@ -16,7 +21,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentwal::journal::{
@@ -57,6 +63,8 @@ struct Args {
     records: u32,
     /// Simulated work per record, in milliseconds.
     work_ms: u64,
+    /// Units in flight at once (threads sharing the journal).
+    workers: u32,
     /// Exit code when a graceful shutdown (SIGTERM, `POST /shutdown`) stops
     /// the batch before every record is committed; `None`: 0, the contract's
     /// default. For Kubernetes Jobs (see `deploy/kubernetes.yaml`).
@@ -77,6 +85,8 @@ Options:
       --sink FILE                 Sink file: one line per message delivery attempt
       --records N                 Number of records in the batch [default: 1000]
       --work-ms MS                Simulated work per record, in milliseconds [default: 2]
+      --workers N                 Units in flight at once, sharing group commit; the
+                                  order of sink lines is then free [default: 1]
       --exit-code-unfinished N    Exit with N (1-255) instead of 0 when SIGTERM stops the
                                   batch before it is finished (for Kubernetes Jobs);
                                   also AGENTWAL_UNFINISHED_EXIT [default: 0, unset]
@@ -139,6 +149,7 @@ impl Args {
             sink: PathBuf::new(),
             records: 1000,
             work_ms: 2,
+            workers: 1,
             exit_code_unfinished: match unfinished_env.filter(|v| !v.trim().is_empty()) {
                 Some(v) => Some(exit_code(UNFINISHED_EXIT_ENV, v)?),
                 None => None,
@@ -163,6 +174,7 @@ impl Args {
                 "--sink",
                 "--records",
                 "--work-ms",
+                "--workers",
                 "--exit-code-unfinished",
                 #[cfg(feature = "http")]
                 "--health",
@@ -179,6 +191,12 @@ impl Args {
                 "--sink" => sink = Some(PathBuf::from(value)),
                 "--records" => a.records = num(&flag, &value)?,
                 "--work-ms" => a.work_ms = num(&flag, &value)?,
+                "--workers" => {
+                    a.workers = num(&flag, &value)?;
+                    if a.workers == 0 || a.workers > 1024 {
+                        return Err(ParseExit::Usage("--workers must be 1-1024".into()));
+                    }
+                }
                 "--exit-code-unfinished" => {
                     a.exit_code_unfinished = Some(exit_code(&flag, &value)?)
                 }
@@ -237,6 +255,31 @@ struct Totals {
     tokens_spent: u64,
     tokens_saved: u64,
     resumed_units: u64,
+}
+
+impl Totals {
+    /// Adds another worker's counts (destructured: a new field must be
+    /// summed here, the compiler says so).
+    fn absorb(&mut self, other: Totals) {
+        let Totals {
+            done,
+            sent,
+            resends,
+            model_calls,
+            model_replayed,
+            tokens_spent,
+            tokens_saved,
+            resumed_units,
+        } = other;
+        self.done += done;
+        self.sent += sent;
+        self.resends += resends;
+        self.model_calls += model_calls;
+        self.model_replayed += model_replayed;
+        self.tokens_spent += tokens_spent;
+        self.tokens_saved += tokens_saved;
+        self.resumed_units += resumed_units;
+    }
 }
 
 fn unit_id(i: u32) -> String {
@@ -358,7 +401,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     };
     let journal = Journal::open(&args.journal, opts)?;
     let replay = journal.replay_report().clone();
-    let mut sink = OpenOptions::new()
+    let sink = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&args.sink)
@@ -377,48 +420,94 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     );
     // On a terminal: one progress line on stderr, redrawn at most 10 times a
     // second; otherwise ten "progress:" lines on stdout.
-    let mut bar = tty.then(|| Progress::new(n));
+    let bar = tty.then(|| Progress::new(n));
 
     let work = Duration::from_millis(args.work_ms);
     let began = Instant::now();
-    let mut t = Totals::default();
     let step = (n / 10).max(1);
-    // Where the loop stopped: `n` when it went through every record.
-    let mut stopped_at = n;
-    for i in start..n {
-        // Refused once shutdown began: no new unit starts, the one in
-        // progress (holding its guard) always finishes and commits.
-        let Ok(_unit_guard) = shutdown.begin_unit() else {
-            say!(
-                "shutdown ({}): stopped before record {i}, re-run to resume",
-                shutdown
-                    .reason()
-                    .map_or("requested".to_string(), |r| r.to_string())
-            );
-            stopped_at = i;
-            break;
-        };
-        if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
-            continue;
-        }
-        process(&journal, &mut sink, i, work, &mut t)?;
-        metrics.unit_committed();
-        t.done += 1;
-        match &mut bar {
-            Some(b) => b.set_position(i + 1),
-            None if (i + 1) % step == 0 || i + 1 == n => {
-                say!("progress: {}/{n} records", i + 1)
+    // The next record to claim. A worker claims a record only while it holds
+    // a shutdown unit guard, and always finishes (commits) what it claimed,
+    // so once the workers are gone every record below `next` is committed.
+    // (u64: N workers over-claiming past `n` = u32::MAX must not wrap.)
+    let next = AtomicU64::new(u64::from(start));
+    let finished = AtomicU32::new(start);
+    let failed = AtomicBool::new(false);
+    let bar = Mutex::new(bar);
+    let worker = |mut sink: File| -> Result<Totals, String> {
+        let mut t = Totals::default();
+        while !failed.load(Ordering::Acquire) {
+            // Refused once shutdown began: no new unit starts, the ones in
+            // progress (holding their guards) always finish and commit.
+            let Ok(_unit_guard) = shutdown.begin_unit() else {
+                break;
+            };
+            let i = next.fetch_add(1, Ordering::AcqRel);
+            let Some(i) = u32::try_from(i).ok().filter(|&i| i < n) else {
+                break;
+            };
+            if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
+                continue;
             }
-            None => {}
+            if let Err(e) = process(&journal, &mut sink, i, work, &mut t) {
+                failed.store(true, Ordering::Release);
+                return Err(e.to_string());
+            }
+            metrics.unit_committed();
+            t.done += 1;
+            let k = finished.fetch_add(1, Ordering::AcqRel) + 1;
+            match &mut *bar.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(b) => b.set_position(k.max(b.pos)),
+                None if k % step == 0 || k == n => say!("progress: {k}/{n} records"),
+                None => {}
+            }
         }
+        Ok(t)
+    };
+    let results: Vec<Result<Totals, String>> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for w in 0..args.workers {
+            // Each worker writes through its own handle of the O_APPEND sink:
+            // one write(2) per line, so lines never interleave.
+            let sink = sink
+                .try_clone()
+                .map_err(|e| format!("cannot share the sink: {e}"))?;
+            let worker = &worker;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{w}"))
+                    .spawn_scoped(s, move || worker(sink))
+                    .map_err(|e| format!("cannot start a worker: {e}"))?,
+            );
+        }
+        Ok::<_, String>(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
+                .collect(),
+        )
+    })?;
+    let mut t = Totals::default();
+    for r in results {
+        t.absorb(r?);
     }
+    // Where the workers stopped: `n` when they went through every record.
+    let stopped_at = next.load(Ordering::Acquire).min(u64::from(n)) as u32;
+    if stopped_at < n {
+        say!(
+            "shutdown ({}): stopped before record {stopped_at}, re-run to resume",
+            shutdown
+                .reason()
+                .map_or("requested".to_string(), |r| r.to_string())
+        );
+    }
+    let mut bar = bar.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some(b) = &mut bar {
         b.finish();
     }
     journal.sync()?;
     // Every record before the stop point is committed (the earlier ones by
-    // the choice of `start`, the rest by this loop, which returns early on
-    // any failure), and records run in order, so none after it is. Do not
+    // the choice of `start`, the rest by the workers, which return early on
+    // any failure and finish every record they claimed). Do not
     // re-count all N ids: after a shutdown the budget is running and N may be
     // huge (counting 4e9 ids took minutes, far past SHUTDOWN_TIMEOUT).
     let committed = stopped_at;

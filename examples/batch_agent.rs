@@ -457,7 +457,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             let k = finished.fetch_add(1, Ordering::AcqRel) + 1;
             match &mut *bar.lock().unwrap_or_else(|p| p.into_inner()) {
                 Some(b) => b.set_position(k.max(b.pos)),
-                None if k % step == 0 || k == n => say!("progress: {k}/{n} records"),
+                None if k.is_multiple_of(step) || k == n => say!("progress: {k}/{n} records"),
                 None => {}
             }
         }

@@ -2,8 +2,13 @@
 //! simulated model call and one message sent to a "sink" file.
 //!
 //! ```text
-//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS] [--workers N]
+//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS] [--fail-rate P] [--workers N]
 //! ```
+//!
+//! `--fail-rate P` makes the simulated model call fail transiently (like an
+//! HTTP 429) with probability `P` per attempt: the effect's retry policy
+//! absorbs the failures (each attempt counted durably), every record still
+//! ends committed, and the final summary line counts the retries.
 //!
 //! With `--workers N`, N threads run units at once over the one journal and
 //! share its group commit (one `fdatasync` covers the commits of every unit
@@ -26,7 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentwal::journal::{
-    Attempt, AutoCompact, Effect, Journal, JournalOptions, Retention, UnitState,
+    Attempt, AutoCompact, Effect, Journal, JournalOptions, OnExhausted, Retention, RetryPolicy,
+    StepError, UnitState,
 };
 use agentwal::log::LogOptions;
 use agentwal::runtime::{Metrics, Shutdown};
@@ -65,6 +71,9 @@ struct Args {
     work_ms: u64,
     /// Units in flight at once (threads sharing the journal).
     workers: u32,
+    /// Probability (0..=1) that one attempt of the simulated model call
+    /// fails transiently (like an HTTP 429); the retry policy absorbs it.
+    fail_rate: f64,
     /// Exit code when a graceful shutdown (SIGTERM, `POST /shutdown`) stops
     /// the batch before every record is committed; `None`: 0, the contract's
     /// default. For Kubernetes Jobs (see `deploy/kubernetes.yaml`).
@@ -87,6 +96,9 @@ Options:
       --work-ms MS                Simulated work per record, in milliseconds [default: 2]
       --workers N                 Units in flight at once, sharing group commit; the
                                   order of sink lines is then free [default: 1]
+      --fail-rate P               Probability (0-1) that one model call attempt fails
+                                  transiently (like a 429); retried by the effect's
+                                  retry policy [default: 0]
       --exit-code-unfinished N    Exit with N (1-255) instead of 0 when SIGTERM stops the
                                   batch before it is finished (for Kubernetes Jobs);
                                   also AGENTWAL_UNFINISHED_EXIT [default: 0, unset]
@@ -150,6 +162,7 @@ impl Args {
             records: 1000,
             work_ms: 2,
             workers: 1,
+            fail_rate: 0.0,
             exit_code_unfinished: match unfinished_env.filter(|v| !v.trim().is_empty()) {
                 Some(v) => Some(exit_code(UNFINISHED_EXIT_ENV, v)?),
                 None => None,
@@ -175,6 +188,7 @@ impl Args {
                 "--records",
                 "--work-ms",
                 "--workers",
+                "--fail-rate",
                 "--exit-code-unfinished",
                 #[cfg(feature = "http")]
                 "--health",
@@ -197,6 +211,15 @@ impl Args {
                         return Err(ParseExit::Usage("--workers must be 1-1024".into()));
                     }
                 }
+                "--fail-rate" => {
+                    let p: f64 = num(&flag, &value)?;
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(ParseExit::Usage(format!(
+                            "{flag} must be a probability between 0 and 1, not {value}"
+                        )));
+                    }
+                    a.fail_rate = p;
+                }
                 "--exit-code-unfinished" => {
                     a.exit_code_unfinished = Some(exit_code(&flag, &value)?)
                 }
@@ -209,6 +232,37 @@ impl Args {
         a.sink = sink.ok_or_else(|| ParseExit::Usage("--sink FILE is required".into()))?;
         Ok(a)
     }
+}
+
+/// A small xorshift generator for the simulated failures.
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Dice {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Dice(seed | 1)
+    }
+    /// True with probability `p`.
+    fn roll(&mut self, p: f64) -> bool {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// The model call's retry policy: transient failures (429s) are retried
+/// with a short exponential backoff; if they outlast the budget the call is
+/// left in doubt (nothing recorded) and a re-run retries it with the same key.
+fn model_retry_policy() -> RetryPolicy {
+    RetryPolicy::exponential(10_000)
+        .backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .jitter(0.5)
+        .deadline(Duration::from_secs(120))
+        .on_exhausted(OnExhausted::LeaveInDoubt)
 }
 
 /// Why parsing did not produce [`Args`].
@@ -255,6 +309,7 @@ struct Totals {
     tokens_spent: u64,
     tokens_saved: u64,
     resumed_units: u64,
+    retries: u64,
 }
 
 impl Totals {
@@ -270,6 +325,7 @@ impl Totals {
             tokens_spent,
             tokens_saved,
             resumed_units,
+            retries,
         } = other;
         self.done += done;
         self.sent += sent;
@@ -279,6 +335,7 @@ impl Totals {
         self.tokens_spent += tokens_spent;
         self.tokens_saved += tokens_saved;
         self.resumed_units += resumed_units;
+        self.retries += retries;
     }
 }
 
@@ -292,6 +349,8 @@ fn process(
     sink: &mut File,
     i: u32,
     work: Duration,
+    fail_rate: f64,
+    dice: &mut Dice,
     t: &mut Totals,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let id = unit_id(i);
@@ -302,11 +361,23 @@ fn process(
 
     // The model call: journaled so that a resumed unit does not pay again.
     // In doubt after a kill it is simply called again (same key).
+    // Transient failures (429s) are retried by the effect's policy; only a
+    // success is recorded, so a resumed unit never pays for it again. The
+    // attempt number is counted durably: retries before a kill count too.
     let mut called = false;
-    let reply: ModelReply = unit.run(Effect::retry_same_key("model"), |_ctx| {
+    let mut attempt = 1u32;
+    let model = Effect::retry_same_key("model").retry(model_retry_policy());
+    let reply: ModelReply = unit.run(model, |ctx| {
         called = true;
-        Ok::<_, std::io::Error>(fake_model(&format!("summarize record {i}")))
+        attempt = ctx.attempt_number();
+        if dice.roll(fail_rate) {
+            return Err(StepError::transient("model: HTTP 429 Too Many Requests"));
+        }
+        Ok(fake_model(&format!("summarize record {i}")))
     })?;
+    if called {
+        t.retries += u64::from(attempt.saturating_sub(1));
+    }
     if called {
         t.model_calls += 1;
         t.tokens_spent += reply.tokens;
@@ -329,20 +400,19 @@ fn process(
             // A failed delivery (disk full, I/O error) may have reached the
             // receiver in part: it is in doubt, not failed. Recording the
             // error would replay it on every re-run and wedge this record
-            // forever; stopping here leaves the intent in doubt (durable
-            // already, like after a kill) and a re-run retries the send with
-            // the same key once the sink works again.
-            say_err!(
-                "batch_agent: error: cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
+            // forever; an in-doubt error records nothing (the intent is
+            // durable already, like after a kill), the agent stops, and a
+            // re-run retries the send with the same key.
+            return Err(StepError::in_doubt(format!(
+                "cannot write to the sink ({e}); record {id} stays in doubt, re-run to retry it with key {}",
                 ctx.key()
-            );
-            std::process::exit(2);
+            )));
         }
         t.sent += 1;
         if ctx.attempt() == Attempt::Retry {
             t.resends += 1;
         }
-        Ok::<_, std::io::Error>(())
+        Ok(())
     })?;
     unit.commit()?;
     Ok(())
@@ -433,8 +503,12 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     let finished = AtomicU32::new(start);
     let failed = AtomicBool::new(false);
     let bar = Mutex::new(bar);
-    let worker = |mut sink: File| -> Result<Totals, String> {
+    let worker = |mut sink: File, w: u32| -> Result<Totals, String> {
         let mut t = Totals::default();
+        // Each worker rolls its own dice (seeded apart).
+        let mut dice = Dice::new();
+        dice.0 ^= u64::from(w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        dice.0 |= 1;
         while !failed.load(Ordering::Acquire) {
             // Refused once shutdown began: no new unit starts, the ones in
             // progress (holding their guards) always finish and commit.
@@ -448,7 +522,15 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
                 continue;
             }
-            if let Err(e) = process(&journal, &mut sink, i, work, &mut t) {
+            if let Err(e) = process(
+                &journal,
+                &mut sink,
+                i,
+                work,
+                args.fail_rate,
+                &mut dice,
+                &mut t,
+            ) {
                 failed.store(true, Ordering::Release);
                 return Err(e.to_string());
             }
@@ -475,7 +557,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("worker-{w}"))
-                    .spawn_scoped(s, move || worker(sink))
+                    .spawn_scoped(s, move || worker(sink, w))
                     .map_err(|e| format!("cannot start a worker: {e}"))?,
             );
         }
@@ -529,6 +611,10 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         stats.disk_bytes,
         stats.compactions,
         began.elapsed().as_secs_f64()
+    );
+    say!(
+        "summary: {committed}/{n} committed, {} sent, {} re-sends, {} retries (transient model failures absorbed)",
+        t.sent, t.resends, t.retries
     );
     journal.close()?;
     Ok(committed == n)

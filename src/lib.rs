@@ -67,6 +67,8 @@
 //! * [`runtime`] (feature `tokio`) — graceful shutdown, checkpointed batches,
 //!   the queue's async shell and drain, health endpoints.
 //! * [`inspect`] — the library behind the `wal-inspect` operator tool.
+//! * `fleet` (feature `postgres`) — many workers, one shared work queue and
+//!   idempotency-key store in PostgreSQL; each worker keeps its local journal.
 //!
 //! Test-only code (the fault-injecting `SimStorage`, fuzz entry points, the
 //! queue's `ManualClock`) is compiled only with the `testing` feature.
@@ -100,6 +102,9 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod fleet;
 pub mod inspect;
 pub mod journal;
 pub mod log;

@@ -158,7 +158,7 @@ fn summary_units_show_keys_on_a_real_journal() {
     );
     assert!(
         sh.stdout
-            .contains("`send`: the message may or may not have been sent"),
+            .contains("step #0 `send` may or may not have taken effect"),
         "{}",
         sh.stdout
     );

@@ -36,6 +36,7 @@ from typing import (
     Optional,
     TypeVar,
     Union,
+    cast,
 )
 
 from . import _agentwal
@@ -195,7 +196,7 @@ def _compensator(compensate: Any) -> Callable[[Compensation], Any]:
 
         return refuse
     if callable(compensate):
-        return compensate
+        return cast(Callable[[Compensation], Any], compensate)
     if isinstance(compensate, Mapping):
         table = dict(compensate)
 
@@ -283,7 +284,7 @@ class Unit:
 
     __slots__ = ("_raw", "_kind", "_token", "__weakref__")
 
-    def __init__(self, raw: Any, kind: str) -> None:
+    def __init__(self, raw: _agentwal.RawUnit, kind: str) -> None:
         self._raw = raw
         self._kind = kind
         self._token: Optional[contextvars.Token[Optional[Unit]]] = None
@@ -373,7 +374,7 @@ class Unit:
         _check_policy(name, policy, probe)
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"effect {name!r}: {fn!r} is a coroutine function; use await unit.run_async(...)")
-        return self._raw.run(
+        result: T = self._raw.run(
             name,
             _with_ctx(fn),
             policy,
@@ -381,6 +382,7 @@ class Unit:
             compensable=compensable,
             probe=probe,
         )
+        return result
 
     async def run_async(
         self,
@@ -516,7 +518,7 @@ class Unit:
         self._token = _current.set(self)
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._token is not None:
             _current.reset(self._token)
             self._token = None
@@ -525,7 +527,6 @@ class Unit:
                 self.commit()
         else:
             self.abandon()
-        return False
 
 
 class UnitContext(Unit):
@@ -557,19 +558,18 @@ class AsyncUnitContext:
         self._token = _current.set(self._unit)
         return self._unit
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         unit = self._unit
         if self._token is not None:
             _current.reset(self._token)
             self._token = None
         if unit is None:
-            return False
+            return
         if exc_type is None:
             if not unit.closed:
                 await unit.commit_async()
         else:
             unit.abandon()
-        return False
 
 
 async def _await(aw: Awaitable[T]) -> T:
@@ -709,7 +709,7 @@ class Journal:
             retain_forever=retain_forever,
         )
 
-    def _j(self) -> Any:
+    def _j(self) -> _agentwal.RawJournal:
         return self._raw
 
     @property

@@ -228,7 +228,7 @@ def run(args: argparse.Namespace, shutdown: Shutdown) -> bool:
     )
     os.close(sink_fd)
     journal.close()
-    return committed == n
+    return bool(committed == n)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -37,7 +37,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from contextlib import contextmanager
 
@@ -83,7 +83,7 @@ def timeout_from_env() -> float:
     return parse_timeout(v)
 
 
-_REASONS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+_REASONS: Dict[int, str] = {int(signal.SIGTERM): "SIGTERM", int(signal.SIGINT): "SIGINT"}
 
 
 class Shutdown:
@@ -100,7 +100,7 @@ class Shutdown:
         self._event = threading.Event()
         self._exit_at_deadline = False
         self._watchdog: Optional[threading.Thread] = None
-        self._async_waiters: list = []
+        self._async_waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
 
     # -- installing -----------------------------------------------------------
 
@@ -284,7 +284,7 @@ class Shutdown:
         if self.triggered:
             return
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: "asyncio.Future[None]" = loop.create_future()
         entry = (loop, fut)
         self._async_waiters.append(entry)
         try:

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwal::journal::{
-    self, Attempt, AutoCompact, Compensation, Effect, EffectCtx, Journal, JournalOptions, Outcome,
-    Probe, Retention, Unit, UnitState,
+    self, Attempt, Compensation, Effect, EffectCtx, Journal, JournalOptions, Outcome, Probe, Unit,
+    UnitState,
 };
 use agentwal::queue::{self, Claimed, NackOutcome, QueueOptions, WorkQueue};
 use parking_lot::Mutex;
@@ -497,6 +497,16 @@ where
         })
 }
 
+/// What a call on a unit handle found.
+enum Access<R> {
+    /// Another call holds the handle (an effect is running).
+    Busy,
+    /// The handle was committed, rolled back or abandoned.
+    Closed,
+    /// The call ran.
+    Done(R),
+}
+
 enum Unwound {
     Interrupted,
     Panic(String),
@@ -639,10 +649,8 @@ impl RawJournal {
             opts.log.segment_size = sz;
         }
         if compact_every_records.is_some() || compact_every_bytes.is_some() {
-            opts.auto_compact = AutoCompact {
-                every_records: compact_every_records,
-                every_bytes: compact_every_bytes,
-            };
+            opts.auto_compact.every_records = compact_every_records;
+            opts.auto_compact.every_bytes = compact_every_bytes;
         }
         if retain_keys.is_some() || retain_seconds.is_some() {
             let max_age = match retain_seconds {
@@ -657,16 +665,12 @@ impl RawJournal {
                 Some(x) => Some(Duration::from_secs_f64(x)),
                 None => None,
             };
-            opts.retention = Retention {
-                max_keys: retain_keys,
-                max_age,
-            };
+            opts.retention.max_keys = retain_keys;
+            opts.retention.max_age = max_age;
         }
         if retain_forever {
-            opts.retention = Retention {
-                max_keys: None,
-                max_age: None,
-            };
+            opts.retention.max_keys = None;
+            opts.retention.max_age = None;
         }
         let dir = path.clone();
         let j = py
@@ -1052,6 +1056,31 @@ struct RawUnit {
 }
 
 impl RawUnit {
+    /// Runs `f` on the handle without waiting for it: the handle is held for
+    /// the whole of a `run` (the Rust unit is borrowed mutably while the
+    /// effect's Python code runs), so waiting here from inside that code, or
+    /// from the event loop an async step runs on, would deadlock.
+    fn with<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Option<Unit>) -> R + Send,
+    ) -> PyResult<R> {
+        py.allow_threads(|| self.inner.try_lock().map(|mut g| f(&mut g)))
+            .ok_or_else(|| self.busy_err(py))
+    }
+
+    fn busy_err(&self, py: Python<'_>) -> PyErr {
+        make_err(
+            py,
+            "InvalidCall",
+            format!(
+                "unit {:?} is running an effect right now: a unit is used by one thread or task at a time, and not from inside its own effects",
+                self.id
+            ),
+            vec![("unit", s(py, &self.id))],
+        )
+    }
+
     fn closed_err(&self, py: Python<'_>) -> PyErr {
         make_err(
             py,
@@ -1098,25 +1127,26 @@ impl RawUnit {
     /// True once committed, rolled back or abandoned.
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
-        py.allow_threads(|| self.inner.lock().is_none())
+        // Busy running an effect means open.
+        py.allow_threads(|| self.inner.try_lock().is_some_and(|g| g.is_none()))
     }
 
     /// The step the next `run` will use.
     fn next_step(&self, py: Python<'_>) -> PyResult<u32> {
-        py.allow_threads(|| self.inner.lock().as_ref().map(|u| u.next_step()))
+        self.with(py, |g| g.as_ref().map(|u| u.next_step()))?
             .ok_or_else(|| self.closed_err(py))
     }
 
     /// Effects recorded for this unit so far (replayed or new).
     fn recorded_effects(&self, py: Python<'_>) -> PyResult<usize> {
-        py.allow_threads(|| self.inner.lock().as_ref().map(|u| u.recorded_effects()))
+        self.with(py, |g| g.as_ref().map(|u| u.recorded_effects()))?
             .ok_or_else(|| self.closed_err(py))
     }
 
     /// Status of step `seq`: not_started, in_doubt, completed, failed, compensated.
     fn effect_status(&self, py: Python<'_>, seq: u32) -> PyResult<String> {
-        let st = py
-            .allow_threads(|| self.inner.lock().as_ref().map(|u| u.effect_status(seq)))
+        let st = self
+            .with(py, |g| g.as_ref().map(|u| u.effect_status(seq)))?
             .ok_or_else(|| self.closed_err(py))?;
         Ok(format!("{st:?}")
             .chars()
@@ -1134,8 +1164,8 @@ impl RawUnit {
 
     /// The payload recorded by the unit's begin record.
     fn payload(&self, py: Python<'_>) -> PyResult<PyObject> {
-        let v: Value = py
-            .allow_threads(|| self.inner.lock().as_ref().map(|u| u.payload()))
+        let v: Value = self
+            .with(py, |g| g.as_ref().map(|u| u.payload()))?
             .ok_or_else(|| self.closed_err(py))?
             .map_err(|e| journal_err(py, e))?;
         Ok(to_py(py, &v))
@@ -1143,8 +1173,8 @@ impl RawUnit {
 
     /// The state saved by the latest checkpoint, or None.
     fn last_checkpoint(&self, py: Python<'_>) -> PyResult<PyObject> {
-        let v: Option<Value> = py
-            .allow_threads(|| self.inner.lock().as_ref().map(|u| u.last_checkpoint()))
+        let v: Option<Value> = self
+            .with(py, |g| g.as_ref().map(|u| u.last_checkpoint()))?
             .ok_or_else(|| self.closed_err(py))?
             .map_err(|e| journal_err(py, e))?;
         Ok(v.map_or_else(|| py.None(), |v| to_py(py, &v)))
@@ -1153,7 +1183,7 @@ impl RawUnit {
     /// Saves JSON-able `state` durably; returns its LSN.
     fn checkpoint(&self, py: Python<'_>, state: &Bound<'_, PyAny>) -> PyResult<u64> {
         let value = to_json(state, &format!("checkpoint of unit {:?}", self.id))?;
-        py.allow_threads(|| self.inner.lock().as_mut().map(|u| u.checkpoint(&value)))
+        self.with(py, |g| g.as_mut().map(|u| u.checkpoint(&value)))?
             .ok_or_else(|| self.closed_err(py))?
             .map_err(|e| journal_err(py, e))
     }
@@ -1210,9 +1240,13 @@ impl RawUnit {
         let conv = converting.clone();
         let what = format!("result of effect {name:?}");
         let r = without_gil(py, || {
-            let mut g = self.inner.lock();
-            let unit = g.as_mut()?;
-            Some(unit.run(effect, |ctx| {
+            let Some(mut g) = self.inner.try_lock() else {
+                return Access::Busy;
+            };
+            let Some(unit) = g.as_mut() else {
+                return Access::Closed;
+            };
+            Access::Done(unit.run(effect, |ctx| {
                 let out = call_py(&sl, &f, ctx_obj(ctx))?;
                 // Convert before anything is recorded: a value that would
                 // not replay is refused (TypeError / ValueError) and the
@@ -1235,9 +1269,10 @@ impl RawUnit {
                 self.inner.lock().take();
                 Err(u.into_err(py, &slot))
             }
-            Ok(None) => Err(self.closed_err(py)),
-            Ok(Some(Ok(v))) => Ok(to_py(py, &v)),
-            Ok(Some(Err(e))) => {
+            Ok(Access::Busy) => Err(self.busy_err(py)),
+            Ok(Access::Closed) => Err(self.closed_err(py)),
+            Ok(Access::Done(Ok(v))) => Ok(to_py(py, &v)),
+            Ok(Access::Done(Err(e))) => {
                 let from_py = slot.lock().take();
                 match (&e, from_py) {
                     // The effect returned a value that is not JSON-able
@@ -1260,12 +1295,9 @@ impl RawUnit {
 
     /// Commits the unit durably; returns the commit LSN.
     fn commit(&self, py: Python<'_>) -> PyResult<u64> {
-        let r = py.allow_threads(|| {
-            let mut g = self.inner.lock();
-            // Refused commits (an effect in doubt) keep the handle open.
-            let u = g.take()?;
-            Some(u.commit())
-        });
+        // `Unit::commit` consumes the unit: the handle is closed whatever
+        // the outcome (a refused commit leaves the unit incomplete).
+        let r = self.with(py, |g| g.take().map(|u| u.commit()))?;
         r.ok_or_else(|| self.closed_err(py))?
             .map_err(|e| journal_err(py, e))
     }
@@ -1276,14 +1308,22 @@ impl RawUnit {
         let slot: Slot = Arc::default();
         let sl = slot.clone();
         let r = without_gil(py, || {
-            let u = self.inner.lock().take()?;
-            Some(u.rollback(&reason, |c| {
+            let Some(mut g) = self.inner.try_lock() else {
+                return Access::Busy;
+            };
+            let Some(u) = g.take() else {
+                return Access::Closed;
+            };
+            // The handle is released before the compensations run.
+            drop(g);
+            Access::Done(u.rollback(&reason, |c| {
                 call_py(&sl, &compensate, compensation_obj(c)).map(|_| ())
             }))
         });
         let r = match r {
-            Ok(None) => return Err(self.closed_err(py)),
-            Ok(Some(x)) => Ok(x),
+            Ok(Access::Busy) => return Err(self.busy_err(py)),
+            Ok(Access::Closed) => return Err(self.closed_err(py)),
+            Ok(Access::Done(x)) => Ok(x),
             Err(u) => Err(u),
         };
         finish_rollback(py, r, &slot)
@@ -1291,9 +1331,10 @@ impl RawUnit {
 
     /// Closes the handle without committing: the unit stays incomplete and
     /// resumable (as after a crash). Idempotent.
-    fn abandon(&self, py: Python<'_>) {
-        let u = py.allow_threads(|| self.inner.lock().take());
+    fn abandon(&self, py: Python<'_>) -> PyResult<()> {
+        let u = self.with(py, |g| g.take())?;
         drop(u);
+        Ok(())
     }
 }
 

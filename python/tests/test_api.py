@@ -492,3 +492,20 @@ def test_every_error_class_is_an_agentwal_error():
         assert issubclass(cls, agentwal.Error), name
         assert getattr(agentwal, name) is cls, name
         assert cls.__doc__, name
+
+
+def test_using_the_unit_from_inside_its_own_effect_raises_instead_of_deadlocking(journal):
+    with journal.unit("re") as unit:
+        seen = []
+
+        def step(ctx):
+            seen.append(unit.closed)
+            with pytest.raises(agentwal.InvalidCall, match="running an effect"):
+                unit.checkpoint({"x": 1})
+            with pytest.raises(agentwal.InvalidCall, match="running an effect"):
+                unit.run("inner", lambda: 1, policy="retry_same_key")
+            return "ok"
+
+        assert unit.run("outer", step, policy="retry_same_key") == "ok"
+        assert seen == [False]
+    assert journal.unit_state("re") == "committed"

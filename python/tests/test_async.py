@@ -191,3 +191,47 @@ def test_shutdown_wait_async_and_drain_tasks(monkeypatch):
             s.begin_unit()
 
     run(main())
+
+
+def test_install_async_turns_sigterm_into_a_graceful_shutdown():
+    import os
+    import signal
+
+    async def main():
+        s = agentwal.Shutdown.install_async(timeout=5)
+        loop = asyncio.get_running_loop()
+        try:
+            loop.call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(s.wait_async(), 5)
+            assert s.reason == "SIGTERM" and s.exit_code == 0
+            assert 0 < s.remaining() <= 5
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+
+    run(main())
+
+
+def test_shutdown_timeout_env_is_validated(monkeypatch):
+    monkeypatch.setenv("SHUTDOWN_TIMEOUT", "2.5")
+    assert agentwal.Shutdown().timeout == 2.5
+    monkeypatch.setenv("SHUTDOWN_TIMEOUT", "")
+    assert agentwal.Shutdown().timeout == 25
+    for bad in ("-1", "nan", "soon", "100000"):
+        monkeypatch.setenv("SHUTDOWN_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="SHUTDOWN_TIMEOUT"):
+            agentwal.Shutdown()
+
+
+def test_an_async_step_touching_its_unit_raises_instead_of_blocking_the_loop(journal):
+    async def main():
+        async with journal.unit_async("are") as unit:
+
+            async def step(ctx):
+                with pytest.raises(agentwal.InvalidCall, match="running an effect"):
+                    unit.checkpoint({"x": 1})
+                return 1
+
+            assert await asyncio.wait_for(unit.run_async("s", step, policy="retry_same_key"), 10) == 1
+
+    run(main())

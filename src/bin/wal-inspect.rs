@@ -228,7 +228,14 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32, Error> {
             if json {
                 out.json(&rows)?;
             } else {
-                out.text(&text::units(&rows))?;
+                let compacted = ins::summary::CompactedUnits {
+                    committed: view.compacted_committed,
+                    aborted: view.compacted_aborted,
+                };
+                let snapshot = (view.snapshot_lsn > 0).then_some(view.snapshot_lsn);
+                out.text(&text::units_with_compacted(
+                    &rows, state, compacted, snapshot,
+                ))?;
             }
             Ok(0)
         }

@@ -43,6 +43,7 @@ pub mod repair;
 mod semantics;
 pub mod summary;
 pub mod text;
+pub mod time;
 pub mod units;
 pub mod verify;
 

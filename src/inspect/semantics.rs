@@ -9,6 +9,8 @@ use crate::journal::{JournalRecord, JournalView, UnitState};
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Stats {
     pub units: UnitCounts,
+    /// Of `units`, those folded into the snapshot (counted, not listed).
+    pub compacted: super::summary::CompactedUnits,
     pub in_doubt_effects: u64,
     pub idempotency_keys: u64,
     pub error: Option<String>,
@@ -35,6 +37,10 @@ pub(crate) fn stats_of(view: &JournalView) -> Stats {
             aborted: view.compacted_aborted + count(UnitState::Aborted),
             incomplete: count(UnitState::Incomplete),
         },
+        compacted: super::summary::CompactedUnits {
+            committed: view.compacted_committed,
+            aborted: view.compacted_aborted,
+        },
         in_doubt_effects: view.units.iter().map(|u| u.effects_in_doubt() as u64).sum(),
         idempotency_keys: view.keys.len() as u64,
         error: None,
@@ -47,5 +53,8 @@ pub(crate) fn decode_record(kind: u8, payload: &[u8]) -> Option<serde_json::Valu
         return None;
     }
     let rec = JournalRecord::decode(kind, payload).ok()?;
-    serde_json::to_value(&rec).ok()
+    let mut v = serde_json::to_value(&rec).ok()?;
+    // `at` and `age` next to `at_ms`, for people (nothing renamed).
+    super::time::annotate(&mut v, super::time::now_ms());
+    Some(v)
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::open::{display, CorruptionInfo, Inspection, TornTailInfo};
+use super::queue::QueueCounts;
 use super::semantics;
 use crate::log::Lsn;
 
@@ -18,7 +19,25 @@ pub struct UnitCounts {
     pub incomplete: u64,
 }
 
-/// The `summary` report. Field names are a fixed interface (`--json`).
+/// Finished units folded into the snapshot by compaction: they are counted in
+/// [`UnitCounts`] but no longer listed by `units` (their records are gone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CompactedUnits {
+    /// Committed units known only by their count.
+    pub committed: u64,
+    /// Aborted units known only by their count.
+    pub aborted: u64,
+}
+
+impl CompactedUnits {
+    /// Both together.
+    pub fn total(&self) -> u64 {
+        self.committed + self.aborted
+    }
+}
+
+/// The `summary` report. Field names are a fixed interface (`--json`); new
+/// fields are only ever added.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// The journal directory.
@@ -40,6 +59,9 @@ pub struct Summary {
     pub snapshot_lsn: Option<Lsn>,
     /// Units by state.
     pub units: UnitCounts,
+    /// Of `units`, the finished ones compacted into the snapshot: counted
+    /// above, not listed by `units` or `show`.
+    pub units_compacted: CompactedUnits,
     /// Effects whose intent was recorded without an outcome.
     pub in_doubt_effects: u64,
     /// Idempotency keys known to the journal.
@@ -55,6 +77,12 @@ pub struct Summary {
     pub journal_error: Option<String>,
     /// Files left by earlier repairs (saved cuts, set-aside segments).
     pub leftovers: Vec<String>,
+    /// Work-queue items dead-lettered (failed `max_attempts` times): they
+    /// wait for an operator (`wal-inspect queue --redrive` / `--purge-dead`).
+    /// 0 when the journal has no queue.
+    pub dead_letters: u64,
+    /// The work queue's items by state, when the journal has a queue.
+    pub queue: Option<QueueCounts>,
 }
 
 /// Builds the summary of an opened journal.
@@ -62,6 +90,12 @@ pub fn summary(insp: &Inspection) -> Summary {
     let scan = insp.reader().scan();
     let f = insp.findings();
     let sem = semantics::stats(insp);
+    // The queue's own log, read-only like the journal's. A missing or
+    // unreadable queue leaves the journal's summary as it is.
+    let queue = super::queue::queue(insp.storage().clone(), insp.dir())
+        .ok()
+        .filter(|q| q.present)
+        .map(|q| q.counts);
     Summary {
         dir: display(insp.dir()),
         segments: scan.segments.len() as u64,
@@ -72,6 +106,7 @@ pub fn summary(insp: &Inspection) -> Summary {
         last_lsn: scan.last_lsn(),
         snapshot_lsn: f.snapshot.as_ref().map(|s| s.lsn),
         units: sem.units,
+        units_compacted: sem.compacted,
         in_doubt_effects: sem.in_doubt_effects,
         idempotency_keys: sem.idempotency_keys,
         torn_tail_bytes: f.torn_tail.as_ref().map_or(0, |t| t.bytes),
@@ -79,5 +114,7 @@ pub fn summary(insp: &Inspection) -> Summary {
         corruption: f.corruption.first().cloned(),
         journal_error: sem.error,
         leftovers: f.leftovers.clone(),
+        dead_letters: queue.map_or(0, |q| q.dead_lettered),
+        queue,
     }
 }

@@ -6,10 +6,11 @@ use std::fmt::Write;
 use super::dump::DumpRecord;
 use super::queue::QueueReport;
 use super::repair::RepairReport;
-use super::summary::Summary;
+use super::summary::{CompactedUnits, Summary};
 use super::units::{UnitDetail, UnitRow};
 use super::verify::VerifyReport;
-use crate::journal::KeyView;
+use crate::journal::{KeyView, UnitState};
+use crate::log::Lsn;
 
 /// A plain text table: left-aligned columns separated by two spaces.
 #[derive(Debug, Clone, Default)]
@@ -116,6 +117,15 @@ pub fn summary(s: &Summary) -> String {
         "units              {} committed, {} aborted, {} incomplete",
         s.units.committed, s.units.aborted, s.units.incomplete
     );
+    if s.units_compacted.total() > 0 {
+        let _ = writeln!(
+            o,
+            "                   of which {} committed and {} aborted were compacted into the snapshot{}: counted, not listed by `units`",
+            s.units_compacted.committed,
+            s.units_compacted.aborted,
+            s.snapshot_lsn.map(|l| format!(" (LSN {l})")).unwrap_or_default()
+        );
+    }
     let _ = writeln!(o, "in-doubt effects   {}", s.in_doubt_effects);
     let _ = writeln!(o, "idempotency keys   {}", s.idempotency_keys);
     match &s.torn_tail {
@@ -147,6 +157,31 @@ pub fn summary(s: &Summary) -> String {
     }
     for l in &s.leftovers {
         let _ = writeln!(o, "leftover file      {l}");
+    }
+    match &s.queue {
+        Some(q) => {
+            let _ = writeln!(
+                o,
+                "work queue         {} pending, {} in flight, {} acked",
+                q.pending, q.in_flight, q.acked
+            );
+            let _ = writeln!(
+                o,
+                "dead letters       {}{}",
+                s.dead_letters,
+                if s.dead_letters > 0 {
+                    format!(
+                        " (failed too often; see wal-inspect queue {}, then --redrive or --purge-dead)",
+                        s.dir
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(o, "dead letters       0 (no work queue)");
+        }
     }
     if s.units.incomplete > 0 {
         let _ = writeln!(
@@ -323,6 +358,19 @@ pub fn queue(q: &QueueReport) -> String {
 
 /// `units` as a table.
 pub fn units(rows: &[UnitRow]) -> String {
+    units_with_compacted(rows, None, CompactedUnits::default(), None)
+}
+
+/// `units` as a table, with a footer that says how many finished units of
+/// the asked-for state were compacted into the snapshot (counted by
+/// `summary`, no longer listed), so "317 unit(s)" does not read as a
+/// contradiction of "1000 committed".
+pub fn units_with_compacted(
+    rows: &[UnitRow],
+    state: Option<UnitState>,
+    compacted: CompactedUnits,
+    snapshot_lsn: Option<Lsn>,
+) -> String {
     let mut t = Table::new(&[
         "UNIT",
         "KIND",
@@ -350,7 +398,24 @@ pub fn units(rows: &[UnitRow]) -> String {
         ]);
     }
     let mut o = t.render();
-    let _ = writeln!(o, "{} unit(s)", rows.len());
+    let hidden = match state {
+        None => compacted.total(),
+        Some(UnitState::Committed) => compacted.committed,
+        Some(UnitState::Aborted) => compacted.aborted,
+        Some(UnitState::Incomplete) => 0,
+    };
+    if hidden == 0 {
+        let _ = writeln!(o, "{} unit(s)", rows.len());
+    } else {
+        let _ = writeln!(
+            o,
+            "{} unit(s) listed; {hidden} more finished unit(s) ({} committed, {} aborted) were compacted into the snapshot{} and are only counted (see `summary`)",
+            rows.len(),
+            if state == Some(UnitState::Aborted) { 0 } else { compacted.committed },
+            if state == Some(UnitState::Committed) { 0 } else { compacted.aborted },
+            snapshot_lsn.map(|l| format!(" at LSN {l}")).unwrap_or_default()
+        );
+    }
     o
 }
 
@@ -388,9 +453,23 @@ pub fn show(d: &UnitDetail) -> String {
         );
         let _ = writeln!(o, "       {}", e.explanation);
     }
+    let time_of = |kinds: &[&str]| {
+        d.history
+            .iter()
+            .find(|h| kinds.contains(&h.kind.as_str()))
+            .and_then(|h| h.at.clone().zip(h.age.clone()))
+            .map(|(at, age)| format!("{at} ({age})"))
+    };
+    if let Some(began) = time_of(&["unit_begin"]) {
+        let ended = time_of(&["commit", "abort"])
+            .map(|e| format!(", ended {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(o, "time      began {began}{ended}");
+    }
     let _ = writeln!(o, "\nhistory:");
     for h in &d.history {
-        let _ = writeln!(o, "  {:>8}  {:<21} {}", h.lsn, h.kind, h.record);
+        let at = h.at.as_deref().unwrap_or("-");
+        let _ = writeln!(o, "  {:>8}  {:<24} {:<21} {}", h.lsn, at, h.kind, h.record);
     }
     if let Some(n) = &d.note {
         let _ = writeln!(o, "  ({n})");

@@ -98,8 +98,12 @@ pub struct HistoryEntry {
     /// Record type (`unit_begin`, `effect_intent`, ...).
     #[serde(rename = "type")]
     pub kind: String,
-    /// The decoded record.
+    /// The decoded record (with `at` and `age` added next to its `at_ms`).
     pub record: serde_json::Value,
+    /// When the record was written (RFC 3339, UTC), from its `at_ms`.
+    pub at: Option<String>,
+    /// How long before this inspection that was (`3m 12s ago`).
+    pub age: Option<String>,
 }
 
 /// The `show` report: a unit's full history, effect by effect.
@@ -164,6 +168,7 @@ pub fn show(insp: &Inspection, view: &JournalView, id: &str) -> Result<UnitDetai
     let reader = insp.reader();
     let from = reader.snapshot().map_or(1, |s| s.lsn + 1);
     let mut history = Vec::new();
+    let now = super::time::now_ms();
     for rec in reader.iter_from(from) {
         let rec = rec?;
         if !JournalRecord::is_journal_kind(rec.kind) {
@@ -174,10 +179,15 @@ pub fn show(insp: &Inspection, view: &JournalView, id: &str) -> Result<UnitDetai
             continue;
         };
         if j.unit() == id {
+            let mut record = serde_json::to_value(&j).unwrap_or(serde_json::Value::Null);
+            let at_ms = record.get("at_ms").and_then(serde_json::Value::as_u64);
+            super::time::annotate(&mut record, now);
             history.push(HistoryEntry {
                 lsn: rec.lsn,
                 kind: j.type_name().to_string(),
-                record: serde_json::to_value(&j).unwrap_or(serde_json::Value::Null),
+                record,
+                at: at_ms.map(super::time::rfc3339),
+                age: at_ms.map(|ms| super::time::age(ms, now)),
             });
         }
     }
@@ -258,10 +268,12 @@ pub fn explain(e: &EffectView) -> String {
             e.key
         ),
         EffectState::InDoubt => {
+            // Facts only: the journal knows the name, the key, the policy and
+            // that an intent was recorded without an outcome; it does not
+            // know what the effect does, so it does not guess from its name.
             let what = format!(
-                "IN DOUBT: intent recorded at LSN {}, no outcome: {}",
-                e.intent_lsn,
-                may_or_may_not(&e.name)
+                "IN DOUBT: intent recorded at LSN {}, no outcome: step #{} `{}` may or may not have taken effect (the process stopped after recording its intent and before recording its outcome)",
+                e.intent_lsn, e.seq, e.name
             );
             let policy = match e.policy.as_str() {
                 "retry_same_key" => format!(
@@ -280,22 +292,6 @@ pub fn explain(e: &EffectView) -> String {
             };
             format!("{what}; {policy}")
         }
-    }
-}
-
-/// "the message may or may not have been sent", in words that fit the
-/// effect's name when it says what it does.
-fn may_or_may_not(name: &str) -> String {
-    let n = name.to_ascii_lowercase();
-    let has = |words: &[&str]| words.iter().any(|w| n.contains(w));
-    if has(&["send", "message", "mail", "notify", "publish", "post"]) {
-        format!("`{name}`: the message may or may not have been sent")
-    } else if has(&["model", "llm", "call", "api", "request", "fetch"]) {
-        format!("`{name}`: the call may or may not have been made")
-    } else if has(&["charge", "pay", "refund", "transfer"]) {
-        format!("`{name}`: the payment may or may not have gone through")
-    } else {
-        format!("`{name}` may or may not have happened")
     }
 }
 

@@ -309,6 +309,65 @@ pub enum Error {
         reason: String,
     },
 
+    /// The step reported that it does not know whether its attempt happened
+    /// ([`super::ErrorClass::InDoubt`]): nothing was recorded, the effect
+    /// stays in doubt, and resuming the unit applies its in-doubt policy.
+    #[error("unit {unit:?}, step {step}: effect {effect:?} (key {key:?}) left in doubt: {message}; resume the unit to retry it with the same key")]
+    LeftInDoubt {
+        /// The unit.
+        unit: String,
+        /// The step.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// Idempotency key.
+        key: String,
+        /// The step's error.
+        message: String,
+    },
+
+    /// Transient failures used up the retry policy and the policy says
+    /// [`super::OnExhausted::LeaveInDoubt`]: the effect stays in doubt (the
+    /// failed attempts are recorded) and a resume starts a new round.
+    #[error("unit {unit:?}, step {step}: effect {effect:?} (key {key:?}) gave up after attempt {attempts}: {message}; it stays in doubt, resume the unit to try again with the same key")]
+    RetriesExhausted {
+        /// The unit.
+        unit: String,
+        /// The step.
+        step: u32,
+        /// Effect name.
+        effect: String,
+        /// Idempotency key.
+        key: String,
+        /// Attempts made so far (all rounds).
+        attempts: u32,
+        /// The last error and why the policy stopped.
+        message: String,
+    },
+
+    /// An operator asked for this unit to be aborted; it runs nothing more.
+    /// Roll it back ([`super::Journal::rollback`]) to run its compensations.
+    #[error("unit {unit:?}: abort requested by {by:?} ({reason}); roll it back to run its compensations")]
+    AbortRequested {
+        /// The unit.
+        unit: String,
+        /// Who asked.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// An operator decision cannot be applied (the step is not in doubt,
+    /// the unit is not incomplete, no such approval is pending, a result does
+    /// not fit the step's recorded shape, ...). Nothing was written.
+    #[error("unit {unit:?}: operator command refused: {reason}")]
+    OperatorRefused {
+        /// The unit.
+        unit: String,
+        /// Why.
+        reason: String,
+    },
+
     /// Invalid journal options.
     #[error("invalid journal option: {0}")]
     InvalidOptions(String),
@@ -330,6 +389,8 @@ impl Error {
             | Error::KeyBusy { .. }
             | Error::ReconcileFailed { .. }
             | Error::CompensationFailed { .. }
+            | Error::LeftInDoubt { .. }
+            | Error::RetriesExhausted { .. }
             | Error::Task(_) => true,
             _ => false,
         }

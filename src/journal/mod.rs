@@ -84,6 +84,7 @@
 
 mod error;
 pub(crate) mod record;
+mod retry;
 mod state;
 mod unit;
 pub mod view;
@@ -96,7 +97,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 pub use error::{Error, Result};
-pub use record::{JournalRecord, Outcome, OutcomeVia, PolicyKind};
+pub use record::{JournalRecord, OperatorAction, Outcome, OutcomeVia, PolicyKind};
+pub use retry::{ErrorClass, OnExhausted, RetryPolicy, StepError};
 pub use state::{EffectStatus, Retention};
 pub use unit::{
     default_key, Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit,
@@ -281,6 +283,41 @@ struct Inner {
 
 /// An open journal, exclusively owning its directory. Cheap to clone; safe
 /// to share between threads (units on different threads share `fdatasync`s).
+///
+/// # Example
+///
+/// A unit that is cut short (here: dropped before its commit, as a kill
+/// would leave it) resumes after a reopen: the recorded effect is not run
+/// again, its result comes back from the journal.
+///
+/// ```
+/// use agentwal::{Effect, Journal, JournalOptions, UnitState};
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// let journal = Journal::open(dir, JournalOptions::default())?;
+/// let mut unit = journal.begin("invoice-9", "invoice", &serde_json::json!({"amount": 120}))?;
+/// let pdf: String = unit.run(Effect::retry_same_key("render"), |_ctx| {
+///     Ok::<_, std::io::Error>("invoice-9.pdf".to_string())
+/// })?;
+/// drop(unit); // no commit: the process "died" here
+/// journal.close()?;
+///
+/// let journal = Journal::open(dir, JournalOptions::default())?;
+/// assert_eq!(journal.unit_state("invoice-9"), Some(UnitState::Incomplete));
+/// let mut unit = journal.begin("invoice-9", "invoice", &serde_json::json!({"amount": 120}))?;
+/// assert!(unit.is_resumed());
+/// let mut ran = false;
+/// let again: String = unit.run(Effect::retry_same_key("render"), |_ctx| {
+///     ran = true;
+///     Ok::<_, std::io::Error>(String::new())
+/// })?;
+/// assert!(!ran, "a recorded effect is not run again");
+/// assert_eq!(again, pdf);
+/// unit.commit()?;
+/// assert_eq!(journal.unit_state("invoice-9"), Some(UnitState::Committed));
+/// journal.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Journal {
     inner: Arc<Inner>,

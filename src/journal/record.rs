@@ -32,6 +32,14 @@ pub const KIND_ABORT: u8 = 6;
 pub const KIND_COMPENSATION_INTENT: u8 = 7;
 /// Record kind of [`JournalRecord::CompensationOutcome`].
 pub const KIND_COMPENSATION_OUTCOME: u8 = 8;
+/// Record kind of [`JournalRecord::AttemptFailed`].
+pub const KIND_ATTEMPT_FAILED: u8 = 10;
+/// Record kind of [`JournalRecord::AttemptStarted`].
+pub const KIND_ATTEMPT_STARTED: u8 = 11;
+/// Record kind of [`JournalRecord::Operator`].
+pub const KIND_OPERATOR: u8 = 12;
+/// Record kind of [`JournalRecord::ApprovalRequest`].
+pub const KIND_APPROVAL_REQUEST: u8 = 13;
 /// Lowest log record kind owned by the journal.
 pub const JOURNAL_KIND_MIN: u8 = 1;
 /// Highest log record kind owned by the journal.
@@ -112,6 +120,31 @@ pub enum OutcomeVia {
     KeyIndex,
     /// An operator resolved the in-doubt effect by hand.
     Operator,
+}
+
+/// What an operator decided ([`JournalRecord::Operator`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum OperatorAction {
+    /// An in-doubt effect is settled by hand.
+    Resolve {
+        /// The step.
+        seq: u32,
+        /// True: it happened (with `result`); false: it did not happen and
+        /// the unit may run it again with the same key.
+        happened: bool,
+        /// The result handed to the resumed unit when it happened.
+        result: Option<Value>,
+    },
+    /// The unit is to be abandoned; compensations (if any) run in the agent.
+    Abort,
+    /// A pending approval is decided.
+    Approve {
+        /// The approval's name.
+        name: String,
+        /// True: approved; false: rejected.
+        approved: bool,
+    },
 }
 
 /// One journal record. The `unit` field always names the unit it belongs to.
@@ -201,6 +234,65 @@ pub enum JournalRecord {
         /// Its result.
         outcome: Outcome,
     },
+    /// Attempt `attempt` of effect `seq` failed with a transient error (or
+    /// the step said it did not happen); durable before the backoff.
+    AttemptFailed {
+        /// Unit id.
+        unit: String,
+        /// The step.
+        seq: u32,
+        /// The attempt that failed (1 = the first run).
+        attempt: u32,
+        /// The error.
+        message: String,
+        /// True when the step reported that the attempt did not happen.
+        not_happened: bool,
+        /// The next attempt starts no earlier than this (ms since the epoch).
+        retry_at_ms: u64,
+        /// No attempt starts after this (ms since the epoch), if bounded.
+        deadline_ms: Option<u64>,
+        /// True when the policy gave up and left the effect in doubt.
+        gave_up: bool,
+        /// Wall clock, milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+    /// Attempt `attempt` (2 or more) of effect `seq` starts; durable before it runs.
+    AttemptStarted {
+        /// Unit id.
+        unit: String,
+        /// The step.
+        seq: u32,
+        /// The attempt number.
+        attempt: u32,
+        /// Wall clock, milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+    /// An operator's decision (`wal-inspect resolve|abort|approve` or the
+    /// same library calls), attributed.
+    Operator {
+        /// Unit id.
+        unit: String,
+        /// What was decided.
+        #[serde(flatten)]
+        action: OperatorAction,
+        /// Who decided.
+        by: String,
+        /// Why (free text, may be empty).
+        reason: String,
+        /// Wall clock, milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+    /// The unit asks a human for approval `name`, showing `payload`.
+    ApprovalRequest {
+        /// Unit id.
+        unit: String,
+        /// The approval's name (unique within the unit).
+        name: String,
+        /// What the approver is shown.
+        payload: Value,
+        /// Wall clock, milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
 }
 
 impl JournalRecord {
@@ -215,6 +307,10 @@ impl JournalRecord {
             JournalRecord::Abort { .. } => KIND_ABORT,
             JournalRecord::CompensationIntent { .. } => KIND_COMPENSATION_INTENT,
             JournalRecord::CompensationOutcome { .. } => KIND_COMPENSATION_OUTCOME,
+            JournalRecord::AttemptFailed { .. } => KIND_ATTEMPT_FAILED,
+            JournalRecord::AttemptStarted { .. } => KIND_ATTEMPT_STARTED,
+            JournalRecord::Operator { .. } => KIND_OPERATOR,
+            JournalRecord::ApprovalRequest { .. } => KIND_APPROVAL_REQUEST,
         }
     }
 
@@ -229,6 +325,10 @@ impl JournalRecord {
             JournalRecord::Abort { .. } => "abort",
             JournalRecord::CompensationIntent { .. } => "compensation_intent",
             JournalRecord::CompensationOutcome { .. } => "compensation_outcome",
+            JournalRecord::AttemptFailed { .. } => "attempt_failed",
+            JournalRecord::AttemptStarted { .. } => "attempt_started",
+            JournalRecord::Operator { .. } => "operator",
+            JournalRecord::ApprovalRequest { .. } => "approval_request",
         }
     }
 
@@ -242,7 +342,11 @@ impl JournalRecord {
             | JournalRecord::Commit { unit, .. }
             | JournalRecord::Abort { unit, .. }
             | JournalRecord::CompensationIntent { unit, .. }
-            | JournalRecord::CompensationOutcome { unit, .. } => unit,
+            | JournalRecord::CompensationOutcome { unit, .. }
+            | JournalRecord::AttemptFailed { unit, .. }
+            | JournalRecord::AttemptStarted { unit, .. }
+            | JournalRecord::Operator { unit, .. }
+            | JournalRecord::ApprovalRequest { unit, .. } => unit,
         }
     }
 
@@ -270,7 +374,9 @@ impl JournalRecord {
     /// assert!(JournalRecord::decode(6, &rec.encode()).is_err()); // kind mismatch
     /// ```
     pub fn decode(kind: u8, payload: &[u8]) -> Result<JournalRecord, Error> {
-        if !(KIND_UNIT_BEGIN..=KIND_COMPENSATION_OUTCOME).contains(&kind) {
+        if !(KIND_UNIT_BEGIN..=KIND_COMPENSATION_OUTCOME).contains(&kind)
+            && !(KIND_ATTEMPT_FAILED..=KIND_APPROVAL_REQUEST).contains(&kind)
+        {
             return Err(Error::UnknownRecordKind { kind });
         }
         let rec: JournalRecord = serde_json::from_slice(payload).map_err(|e| Error::BadRecord {
@@ -348,9 +454,43 @@ mod tests {
                 key: "u/send/0/compensate".into(),
             },
             JournalRecord::CompensationOutcome {
-                unit,
+                unit: unit.clone(),
                 seq: 0,
                 outcome: Outcome::Ok { value: Value::Null },
+            },
+            JournalRecord::AttemptFailed {
+                unit: unit.clone(),
+                seq: 0,
+                attempt: 1,
+                message: "429".into(),
+                not_happened: false,
+                retry_at_ms: 9,
+                deadline_ms: Some(99),
+                gave_up: false,
+                at_ms: 5,
+            },
+            JournalRecord::AttemptStarted {
+                unit: unit.clone(),
+                seq: 0,
+                attempt: 2,
+                at_ms: 6,
+            },
+            JournalRecord::Operator {
+                unit: unit.clone(),
+                action: OperatorAction::Resolve {
+                    seq: 0,
+                    happened: true,
+                    result: Some(serde_json::json!({"id": 3})),
+                },
+                by: "alice".into(),
+                reason: "checked the bank".into(),
+                at_ms: 7,
+            },
+            JournalRecord::ApprovalRequest {
+                unit,
+                name: "refund".into(),
+                payload: serde_json::json!({"amount": 5}),
+                at_ms: 8,
             },
         ]
     }

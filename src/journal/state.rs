@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{Error, Result};
-use super::record::{JournalRecord, Outcome, OutcomeVia, PolicyKind};
+use super::record::{JournalRecord, OperatorAction, Outcome, OutcomeVia, PolicyKind};
 use super::view::{KeyStatus, UnitState};
 
 /// One effect of a unit as replayed.
@@ -33,6 +33,54 @@ pub(crate) struct EffectRec {
     pub comp_intent: Option<u64>,
     /// The compensation's outcome and LSN.
     pub comp_outcome: Option<(Outcome, u64)>,
+    /// Attempts started after the first (each has a durable attempt-started record).
+    #[serde(default)]
+    pub retries: u32,
+    /// The latest transient failure, if it is the latest attempt's.
+    #[serde(default)]
+    pub last_failure: Option<AttemptFailure>,
+    /// The attempt at which the retry policy last gave up (a new round of
+    /// attempts starts after it).
+    #[serde(default)]
+    pub round_base: u32,
+    /// An operator declared that the in-doubt effect did not happen: it may
+    /// run again (same key), whatever its policy.
+    #[serde(default)]
+    pub not_happened: Option<OperatorNote>,
+    /// The operator who resolved it, when resolved by hand.
+    #[serde(default)]
+    pub resolved_by: Option<OperatorNote>,
+}
+
+/// A transient failure of one attempt, recorded durably before the backoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AttemptFailure {
+    pub attempt: u32,
+    pub message: String,
+    pub not_happened: bool,
+    pub retry_at_ms: u64,
+    pub deadline_ms: Option<u64>,
+    pub gave_up: bool,
+}
+
+/// Who did what to a unit, when and why (an operator record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OperatorNote {
+    pub what: String,
+    pub by: String,
+    pub reason: String,
+    pub at_ms: u64,
+    pub lsn: u64,
+}
+
+/// An approval a unit asked for, and the decision once recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ApprovalRec {
+    pub payload: Value,
+    pub requested_lsn: u64,
+    pub requested_at_ms: u64,
+    /// Approved?, who, when, LSN.
+    pub decision: Option<(bool, OperatorNote)>,
 }
 
 /// Classification of one effect position of an incomplete unit after replay.
@@ -55,6 +103,7 @@ impl EffectRec {
     pub(crate) fn status(&self) -> EffectStatus {
         match (&self.outcome, &self.comp_outcome) {
             (_, Some((o, _))) if o.is_ok() => EffectStatus::Compensated,
+            (None, _) if self.not_happened.is_some() => EffectStatus::NotStarted,
             (None, _) => EffectStatus::InDoubt,
             (Some((o, _, _)), _) if o.is_ok() => EffectStatus::Completed,
             (Some(_), _) => EffectStatus::Failed,
@@ -74,6 +123,24 @@ pub(crate) struct UnitRec {
     pub checkpoint: Option<(u64, Value)>,
     pub end: Option<(UnitState, u64)>,
     pub abort_reason: Option<String>,
+    /// Approvals asked for, by name.
+    #[serde(default)]
+    pub approvals: std::collections::BTreeMap<String, ApprovalRec>,
+    /// An operator asked for the unit to be rolled back.
+    #[serde(default)]
+    pub abort_requested: Option<OperatorNote>,
+    /// Every operator action on the unit, in order.
+    #[serde(default)]
+    pub operator_log: Vec<OperatorNote>,
+}
+
+impl UnitRec {
+    /// True when a rollback has something to compensate.
+    pub(crate) fn needs_compensation(&self) -> bool {
+        self.effects.iter().any(|e| {
+            e.compensable && matches!(e.status(), EffectStatus::Completed | EffectStatus::InDoubt)
+        })
+    }
 }
 
 impl UnitRec {
@@ -220,6 +287,9 @@ impl State {
                         checkpoint: None,
                         end: None,
                         abort_reason: None,
+                        approvals: Default::default(),
+                        abort_requested: None,
+                        operator_log: Vec::new(),
                     },
                 );
             }
@@ -251,6 +321,11 @@ impl State {
                     outcome: None,
                     comp_intent: None,
                     comp_outcome: None,
+                    retries: 0,
+                    last_failure: None,
+                    round_base: 0,
+                    not_happened: None,
+                    resolved_by: None,
                 });
                 // A settled key stays settled (first settlement wins); an
                 // unknown key becomes in doubt until its outcome arrives.
@@ -351,6 +426,153 @@ impl State {
                     return Err(bad(unit, format!("step {seq} compensated twice")));
                 }
                 e.comp_outcome = Some((outcome.clone(), lsn));
+            }
+            JournalRecord::AttemptFailed {
+                unit,
+                seq,
+                attempt,
+                message,
+                not_happened,
+                retry_at_ms,
+                deadline_ms,
+                gave_up,
+                ..
+            } => {
+                let u = self.live_mut(lsn, unit, "attempt failure")?;
+                let e = Self::effect_mut(u, lsn, *seq, "attempt failure")?;
+                if e.outcome.is_some() || *attempt != e.retries + 1 {
+                    return Err(bad(
+                        unit,
+                        format!(
+                            "failure of attempt {attempt} of step {seq}, whose latest attempt is {}{}",
+                            e.retries + 1,
+                            if e.outcome.is_some() { " and which has an outcome" } else { "" }
+                        ),
+                    ));
+                }
+                e.last_failure = Some(AttemptFailure {
+                    attempt: *attempt,
+                    message: message.clone(),
+                    not_happened: *not_happened,
+                    retry_at_ms: *retry_at_ms,
+                    deadline_ms: *deadline_ms,
+                    gave_up: *gave_up,
+                });
+                if *gave_up {
+                    e.round_base = *attempt;
+                }
+            }
+            JournalRecord::AttemptStarted {
+                unit, seq, attempt, ..
+            } => {
+                let u = self.live_mut(lsn, unit, "attempt start")?;
+                let e = Self::effect_mut(u, lsn, *seq, "attempt start")?;
+                if e.outcome.is_some() || *attempt != e.retries + 2 {
+                    return Err(bad(
+                        unit,
+                        format!(
+                            "start of attempt {attempt} of step {seq}, expected attempt {}",
+                            e.retries + 2
+                        ),
+                    ));
+                }
+                e.retries += 1;
+                e.last_failure = None;
+                e.not_happened = None;
+            }
+            JournalRecord::ApprovalRequest {
+                unit,
+                name,
+                payload,
+                at_ms,
+            } => {
+                let u = self.live_mut(lsn, unit, "approval request")?;
+                u.approvals
+                    .entry(name.clone())
+                    .or_insert_with(|| ApprovalRec {
+                        payload: payload.clone(),
+                        requested_lsn: lsn,
+                        requested_at_ms: *at_ms,
+                        decision: None,
+                    });
+            }
+            JournalRecord::Operator {
+                unit,
+                action,
+                by,
+                reason,
+                at_ms,
+            } => {
+                let note = |what: String| OperatorNote {
+                    what,
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at_ms: *at_ms,
+                    lsn,
+                };
+                let u = self.live_mut(lsn, unit, "operator decision")?;
+                match action {
+                    OperatorAction::Resolve {
+                        seq,
+                        happened,
+                        result,
+                    } => {
+                        let e = Self::effect_mut(u, lsn, *seq, "operator resolution")?;
+                        if e.outcome.is_some() || e.not_happened.is_some() {
+                            return Err(bad(unit, format!("step {seq} is not in doubt")));
+                        }
+                        let what = if *happened {
+                            format!("resolved step {seq} ({}) as happened", e.name)
+                        } else {
+                            format!("resolved step {seq} ({}) as not happened", e.name)
+                        };
+                        let n = note(what);
+                        if *happened {
+                            let rec = JournalRecord::EffectOutcome {
+                                unit: unit.clone(),
+                                seq: *seq,
+                                key: e.key.clone(),
+                                outcome: Outcome::Ok {
+                                    value: result.clone().unwrap_or(Value::Null),
+                                },
+                                via: OutcomeVia::Operator,
+                                at_ms: *at_ms,
+                            };
+                            e.resolved_by = Some(n.clone());
+                            u.operator_log.push(n);
+                            return self.apply(lsn, &rec);
+                        }
+                        e.not_happened = Some(n.clone());
+                        u.operator_log.push(n);
+                    }
+                    OperatorAction::Abort => {
+                        if u.abort_requested.is_some() {
+                            return Err(bad(unit, "abort requested twice".into()));
+                        }
+                        let n = note("abort".into());
+                        u.operator_log.push(n.clone());
+                        if u.needs_compensation() {
+                            u.abort_requested = Some(n);
+                        } else {
+                            let why = format!("operator abort by {by}: {reason}");
+                            self.end_unit(unit, UnitState::Aborted, lsn, *at_ms, Some(why));
+                        }
+                    }
+                    OperatorAction::Approve { name, approved } => {
+                        let Some(a) = u.approvals.get_mut(name) else {
+                            return Err(bad(unit, format!("no approval {name:?} was requested")));
+                        };
+                        if a.decision.is_some() {
+                            return Err(bad(unit, format!("approval {name:?} decided twice")));
+                        }
+                        let n = note(format!(
+                            "{} {name:?}",
+                            if *approved { "approved" } else { "rejected" }
+                        ));
+                        a.decision = Some((*approved, n.clone()));
+                        u.operator_log.push(n);
+                    }
+                }
             }
         }
         self.last_lsn = self.last_lsn.max(lsn);

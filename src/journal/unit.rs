@@ -35,6 +35,7 @@ use serde_json::Value;
 
 use super::error::{Error, Result};
 use super::record::{now_ms, JournalRecord, Outcome, OutcomeVia, PolicyKind};
+use super::retry::{classify, jitter_draw, ErrorClass, OnExhausted, RetryPolicy};
 use super::state::EffectStatus;
 use super::Journal;
 use crate::log::Durability;
@@ -96,9 +97,15 @@ pub struct EffectCtx {
     seq: u32,
     key: String,
     attempt: Attempt,
+    number: u32,
 }
 
 impl EffectCtx {
+    /// The attempt number, from 1, counted durably across crashes (a
+    /// transient failure's retry and an in-doubt re-run both count).
+    pub fn attempt_number(&self) -> u32 {
+        self.number
+    }
     /// The unit id.
     pub fn unit(&self) -> &str {
         &self.unit
@@ -158,11 +165,46 @@ impl<T> Policy<'_, T> {
 /// The default idempotency key is `<unit id>/<escaped effect name>/<step>`,
 /// where the effect name has `%` written as `%25` and `/` as `%2F` (see
 /// [`default_key`]): no two (unit, name, step) triples share a key.
+///
+/// # Example
+///
+/// One unit, the three in-doubt policies:
+///
+/// ```
+/// use agentwal::{Effect, Journal, JournalOptions, Probe};
+/// # let tmp = tempfile::tempdir()?;
+/// let journal = Journal::open(tmp.path(), JournalOptions::default())?;
+/// let mut unit = journal.begin("refund-3", "refund", &serde_json::json!({"order": 3}))?;
+///
+/// // Safe to repeat: the payment API de-duplicates on the key. Compensable:
+/// // a rollback of the unit runs its compensation.
+/// let charge: u64 = unit.run(Effect::retry_same_key("refund").compensable(), |ctx| {
+///     // payments.refund(order, idempotency_key = ctx.key())
+///     Ok::<_, std::io::Error>(ctx.key().len() as u64)
+/// })?;
+///
+/// // No de-duplicating receiver and must not happen twice: if it is in
+/// // doubt after a crash, the unit stops with `Error::InDoubt` for an operator.
+/// unit.run(Effect::never_repeat("print-cheque"), |_ctx| Ok::<_, std::io::Error>(()))?;
+///
+/// // In doubt → ask the outside world whether it happened.
+/// let ticket: String = unit.run(
+///     Effect::reconcile("open-ticket", |_ctx| {
+///         // tickets.find(ctx.key()).map(Probe::Happened)
+///         Ok::<_, std::io::Error>(Probe::NotHappened)
+///     }),
+///     |ctx| Ok::<_, std::io::Error>(format!("T-{}", ctx.key().len())),
+/// )?;
+/// unit.commit()?;
+/// assert!(charge > 0 && ticket.starts_with("T-"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Effect<'p, T> {
     name: String,
     key: Option<String>,
     policy: Policy<'p, T>,
     compensable: bool,
+    retry: RetryPolicy,
 }
 
 impl<T> std::fmt::Debug for Effect<'_, T> {
@@ -172,6 +214,7 @@ impl<T> std::fmt::Debug for Effect<'_, T> {
             .field("key", &self.key)
             .field("policy", &self.policy.kind())
             .field("compensable", &self.compensable)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -209,7 +252,15 @@ impl<'p, T> Effect<'p, T> {
             key: None,
             policy,
             compensable: false,
+            retry: RetryPolicy::none(),
         }
+    }
+
+    /// Retries transient failures under `policy` (see [`RetryPolicy`] and
+    /// [`super::ErrorClass`]); the default is one attempt.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 
     /// Uses an explicit idempotency key instead of the derived one
@@ -272,7 +323,45 @@ enum Prep {
     /// In doubt; this unit's intent for the step is at this LSN (recorded
     /// earlier, or appended now because the key is in doubt in another
     /// unit) and must be durable before anything runs.
-    InDoubt(EffectCtx, u64, KeyGuard),
+    InDoubt(EffectCtx, u64, KeyGuard, Resume),
+}
+
+/// Where the attempts of an in-doubt effect stand.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    /// The last started attempt is known not to have happened, or failed
+    /// transiently and awaits its retry: run again whatever the policy.
+    rerun: bool,
+    /// Do not start before (ms since the epoch).
+    not_before_ms: u64,
+    /// The round's base (attempts before the current round).
+    round_base: u32,
+    /// The round's deadline.
+    deadline_ms: Option<u64>,
+}
+
+/// The retry round in progress.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    base: u32,
+    deadline_ms: Option<u64>,
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    /// Record this message as the effect's failed outcome.
+    Record(String),
+    /// Record nothing; return this error (the effect stays in doubt).
+    Stop(Error),
+    /// Append these records durably (the failure record, then after
+    /// `wait` the start record) and run again.
+    Retry {
+        failed: JournalRecord,
+        wait: std::time::Duration,
+        started: JournalRecord,
+    },
+    /// Append the failure record durably and return the error.
+    GiveUp(JournalRecord, Error),
 }
 
 /// An open unit. Obtained from [`Journal::begin`] (new or resumed); ended
@@ -500,6 +589,7 @@ impl Unit {
             seq,
             key: key.to_string(),
             attempt,
+            number: 1,
         };
         if let Some(e) = u.effects.get(seq as usize) {
             let key_differs = key.is_some_and(|k| k != e.key);
@@ -562,8 +652,18 @@ impl Unit {
                     // the caller waits for `intent_lsn` before running.
                     None => {
                         let intent_lsn = e.intent_lsn;
+                        let lf = e.last_failure.as_ref();
+                        let resume = Resume {
+                            rerun: e.not_happened.is_some()
+                                || lf.is_some_and(|f| !f.gave_up || f.not_happened),
+                            not_before_ms: lf.map_or(0, |f| f.retry_at_ms),
+                            round_base: e.round_base,
+                            deadline_ms: lf.filter(|f| !f.gave_up).and_then(|f| f.deadline_ms),
+                        };
+                        let mut c = ctx(&key, Attempt::Retry);
+                        c.number = e.retries + 1;
                         let held = self.hold_key(&key, name, seq)?;
-                        Prep::InDoubt(ctx(&key, Attempt::Retry), intent_lsn, held)
+                        Prep::InDoubt(c, intent_lsn, held, resume)
                     }
                 },
             });
@@ -599,7 +699,13 @@ impl Unit {
                 // this process is executing it.
                 let held = self.hold_key(&key, name, seq)?;
                 let lsn = self.j().append_locked(&mut st, id, &[intent])?;
-                Prep::InDoubt(ctx(&key, Attempt::Retry), lsn, held)
+                let resume = Resume {
+                    rerun: false,
+                    not_before_ms: 0,
+                    round_base: 0,
+                    deadline_ms: None,
+                };
+                Prep::InDoubt(ctx(&key, Attempt::Retry), lsn, held, resume)
             }
             None => {
                 let held = self.hold_key(&key, name, seq)?;
@@ -797,26 +903,28 @@ impl Unit {
     /// assert_eq!(replayed, 1234);
     /// again.commit().unwrap();
     /// ```
-    pub fn run<T, E, F>(&mut self, effect: Effect<'_, T>, f: F) -> Result<T>
+    pub fn run<T, E, F>(&mut self, effect: Effect<'_, T>, mut f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
-        E: Display,
-        F: FnOnce(&EffectCtx) -> std::result::Result<T, E>,
+        E: Display + 'static,
+        F: FnMut(&EffectCtx) -> std::result::Result<T, E>,
     {
         let Effect {
             name,
             key,
             policy,
             compensable,
+            retry,
         } = effect;
         let seq = self.next_seq;
-        let prep = self.prepare(&name, key.as_deref(), policy.kind(), compensable)?;
+        let kind = policy.kind();
+        let prep = self.prepare(&name, key.as_deref(), kind, compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();
-        match prep {
+        let (mut ctx, via, _held, mut round, rerun_at) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
-                self.decode(seq, &name, o)
+                return self.decode(seq, &name, o);
             }
             Prep::Reuse(ctx, intent, o) => {
                 // The key settled earlier: nothing runs; record the reuse so
@@ -827,7 +935,7 @@ impl Unit {
                     Durability::Buffered,
                 )?;
                 self.next_seq += 1;
-                self.decode(seq, &name, o)
+                return self.decode(seq, &name, o);
             }
             Prep::Settled(ctx, o) => {
                 j.append(
@@ -836,47 +944,206 @@ impl Unit {
                     Durability::Buffered,
                 )?;
                 self.next_seq += 1;
-                self.decode(seq, &name, o)
+                return self.decode(seq, &name, o);
             }
-            Prep::Fresh(ctx, lsn, _held) => {
+            Prep::Fresh(ctx, lsn, held) => {
                 // Syncs the intent only when the policy needs it (see
                 // `intent_before_run`).
                 self.intent_before_run(policy.kind(), lsn)?;
-                self.next_seq += 1;
-                let r = f(&ctx);
-                // `_held` keeps the key until the outcome is appended.
-                self.finish(&ctx, r, OutcomeVia::Run)
+                let round = Round {
+                    base: 0,
+                    deadline_ms: None,
+                };
+                (ctx, OutcomeVia::Run, held, round, None)
             }
-            Prep::InDoubt(ctx, intent_lsn, _held) => {
+            Prep::InDoubt(ctx, intent_lsn, held, resume) => {
                 // Returns at once for a durable intent; fails (poisoned)
                 // for one whose sync failed, so `f` never runs without it.
                 j.inner.log.wait_durable(intent_lsn)?;
-                match policy {
-                    Policy::NeverRepeat => Err(self.in_doubt_error(&ctx)),
-                    Policy::RetrySameKey => {
-                        self.next_seq += 1;
-                        let r = f(&ctx);
-                        self.finish(&ctx, r, OutcomeVia::Retry)
+                let round = Round {
+                    base: resume.round_base,
+                    deadline_ms: resume.deadline_ms,
+                };
+                if resume.rerun {
+                    (
+                        ctx,
+                        OutcomeVia::Retry,
+                        held,
+                        round,
+                        Some(resume.not_before_ms),
+                    )
+                } else {
+                    match policy {
+                        Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
+                        Policy::RetrySameKey => (ctx, OutcomeVia::Retry, held, round, Some(0)),
+                        Policy::Reconcile(probe) => match probe(&ctx) {
+                            Ok(Probe::Happened(v)) => {
+                                self.next_seq += 1;
+                                return self.finish(
+                                    &ctx,
+                                    Ok::<T, String>(v),
+                                    OutcomeVia::Reconcile,
+                                );
+                            }
+                            Ok(Probe::NotHappened) => {
+                                (ctx, OutcomeVia::Retry, held, round, Some(0))
+                            }
+                            Err(message) => {
+                                return Err(Error::ReconcileFailed {
+                                    unit: ctx.unit.clone(),
+                                    step: ctx.seq,
+                                    effect: ctx.name.clone(),
+                                    message,
+                                })
+                            }
+                        },
                     }
-                    Policy::Reconcile(probe) => match probe(&ctx) {
-                        Ok(Probe::Happened(v)) => {
-                            self.next_seq += 1;
-                            self.finish(&ctx, Ok::<T, String>(v), OutcomeVia::Reconcile)
-                        }
-                        Ok(Probe::NotHappened) => {
-                            self.next_seq += 1;
-                            let r = f(&ctx);
-                            self.finish(&ctx, r, OutcomeVia::Retry)
-                        }
-                        Err(message) => Err(Error::ReconcileFailed {
-                            unit: ctx.unit.clone(),
-                            step: ctx.seq,
-                            effect: ctx.name.clone(),
-                            message,
-                        }),
-                    },
                 }
             }
+        };
+        if let Some(not_before) = rerun_at {
+            // A re-run is one more attempt: counted durably before it runs.
+            let wait = not_before.saturating_sub(now_ms());
+            if wait > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(wait));
+            }
+            ctx.number += 1;
+            j.append(&id, &[Self::started_record(&ctx)], Durability::Durable)?;
+        }
+        if round.deadline_ms.is_none() {
+            round.deadline_ms = retry.deadline.map(|d| now_ms() + d.as_millis() as u64);
+        }
+        self.next_seq += 1;
+        loop {
+            let err = match f(&ctx) {
+                Ok(v) => return self.finish(&ctx, Ok::<T, String>(v), via),
+                Err(e) => e,
+            };
+            let (class, after) = classify(&err);
+            match self.after_failure(
+                &ctx,
+                kind,
+                &retry,
+                &mut round,
+                class,
+                after,
+                err.to_string(),
+            ) {
+                Next::Record(message) => return self.finish(&ctx, Err::<T, String>(message), via),
+                Next::Stop(e) => return Err(e),
+                Next::GiveUp(rec, e) => {
+                    j.append(&id, &[rec], Durability::Durable)?;
+                    return Err(e);
+                }
+                Next::Retry {
+                    failed,
+                    wait,
+                    started,
+                } => {
+                    // Durable before the backoff: a crash while waiting
+                    // neither forgets nor repeats the failed attempt.
+                    j.append(&id, &[failed], Durability::Durable)?;
+                    std::thread::sleep(wait);
+                    j.append(&id, &[started], Durability::Durable)?;
+                    ctx.number += 1;
+                    ctx.attempt = Attempt::Retry;
+                }
+            }
+        }
+    }
+
+    fn started_record(ctx: &EffectCtx) -> JournalRecord {
+        JournalRecord::AttemptStarted {
+            unit: ctx.unit.clone(),
+            seq: ctx.seq,
+            attempt: ctx.number,
+            at_ms: now_ms(),
+        }
+    }
+
+    /// Decides what follows a failed attempt (see [`super::retry`]).
+    #[allow(clippy::too_many_arguments)]
+    fn after_failure(
+        &self,
+        ctx: &EffectCtx,
+        kind: PolicyKind,
+        retry: &RetryPolicy,
+        round: &mut Round,
+        class: ErrorClass,
+        after: Option<std::time::Duration>,
+        message: String,
+    ) -> Next {
+        let limit = (self.j().inner.opts.max_payload_bytes / 2) as usize;
+        let message = clip(message, limit.min(64 << 10));
+        let retryable = match class {
+            ErrorClass::Permanent => return Next::Record(message),
+            ErrorClass::InDoubt => {
+                return Next::Stop(Error::LeftInDoubt {
+                    unit: ctx.unit.clone(),
+                    step: ctx.seq,
+                    effect: ctx.name.clone(),
+                    key: ctx.key.clone(),
+                    message,
+                })
+            }
+            // The attempt may have happened: at most once means no retry.
+            ErrorClass::Transient => kind != PolicyKind::NeverRepeat,
+            ErrorClass::NotHappened => true,
+        };
+        if !retryable
+            || (retry.max_attempts <= 1 && retry.on_exhausted == OnExhausted::RecordFailure)
+        {
+            return Next::Record(message);
+        }
+        let now = now_ms();
+        let n = ctx.number;
+        let used = n.saturating_sub(round.base);
+        let wait = retry
+            .delay_before(used + 1, jitter_draw(&ctx.key))
+            .max(after.unwrap_or_default());
+        let retry_at_ms = now + wait.as_millis() as u64;
+        let out_of_attempts = used >= retry.max_attempts;
+        let out_of_time = round.deadline_ms.is_some_and(|d| retry_at_ms > d);
+        let failed = |gave_up: bool| JournalRecord::AttemptFailed {
+            unit: ctx.unit.clone(),
+            seq: ctx.seq,
+            attempt: n,
+            message: message.clone(),
+            not_happened: class == ErrorClass::NotHappened,
+            retry_at_ms,
+            deadline_ms: round.deadline_ms,
+            gave_up,
+            at_ms: now,
+        };
+        if out_of_attempts || out_of_time {
+            let why = if out_of_attempts {
+                format!("{used} attempts used")
+            } else {
+                "deadline reached".to_string()
+            };
+            return match retry.on_exhausted {
+                OnExhausted::RecordFailure => {
+                    Next::Record(format!("{message} (gave up after attempt {n}: {why})"))
+                }
+                OnExhausted::LeaveInDoubt => Next::GiveUp(
+                    failed(true),
+                    Error::RetriesExhausted {
+                        unit: ctx.unit.clone(),
+                        step: ctx.seq,
+                        effect: ctx.name.clone(),
+                        key: ctx.key.clone(),
+                        attempts: n,
+                        message: format!("{message} ({why})"),
+                    },
+                ),
+            };
+        }
+        let mut next = ctx.clone();
+        next.number += 1;
+        Next::Retry {
+            failed: failed(false),
+            wait,
+            started: Self::started_record(&next),
         }
     }
 
@@ -1071,11 +1338,11 @@ impl Unit {
     /// Async [`Unit::run`]: `f` returns a future; every journal write runs on
     /// tokio's blocking pool so no runtime worker waits for `fdatasync`.
     /// A reconcile probe runs inline (keep it quick or make it non-blocking).
-    pub async fn run_async<T, E, F, Fut>(&mut self, effect: Effect<'_, T>, f: F) -> Result<T>
+    pub async fn run_async<T, E, F, Fut>(&mut self, effect: Effect<'_, T>, mut f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
-        E: Display,
-        F: FnOnce(EffectCtx) -> Fut,
+        E: Display + 'static,
+        F: FnMut(EffectCtx) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, E>>,
     {
         let Effect {
@@ -1083,9 +1350,11 @@ impl Unit {
             key,
             policy,
             compensable,
+            retry,
         } = effect;
         let seq = self.next_seq;
-        let prep = self.prepare(&name, key.as_deref(), policy.kind(), compensable)?;
+        let kind = policy.kind();
+        let prep = self.prepare(&name, key.as_deref(), kind, compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();
         let write = |recs: Vec<JournalRecord>, d: Durability| {
@@ -1096,7 +1365,7 @@ impl Unit {
             let j = j.clone();
             super::blocking(move || Ok(j.inner.log.wait_durable(lsn)?))
         };
-        let (ctx, via, _held) = match prep {
+        let (mut ctx, via, _held, mut round, rerun_at) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
                 return self.decode(seq, &name, o);
@@ -1122,43 +1391,116 @@ impl Unit {
                 if intent_needs_sync(policy.kind()) {
                     wait_durable(lsn).await?;
                 }
-                (ctx, OutcomeVia::Run, held)
+                let round = Round {
+                    base: 0,
+                    deadline_ms: None,
+                };
+                (ctx, OutcomeVia::Run, held, round, None)
             }
-            Prep::InDoubt(ctx, intent_lsn, held) => {
+            Prep::InDoubt(ctx, intent_lsn, held, resume) => {
                 // See `run`: never run on a non-durable intent.
                 wait_durable(intent_lsn).await?;
-                match policy {
-                    Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
-                    Policy::RetrySameKey => (ctx, OutcomeVia::Retry, held),
-                    Policy::Reconcile(probe) => match probe(&ctx) {
-                        Ok(Probe::Happened(v)) => {
-                            self.next_seq += 1;
-                            let (rec, ret) =
-                                self.outcome_of(&ctx, Ok::<T, String>(v), OutcomeVia::Reconcile);
-                            write(vec![rec], Durability::Buffered).await?;
-                            return ret;
-                        }
-                        Ok(Probe::NotHappened) => (ctx, OutcomeVia::Retry, held),
-                        Err(message) => {
-                            return Err(Error::ReconcileFailed {
-                                unit: ctx.unit.clone(),
-                                step: ctx.seq,
-                                effect: ctx.name.clone(),
-                                message,
-                            })
-                        }
-                    },
+                let round = Round {
+                    base: resume.round_base,
+                    deadline_ms: resume.deadline_ms,
+                };
+                if resume.rerun {
+                    (
+                        ctx,
+                        OutcomeVia::Retry,
+                        held,
+                        round,
+                        Some(resume.not_before_ms),
+                    )
+                } else {
+                    match policy {
+                        Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
+                        Policy::RetrySameKey => (ctx, OutcomeVia::Retry, held, round, Some(0)),
+                        Policy::Reconcile(probe) => match probe(&ctx) {
+                            Ok(Probe::Happened(v)) => {
+                                self.next_seq += 1;
+                                let (rec, ret) = self.outcome_of(
+                                    &ctx,
+                                    Ok::<T, String>(v),
+                                    OutcomeVia::Reconcile,
+                                );
+                                write(vec![rec], Durability::Buffered).await?;
+                                return ret;
+                            }
+                            Ok(Probe::NotHappened) => {
+                                (ctx, OutcomeVia::Retry, held, round, Some(0))
+                            }
+                            Err(message) => {
+                                return Err(Error::ReconcileFailed {
+                                    unit: ctx.unit.clone(),
+                                    step: ctx.seq,
+                                    effect: ctx.name.clone(),
+                                    message,
+                                })
+                            }
+                        },
+                    }
                 }
             }
         };
+        if let Some(not_before) = rerun_at {
+            let wait = not_before.saturating_sub(now_ms());
+            if wait > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            }
+            ctx.number += 1;
+            write(vec![Self::started_record(&ctx)], Durability::Durable).await?;
+        }
+        if round.deadline_ms.is_none() {
+            round.deadline_ms = retry.deadline.map(|d| now_ms() + d.as_millis() as u64);
+        }
         self.next_seq += 1;
-        let r = f(ctx.clone()).await;
-        let (rec, ret) = self.outcome_of(&ctx, r, via);
-        // Buffered (see `finish`).
-        write(vec![rec], Durability::Buffered).await?;
-        ret
+        loop {
+            let attempt = f(ctx.clone());
+            let r = match retry.attempt_timeout {
+                Some(t) => match tokio::time::timeout(t, attempt).await {
+                    Ok(r) => r.map_err(|e| (classify(&e), e.to_string())),
+                    Err(_) => Err((
+                        (ErrorClass::Transient, None),
+                        format!("attempt {} timed out after {t:?}", ctx.number),
+                    )),
+                },
+                None => attempt.await.map_err(|e| (classify(&e), e.to_string())),
+            };
+            let ((class, after), message) = match r {
+                Ok(v) => {
+                    let (rec, ret) = self.outcome_of(&ctx, Ok::<T, String>(v), via);
+                    // Buffered (see `finish`).
+                    write(vec![rec], Durability::Buffered).await?;
+                    return ret;
+                }
+                Err(e) => e,
+            };
+            match self.after_failure(&ctx, kind, &retry, &mut round, class, after, message) {
+                Next::Record(message) => {
+                    let (rec, ret) = self.outcome_of(&ctx, Err::<T, String>(message), via);
+                    write(vec![rec], Durability::Buffered).await?;
+                    return ret;
+                }
+                Next::Stop(e) => return Err(e),
+                Next::GiveUp(rec, e) => {
+                    write(vec![rec], Durability::Durable).await?;
+                    return Err(e);
+                }
+                Next::Retry {
+                    failed,
+                    wait,
+                    started,
+                } => {
+                    write(vec![failed], Durability::Durable).await?;
+                    tokio::time::sleep(wait).await;
+                    write(vec![started], Durability::Durable).await?;
+                    ctx.number += 1;
+                    ctx.attempt = Attempt::Retry;
+                }
+            }
+        }
     }
-
     /// Async [`Unit::checkpoint`].
     pub async fn checkpoint_async<S: Serialize + ?Sized>(&mut self, state: &S) -> Result<u64> {
         let rec = self.checkpoint_record(state)?;

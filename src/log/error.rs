@@ -23,8 +23,9 @@ pub enum Error {
     },
 
     /// Another process (or another `Log` in this process) owns the directory.
-    #[error("journal directory {} is locked by another owner{}; stop that process or open read-only",
-        dir.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    /// The message tells the two apart: when the recorded holder is this
+    /// very process, the directory was opened twice in one program.
+    #[error("{}", locked_message(dir, *pid))]
     Locked {
         /// The journal directory.
         dir: PathBuf,
@@ -121,4 +122,22 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         !matches!(self, Error::Io { .. } | Error::Locked { .. })
     }
+}
+
+/// The text of [`Error::Locked`]: "opened twice in this process" when the
+/// holder's recorded pid is our own (an `flock` held by a live process with
+/// our pid can only be ours), otherwise "another owner (pid N)".
+fn locked_message(dir: &std::path::Path, pid: Option<u32>) -> String {
+    if pid == Some(std::process::id()) {
+        return format!(
+            "journal directory {} is already open in this process (pid {}): a second Journal/Log/WorkQueue on one directory is refused; share the first handle (it is cheap to clone) or close it before opening again",
+            dir.display(),
+            std::process::id()
+        );
+    }
+    format!(
+        "journal directory {} is locked by another owner{}; stop that process or open read-only",
+        dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )
 }

@@ -242,6 +242,32 @@ struct Inner {
 }
 
 /// A durable work queue. Cheap to clone; safe to share between threads.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use agentwal::{QueueOptions, WorkQueue};
+/// # let tmp = tempfile::tempdir()?;
+/// # let journal_dir = tmp.path();
+/// let queue = WorkQueue::open(journal_dir, QueueOptions::default())?;
+/// queue.enqueue_json(&serde_json::json!({"url": "https://example.com/a"}))?;
+/// queue.enqueue_json(&serde_json::json!({"url": "not a url"}))?;
+///
+/// while let Some(item) = queue.claim("worker-1")? {
+///     let job: serde_json::Value = serde_json::from_slice(&item.payload)?;
+///     if job["url"].as_str().is_some_and(|u| u.starts_with("https://")) {
+///         queue.ack(&item)?; // done: never handed out again
+///     } else {
+///         // Failed: back to pending after the delay, dead-lettered after
+///         // `max_attempts`; the error is kept for `wal-inspect queue`.
+///         queue.nack(&item, Duration::from_secs(30), "bad url")?;
+///     }
+/// }
+/// let stats = queue.stats();
+/// assert_eq!((stats.acked_total, stats.pending), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct WorkQueue {
     inner: Arc<Inner>,

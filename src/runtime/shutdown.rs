@@ -154,6 +154,33 @@ struct Inner {
 }
 
 /// The shutdown controller. Cheap to clone; all clones share one state.
+///
+/// # Example
+///
+/// A worker loop that finishes the unit in progress and stops at a signal.
+/// A real program calls [`Shutdown::install_thread`] (reads
+/// `SHUTDOWN_TIMEOUT`, listens for SIGTERM/SIGINT); here a SIGTERM is fed in
+/// by hand:
+///
+/// ```
+/// use std::time::Duration;
+/// use agentwal::runtime::{Shutdown, ShutdownReason};
+///
+/// let shutdown = Shutdown::new(Duration::from_secs(25)); // or Shutdown::install_thread()?
+/// shutdown.set_exit_at_deadline(true); // never outlive the budget
+/// let mut done = 0;
+/// for record in 0..1000 {
+///     // Refused once shutdown began: no new unit starts.
+///     let Ok(_unit) = shutdown.begin_unit() else { break };
+///     if record == 3 {
+///         shutdown.on_signal(ShutdownReason::Sigterm); // the kubelet's SIGTERM
+///     }
+///     done += 1; // ... one journaled unit; it always finishes ...
+/// } // guard dropped: unit done
+/// assert_eq!(done, 4);
+/// assert!(shutdown.wait_units_blocking().all_finished());
+/// assert_eq!(shutdown.exit_code(), 0); // std::process::exit(shutdown.exit_code())
+/// ```
 #[derive(Clone)]
 pub struct Shutdown {
     inner: Arc<Inner>,

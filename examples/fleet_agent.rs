@@ -1,0 +1,463 @@
+//! The fleet agent: many workers drain one shared queue in PostgreSQL; each
+//! keeps its own local journal. See docs/fleet.md.
+//!
+//! ```text
+//! fleet_agent enqueue --pg URL --records N
+//! fleet_agent work    --pg URL --journal DIR --sink FILE --ledger FILE [--work-ms MS] [--worker-id ID] [--exit-when-drained]
+//! fleet_agent status  --pg URL [--json]
+//! ```
+//!
+//! Each record is one unit: a model call (journaled locally, retried with the
+//! same key), the simulated work, a `ledger` effect declared never-repeat
+//! (its intent reaches PostgreSQL before the line `<record-key>\t<worker-id>`
+//! is appended to the ledger file), and a message (journaled locally, retried
+//! with the same key) appending `<idempotency-key>\t<payload>` to the sink.
+//! Then the item is acked with its fencing token, settling the ledger key in
+//! the same round trip, and the local unit commits.
+//!
+//! SIGTERM / SIGINT: the unit in progress finishes, the lease is released or
+//! acked, and the worker exits 0 / 130 within `SHUTDOWN_TIMEOUT`.
+//!
+//! Tuning through the environment (the command line is fixed):
+//! `AGENTWAL_FLEET_LEASE_MS` (visibility timeout, default 30000),
+//! `AGENTWAL_FLEET_MAX_ATTEMPTS` (default 25), `AGENTWAL_FLEET_RETRY_SECS`
+//! (how long a lost PostgreSQL is retried, default 600).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentwal::fleet::{Error as FleetError, Fleet, FleetOptions, Intent, Lease, NewItem, OnDoubt};
+use agentwal::journal::{Effect, Journal, JournalOptions};
+use agentwal::runtime::Shutdown;
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Many workers, one queue in PostgreSQL, one local journal each.
+#[derive(Parser, Debug)]
+#[command(name = "fleet_agent", version, about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Enqueue records record-000000 .. record-(N-1) (idempotent by key).
+    Enqueue {
+        /// PostgreSQL connection URL.
+        #[arg(long)]
+        pg: String,
+        /// Number of records.
+        #[arg(long)]
+        records: u32,
+    },
+    /// Work on the shared queue.
+    Work {
+        /// PostgreSQL connection URL.
+        #[arg(long)]
+        pg: String,
+        /// Local journal directory (created if missing; may be lost).
+        #[arg(long)]
+        journal: PathBuf,
+        /// Sink file: one line per message delivery attempt.
+        #[arg(long)]
+        sink: PathBuf,
+        /// Ledger file: one line per ledger effect (never repeated).
+        #[arg(long)]
+        ledger: PathBuf,
+        /// Simulated work per record, in milliseconds.
+        #[arg(long, default_value_t = 2)]
+        work_ms: u64,
+        /// This worker's id (default: host name and process id).
+        #[arg(long)]
+        worker_id: Option<String>,
+        /// Exit 0 once nothing is pending or in flight.
+        #[arg(long)]
+        exit_when_drained: bool,
+    },
+    /// Print item counts by state.
+    Status {
+        /// PostgreSQL connection URL.
+        #[arg(long)]
+        pg: String,
+        /// One JSON object: {"pending","in_flight","done","dead","in_doubt"}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What the (fake) model answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelReply {
+    text: String,
+    tokens: u64,
+}
+
+/// A deterministic stand-in for an LLM call.
+fn fake_model(prompt: &str) -> ModelReply {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prompt.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    ModelReply {
+        text: format!("summary-{:08x}", h as u32),
+        tokens: 50 + h % 200,
+    }
+}
+
+fn env_u64(name: &str) -> Result<Option<u64>, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|e| format!("{name}={v:?}: {e}")),
+        Err(_) => Ok(None),
+    }
+}
+
+fn options_from_env() -> Result<FleetOptions, String> {
+    let mut o = FleetOptions::default();
+    if let Some(ms) = env_u64("AGENTWAL_FLEET_LEASE_MS")? {
+        o.lease = Duration::from_millis(ms);
+    }
+    if let Some(n) = env_u64("AGENTWAL_FLEET_MAX_ATTEMPTS")? {
+        o.max_attempts =
+            u32::try_from(n).map_err(|e| format!("AGENTWAL_FLEET_MAX_ATTEMPTS: {e}"))?;
+    }
+    if let Some(s) = env_u64("AGENTWAL_FLEET_RETRY_SECS")? {
+        o.retry_budget = Duration::from_secs(s);
+    }
+    Ok(o)
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let shutdown = match Shutdown::install_thread() {
+        Ok(s) => s,
+        Err(e) => {
+            say_err!("fleet_agent: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    shutdown.set_exit_at_deadline(true);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            say_err!("fleet_agent: error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = rt.block_on(async {
+        match args.cmd {
+            Cmd::Enqueue { pg, records } => enqueue(&pg, records).await,
+            Cmd::Status { pg, json } => status(&pg, json).await,
+            Cmd::Work {
+                pg,
+                journal,
+                sink,
+                ledger,
+                work_ms,
+                worker_id,
+                exit_when_drained,
+            } => {
+                let w = Worker {
+                    worker: worker_id.unwrap_or_else(default_worker_id),
+                    work: Duration::from_millis(work_ms),
+                    exit_when_drained,
+                };
+                w.run(&pg, &journal, &sink, &ledger, &shutdown).await
+            }
+        }
+    });
+    rt.shutdown_timeout(Duration::from_millis(100));
+    match r {
+        Ok(()) if shutdown.is_triggered() => ExitCode::from(shutdown.exit_code() as u8),
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            say_err!("fleet_agent: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn record_key(i: u32) -> String {
+    format!("record-{i:06}")
+}
+
+async fn enqueue(pg: &str, records: u32) -> Result<(), BoxError> {
+    let fleet = Fleet::connect(pg, options_from_env()?).await?;
+    let items: Vec<NewItem> = (0..records)
+        .map(|i| NewItem {
+            key: record_key(i),
+            payload: format!("{{\"index\":{i}}}"),
+        })
+        .collect();
+    let added = fleet.enqueue(&items).await?;
+    say!(
+        "fleet_agent: enqueued {added} new records ({} already queued)",
+        u64::from(records) - added
+    );
+    Ok(())
+}
+
+async fn status(pg: &str, json: bool) -> Result<(), BoxError> {
+    let fleet = Fleet::connect(pg, options_from_env()?).await?;
+    let s = fleet.status().await?;
+    if json {
+        say!("{}", serde_json::to_string(&s)?);
+    } else {
+        say!("pending    {}", s.pending);
+        say!("in_flight  {}", s.in_flight);
+        say!("done       {}", s.done);
+        say!("dead       {}", s.dead);
+        say!("in_doubt   {}", s.in_doubt);
+    }
+    Ok(())
+}
+
+struct Worker {
+    worker: String,
+    work: Duration,
+    exit_when_drained: bool,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    done: u64,
+    in_doubt: u64,
+    fenced: u64,
+    ledger_reused: u64,
+}
+
+enum Outcome {
+    Done,
+    InDoubt,
+    Fenced,
+}
+
+/// Appends one line with one `write(2)` (a kill leaves all of it or none);
+/// a failed write leaves the effect in doubt: stop the worker.
+fn append_line(file: &mut File, what: &str, line: &str) {
+    if let Err(e) = file.write_all(line.as_bytes()) {
+        say_err!("fleet_agent: error: cannot write to the {what} ({e}); stopping with the effect in doubt");
+        std::process::exit(2);
+    }
+}
+
+impl Worker {
+    async fn run(
+        &self,
+        pg: &str,
+        journal_dir: &std::path::Path,
+        sink: &std::path::Path,
+        ledger: &std::path::Path,
+        shutdown: &Shutdown,
+    ) -> Result<(), BoxError> {
+        let fleet = Arc::new(Fleet::connect(pg, options_from_env()?).await?);
+        let journal = Journal::open(journal_dir, JournalOptions::small())?;
+        let open = |p: &std::path::Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open {}: {e}", p.display()))
+        };
+        let mut sink = open(sink)?;
+        let mut ledger = open(ledger)?;
+        say!(
+            "fleet_agent: worker {} on journal {} ({} incomplete local units at open)",
+            self.worker,
+            journal_dir.display(),
+            journal.replay_report().incomplete.len()
+        );
+
+        // Lease renewal while working: every third of the visibility timeout.
+        let held: Arc<Mutex<Option<(String, i64)>>> = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let renewer = {
+            let (fleet, held, stop) = (fleet.clone(), held.clone(), stop.clone());
+            let every = fleet.options().lease / 3;
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(every).await;
+                    let cur = held.lock().map(|g| g.clone()).unwrap_or(None);
+                    if let Some(l) = cur {
+                        if let Ok(v) = fleet.renew(std::slice::from_ref(&l)).await {
+                            if v.is_empty() {
+                                say_err!("fleet_agent: lease on {} lost (taken over); the unit will stop at its next step", l.0);
+                            }
+                        }
+                    }
+                }
+            })
+        };
+
+        let began = Instant::now();
+        let mut t = Totals::default();
+        let rt0 = fleet.round_trips();
+        let result = async {
+            while !shutdown.is_triggered() {
+                let leases = fleet.claim(&self.worker, 1).await?;
+                if leases.is_empty() {
+                    if self.exit_when_drained {
+                        let s = fleet.status().await?;
+                        if s.pending == 0 && s.in_flight == 0 {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                for lease in leases {
+                    let guard = match shutdown.begin_unit() {
+                        Ok(g) => g,
+                        Err(_) => {
+                            fleet.release(&lease).await?;
+                            continue;
+                        }
+                    };
+                    if let Ok(mut h) = held.lock() {
+                        *h = Some((lease.key.clone(), lease.fence));
+                    }
+                    let r = self
+                        .process(&fleet, &journal, &lease, &mut sink, &mut ledger, &mut t)
+                        .await;
+                    if let Ok(mut h) = held.lock() {
+                        *h = None;
+                    }
+                    drop(guard);
+                    match r? {
+                        Outcome::Done => t.done += 1,
+                        Outcome::InDoubt => t.in_doubt += 1,
+                        Outcome::Fenced => t.fenced += 1,
+                    }
+                }
+            }
+            Ok::<(), BoxError>(())
+        }
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        renewer.abort();
+        let secs = began.elapsed().as_secs_f64();
+        let rts = fleet.round_trips() - rt0;
+        say!(
+            "fleet_agent: worker {}: {} done, {} in doubt, {} taken over, {} ledger results reused; {:.1} items/s; {} PostgreSQL round trips ({:.2} per done unit)",
+            self.worker,
+            t.done,
+            t.in_doubt,
+            t.fenced,
+            t.ledger_reused,
+            t.done as f64 / secs.max(1e-9),
+            rts,
+            rts as f64 / (t.done.max(1)) as f64
+        );
+        journal.close()?;
+        result
+    }
+
+    async fn process(
+        &self,
+        fleet: &Fleet,
+        journal: &Journal,
+        lease: &Lease,
+        sink: &mut File,
+        ledger: &mut File,
+        t: &mut Totals,
+    ) -> Result<Outcome, BoxError> {
+        let key = &lease.key;
+        let mut unit = match journal.begin(key, "record", &lease.payload) {
+            Ok(u) => u,
+            Err(e) => {
+                // The local journal cannot take this unit (for example a
+                // unit id it already committed): a failed attempt.
+                say_err!("fleet_agent: {key}: local journal refused the unit: {e}");
+                fleet.nack(lease, &e.to_string()).await?;
+                return Ok(Outcome::Fenced);
+            }
+        };
+
+        // 1. The model call: local journal only (retry with the same key).
+        let reply: ModelReply = unit.run(Effect::retry_same_key("model"), |_ctx| {
+            Ok::<_, std::io::Error>(fake_model(&format!("summarize {key}")))
+        })?;
+
+        // 2. The work (a slow step: the lease is renewed meanwhile).
+        tokio::time::sleep(self.work).await;
+
+        // 3. The ledger: never repeat. Intent in PostgreSQL before the write.
+        let ledger_key = format!("{key}/ledger");
+        let ledger_result = match fleet
+            .intent(lease, &ledger_key, &self.worker, OnDoubt::Surface)
+            .await
+        {
+            Ok(Intent::Fresh) => {
+                append_line(ledger, "ledger", &format!("{key}\t{}\n", self.worker));
+                format!("written by {}", self.worker)
+            }
+            Ok(Intent::Settled(r)) => {
+                t.ledger_reused += 1;
+                r.unwrap_or_default()
+            }
+            Ok(Intent::InDoubt) => {
+                say_err!("fleet_agent: {key}: ledger effect {ledger_key} is in doubt (a worker died after recording its intent); left for an operator");
+                return Ok(Outcome::InDoubt);
+            }
+            Err(FleetError::Fenced { .. }) => return Ok(Outcome::Fenced),
+            Err(e) => return Err(e.into()),
+        };
+
+        // 4. The message: local journal only (retry with the same key).
+        unit.run(Effect::retry_same_key("send"), |ctx| {
+            append_line(
+                sink,
+                "sink",
+                &format!("{}\t{key} {}\n", ctx.key(), reply.text),
+            );
+            Ok::<_, std::io::Error>(())
+        })?;
+
+        // 5. Ack with the fence, settling the ledger key: one round trip.
+        match fleet.ack(lease, &[(ledger_key, ledger_result)]).await {
+            Ok(()) => {
+                unit.commit()?;
+                Ok(Outcome::Done)
+            }
+            Err(FleetError::Fenced { .. }) => Ok(Outcome::Fenced),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

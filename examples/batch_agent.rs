@@ -27,7 +27,9 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+#[cfg(feature = "http")]
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agentwal::journal::{
@@ -35,7 +37,9 @@ use agentwal::journal::{
     StepError, UnitState,
 };
 use agentwal::log::LogOptions;
-use agentwal::runtime::{Metrics, Shutdown};
+#[cfg(feature = "http")]
+use agentwal::runtime::Metrics;
+use agentwal::runtime::Shutdown;
 use serde::{Deserialize, Serialize};
 
 /// Prints a line on stdout. Output is advisory: a closed pipe
@@ -418,8 +422,22 @@ fn process(
     Ok(())
 }
 
+/// Logs on stderr as `RUST_LOG` asks (e.g. `RUST_LOG=info`, or
+/// `RUST_LOG=agentwal=debug` for a span per unit and step); silent when it is
+/// unset. stdout keeps only the demo's own lines.
+fn install_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    install_tracing();
     // SIGTERM / SIGINT: finish the unit in progress, then exit 0 / 130 within
     // SHUTDOWN_TIMEOUT; a second signal exits at once (the journal replays).
     let shutdown = match Shutdown::install_thread() {
@@ -450,10 +468,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Error>> {
-    let metrics = Arc::new(Metrics::new());
+    // The library records its own metrics; /metrics renders them.
     #[cfg(feature = "http")]
     if let Some(addr) = &args.health {
-        serve_health(addr, shutdown.clone(), metrics.clone())?;
+        serve_health(addr, shutdown.clone(), Arc::new(Metrics::new()))?;
     }
     let opts = JournalOptions {
         log: LogOptions {
@@ -534,7 +552,6 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
                 failed.store(true, Ordering::Release);
                 return Err(e.to_string());
             }
-            metrics.unit_committed();
             t.done += 1;
             let k = finished.fetch_add(1, Ordering::AcqRel) + 1;
             match &mut *bar.lock().unwrap_or_else(|p| p.into_inner()) {

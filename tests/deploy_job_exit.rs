@@ -137,3 +137,40 @@ fn usage_errors_exit_2_and_help_exits_0() {
         .unwrap();
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
 }
+
+#[test]
+fn rust_log_traces_on_stderr_and_leaves_stdout_as_it_was() {
+    let bin = batch_agent();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = agent(&bin, &tmp.path().join("j"), &tmp.path().join("s"), 3, 0)
+        .env("RUST_LOG", "agentwal=debug")
+        .env_remove("AGENTWAL_UNFINISHED_EXIT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("journal replayed"), "{stderr}");
+    assert!(stderr.contains("unit committed"), "{stderr}");
+    assert!(stderr.contains("key=record-000000/send/1"), "{stderr}");
+
+    // Without RUST_LOG: nothing on stderr.
+    let quiet = agent(&bin, &tmp.path().join("j2"), &tmp.path().join("s2"), 3, 0)
+        .env_remove("RUST_LOG")
+        .env_remove("AGENTWAL_UNFINISHED_EXIT")
+        .output()
+        .unwrap();
+    assert_eq!(quiet.status.code(), Some(0));
+    assert_eq!(text(&quiet.stderr), "", "silent without RUST_LOG");
+    // stdout has the same lines (up to their numbers) with or without it.
+    let shape = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(|l| l.split(':').next().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(
+        shape(&stdout),
+        shape(&text(&quiet.stdout)),
+        "a log line leaked to stdout:\n{stdout}"
+    );
+}

@@ -51,14 +51,30 @@ async fn probes_follow_the_shutdown_state() {
     assert_eq!(request(addr, "GET", "/shutdown").await.0, 405);
     assert!(!shutdown.is_triggered());
 
-    metrics.unit_committed();
+    // The library counts its own work: a committed unit shows up without
+    // the application counting anything.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = agentwal::Journal::open(dir.path(), agentwal::JournalOptions::small()).unwrap();
+    let mut unit = journal.begin("health-u1", "t", &()).unwrap();
+    unit.run(agentwal::Effect::retry_same_key("e"), |_| {
+        Ok::<_, String>(1)
+    })
+    .unwrap();
+    unit.commit().unwrap();
     let (code, body) = request(addr, "GET", "/metrics").await;
     assert_eq!(code, 200);
+    let committed: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("agentwal_units_total{state=\"committed\"} "))
+        .unwrap_or_else(|| panic!("no committed units in\n{body}"))
+        .parse()
+        .unwrap();
+    assert!(committed >= 1.0, "{body}");
     assert!(
-        body.lines()
-            .any(|l| l == "agentwal_units_committed_total 1"),
+        body.contains("# TYPE agentwal_fsync_seconds histogram"),
         "{body}"
     );
+    assert!(body.contains("agentwal_fsync_seconds_bucket{le="), "{body}");
     assert!(
         body.lines().any(|l| l == "agentwal_shutting_down 0"),
         "{body}"

@@ -372,6 +372,8 @@ pub struct Unit {
     guard: ActiveGuard,
     resumed: bool,
     next_seq: u32,
+    /// The `unit` tracing span (parent of each step's `effect` span).
+    span: tracing::Span,
 }
 
 /// The default idempotency key of step `seq`, effect `name`, of unit `unit`:
@@ -462,14 +464,65 @@ fn clip(mut s: String, max: usize) -> String {
 
 impl Unit {
     pub(crate) fn new(guard: ActiveGuard, resumed: bool) -> Unit {
+        let span = tracing::info_span!(target: "agentwal::unit", "unit", unit = %guard.id, resumed);
+        crate::observe::unit_begun(resumed);
+        if !resumed {
+            crate::observe::unit_started();
+        }
         Unit {
             guard,
             resumed,
             next_seq: 0,
+            span,
         }
     }
 
+    /// The `effect` span of one step: the unit, the step, the effect's name,
+    /// its idempotency key (what an operator greps for in the receiver's
+    /// logs) and its policy. Events inside the effect's closure carry them.
+    fn effect_span(&self, seq: u32, name: &str, policy: PolicyKind, key: &str) -> tracing::Span {
+        tracing::info_span!(
+            target: "agentwal::unit",
+            parent: &self.span,
+            "effect",
+            unit = %self.id(),
+            step = seq,
+            effect = %name,
+            key = %key,
+            policy = ?policy
+        )
+    }
+
+    /// The key a prepared step runs (or replays) under.
+    fn prep_key<'a>(prep: &'a Prep, fallback: &'a str) -> &'a str {
+        match prep {
+            Prep::Recorded(_) => fallback,
+            Prep::Reuse(ctx, ..)
+            | Prep::Settled(ctx, _)
+            | Prep::Fresh(ctx, ..)
+            | Prep::InDoubt(ctx, ..) => ctx.key(),
+        }
+    }
+
+    /// An in-doubt step met its policy on resume: say what was decided.
+    fn in_doubt_decision(ctx: &EffectCtx, decision: &'static str) {
+        tracing::warn!(
+            target: "agentwal::recovery",
+            unit = %ctx.unit,
+            step = ctx.seq,
+            effect = %ctx.name,
+            key = %ctx.key(),
+            decision,
+            "in-doubt effect on resume"
+        );
+    }
+
     fn j(&self) -> &Journal {
+        &self.guard.journal
+    }
+
+    /// The journal this unit belongs to.
+    pub(crate) fn journal(&self) -> &Journal {
         &self.guard.journal
     }
 
@@ -918,12 +971,18 @@ impl Unit {
         } = effect;
         let seq = self.next_seq;
         let kind = policy.kind();
+        // So that an operator's result for this effect is checked against T.
+        self.j().register_type(&name, check_round_trip::<T>);
         let prep = self.prepare(&name, key.as_deref(), kind, compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();
+        let fallback = key.clone().unwrap_or_else(|| default_key(&id, &name, seq));
+        let span = self.effect_span(seq, &name, kind, Self::prep_key(&prep, &fallback));
+        let _in_span = span.enter();
         let (mut ctx, via, _held, mut round, rerun_at) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
+                crate::observe::effect("replayed");
                 return self.decode(seq, &name, o);
             }
             Prep::Reuse(ctx, intent, o) => {
@@ -965,6 +1024,10 @@ impl Unit {
                     deadline_ms: resume.deadline_ms,
                 };
                 if resume.rerun {
+                    Self::in_doubt_decision(
+                        &ctx,
+                        "retry policy: the interrupted attempt runs again with the same key",
+                    );
                     (
                         ctx,
                         OutcomeVia::Retry,
@@ -974,10 +1037,26 @@ impl Unit {
                     )
                 } else {
                     match policy {
-                        Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
-                        Policy::RetrySameKey => (ctx, OutcomeVia::Retry, held, round, Some(0)),
+                        Policy::NeverRepeat => {
+                            Self::in_doubt_decision(
+                                &ctx,
+                                "never_repeat: not run again, waiting for an operator",
+                            );
+                            return Err(self.in_doubt_error(&ctx));
+                        }
+                        Policy::RetrySameKey => {
+                            Self::in_doubt_decision(
+                                &ctx,
+                                "retry_same_key: running it again with the same key",
+                            );
+                            (ctx, OutcomeVia::Retry, held, round, Some(0))
+                        }
                         Policy::Reconcile(probe) => match probe(&ctx) {
                             Ok(Probe::Happened(v)) => {
+                                Self::in_doubt_decision(
+                                    &ctx,
+                                    "reconcile: the probe says it happened; its answer is recorded",
+                                );
                                 self.next_seq += 1;
                                 return self.finish(
                                     &ctx,
@@ -986,6 +1065,10 @@ impl Unit {
                                 );
                             }
                             Ok(Probe::NotHappened) => {
+                                Self::in_doubt_decision(
+                                    &ctx,
+                                    "reconcile: the probe says it did not happen; running it again with the same key",
+                                );
                                 (ctx, OutcomeVia::Retry, held, round, Some(0))
                             }
                             Err(message) => {
@@ -1040,6 +1123,12 @@ impl Unit {
                     wait,
                     started,
                 } => {
+                    tracing::info!(
+                        target: "agentwal::unit",
+                        attempt = ctx.number,
+                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "transient failure: retrying with the same key"
+                    );
                     // Durable before the backoff: a crash while waiting
                     // neither forgets nor repeats the failed attempt.
                     j.append(&id, &[failed], Durability::Durable)?;
@@ -1168,6 +1257,8 @@ impl Unit {
         // Buffered: the next intent's or the commit's sync makes it durable.
         // Until then a crash leaves the effect in doubt, handled by its policy.
         self.j().append(self.id(), &[rec], Durability::Buffered)?;
+        crate::observe::effect(if ret.is_ok() { "ok" } else { "failed" });
+        tracing::debug!(target: "agentwal::unit", ok = ret.is_ok(), via = ?via, "effect outcome recorded");
         ret
     }
 
@@ -1218,6 +1309,8 @@ impl Unit {
             at_ms: now_ms(),
         };
         let lsn = self.j().append(self.id(), &[rec], Durability::Durable)?;
+        crate::observe::unit_ended("committed");
+        tracing::debug!(target: "agentwal::unit", parent: &self.span, lsn, "unit committed");
         self.j().maybe_auto_compact();
         Ok(lsn)
     }
@@ -1328,6 +1421,14 @@ impl Unit {
             at_ms: now_ms(),
         };
         report.abort_lsn = self.j().append(self.id(), &[rec], Durability::Durable)?;
+        crate::observe::unit_ended("aborted");
+        tracing::info!(
+            target: "agentwal::unit",
+            parent: &self.span,
+            lsn = report.abort_lsn,
+            reason,
+            "unit rolled back and aborted"
+        );
         self.j().maybe_auto_compact();
         Ok(report)
     }
@@ -1354,6 +1455,8 @@ impl Unit {
         } = effect;
         let seq = self.next_seq;
         let kind = policy.kind();
+        // So that an operator's result for this effect is checked against T.
+        self.j().register_type(&name, check_round_trip::<T>);
         let prep = self.prepare(&name, key.as_deref(), kind, compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();
@@ -1368,6 +1471,7 @@ impl Unit {
         let (mut ctx, via, _held, mut round, rerun_at) = match prep {
             Prep::Recorded(o) => {
                 self.next_seq += 1;
+                crate::observe::effect("replayed");
                 return self.decode(seq, &name, o);
             }
             Prep::Reuse(ctx, intent, o) => {
@@ -1405,6 +1509,10 @@ impl Unit {
                     deadline_ms: resume.deadline_ms,
                 };
                 if resume.rerun {
+                    Self::in_doubt_decision(
+                        &ctx,
+                        "retry policy: the interrupted attempt runs again with the same key",
+                    );
                     (
                         ctx,
                         OutcomeVia::Retry,
@@ -1414,10 +1522,26 @@ impl Unit {
                     )
                 } else {
                     match policy {
-                        Policy::NeverRepeat => return Err(self.in_doubt_error(&ctx)),
-                        Policy::RetrySameKey => (ctx, OutcomeVia::Retry, held, round, Some(0)),
+                        Policy::NeverRepeat => {
+                            Self::in_doubt_decision(
+                                &ctx,
+                                "never_repeat: not run again, waiting for an operator",
+                            );
+                            return Err(self.in_doubt_error(&ctx));
+                        }
+                        Policy::RetrySameKey => {
+                            Self::in_doubt_decision(
+                                &ctx,
+                                "retry_same_key: running it again with the same key",
+                            );
+                            (ctx, OutcomeVia::Retry, held, round, Some(0))
+                        }
                         Policy::Reconcile(probe) => match probe(&ctx) {
                             Ok(Probe::Happened(v)) => {
+                                Self::in_doubt_decision(
+                                    &ctx,
+                                    "reconcile: the probe says it happened; its answer is recorded",
+                                );
                                 self.next_seq += 1;
                                 let (rec, ret) = self.outcome_of(
                                     &ctx,
@@ -1428,6 +1552,10 @@ impl Unit {
                                 return ret;
                             }
                             Ok(Probe::NotHappened) => {
+                                Self::in_doubt_decision(
+                                    &ctx,
+                                    "reconcile: the probe says it did not happen; running it again with the same key",
+                                );
                                 (ctx, OutcomeVia::Retry, held, round, Some(0))
                             }
                             Err(message) => {
@@ -1455,8 +1583,9 @@ impl Unit {
             round.deadline_ms = retry.deadline.map(|d| now_ms() + d.as_millis() as u64);
         }
         self.next_seq += 1;
+        let span = self.effect_span(seq, &name, kind, ctx.key());
         loop {
-            let attempt = f(ctx.clone());
+            let attempt = tracing::Instrument::instrument(f(ctx.clone()), span.clone());
             let r = match retry.attempt_timeout {
                 Some(t) => match tokio::time::timeout(t, attempt).await {
                     Ok(r) => r.map_err(|e| (classify(&e), e.to_string())),
@@ -1472,6 +1601,8 @@ impl Unit {
                     let (rec, ret) = self.outcome_of(&ctx, Ok::<T, String>(v), via);
                     // Buffered (see `finish`).
                     write(vec![rec], Durability::Buffered).await?;
+                    crate::observe::effect("ok");
+                    tracing::debug!(target: "agentwal::unit", parent: &span, ok = true, via = ?via, "effect outcome recorded");
                     return ret;
                 }
                 Err(e) => e,
@@ -1480,6 +1611,8 @@ impl Unit {
                 Next::Record(message) => {
                     let (rec, ret) = self.outcome_of(&ctx, Err::<T, String>(message), via);
                     write(vec![rec], Durability::Buffered).await?;
+                    crate::observe::effect("failed");
+                    tracing::debug!(target: "agentwal::unit", parent: &span, ok = false, via = ?via, "effect outcome recorded");
                     return ret;
                 }
                 Next::Stop(e) => return Err(e),
@@ -1492,6 +1625,12 @@ impl Unit {
                     wait,
                     started,
                 } => {
+                    tracing::info!(
+                        target: "agentwal::unit",
+                        attempt = ctx.number,
+                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "transient failure: retrying with the same key"
+                    );
                     write(vec![failed], Durability::Durable).await?;
                     tokio::time::sleep(wait).await;
                     write(vec![started], Durability::Durable).await?;

@@ -266,6 +266,7 @@ impl Log {
             ..OpenReport::default()
         };
         let (mut segments, pos) = apply_recovery(storage.as_ref(), &dir, &opts, scan, &mut report)?;
+        report_recovery(&dir, &report);
         // A lossy cut inside records the snapshot already covers leaves a log
         // that ends before the snapshot: the next append would take an LSN the
         // snapshot hides. Those segments are obsolete; set them aside and
@@ -454,6 +455,10 @@ impl Log {
             }
             r?
         };
+        crate::observe::appended(
+            records.len(),
+            records.iter().map(|(_, p)| p.len() as u64).sum(),
+        );
         if durability == Durability::Durable {
             self.wait_durable(*range.end())?;
         }
@@ -499,9 +504,11 @@ impl Log {
         let path = w.segments.last().expect("active segment").1.clone();
         // Seal: the whole segment must be durable before a successor exists
         // (recovery treats damage in a sealed segment as corruption).
+        let started = Instant::now();
         w.file
             .sync_data()
             .map_err(|e| Error::io("fdatasync", &path, e))?;
+        crate::observe::fsync(started.elapsed());
         self.inner
             .durable_lsn
             .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
@@ -585,7 +592,9 @@ impl Log {
             st.active = false;
             match r {
                 Ok(()) => {
-                    inner.durable_lsn.fetch_max(target, Ordering::AcqRel);
+                    let prev_durable = inner.durable_lsn.fetch_max(target, Ordering::AcqRel);
+                    crate::observe::fsync(took);
+                    crate::observe::group_commit(target.saturating_sub(prev_durable));
                     // Callers this sync released will most likely append
                     // again at once; with those still waiting they form the
                     // group the next leader gathers.
@@ -837,6 +846,28 @@ fn rewrite_unproven(f: &dyn StorageFile, seg: &SegmentScan) -> Result<()> {
         f.write_at(pos as u64, &bytes[pos..]).map_err(io)?;
     }
     Ok(())
+}
+
+/// Recovery decisions as `tracing` events (target `agentwal::recovery`).
+fn report_recovery(dir: &Path, report: &OpenReport) {
+    if let Some(t) = &report.torn_tail {
+        tracing::warn!(
+            target: "agentwal::recovery",
+            dir = %dir.display(),
+            torn_tail = ?t,
+            saved_to = ?report.cut_saved_to,
+            "torn tail cut at open (a partial, unacknowledged write)"
+        );
+    }
+    if let Some(c) = &report.lossy_cut {
+        tracing::error!(
+            target: "agentwal::recovery",
+            dir = %dir.display(),
+            corruption = ?c,
+            dropped_segments = report.dropped_segments.len(),
+            "lossy recovery: the log was truncated at corrupt acknowledged data"
+        );
+    }
 }
 
 /// Applies the scan's decision: cut a torn tail (saving the bytes), or in

@@ -1,181 +1,148 @@
-//! Counters and gauges the application updates, rendered in the Prometheus
-//! text exposition format (version 0.0.4) by `/metrics`.
+//! `/metrics`: the library's own metrics (see [`crate::observe`]) in the
+//! Prometheus text exposition format, through the `metrics` facade and
+//! `metrics-exporter-prometheus` (feature `http`).
 //!
-//! Every field is a plain atomic: updating one costs one relaxed atomic
-//! operation and never blocks, so workers can update them on the hot path.
+//! Nothing here is counted by hand: the log times its own `fdatasync`s, the
+//! journal counts its units and effects, the queue sets its gauges. This
+//! module only installs the recorder that collects them and renders it.
+//!
+//! ```
+//! use agentwal::runtime::{Metrics, Shutdown};
+//! # use std::time::Duration;
+//! let metrics = Metrics::new(); // installs the Prometheus recorder (once per process)
+//! let dir = tempfile::tempdir().unwrap();
+//! let log = agentwal::Log::open(dir.path(), agentwal::LogOptions::default()).unwrap();
+//! log.append(b"x").unwrap();
+//! let text = metrics.render(Some(&Shutdown::new(Duration::from_secs(1))));
+//! assert!(text.contains("agentwal_fsync_seconds_count"));
+//! assert!(text.contains("agentwal_shutting_down 0"));
+//! ```
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::shutdown::Shutdown;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Process-wide counters. Share it in an `Arc`; update with the helpers or
-/// the atomics directly.
-#[derive(Debug, Default)]
+use super::shutdown::Shutdown;
+use crate::observe;
+
+/// The process-wide recorder: its handle, and whether it is the global
+/// `metrics` recorder (false when the application installed another one).
+static RECORDER: OnceLock<(PrometheusHandle, bool)> = OnceLock::new();
+
+/// Histogram buckets for durations in seconds: 50 µs .. 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+/// Histogram buckets for records per group commit.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+/// Upkeep interval: drains histogram samples into their buckets so memory
+/// stays flat even when nobody scrapes `/metrics`.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+fn recorder() -> &'static (PrometheusHandle, bool) {
+    RECORDER.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(observe::GROUP_COMMIT_RECORDS.into()),
+                    COUNT_BUCKETS,
+                )
+            })
+            .expect("non-empty bucket lists");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let installed = metrics::set_global_recorder(recorder).is_ok();
+        if installed {
+            observe::describe();
+            let upkeep = handle.clone();
+            // Best effort: without it histograms keep their raw samples
+            // until the next render.
+            let _ = std::thread::Builder::new()
+                .name("agentwal-metrics".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP);
+                    upkeep.run_upkeep();
+                });
+        } else {
+            tracing::warn!(
+                target: "agentwal::metrics",
+                "a metrics recorder is already installed: agentwal's metrics go to it, /metrics shows none of them"
+            );
+        }
+        (handle, installed)
+    })
+}
+
+/// The Prometheus view of the library's metrics. Cheap to clone.
+#[derive(Clone)]
 pub struct Metrics {
-    /// Units committed since start (counter).
-    pub units_committed: AtomicU64,
-    /// Units aborted since start (counter).
-    pub units_aborted: AtomicU64,
-    /// Effects currently in doubt (gauge).
-    pub effects_in_doubt: AtomicU64,
-    /// Work-queue items waiting to be claimed (gauge).
-    pub queue_pending: AtomicU64,
-    /// Work-queue items claimed and not yet acked (gauge).
-    pub queue_in_flight: AtomicU64,
-    /// Work-queue items dead-lettered (gauge).
-    pub queue_dead_lettered: AtomicU64,
-    /// Work-queue items acked since start (counter).
-    pub queue_acked: AtomicU64,
-    /// `fdatasync` calls timed by the application (counter).
-    pub fsyncs: AtomicU64,
-    /// Total time spent in those calls, nanoseconds (counter).
-    pub fsync_nanos: AtomicU64,
+    handle: PrometheusHandle,
+    installed: bool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("installed", &self.installed)
+            .finish()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
-    /// All zero.
+    /// Installs the Prometheus recorder as the process's global `metrics`
+    /// recorder (the first call; later calls share it) and returns a view
+    /// of it. If the application already installed a recorder of its own,
+    /// the library's metrics go there and [`Metrics::render`] says so.
     pub fn new() -> Metrics {
-        Metrics::default()
+        let (handle, installed) = recorder();
+        Metrics {
+            handle: handle.clone(),
+            installed: *installed,
+        }
     }
 
-    /// Counts one committed unit.
-    pub fn unit_committed(&self) {
-        self.units_committed.fetch_add(1, Ordering::Relaxed);
+    /// True when this recorder collects the library's metrics (it is the
+    /// global one).
+    pub fn is_installed(&self) -> bool {
+        self.installed
     }
 
-    /// Counts one aborted unit.
-    pub fn unit_aborted(&self) {
-        self.units_aborted.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records one timed sync.
-    pub fn record_fsync(&self, took: Duration) {
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.fsync_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    /// Sets the work-queue gauges (from `WorkQueue::stats`).
-    pub fn set_queue(&self, pending: u64, in_flight: u64, dead_lettered: u64) {
-        self.queue_pending.store(pending, Ordering::Relaxed);
-        self.queue_in_flight.store(in_flight, Ordering::Relaxed);
-        self.queue_dead_lettered
-            .store(dead_lettered, Ordering::Relaxed);
-    }
-
-    /// The Prometheus text format. With a shutdown controller, also exports
-    /// `agentwal_shutting_down` (0/1) and `agentwal_units_in_progress`.
+    /// Every metric in the Prometheus text format (version 0.0.4). With a
+    /// shutdown controller, also `agentwal_shutting_down` (0/1) and
+    /// `agentwal_units_in_progress`.
     pub fn render(&self, shutdown: Option<&Shutdown>) -> String {
-        let mut out = String::with_capacity(1024);
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
-            "agentwal_units_committed_total",
-            "counter",
-            "Units committed since the process started.",
-            get(&self.units_committed).to_string(),
-        );
-        metric(
-            "agentwal_units_aborted_total",
-            "counter",
-            "Units aborted since the process started.",
-            get(&self.units_aborted).to_string(),
-        );
-        metric(
-            "agentwal_effects_in_doubt",
-            "gauge",
-            "Side effects whose outcome is unknown (intent recorded, outcome not).",
-            get(&self.effects_in_doubt).to_string(),
-        );
-        metric(
-            "agentwal_queue_pending",
-            "gauge",
-            "Work-queue items waiting to be claimed.",
-            get(&self.queue_pending).to_string(),
-        );
-        metric(
-            "agentwal_queue_in_flight",
-            "gauge",
-            "Work-queue items claimed and not yet acked.",
-            get(&self.queue_in_flight).to_string(),
-        );
-        metric(
-            "agentwal_queue_dead_lettered",
-            "gauge",
-            "Work-queue items that exhausted their attempts.",
-            get(&self.queue_dead_lettered).to_string(),
-        );
-        metric(
-            "agentwal_queue_acked_total",
-            "counter",
-            "Work-queue items acked since the process started.",
-            get(&self.queue_acked).to_string(),
-        );
-        metric(
-            "agentwal_fsyncs_total",
-            "counter",
-            "fdatasync calls timed by the application.",
-            get(&self.fsyncs).to_string(),
-        );
-        metric(
-            "agentwal_fsync_seconds_total",
-            "counter",
-            "Seconds spent in those fdatasync calls.",
-            format!("{:.9}", get(&self.fsync_nanos) as f64 / 1e9),
-        );
+        let mut text = String::new();
         if let Some(s) = shutdown {
-            metric(
-                "agentwal_shutting_down",
-                "gauge",
-                "1 once graceful shutdown began.",
-                u8::from(s.is_triggered()).to_string(),
-            );
-            metric(
-                "agentwal_units_in_progress",
-                "gauge",
-                "Units holding a shutdown guard.",
-                s.outstanding_units().to_string(),
-            );
+            if self.installed {
+                metrics::gauge!("agentwal_shutting_down")
+                    .set(f64::from(u8::from(s.is_triggered())));
+                metrics::gauge!("agentwal_units_in_progress").set(s.outstanding_units() as f64);
+            } else {
+                // Not ours to set: render them directly.
+                text.push_str(&format!(
+                    "# TYPE agentwal_shutting_down gauge\nagentwal_shutting_down {}\n# TYPE agentwal_units_in_progress gauge\nagentwal_units_in_progress {}\n",
+                    u8::from(s.is_triggered()),
+                    s.outstanding_units()
+                ));
+            }
         }
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn render_reflects_updates() {
-        let m = Metrics::new();
-        m.unit_committed();
-        m.unit_committed();
-        m.record_fsync(Duration::from_millis(1500));
-        m.set_queue(3, 1, 2);
-        let s = Shutdown::new(Duration::from_secs(1));
-        s.trigger();
-        let text = m.render(Some(&s));
-        for line in [
-            "agentwal_units_committed_total 2",
-            "agentwal_queue_pending 3",
-            "agentwal_queue_in_flight 1",
-            "agentwal_queue_dead_lettered 2",
-            "agentwal_fsyncs_total 1",
-            "agentwal_fsync_seconds_total 1.500000000",
-            "agentwal_shutting_down 1",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
+        if !self.installed {
+            text.insert_str(
+                0,
+                "# agentwal: another metrics recorder is installed; the library's metrics are reported there\n",
             );
+            return text;
         }
-        assert!(text.contains("# TYPE agentwal_units_committed_total counter"));
+        self.handle.render() + &text
     }
 }

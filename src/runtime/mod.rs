@@ -12,7 +12,7 @@
 //! | [`shutdown`] | SIGTERM/SIGINT, the deadline budget, unit guards, second-signal exit |
 //! | [`batch`] | checkpointed batches that resume at exactly the next item |
 //! | `queue_async` | async (tokio) wrappers of the [`crate::queue::WorkQueue`] operations |
-//! | [`metrics`] | counters rendered in the Prometheus text format |
+//! | `metrics` (feature `http`) | the library's own metrics ([`crate::observe`]) in the Prometheus text format |
 //! | `health` (feature `http`) | `/health`, `/ready`, `POST /shutdown`, `/metrics` |
 //!
 //! Dependencies point downward only: runtime → queue, journal → log. The
@@ -24,6 +24,8 @@ mod error;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod health;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod metrics;
 mod queue_async;
 pub mod shutdown;
@@ -31,5 +33,6 @@ pub mod shutdown;
 pub use crate::queue::{QueueOptions, WorkQueue};
 pub use batch::{run_batch, run_batch_units, BatchCursor, BatchReport};
 pub use error::Error;
+#[cfg(feature = "http")]
 pub use metrics::Metrics;
 pub use shutdown::{Shutdown, ShutdownReason, UnitGuard, UnitsWait};

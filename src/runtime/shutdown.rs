@@ -361,6 +361,13 @@ impl Shutdown {
                 std::thread::sleep(fire_at.saturating_duration_since(Instant::now()));
                 let units = me.outstanding_units();
                 if me.inner.exit_at_deadline.load(Ordering::Acquire) && units > 0 {
+                    tracing::error!(
+                        target: "agentwal::shutdown",
+                        budget_seconds = me.inner.timeout.as_secs_f64(),
+                        units_cut = units,
+                        exit_code = me.unfinished_exit_code(),
+                        "shutdown deadline reached: the watchdog cuts the units in progress (they replay as incomplete)"
+                    );
                     // The operator sees why the process ended mid-unit.
                     let _ = writeln!(
                         std::io::stderr(),
@@ -404,6 +411,13 @@ impl Shutdown {
             // atomic and an interrupted unit replays as incomplete.
             let code = self.unfinished_exit_code();
             let units = self.outstanding_units();
+            tracing::warn!(
+                target: "agentwal::shutdown",
+                signal = %reason,
+                exit_code = code,
+                units_cut = units,
+                "second signal: exiting now (cut units replay as incomplete)"
+            );
             let _ = writeln!(
                 std::io::stderr(),
                 "agentwal: second signal ({reason}) during shutdown: exiting now with code {code}, {units} unit(s) in progress (they replay as incomplete)"
@@ -430,6 +444,13 @@ impl Shutdown {
         s.deadline = Some(Instant::now() + self.inner.timeout);
         self.inner.triggered.store(true, Ordering::Release);
         drop(s);
+        tracing::info!(
+            target: "agentwal::shutdown",
+            reason = %reason,
+            budget_seconds = self.inner.timeout.as_secs_f64(),
+            units_in_progress = self.outstanding_units(),
+            "graceful shutdown began: no new unit starts, the ones in progress finish"
+        );
         self.inner.trigger_tx.send_replace(true);
         // Sync waiters re-check the deadline.
         self.inner.idle.notify_all();

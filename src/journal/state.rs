@@ -426,6 +426,15 @@ impl State {
                     return Err(bad(unit, format!("step {seq} compensated twice")));
                 }
                 e.comp_outcome = Some((outcome.clone(), lsn));
+                if outcome.is_ok() {
+                    let key = e.key.clone();
+                    if let Some(k) = self.keys.get_mut(&key) {
+                        // Only the settlement this unit made is undone.
+                        if k.unit == *unit && k.status == KeyStatus::Completed {
+                            k.status = KeyStatus::Compensated;
+                        }
+                    }
+                }
             }
             JournalRecord::AttemptFailed {
                 unit,

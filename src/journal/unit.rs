@@ -660,6 +660,18 @@ impl Unit {
                             recorded: format!("effect {:?} of unit {:?}", k.effect, k.unit),
                         })
                     }
+                    Some((k, _)) if k.status == super::view::KeyStatus::Compensated => {
+                        return Err(Error::KeyConflict {
+                            unit: id.to_string(),
+                            step: seq,
+                            effect: name.to_string(),
+                            key,
+                            recorded: format!(
+                                "effect {:?} of unit {:?}, since compensated by that unit's rollback",
+                                k.effect, k.unit
+                            ),
+                        })
+                    }
                     Some((_, o)) => Prep::Settled(ctx(&key, Attempt::Retry), o.clone()),
                     // Its intent may be in memory only (its sync failed):
                     // the caller waits for `intent_lsn` before running.
@@ -683,6 +695,20 @@ impl Unit {
         }
         let key = key.map_or_else(|| default_key(id, name, seq), str::to_string);
         if let Some(k) = st.keys.get(&key) {
+            // A compensated key's result was undone: handing it out would
+            // report an effect that no longer holds.
+            if k.status == super::view::KeyStatus::Compensated {
+                return Err(Error::KeyConflict {
+                    unit: id.to_string(),
+                    step: seq,
+                    effect: name.to_string(),
+                    key,
+                    recorded: format!(
+                        "effect {:?} of unit {:?}, since compensated by that unit's rollback (use a new key to do it again)",
+                        k.effect, k.unit
+                    ),
+                });
+            }
             // A key belongs to one effect: never hand its result (or its
             // in-doubt state) to an effect of another name.
             if k.effect != name {

@@ -70,6 +70,11 @@ pub enum KeyStatus {
     Completed,
     /// Its effect failed; the failure is recorded and returned again.
     Failed,
+    /// Its effect completed and a rollback of its unit then compensated
+    /// (undid) it: the recorded result is no longer handed to anyone, and
+    /// another effect asking for the key gets [`super::Error::KeyConflict`]
+    /// (use a new key to do it again).
+    Compensated,
 }
 
 /// One effect of a unit.

@@ -486,9 +486,10 @@ fn a_compensated_key_is_shown_as_such_and_never_hands_out_the_undone_result() {
     let j = Journal::open(d.path(), JournalOptions::small()).unwrap();
     let mut u = j.begin("a", "t", &()).unwrap();
     let _: u32 = u
-        .run(Effect::never_repeat("charge").key("order-1").compensable(), |_| {
-            Ok::<_, String>(40)
-        })
+        .run(
+            Effect::never_repeat("charge").key("order-1").compensable(),
+            |_| Ok::<_, String>(40),
+        )
         .unwrap();
     u.rollback("cancelled", |_| Ok::<_, String>(())).unwrap();
     assert_eq!(

@@ -167,6 +167,9 @@ pub struct UnitView {
     /// Who asked for an abort that the agent has not finished (rollback pending).
     #[serde(default)]
     pub abort_requested_by: Option<String>,
+    /// The code version that began the unit, when recorded.
+    #[serde(default)]
+    pub code_version: Option<String>,
 }
 
 impl UnitView {
@@ -280,6 +283,7 @@ pub(crate) fn unit_view(u: &UnitRec) -> UnitView {
             })
             .collect(),
         abort_requested_by: u.abort_requested.as_ref().map(|n| n.by.clone()),
+        code_version: u.code.as_ref().map(|c| c.0.clone()),
     }
 }
 

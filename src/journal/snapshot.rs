@@ -73,6 +73,8 @@ pub(crate) struct SnapUnit {
     abort_requested: Option<OperatorNote>,
     #[serde(default)]
     operator_log: Vec<OperatorNote>,
+    #[serde(default)]
+    code: Option<(String, Vec<String>)>,
 }
 
 /// One key index entry.
@@ -241,6 +243,7 @@ fn unit_to(u: &UnitRec) -> SnapUnit {
         approvals: u.approvals.clone(),
         abort_requested: u.abort_requested.clone(),
         operator_log: u.operator_log.clone(),
+        code: u.code.clone(),
     }
 }
 
@@ -258,6 +261,7 @@ fn unit_from(u: SnapUnit) -> UnitRec {
         approvals: u.approvals,
         abort_requested: u.abort_requested,
         operator_log: u.operator_log,
+        code: u.code,
     }
 }
 

@@ -134,6 +134,8 @@ pub(crate) struct UnitRec {
     pub abort_requested: Option<OperatorNote>,
     /// Every operator action on the unit, in order.
     pub operator_log: Vec<OperatorNote>,
+    /// The code version that began the unit and the patches it knew.
+    pub code: Option<(String, Vec<String>)>,
 }
 
 impl UnitRec {
@@ -458,6 +460,7 @@ impl State {
                         approvals: Default::default(),
                         abort_requested: None,
                         operator_log: Vec::new(),
+                        code: None,
                     },
                 );
             }
@@ -598,6 +601,15 @@ impl State {
                     return Err(bad(unit, format!("step {seq} compensated twice")));
                 }
                 e.comp_outcome = Some((outcome.clone(), lsn));
+                if outcome.is_ok() {
+                    let key = e.key.clone();
+                    if let Some(k) = self.keys.get_mut(&key) {
+                        // Only the settlement this unit made is undone.
+                        if k.unit == *unit && k.status == KeyStatus::Completed {
+                            Arc::make_mut(k).status = KeyStatus::Compensated;
+                        }
+                    }
+                }
             }
             JournalRecord::Cursor { name, value, .. } => {
                 self.cursors.insert(name.clone(), (lsn, value.clone()));
@@ -654,6 +666,14 @@ impl State {
                 e.retries += 1;
                 e.last_failure = None;
                 e.not_happened = None;
+            }
+            JournalRecord::UnitCode {
+                unit,
+                version,
+                patches,
+            } => {
+                let u = self.live_mut(lsn, unit, "unit code")?;
+                u.code = Some((version.clone(), patches.clone()));
             }
             JournalRecord::ApprovalRequest {
                 unit,

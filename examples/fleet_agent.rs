@@ -263,6 +263,12 @@ struct Totals {
     ledger_reused: u64,
 }
 
+/// The effects' stand-ins for external services.
+struct Outputs {
+    sink: File,
+    ledger: File,
+}
+
 enum Outcome {
     Done,
     InDoubt,
@@ -287,7 +293,13 @@ impl Worker {
         ledger: &std::path::Path,
         shutdown: &Shutdown,
     ) -> Result<(), BoxError> {
-        let fleet = Arc::new(Fleet::connect(pg, options_from_env()?).await?);
+        // Three connections: the work, the claim overlapped with the ack, and
+        // the lease renewal.
+        let opts = FleetOptions {
+            pool_size: 3,
+            ..options_from_env()?
+        };
+        let fleet = Arc::new(Fleet::connect(pg, opts).await?);
         let journal = Journal::open(journal_dir, JournalOptions::small())?;
         let open = |p: &std::path::Path| {
             OpenOptions::new()
@@ -296,8 +308,10 @@ impl Worker {
                 .open(p)
                 .map_err(|e| format!("cannot open {}: {e}", p.display()))
         };
-        let mut sink = open(sink)?;
-        let mut ledger = open(ledger)?;
+        let mut out = Outputs {
+            sink: open(sink)?,
+            ledger: open(ledger)?,
+        };
         say!(
             "fleet_agent: worker {} on journal {} ({} incomplete local units at open)",
             self.worker,
@@ -330,8 +344,20 @@ impl Worker {
         let mut t = Totals::default();
         let rt0 = fleet.round_trips();
         let result = async {
-            while !shutdown.is_triggered() {
-                let leases = fleet.claim(&self.worker, 1).await?;
+            // The next item, claimed while the previous ack was in flight.
+            let mut next: Vec<Lease> = Vec::new();
+            loop {
+                if shutdown.is_triggered() {
+                    for lease in next.drain(..) {
+                        fleet.release(&lease).await?;
+                    }
+                    break;
+                }
+                let leases = if next.is_empty() {
+                    fleet.claim(&self.worker, 1).await?
+                } else {
+                    std::mem::take(&mut next)
+                };
                 if leases.is_empty() {
                     if self.exit_when_drained {
                         let s = fleet.status().await?;
@@ -354,13 +380,15 @@ impl Worker {
                         *h = Some((lease.key.clone(), lease.fence));
                     }
                     let r = self
-                        .process(&fleet, &journal, &lease, &mut sink, &mut ledger, &mut t)
+                        .process(&fleet, &journal, &lease, &mut out, &mut t, shutdown)
                         .await;
                     if let Ok(mut h) = held.lock() {
                         *h = None;
                     }
                     drop(guard);
-                    match r? {
+                    let (outcome, claimed) = r?;
+                    next.extend(claimed);
+                    match outcome {
                         Outcome::Done => t.done += 1,
                         Outcome::InDoubt => t.in_doubt += 1,
                         Outcome::Fenced => t.fenced += 1,
@@ -394,10 +422,10 @@ impl Worker {
         fleet: &Fleet,
         journal: &Journal,
         lease: &Lease,
-        sink: &mut File,
-        ledger: &mut File,
+        out: &mut Outputs,
         t: &mut Totals,
-    ) -> Result<Outcome, BoxError> {
+        shutdown: &Shutdown,
+    ) -> Result<(Outcome, Vec<Lease>), BoxError> {
         let key = &lease.key;
         let mut unit = match journal.begin(key, "record", &lease.payload) {
             Ok(u) => u,
@@ -406,7 +434,7 @@ impl Worker {
                 // unit id it already committed): a failed attempt.
                 say_err!("fleet_agent: {key}: local journal refused the unit: {e}");
                 fleet.nack(lease, &e.to_string()).await?;
-                return Ok(Outcome::Fenced);
+                return Ok((Outcome::Fenced, Vec::new()));
             }
         };
 
@@ -425,7 +453,11 @@ impl Worker {
             .await
         {
             Ok(Intent::Fresh) => {
-                append_line(ledger, "ledger", &format!("{key}\t{}\n", self.worker));
+                append_line(
+                    &mut out.ledger,
+                    "ledger",
+                    &format!("{key}\t{}\n", self.worker),
+                );
                 format!("written by {}", self.worker)
             }
             Ok(Intent::Settled(r)) => {
@@ -434,30 +466,38 @@ impl Worker {
             }
             Ok(Intent::InDoubt) => {
                 say_err!("fleet_agent: {key}: ledger effect {ledger_key} is in doubt (a worker died after recording its intent); left for an operator");
-                return Ok(Outcome::InDoubt);
+                return Ok((Outcome::InDoubt, Vec::new()));
             }
-            Err(FleetError::Fenced { .. }) => return Ok(Outcome::Fenced),
+            Err(FleetError::Fenced { .. }) => return Ok((Outcome::Fenced, Vec::new())),
             Err(e) => return Err(e.into()),
         };
 
         // 4. The message: local journal only (retry with the same key).
         unit.run(Effect::retry_same_key("send"), |ctx| {
             append_line(
-                sink,
+                &mut out.sink,
                 "sink",
                 &format!("{}\t{key} {}\n", ctx.key(), reply.text),
             );
             Ok::<_, std::io::Error>(())
         })?;
 
-        // 5. Ack with the fence, settling the ledger key: one round trip.
-        match fleet.ack(lease, &[(ledger_key, ledger_result)]).await {
+        // 5. Ack with the fence, settling the ledger key: one round trip,
+        //    overlapped with the claim of the next item (unless draining).
+        let settle = [(ledger_key, ledger_result)];
+        let (acked, claimed) = if shutdown.is_triggered() {
+            (fleet.ack(lease, &settle).await, Ok(Vec::new()))
+        } else {
+            tokio::join!(fleet.ack(lease, &settle), fleet.claim(&self.worker, 1))
+        };
+        let outcome = match acked {
             Ok(()) => {
                 unit.commit()?;
-                Ok(Outcome::Done)
+                Outcome::Done
             }
-            Err(FleetError::Fenced { .. }) => Ok(Outcome::Fenced),
-            Err(e) => Err(e.into()),
-        }
+            Err(FleetError::Fenced { .. }) => Outcome::Fenced,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((outcome, claimed?))
     }
 }

@@ -47,11 +47,14 @@
 //! | --- | --- | --- |
 //! | `tokio` | yes | [`runtime`]: signals and the shutdown budget, checkpointed batches, the queue's async shell and drain |
 //! | `http` | no | `runtime::health`: `/health`, `/ready`, `POST /shutdown` and Prometheus `/metrics` (axum) |
-//! | `cli` | no | the `wal-inspect` binary (clap, indicatif): `cargo install agentwal --features cli` |
+//! | `cli` | yes | the `wal-inspect` binary (clap, indicatif) |
+//! | `postgres` | yes | `fleet`: the shared queue and key store on PostgreSQL, and `examples/fleet_agent.rs` |
 //! | `testing` | no | the fault-injecting `SimStorage`, fuzz entry points, the queue's `ManualClock` |
 //!
-//! Library users do not pay for the command-line tools: `cli` is off by
-//! default. On docs.rs every feature is on and each gated item carries a
+//! The defaults build the operator tool and the demo agents with no feature
+//! flags (operators and scripts run them as documented). A library that needs
+//! neither depends on `agentwal = { version = "0.1", default-features = false,
+//! features = ["tokio"] }` and compiles no clap, indicatif or tokio-postgres. On docs.rs every feature is on and each gated item carries a
 //! badge naming its feature.
 //!
 //! # Observability

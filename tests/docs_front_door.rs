@@ -39,13 +39,22 @@ fn the_readme_example_is_the_quickstart_the_docs_test() {
 }
 
 #[test]
-fn cargo_toml_keeps_the_cli_out_of_default_features_and_documents_every_feature() {
+fn cargo_toml_builds_the_fixed_interfaces_by_default_and_documents_every_feature() {
     let toml = read("Cargo.toml");
     let default = toml
         .lines()
         .find(|l| l.starts_with("default = "))
         .expect("default features");
-    assert!(!default.contains("cli"), "{default}");
+    // DESIGN.md's interfaces (wal-inspect, batch_agent, fleet_agent) are
+    // invoked without feature flags; a library user opts out with
+    // `default-features = false` (checked by .ci/run's no-default builds).
+    for needed in ["tokio", "cli", "postgres"] {
+        assert!(default.contains(needed), "{default} lacks {needed}");
+    }
+    assert!(
+        toml.contains("default-features = false, features = [\"tokio\"]"),
+        "Cargo.toml shows library users how to opt out of the tools"
+    );
     for field in [
         "repository = ",
         "documentation = ",

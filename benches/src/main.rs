@@ -14,6 +14,7 @@
 //! repository (not a tmpfs) and are deleted afterwards.
 
 mod measure;
+mod python;
 mod report;
 mod scenarios;
 mod systems;
@@ -45,6 +46,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: agentwal-bench [--quick] [--dir DIR] [--no-write] [--only PHASE]... [--writers 1,8] [--rounds N]\n\
          phases: latency, writers, tasks, units, baselines, replay, compaction\n\
+         (--only python: the Python package against a Python + sqlite3 agent, see benches/python)\n\
          (internal: agentwal-bench --child verify|replay|crc|idle|grow DIR)"
     );
     std::process::exit(2)
@@ -111,6 +113,11 @@ fn main() {
 
 fn run(opts: &Opts) -> Res {
     std::fs::create_dir_all(&opts.work_root)?;
+    if !opts.only.is_empty() && opts.only.iter().all(|o| o == "python") {
+        // Its own report (benches/python/compare.py); the doc table is not touched.
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        return python::run(opts, &repo);
+    }
     let tmp = tempfile::Builder::new()
         .prefix("agentwal-bench-")
         .tempdir_in(&opts.work_root)?;

@@ -41,8 +41,19 @@ from typing import (
 
 from . import _agentwal
 from ._agentwal import Claimed, Compensation, EffectCtx
-from ._types import NOT_HAPPENED, Happened, NotHappened
+from ._types import (
+    NOT_HAPPENED,
+    DidNotHappen,
+    Happened,
+    NotHappened,
+    Permanent,
+    Retry,
+    StepFailure,
+    Transient,
+    Unsure,
+)
 from .errors import (
+    AbortRequested,
     CompensationFailed,
     Corrupt,
     Draining,
@@ -57,14 +68,17 @@ from .errors import (
     KeyBusy,
     KeyConflict,
     LeaseLost,
+    LeftInDoubt,
     Locked,
     NotAJournal,
     NotFound,
+    OperatorRefused,
     PayloadTooLarge,
     Poisoned,
     ReconcileFailed,
     ResultNotReplayable,
     ResultTooLarge,
+    RetriesExhausted,
     RollingBack,
     UnitBusy,
     UnitFinished,
@@ -89,6 +103,12 @@ __all__ = [
     "Happened",
     "NotHappened",
     "NOT_HAPPENED",
+    "Retry",
+    "StepFailure",
+    "Transient",
+    "DidNotHappen",
+    "Unsure",
+    "Permanent",
     "WorkQueue",
     "Claimed",
     "Shutdown",
@@ -122,6 +142,10 @@ __all__ = [
     "UnreplayedSteps",
     "ResultTooLarge",
     "ResultNotReplayable",
+    "LeftInDoubt",
+    "RetriesExhausted",
+    "AbortRequested",
+    "OperatorRefused",
     "Draining",
     "NotFound",
     "LeaseLost",
@@ -344,6 +368,7 @@ class Unit:
         key: Optional[str] = None,
         compensable: bool = False,
         probe: Optional[Callable[[EffectCtx], Union[Happened[Any], NotHappened]]] = None,
+        retry: Optional[Retry] = None,
     ) -> T:
         """Runs (or replays) one effect and returns its result.
 
@@ -370,6 +395,12 @@ class Unit:
         propagates unchanged.
 
         ``compensable=True`` makes :meth:`rollback` compensate the effect.
+
+        ``retry=agentwal.Retry(...)`` retries transient failures (raise
+        :class:`Transient` / :class:`DidNotHappen`, or an ``OSError``) with
+        the same key and a backoff; ``ctx.attempt_number`` counts attempts.
+        Raise :class:`Unsure` to record nothing and leave the effect in doubt
+        (:class:`LeftInDoubt`).
         """
         _check_policy(name, policy, probe)
         if inspect.iscoroutinefunction(fn):
@@ -381,6 +412,7 @@ class Unit:
             key=key,
             compensable=compensable,
             probe=probe,
+            retry=retry,
         )
         return result
 
@@ -393,13 +425,15 @@ class Unit:
         key: Optional[str] = None,
         compensable: bool = False,
         probe: Optional[Callable[[EffectCtx], Any]] = None,
+        retry: Optional[Retry] = None,
     ) -> Any:
         """Async :meth:`run`: ``fn(ctx)`` may return a coroutine (it runs on
         this event loop); ``probe`` may be async too. Journal writes and
         ``fsync`` waits run on a separate thread, so the event loop is never
         blocked. Cancelling the awaiting task cancels the step's coroutine:
         its effect is left in doubt (nothing recorded) and CancelledError
-        propagates."""
+        propagates. ``retry.attempt_timeout`` cancels an attempt's coroutine
+        that runs longer and counts it as a transient failure."""
         _check_policy(name, policy, probe)
         loop = asyncio.get_running_loop()
         inner: List[concurrent.futures.Future[Any]] = []
@@ -417,7 +451,8 @@ class Unit:
                     if inspect.iscoroutine(value):
                         value.close()
                     raise asyncio.CancelledError()
-                cf = asyncio.run_coroutine_threadsafe(_await(value), loop)
+                timeout = retry.attempt_timeout if retry is not None else None
+                cf = asyncio.run_coroutine_threadsafe(_await(value, timeout), loop)
                 inner.append(cf)
             try:
                 return cf.result()
@@ -443,7 +478,7 @@ class Unit:
 
         return await _await_off_loop(
             lambda: self._raw.run(
-                name, step, policy, key=key, compensable=compensable, probe=probe_fn
+                name, step, policy, key=key, compensable=compensable, probe=probe_fn, retry=retry
             ),
             cancel,
         )
@@ -572,8 +607,13 @@ class AsyncUnitContext:
             unit.abandon()
 
 
-async def _await(aw: Awaitable[T]) -> T:
-    return await aw
+async def _await(aw: Awaitable[T], timeout: Optional[float] = None) -> T:
+    if timeout is None:
+        return await aw
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except asyncio.TimeoutError:
+        raise Transient(f"attempt timed out after {timeout}s") from None
 
 
 # ---------------------------------------------------------------------------
@@ -588,6 +628,7 @@ def effect(
     key: Optional[Callable[..., str]] = None,
     compensable: bool = False,
     probe: Optional[Callable[[EffectCtx], Any]] = None,
+    retry: Optional[Retry] = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declares a function as a journaled effect::
 
@@ -637,6 +678,7 @@ def effect(
                     key=key(*args, **kwargs) if key else None,
                     compensable=compensable,
                     probe=probe,
+                    retry=retry,
                 )
 
             return arun
@@ -655,6 +697,7 @@ def effect(
                 key=key(*args, **kwargs) if key else None,
                 compensable=compensable,
                 probe=probe,
+                retry=retry,
             )
 
         return run

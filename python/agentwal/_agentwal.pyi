@@ -24,6 +24,9 @@ class EffectCtx:
         """``"first"``, or ``"retry"`` when an earlier attempt may have happened."""
     @property
     def is_retry(self) -> bool: ...
+    @property
+    def attempt_number(self) -> int:
+        """The attempt number under the effect's retry policy (1 for the first)."""
 
 class Compensation:
     """One compensation to run during a rollback."""
@@ -82,6 +85,7 @@ class RawUnit:
         key: Optional[str] = None,
         compensable: bool = False,
         probe: Optional[Callable[[EffectCtx], Any]] = None,
+        retry: Any = None,
     ) -> Any: ...
     def commit(self) -> int: ...
     def rollback(self, reason: str, compensate: Callable[[Compensation], Any]) -> Dict[str, Any]: ...

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m agentwal.demo --journal DIR --sink FILE [--records N] [--work-ms MS]
+    python -m agentwal.demo --journal DIR --sink FILE [--records N] [--work-ms MS] [--fail-rate P]
 
 Processes N records; each record is one unit: a journaled (fake) model call,
 some simulated work, and one message sent to a "sink" file (one line per
@@ -11,6 +11,11 @@ Kill it at any moment (even with SIGKILL) and run it again: it resumes at the
 first record that is not committed, replays recorded model calls instead of
 paying for them again, and re-sends a message only if its send was in doubt
 at the kill, always with the same idempotency key.
+
+``--fail-rate P`` makes the simulated model call fail transiently (like an
+HTTP 429) with probability P per attempt; the effect's retry policy absorbs
+it, every record still ends committed, and the final summary line counts
+the retries.
 
 SIGTERM finishes the unit in progress and exits 0 within ``SHUTDOWN_TIMEOUT``
 seconds (default 25); SIGINT does the same and exits 130; a second signal
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +36,8 @@ import agentwal
 from agentwal.shutdown import Shutdown
 
 PROG = "agentwal.demo"
+#: The environment variable behind ``--exit-code-unfinished``.
+UNFINISHED_EXIT_ENV = "AGENTWAL_UNFINISHED_EXIT"
 
 
 def say(msg: str) -> None:
@@ -59,6 +67,20 @@ def fake_model(prompt: str) -> Dict[str, Any]:
     return {"text": f"summary-{h & 0xFFFFFFFF:08x}", "tokens": 50 + h % 200}
 
 
+#: The model call's retry policy (batch_agent's): transient failures (429s)
+#: are retried with a short exponential backoff; if they outlast the budget
+#: the call is left in doubt (nothing recorded) and a re-run retries it with
+#: the same key.
+MODEL_RETRY = agentwal.Retry(
+    max_attempts=10_000,
+    initial_backoff=0.001,
+    max_backoff=0.020,
+    jitter=0.5,
+    deadline=120.0,
+    on_exhausted="leave_in_doubt",
+)
+
+
 @dataclass
 class Totals:
     done: int = 0
@@ -69,17 +91,22 @@ class Totals:
     tokens_spent: int = 0
     tokens_saved: int = 0
     resumed_units: int = 0
+    retries: int = 0
 
 
 def unit_id(i: int) -> str:
     return f"record-{i:06d}"
 
 
-class SinkError(SystemExit):
-    """Leaves the send in doubt (nothing recorded) and exits 2."""
-
-
-def process(journal: agentwal.Journal, sink_fd: int, i: int, work_s: float, t: Totals) -> None:
+def process(
+    journal: agentwal.Journal,
+    sink_fd: int,
+    i: int,
+    work_s: float,
+    fail_rate: float,
+    dice: random.Random,
+    t: Totals,
+) -> None:
     """One record = one unit: model call (journaled), work, send (journaled)."""
     uid = unit_id(i)
     with journal.unit(uid, kind="record", payload={"index": i}) as unit:
@@ -87,13 +114,23 @@ def process(journal: agentwal.Journal, sink_fd: int, i: int, work_s: float, t: T
             t.resumed_units += 1
 
         # The model call: journaled so that a resumed unit does not pay again.
+        # In doubt after a kill it is simply called again (same key).
+        # Transient failures (429s) are retried by the effect's policy; only
+        # a success is recorded. The attempt number is counted durably:
+        # retries before a kill count too.
         called = []
+        attempt = [1]
 
-        def model(_ctx: agentwal.EffectCtx) -> Dict[str, Any]:
+        def model(ctx: agentwal.EffectCtx) -> Dict[str, Any]:
             called.append(True)
+            attempt[0] = ctx.attempt_number
+            if fail_rate > 0 and dice.random() < fail_rate:
+                raise agentwal.Transient("model: HTTP 429 Too Many Requests")
             return fake_model(f"summarize record {i}")
 
-        reply = unit.run("model", model, policy="retry_same_key")
+        reply = unit.run("model", model, policy="retry_same_key", retry=MODEL_RETRY)
+        if called:
+            t.retries += max(0, attempt[0] - 1)
         if called:
             t.model_calls += 1
             t.tokens_spent += reply["tokens"]
@@ -117,15 +154,16 @@ def process(journal: agentwal.Journal, sink_fd: int, i: int, work_s: float, t: T
                 if n != len(line):
                     raise OSError(f"short write ({n} of {len(line)} bytes)")
             except OSError as e:
-                # A failed delivery may have reached the receiver in part: it
-                # is in doubt, not failed. SystemExit records nothing (the
-                # intent stays in doubt, like after a kill); a re-run retries
-                # it with the same key.
-                say_err(
-                    f"{PROG}: error: cannot write to the sink ({e}); record {uid} stays in doubt, "
+                # A failed delivery (disk full, I/O error) may have reached
+                # the receiver in part: it is in doubt, not failed. Recording
+                # the error would replay it on every re-run and wedge this
+                # record forever; Unsure records nothing (the intent is
+                # durable already, like after a kill), the agent stops, and a
+                # re-run retries the send with the same key.
+                raise agentwal.Unsure(
+                    f"cannot write to the sink ({e}); record {uid} stays in doubt, "
                     f"re-run to retry it with key {ctx.key}"
-                )
-                raise SinkError(2) from None
+                ) from None
             t.sent += 1
             if ctx.attempt == "retry":
                 t.resends += 1
@@ -144,11 +182,39 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--sink", required=True, help="sink file: one line per message delivery attempt")
     p.add_argument("--records", type=int, default=1000, help="number of records in the batch (default 1000)")
     p.add_argument("--work-ms", type=float, default=2, help="simulated work per record, in ms (default 2)")
+    p.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability (0-1) that one model call attempt fails transiently (HTTP 429); "
+        "the retry policy absorbs it (default 0)",
+    )
+    p.add_argument(
+        "--exit-code-unfinished",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exit with N (1-255) instead of 0 when SIGTERM stops the batch before it is finished "
+        f"(for Kubernetes Jobs); also {UNFINISHED_EXIT_ENV} (default: unset)",
+    )
+    p.add_argument("-V", "--version", action="version", version=f"{PROG} {agentwal.__version__}")
     a = p.parse_args(argv)
+    if a.exit_code_unfinished is None:
+        env = os.environ.get(UNFINISHED_EXIT_ENV, "").strip()
+        if env:
+            try:
+                a.exit_code_unfinished = int(env)
+            except ValueError:
+                p.error(f"invalid value {env!r} for {UNFINISHED_EXIT_ENV}")
+    if a.exit_code_unfinished is not None and not 1 <= a.exit_code_unfinished <= 255:
+        p.error("--exit-code-unfinished must be 1-255 (0 is the code of a finished batch)")
     if a.records < 0 or a.records > 0xFFFFFFFF:
         p.error("--records must be between 0 and 4294967295")
     if a.work_ms < 0:
         p.error("--work-ms must be >= 0")
+    if not 0.0 <= a.fail_rate <= 1.0:
+        p.error(f"--fail-rate must be a probability between 0 and 1, not {a.fail_rate}")
     return a
 
 
@@ -180,6 +246,7 @@ def run(args: argparse.Namespace, shutdown: Shutdown) -> bool:
     began = time.monotonic()
     t = Totals()
     step = max(n // 10, 1)
+    dice = random.Random()
     stopped_at = n
     last_bar = 0.0
     for i in range(start, n):
@@ -194,7 +261,7 @@ def run(args: argparse.Namespace, shutdown: Shutdown) -> bool:
         with guard:
             if journal.unit_state(unit_id(i)) == "committed":
                 continue
-            process(journal, sink_fd, i, work_s, t)
+            process(journal, sink_fd, i, work_s, args.fail_rate, dice, t)
         t.done += 1
         if tty:
             now = time.monotonic()
@@ -226,6 +293,10 @@ def run(args: argparse.Namespace, shutdown: Shutdown) -> bool:
         f"journal: {stats['disk_bytes']} bytes on disk, {stats['compactions']} compactions, "
         f"{time.monotonic() - began:.1f}s"
     )
+    say(
+        f"summary: {committed}/{n} committed, {t.sent} sent, {t.resends} re-sends, "
+        f"{t.retries} retries (transient model failures absorbed)"
+    )
     os.close(sink_fd)
     journal.close()
     return bool(committed == n)
@@ -240,15 +311,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         say_err(f"{PROG}: error: {e}")
         return 2
+    # Opt-in (Kubernetes Jobs): "drained, not finished" gets its own code;
+    # the default stays 0 after SIGTERM whether or not the batch was done.
+    shutdown.set_unfinished_exit_code(args.exit_code_unfinished)
     try:
         ok = run(args, shutdown)
-    except SinkError:
-        return 2
     except (agentwal.Error, RuntimeError, OSError) as e:
         say_err(f"{PROG}: error: {e}")
         return 2
     if shutdown.triggered:
-        return shutdown.exit_code
+        return shutdown.exit_code if ok else shutdown.unfinished_exit_code
     return 0 if ok else 1
 
 

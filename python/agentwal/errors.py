@@ -32,6 +32,10 @@ __all__ = [
     "UnreplayedSteps",
     "ResultTooLarge",
     "ResultNotReplayable",
+    "LeftInDoubt",
+    "RetriesExhausted",
+    "AbortRequested",
+    "OperatorRefused",
     "Draining",
     "NotFound",
     "LeaseLost",
@@ -155,6 +159,27 @@ class ResultTooLarge(PayloadTooLarge):
 class ResultNotReplayable(Error, ValueError):
     """The effect ran but its result would not replay; it is recorded as
     failed with this reason (it will not run again)."""
+
+
+class LeftInDoubt(Error):
+    """The step raised :class:`agentwal.Unsure`: nothing was recorded, the
+    effect stays in doubt; resume the unit to apply its in-doubt policy.
+    ``__cause__`` is the step's exception."""
+
+
+class RetriesExhausted(Error):
+    """Transient failures used up the retry policy (``on_exhausted=
+    "leave_in_doubt"``): the effect stays in doubt (``attempts`` so far) and a
+    resume starts a new round with the same key."""
+
+
+class AbortRequested(Error):
+    """An operator asked for this unit to be aborted (``by``, ``reason``): it
+    runs nothing more; roll it back to run its compensations."""
+
+
+class OperatorRefused(Error):
+    """An operator decision cannot be applied; nothing was written."""
 
 
 class Draining(Error):

@@ -100,6 +100,7 @@ class Shutdown:
         self._event = threading.Event()
         self._exit_at_deadline = False
         self._watchdog: Optional[threading.Thread] = None
+        self._unfinished: Optional[int] = None
         self._async_waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
 
     # -- installing -----------------------------------------------------------
@@ -173,11 +174,12 @@ class Shutdown:
         return True
 
     def _force_exit(self) -> None:
+        # A forced exit (second signal, deadline) leaves work unfinished.
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            os._exit(self.exit_code)
+            os._exit(self.unfinished_exit_code)
 
     def _arm_watchdog(self) -> None:
         if self._watchdog is not None:
@@ -218,6 +220,22 @@ class Shutdown:
     def exit_code(self) -> int:
         """130 after SIGINT, else 0."""
         return EXIT_SIGINT if self._reason == "SIGINT" else 0
+
+    def set_unfinished_exit_code(self, code: Optional[int]) -> None:
+        """Opt-in (Kubernetes Jobs): the exit code of a shutdown that left
+        work unfinished, instead of 0 after SIGTERM (SIGINT keeps 130).
+        None restores the default."""
+        self._unfinished = code
+
+    @property
+    def unfinished_exit_code(self) -> int:
+        """The exit code for a shutdown that left work unfinished: the code set
+        by :meth:`set_unfinished_exit_code` when :attr:`exit_code` would be 0,
+        otherwise :attr:`exit_code`."""
+        code = self.exit_code
+        if self._unfinished is not None and code == 0:
+            return self._unfinished
+        return code
 
     @property
     def deadline(self) -> Optional[float]:

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwal::journal::{
-    self, Attempt, Compensation, Effect, EffectCtx, Journal, JournalOptions, Outcome, Probe, Unit,
-    UnitState,
+    self, Attempt, Compensation, Effect, EffectCtx, ErrorClass, Journal, JournalOptions,
+    OnExhausted, Outcome, Probe, RetryPolicy, StepError, Unit, UnitState,
 };
 use agentwal::queue::{self, Claimed, NackOutcome, QueueOptions, WorkQueue};
 use parking_lot::Mutex;
@@ -257,6 +257,52 @@ fn journal_err(py: Python<'_>, e: journal::Error) -> PyErr {
                 ("effect", s(py, effect)),
                 ("message", s(py, message)),
             ],
+        ),
+        E::LeftInDoubt {
+            unit,
+            step,
+            effect,
+            key,
+            message,
+        } => (
+            "LeftInDoubt",
+            vec![
+                ("unit", s(py, unit)),
+                ("step", step.into_py(py)),
+                ("effect", s(py, effect)),
+                ("key", s(py, key)),
+                ("message", s(py, message)),
+            ],
+        ),
+        E::RetriesExhausted {
+            unit,
+            step,
+            effect,
+            key,
+            attempts,
+            message,
+        } => (
+            "RetriesExhausted",
+            vec![
+                ("unit", s(py, unit)),
+                ("step", step.into_py(py)),
+                ("effect", s(py, effect)),
+                ("key", s(py, key)),
+                ("attempts", attempts.into_py(py)),
+                ("message", s(py, message)),
+            ],
+        ),
+        E::AbortRequested { unit, by, reason } => (
+            "AbortRequested",
+            vec![
+                ("unit", s(py, unit)),
+                ("by", s(py, by)),
+                ("reason", s(py, reason)),
+            ],
+        ),
+        E::OperatorRefused { unit, reason } => (
+            "OperatorRefused",
+            vec![("unit", s(py, unit)), ("reason", s(py, reason))],
         ),
         E::InvalidCall { unit, .. } => ("InvalidCall", vec![("unit", s(py, unit))]),
         E::InvalidOptions(_) => ("InvalidOptions", vec![]),
@@ -534,27 +580,110 @@ impl Unwound {
 }
 
 /// Calls `f(args)` with the GIL. An `Exception` is stored in `slot` and
-/// returned as its text (the journal records it); a `BaseException` that is
-/// not an `Exception` is stored and unwinds (nothing is recorded).
-fn call_py(slot: &Slot, f: &PyObject, arg: PyObject) -> Result<PyObject, String> {
+/// returned as a [`StepError`] of its class (see [`classify`]); a
+/// `BaseException` that is not an `Exception` is stored and unwinds (nothing
+/// is recorded).
+fn call_py(slot: &Slot, f: &PyObject, arg: PyObject) -> Result<PyObject, StepError> {
     let r = Python::with_gil(|py| match f.call1(py, (arg,)) {
         Ok(v) => Ok(v),
         Err(e) => {
-            let text = describe(py, &e);
             let is_exception = e.is_instance_of::<pyo3::exceptions::PyException>(py);
+            let err = is_exception.then(|| {
+                let (class, after) = classify(py, &e);
+                let se = StepError::new(class, describe(py, &e));
+                match after {
+                    Some(a) => se.retry_after(a),
+                    None => se,
+                }
+            });
             *slot.lock() = Some(e);
-            if is_exception {
-                Err(Ok(text))
-            } else {
-                Err(Err(()))
-            }
+            Err(err)
         }
     });
     match r {
         Ok(v) => Ok(v),
-        Err(Ok(text)) => Err(text),
-        Err(Err(())) => resume_unwind(Box::new(Interrupted)),
+        Err(Some(e)) => Err(e),
+        Err(None) => resume_unwind(Box::new(Interrupted)),
     }
+}
+
+/// The class of a Python exception raised by a step: an
+/// `agentwal.StepFailure` says it (`Transient`, `DidNotHappen`, `Unsure`,
+/// `Permanent`, with an optional `retry_after`); an `OSError` (timeouts and
+/// connection errors included) is transient, as `std::io::Error` is in Rust;
+/// anything else is permanent.
+fn classify(py: Python<'_>, e: &PyErr) -> (ErrorClass, Option<Duration>) {
+    let v = e.value_bound(py);
+    let step_failure = PyModule::import_bound(py, "agentwal._types")
+        .and_then(|m| m.getattr("StepFailure"))
+        .ok();
+    if let Some(cls) = step_failure {
+        if v.is_instance(&cls).unwrap_or(false) {
+            let class = v
+                .getattr("error_class")
+                .and_then(|c| c.extract::<String>())
+                .unwrap_or_default();
+            let after = v
+                .getattr("retry_after")
+                .and_then(|a| a.extract::<Option<f64>>())
+                .ok()
+                .flatten()
+                .filter(|a| a.is_finite() && *a >= 0.0)
+                .map(|a| Duration::from_secs_f64(a.min(86_400.0)));
+            let class = match class.as_str() {
+                "transient" => ErrorClass::Transient,
+                "not_happened" => ErrorClass::NotHappened,
+                "in_doubt" => ErrorClass::InDoubt,
+                _ => ErrorClass::Permanent,
+            };
+            return (class, after);
+        }
+    }
+    if e.is_instance_of::<pyo3::exceptions::PyOSError>(py) {
+        return (ErrorClass::Transient, None);
+    }
+    (ErrorClass::Permanent, None)
+}
+
+/// Reads an `agentwal.Retry` (any object with its attributes).
+fn retry_policy(r: &Bound<'_, PyAny>) -> PyResult<RetryPolicy> {
+    let secs = |name: &str| -> PyResult<Option<Duration>> {
+        let v: Option<f64> = r.getattr(name)?.extract()?;
+        match v {
+            None => Ok(None),
+            Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(Duration::from_secs_f64(x))),
+            Some(x) => Err(PyValueError::new_err(format!(
+                "Retry.{name} must be a non-negative number of seconds, not {x}"
+            ))),
+        }
+    };
+    let max_attempts: u32 = r.getattr("max_attempts")?.extract()?;
+    if max_attempts == 0 {
+        return Err(PyValueError::new_err(
+            "Retry.max_attempts must be at least 1",
+        ));
+    }
+    let mut p = RetryPolicy::exponential(max_attempts);
+    let initial = secs("initial_backoff")?.unwrap_or(p.initial_backoff);
+    let max = secs("max_backoff")?.unwrap_or(p.max_backoff);
+    p = p
+        .backoff(initial, max)
+        .multiplier(r.getattr("multiplier")?.extract()?)
+        .jitter(r.getattr("jitter")?.extract()?);
+    if let Some(d) = secs("deadline")? {
+        p = p.deadline(d);
+    }
+    let on: String = r.getattr("on_exhausted")?.extract()?;
+    p = p.on_exhausted(match on.as_str() {
+        "record_failure" => OnExhausted::RecordFailure,
+        "leave_in_doubt" => OnExhausted::LeaveInDoubt,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "Retry.on_exhausted must be \"record_failure\" or \"leave_in_doubt\", not {other:?}"
+            )))
+        }
+    });
+    Ok(p)
 }
 
 /// `TypeName: message`, as Python prints an exception's last line.
@@ -970,6 +1099,10 @@ struct RawCtx {
     /// "first", or "retry" when an earlier attempt with this key may have happened.
     #[pyo3(get)]
     attempt: &'static str,
+    /// The attempt number under the effect's retry policy (1 for the first;
+    /// counted durably, so attempts before a crash count).
+    #[pyo3(get)]
+    attempt_number: u32,
 }
 
 #[pymethods]
@@ -982,8 +1115,8 @@ impl RawCtx {
 
     fn __repr__(&self) -> String {
         format!(
-            "EffectCtx(unit={:?}, name={:?}, seq={}, key={:?}, attempt={:?})",
-            self.unit, self.name, self.seq, self.key, self.attempt
+            "EffectCtx(unit={:?}, name={:?}, seq={}, key={:?}, attempt={:?}, attempt_number={})",
+            self.unit, self.name, self.seq, self.key, self.attempt, self.attempt_number
         )
     }
 }
@@ -1001,6 +1134,7 @@ fn ctx_obj(ctx: &EffectCtx) -> PyObject {
                     Attempt::First => "first",
                     Attempt::Retry => "retry",
                 },
+                attempt_number: ctx.attempt_number(),
             },
         )
         .map(|o| o.into_py(py))
@@ -1189,7 +1323,7 @@ impl RawUnit {
     }
 
     /// Runs (or replays) one effect. See `agentwal.Unit.run`.
-    #[pyo3(signature = (name, f, policy, key=None, compensable=false, probe=None))]
+    #[pyo3(signature = (name, f, policy, key=None, compensable=false, probe=None, retry=None))]
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -1200,6 +1334,7 @@ impl RawUnit {
         key: Option<String>,
         compensable: bool,
         probe: Option<PyObject>,
+        retry: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyObject> {
         let slot: Slot = Arc::default();
         let mut effect: Effect<'_, Value> = match policy {
@@ -1213,7 +1348,7 @@ impl RawUnit {
                 };
                 let sl = slot.clone();
                 Effect::reconcile(name.clone(), move |ctx: &EffectCtx| {
-                    let answer = call_py(&sl, &probe, ctx_obj(ctx))?;
+                    let answer = call_py(&sl, &probe, ctx_obj(ctx)).map_err(|e| e.to_string())?;
                     Python::with_gil(|py| {
                         probe_answer(py, answer.bind(py)).map_err(|e| {
                             let text = describe(py, &e);
@@ -1234,6 +1369,9 @@ impl RawUnit {
         }
         if compensable {
             effect = effect.compensable();
+        }
+        if let Some(r) = retry {
+            effect = effect.retry(retry_policy(r)?);
         }
         let sl = slot.clone();
         let converting = Arc::new(AtomicBool::new(false));
@@ -1256,7 +1394,7 @@ impl RawUnit {
                         let text = describe(py, &e);
                         conv.store(true, Ordering::SeqCst);
                         *sl.lock() = Some(e);
-                        text
+                        StepError::permanent(text)
                     })
                 })
             }))
@@ -1273,6 +1411,14 @@ impl RawUnit {
             Ok(Access::Closed) => Err(self.closed_err(py)),
             Ok(Access::Done(Ok(v))) => Ok(to_py(py, &v)),
             Ok(Access::Done(Err(e))) => {
+                if matches!(
+                    e,
+                    journal::Error::LeftInDoubt { .. } | journal::Error::RetriesExhausted { .. }
+                ) {
+                    // The step stays in doubt: the unit can only be resumed
+                    // (or rolled back), so this handle is closed.
+                    self.inner.lock().take();
+                }
                 let from_py = slot.lock().take();
                 match (&e, from_py) {
                     // The effect returned a value that is not JSON-able

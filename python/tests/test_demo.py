@@ -26,8 +26,9 @@ RECORDS = 300
 class Agent:
     """A running demo whose stdout is read line by line."""
 
-    def __init__(self, d: Path, records: int = RECORDS, work_ms: float = 2, budget: Optional[float] = None):
+    def __init__(self, d: Path, records: int = RECORDS, work_ms: float = 2, budget: Optional[float] = None, extra: Optional[List[str]] = None, env_extra: Optional[Dict[str, str]] = None):
         env = dict(os.environ)
+        env.update(env_extra or {})
         if budget is not None:
             env["SHUTDOWN_TIMEOUT"] = str(budget)
         self.p = subprocess.Popen(
@@ -37,6 +38,7 @@ class Agent:
                 "--sink", str(d / "sink.txt"),
                 "--records", str(records),
                 "--work-ms", str(work_ms),
+                *(extra or []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -301,3 +303,69 @@ def test_a_sink_that_cannot_be_opened_exits_2(tmp_path):
     code, _, out = a.wait(60)
     assert code == 2, (out, a.err)
     assert "sink" in a.err
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_exit_code_unfinished_after_sigterm_for_kubernetes_jobs(tmp_path, how):
+    extra = ["--exit-code-unfinished", "75"] if how == "flag" else None
+    env = {"AGENTWAL_UNFINISHED_EXIT": "75"} if how == "env" else None
+    a = Agent(tmp_path, work_ms=20, budget=10, extra=extra, env_extra=env)
+    a.wait_line("agentwal.demo:")
+    time.sleep(0.2)
+    assert a.signal(signal.SIGTERM)
+    code, _, out = a.wait(20)
+    assert code == 75, (out, a.err)
+    # A finished batch keeps 0.
+    a = Agent(tmp_path, work_ms=0, budget=10, extra=extra, env_extra=env)
+    code, _, out = a.wait(120)
+    assert code == 0, (out, a.err)
+    p = subprocess.run(
+        [sys.executable, "-m", "agentwal.demo", "--journal", str(tmp_path / "j"), "--sink", str(tmp_path / "s"), "--exit-code-unfinished", "0"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert p.returncode == 2 and "1-255" in p.stderr
+
+
+def test_fail_rate_with_sigkills_commits_everything_and_counts_retries(tmp_path):
+    rng = random.Random(int(os.environ.get("KILL_SEED", time.time_ns() % 2**32)))
+    kills = 0
+    for _ in range(3):
+        a = Agent(tmp_path, extra=["--fail-rate", "0.3"])
+        a.wait_line("agentwal.demo:")
+        time.sleep(rng.uniform(0.05, 0.5))
+        if a.signal(signal.SIGKILL):
+            kills += 1
+        a.p.wait(30)
+    a = Agent(tmp_path, extra=["--fail-rate", "0.3"])
+    code, _, out = a.wait(120)
+    assert code == 0, (out, a.err)
+    line = next(l for l in out if l.startswith("summary: "))
+    assert line.startswith(f"summary: {RECORDS}/{RECORDS} committed, ")
+    done = int(next(l for l in out if l.startswith("records done:")).split()[2])
+    retries = int(line.split(" re-sends, ")[1].split(" retries")[0])
+    if done >= 30:
+        assert retries > 0, line
+    check_final(tmp_path, kills)
+
+
+def test_a_failing_sink_leaves_the_send_in_doubt_then_the_rerun_resends_it_once(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    j = tmp_path / "journal"
+    p = subprocess.run(
+        [sys.executable, "-m", "agentwal.demo", "--journal", str(j), "--sink", "/dev/full", "--records", "5", "--work-ms", "0"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "cannot write to the sink" in p.stderr and "stays in doubt" in p.stderr
+    with agentwal.Journal(j) as jj:
+        [u] = jj.incomplete_units()
+        assert u["id"] == "record-000000"
+        assert [e["state"] for e in u["effects"]] == ["completed", "in_doubt"]
+    p = subprocess.run(
+        [sys.executable, "-m", "agentwal.demo", "--journal", str(j), "--sink", str(tmp_path / "sink.txt"), "--records", "5", "--work-ms", "0"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "messages sent: 5 (re-sends: 1)" in p.stdout
+    assert "model calls: 4 made, 1 replayed from the journal" in p.stdout

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use agentwal::inspect::dump::{dump, DumpOptions};
 use agentwal::inspect::repair::{repair, RepairOptions};
 use agentwal::inspect::{self as ins, text, Error, Inspection, OpenOptions};
-use agentwal::journal::UnitState;
+use agentwal::journal::{OperatorCommand, OperatorRequest, Resolution, UnitState};
 use agentwal::log::FsStorage;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -25,8 +25,10 @@ const PROGRESS_MIN_BYTES: u64 = 256 << 20;
     version,
     about = "Inspect, verify and repair an agentwal journal directory.",
     long_about = "Inspect, verify and repair an agentwal journal directory.\n\n\
-        Every command except `repair` opens the journal read-only, takes no lock and can run \
-        while the owning process is still appending.\n\n\
+        Every command except `repair` and the operator commands (`resolve`, `abort`, `approve`, \
+        `queue --redrive|--purge-dead`) opens the journal read-only, takes no lock and can run \
+        while the owning process is still appending. Operator commands record an attributed \
+        decision: directly when the agent is stopped, through the running agent otherwise.\n\n\
         Exit codes: 0 ok, 1 corruption found (verify) or repair refused, 2 usage or I/O error.",
     after_help = "Examples:\n  \
         wal-inspect summary /var/lib/agent/journal\n  \
@@ -107,13 +109,87 @@ enum Command {
         /// The journal directory.
         journal_dir: PathBuf,
     },
-    /// Work-queue items: pending, in flight, dead-lettered, attempts.
+    /// Work-queue items: pending, in flight, dead-lettered, attempts. With
+    /// --redrive or --purge-dead: an operator command (writes, attributed).
     #[command(
-        after_help = "Examples:\n  wal-inspect queue ./journal\n  wal-inspect queue ./journal --json"
+        after_help = "Examples:\n  wal-inspect queue ./journal\n  wal-inspect queue ./journal --json\n  wal-inspect queue ./journal --redrive 17 18 --by alice\n  wal-inspect queue ./journal --purge-dead --by alice"
     )]
     Queue {
         /// The journal directory.
         journal_dir: PathBuf,
+        /// Move dead letters (the ITEM_IDs given, or all) back to pending
+        /// with fresh attempts.
+        #[arg(long, conflicts_with = "purge_dead")]
+        redrive: bool,
+        /// Drop dead letters (the ITEM_IDs given, or all).
+        #[arg(long)]
+        purge_dead: bool,
+        /// Items to act on (default: every dead letter).
+        #[arg(value_name = "ITEM_ID", requires = "redrive")]
+        ids: Vec<u64>,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Record an operator's decision for an in-doubt effect: it happened
+    /// (with the result the resumed unit gets) or it did not (the unit runs
+    /// it again with the same key). Works while the agent runs (its owner
+    /// applies it) and while it is stopped.
+    #[command(
+        after_help = "Examples:\n  wal-inspect resolve ./journal record-000017 1 --happened --result '{\"id\":\"msg-9\"}' --by alice --reason 'seen in the provider console'\n  wal-inspect resolve ./journal record-000017 1 --not-happened --by alice"
+    )]
+    Resolve {
+        /// The journal directory.
+        journal_dir: PathBuf,
+        /// The unit id.
+        unit_id: String,
+        /// The step (as shown by `show`, `#N`).
+        step: u32,
+        /// The effect happened.
+        #[arg(
+            long,
+            conflicts_with = "not_happened",
+            required_unless_present = "not_happened"
+        )]
+        happened: bool,
+        /// The effect's result as JSON (with --happened; default null).
+        #[arg(long, requires = "happened", value_name = "JSON")]
+        result: Option<String>,
+        /// The effect did not happen.
+        #[arg(long)]
+        not_happened: bool,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Record an operator's abort of an incomplete unit: aborted at once if
+    /// there is nothing to compensate, otherwise the agent runs its
+    /// compensations (rollback) and records the abort.
+    #[command(
+        after_help = "Examples:\n  wal-inspect abort ./journal record-000017 --reason 'duplicate order' --by alice"
+    )]
+    Abort {
+        /// The journal directory.
+        journal_dir: PathBuf,
+        /// The unit id.
+        unit_id: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Record a human decision for a pending approval of a unit.
+    #[command(
+        after_help = "Examples:\n  wal-inspect approve ./journal refund-42 refund --by alice\n  wal-inspect approve ./journal refund-42 refund --reject --by alice --reason 'over limit'"
+    )]
+    Approve {
+        /// The journal directory.
+        journal_dir: PathBuf,
+        /// The unit id.
+        unit_id: String,
+        /// The approval's name (as shown by `show`).
+        name: String,
+        /// Reject instead of approve.
+        #[arg(long)]
+        reject: bool,
+        #[command(flatten)]
+        who: Who,
     },
     /// Cut a torn tail (keeping the cut bytes in cut-*.bin). Takes the owner
     /// lock: refuses while the owning process runs. Refuses mid-log
@@ -131,6 +207,53 @@ enum Command {
         #[arg(long)]
         lossy: bool,
     },
+}
+
+/// Attribution and patience of an operator command.
+#[derive(clap::Args, Debug)]
+struct Who {
+    /// Who decides (recorded; default $USER).
+    #[arg(long, value_name = "WHO")]
+    by: Option<String>,
+    /// Why (recorded).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    reason: String,
+    /// How long to wait for a running owner to apply the command, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    wait: u64,
+}
+
+impl Who {
+    fn by(&self) -> String {
+        self.by
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "operator".into())
+    }
+    fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.wait)
+    }
+}
+
+fn print_operator(
+    out: &mut Out,
+    json: bool,
+    r: &ins::operator::OperatorResult,
+) -> Result<(), Error> {
+    if json {
+        out.json(r)
+    } else {
+        out.line(&format!(
+            "{} ({})",
+            r.message,
+            if r.applied == "owner" {
+                "applied by the running agent"
+            } else {
+                "applied directly; no agent was running"
+            }
+        ))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -290,7 +413,93 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32, Error> {
             }
             Ok(0)
         }
-        Command::Queue { journal_dir } => {
+        Command::Queue {
+            journal_dir,
+            redrive,
+            purge_dead,
+            ids,
+            who,
+        } if redrive || purge_dead => {
+            let cmd = agentwal::queue::QueueCommand {
+                by: who.by(),
+                command: if redrive { "redrive" } else { "purge_dead" }.into(),
+                ids,
+            };
+            let r = ins::operator::queue_command(&journal_dir, &cmd, who.wait())?;
+            print_operator(out, json, &r)?;
+            Ok(0)
+        }
+        Command::Resolve {
+            journal_dir,
+            unit_id,
+            step,
+            happened,
+            result,
+            not_happened: _,
+            who,
+        } => {
+            let resolution = if happened {
+                let v =
+                    match result {
+                        Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                            Error::OperatorRefused {
+                                message: format!("--result is not valid JSON ({e}): {text}"),
+                            }
+                        })?),
+                        None => None,
+                    };
+                Resolution::Happened(v)
+            } else {
+                Resolution::NotHappened
+            };
+            let cmd = OperatorCommand {
+                by: who.by(),
+                reason: who.reason.clone(),
+                request: OperatorRequest::Resolve {
+                    unit: unit_id,
+                    step,
+                    resolution,
+                },
+            };
+            let r = ins::operator::journal_command(&journal_dir, &cmd, who.wait())?;
+            print_operator(out, json, &r)?;
+            Ok(0)
+        }
+        Command::Abort {
+            journal_dir,
+            unit_id,
+            who,
+        } => {
+            let cmd = OperatorCommand {
+                by: who.by(),
+                reason: who.reason.clone(),
+                request: OperatorRequest::Abort { unit: unit_id },
+            };
+            let r = ins::operator::journal_command(&journal_dir, &cmd, who.wait())?;
+            print_operator(out, json, &r)?;
+            Ok(0)
+        }
+        Command::Approve {
+            journal_dir,
+            unit_id,
+            name,
+            reject,
+            who,
+        } => {
+            let cmd = OperatorCommand {
+                by: who.by(),
+                reason: who.reason.clone(),
+                request: OperatorRequest::Approve {
+                    unit: unit_id,
+                    name,
+                    approved: !reject,
+                },
+            };
+            let r = ins::operator::journal_command(&journal_dir, &cmd, who.wait())?;
+            print_operator(out, json, &r)?;
+            Ok(0)
+        }
+        Command::Queue { journal_dir, .. } => {
             let q = ins::queue::queue(Arc::new(FsStorage), &journal_dir)?;
             if json {
                 out.json(&q)?;

@@ -62,6 +62,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// An operator command (`resolve`, `abort`, `approve`, `queue
+    /// --redrive|--purge-dead`) was refused, or the running owner did not
+    /// apply it in time. Nothing was changed (unless `pending` says the owner
+    /// is still applying it).
+    #[error("{message}")]
+    OperatorRefused {
+        /// Why, in plain words.
+        message: String,
+    },
+
+    /// The queue layer failed.
+    #[error("{0}")]
+    Queue(#[from] crate::queue::Error),
+
     /// Writing the report failed (for example a closed pipe).
     #[error("cannot write the report: {0}")]
     Output(#[source] io::Error),
@@ -80,7 +94,7 @@ impl Error {
     /// journal is damaged (repair refused), 2 for usage, input and I/O errors.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::RepairRefused { .. } => 1,
+            Error::RepairRefused { .. } | Error::OperatorRefused { .. } => 1,
             _ => 2,
         }
     }

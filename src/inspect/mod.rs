@@ -38,6 +38,7 @@
 pub mod dump;
 mod error;
 pub mod open;
+pub mod operator;
 pub mod queue;
 pub mod repair;
 mod semantics;

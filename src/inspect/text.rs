@@ -452,6 +452,44 @@ pub fn show(d: &UnitDetail) -> String {
             opt(e.effect.outcome_lsn)
         );
         let _ = writeln!(o, "       {}", e.explanation);
+        if e.effect.attempts > 1 {
+            let _ = writeln!(o, "       attempts: {}", e.effect.attempts);
+        }
+        if let Some(op) = &e.effect.operator {
+            let _ = writeln!(o, "       operator: {op}");
+        }
+    }
+    if !d.approvals.is_empty() {
+        let _ = writeln!(o, "\napprovals:");
+        for a in &d.approvals {
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<9} {}  payload {}",
+                a.name,
+                a.status,
+                a.by.as_deref()
+                    .map(|b| format!("by {b}"))
+                    .unwrap_or_default(),
+                clip(&a.payload, 200, a.payload.len() as u64)
+            );
+        }
+    }
+    if !d.operator_actions.is_empty() {
+        let _ = writeln!(o, "\noperator actions:");
+        for a in &d.operator_actions {
+            let _ = writeln!(
+                o,
+                "  LSN {:>6}  {}  by {}{}",
+                a.lsn,
+                a.what,
+                a.by,
+                if a.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", a.reason)
+                }
+            );
+        }
     }
     let time_of = |kinds: &[&str]| {
         d.history

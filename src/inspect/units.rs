@@ -51,6 +51,12 @@ pub struct UnitRow {
     pub begin_lsn: Lsn,
     /// LSN of the commit or abort record.
     pub end_lsn: Option<Lsn>,
+    /// Approvals asked for and not decided yet.
+    pub approvals_pending: usize,
+    /// Operator actions recorded for the unit (resolve, abort, approve).
+    pub operator_actions: usize,
+    /// Who asked for an abort the agent has not finished yet.
+    pub abort_requested_by: Option<String>,
 }
 
 impl From<&UnitView> for UnitRow {
@@ -65,6 +71,9 @@ impl From<&UnitView> for UnitRow {
             last_checkpoint_lsn: u.last_checkpoint_lsn,
             begin_lsn: u.begin_lsn,
             end_lsn: u.end_lsn,
+            approvals_pending: u.approvals.iter().filter(|a| a.status == "pending").count(),
+            operator_actions: u.operator_actions.len(),
+            abort_requested_by: u.abort_requested_by.clone(),
         }
     }
 }
@@ -129,6 +138,12 @@ pub struct UnitDetail {
     pub summary: String,
     /// Every effect, explained.
     pub effects: Vec<EffectDetail>,
+    /// Approvals the unit asked for, with their decisions.
+    pub approvals: Vec<crate::journal::ApprovalView>,
+    /// Operator actions on the unit (who, when, why), in order.
+    pub operator_actions: Vec<crate::journal::OperatorView>,
+    /// Who asked for an abort the agent has not finished yet.
+    pub abort_requested_by: Option<String>,
     /// Every record of the unit still in the log, in LSN order.
     pub history: Vec<HistoryEntry>,
     /// A remark about the history (for example records folded into a snapshot).
@@ -215,6 +230,9 @@ pub fn show(insp: &Inspection, view: &JournalView, id: &str) -> Result<UnitDetai
                 explanation: explain(e),
             })
             .collect(),
+        approvals: u.approvals.clone(),
+        operator_actions: u.operator_actions.clone(),
+        abort_requested_by: u.abort_requested_by.clone(),
         history,
         note,
     })
@@ -229,6 +247,10 @@ fn unit_summary(u: &UnitView) -> String {
         UnitState::Aborted => format!(
             "aborted at LSN {}: rolled back (completed effects compensated in reverse order); nothing of this unit runs again",
             u.end_lsn.map_or_else(|| "?".into(), |l| l.to_string())
+        ),
+        UnitState::Incomplete if u.abort_requested_by.is_some() => format!(
+            "ABORT REQUESTED by {}: the agent will not run it again; its rollback (compensations, then the abort record) runs in the agent (Journal::rollback)",
+            u.abort_requested_by.as_deref().unwrap_or("?")
         ),
         UnitState::Incomplete => {
             let doubt = u.effects_in_doubt();
@@ -265,6 +287,18 @@ pub fn explain(e: &EffectView) -> String {
         ),
         EffectState::Compensated => format!(
             "completed (outcome at LSN {outcome}), then compensated by a rollback; never runs again under key {}",
+            e.key
+        ),
+        EffectState::NotHappened => format!(
+            "NOT HAPPENED: in doubt, then an operator declared it did not take effect ({}); a resume runs it again with the same key {}",
+            e.operator.as_deref().unwrap_or("?"),
+            e.key
+        ),
+        EffectState::InDoubt if e.last_error.is_some() => format!(
+            "RETRYING: attempt {} failed with a transient error ({}) and its retry had not started; a resume waits out the rest of the backoff and runs attempt {} with the same key {}",
+            e.attempts,
+            e.last_error.as_deref().unwrap_or("?"),
+            e.attempts + 1,
             e.key
         ),
         EffectState::InDoubt => {

@@ -42,11 +42,22 @@
 //!
 //! # Cost
 //!
-//! A unit with *n* effects costs *n + 1* `fdatasync`s on its critical path:
-//! the unit-begin record is buffered and shares the first effect intent's
-//! sync; each outcome is buffered and shares the next intent's (or the
-//! commit's) sync. One effect: 2 syncs. Concurrent units share syncs through
-//! the log's group commit.
+//! Only the syncs the in-doubt policy needs are paid on a unit's critical
+//! path (the rule per policy: docs/journal.md, "Syncs per policy"):
+//!
+//! * the unit-begin record is buffered (nothing happened yet);
+//! * a `never_repeat` or `reconcile` effect's intent is synced before the
+//!   effect runs (a crash during the effect must show it in doubt);
+//! * a `retry_same_key` effect's intent is buffered: its key is
+//!   deterministic, so a re-run after a lost intent uses the same key, as an
+//!   in-doubt retry would;
+//! * every outcome is buffered; the commit is synced, covering everything
+//!   before it.
+//!
+//! So a unit of retry-same-key effects costs **one** `fdatasync` (the
+//! commit's), whatever the number of effects; each `never_repeat` or
+//! `reconcile` effect adds one. Concurrent units share syncs through the
+//! log's group commit.
 //!
 //! # Example
 //!
@@ -72,6 +83,7 @@
 //! ```
 
 mod error;
+mod operator;
 pub(crate) mod record;
 mod retry;
 mod state;
@@ -86,13 +98,19 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 pub use error::{Error, Result};
+pub use operator::{
+    Approval, OperatorCommand, OperatorReply, OperatorRequest, Resolution, INBOX_POLL,
+};
 pub use record::{JournalRecord, OperatorAction, Outcome, OutcomeVia, PolicyKind};
 pub use retry::{ErrorClass, OnExhausted, RetryPolicy, StepError};
 pub use state::{EffectStatus, Retention};
 pub use unit::{
     default_key, Attempt, Compensation, Effect, EffectCtx, Probe, RollbackReport, Unit,
 };
-pub use view::{EffectState, EffectView, JournalView, KeyStatus, KeyView, UnitState, UnitView};
+pub use view::{
+    ApprovalView, EffectState, EffectView, JournalView, KeyStatus, KeyView, OperatorView,
+    UnitState, UnitView,
+};
 
 use crate::log::{Durability, FsStorage, Log, LogOptions, Storage};
 use state::State;
@@ -268,7 +286,15 @@ struct Inner {
     counters: Mutex<Counters>,
     compacting: Mutex<()>,
     replay: ReplayReport,
+    /// Result type checks by effect name (registered by `Unit::run`), for
+    /// operator resolutions.
+    types: Mutex<HashMap<String, TypeCheck>>,
+    /// The operator inbox (journals on the real file system only).
+    inbox: Option<crate::log::inbox::Inbox>,
 }
+
+/// Checks that a JSON value is a valid result of one effect's Rust type.
+type TypeCheck = fn(&serde_json::Value) -> std::result::Result<(), String>;
 
 /// An open journal, exclusively owning its directory. Cheap to clone; safe
 /// to share between threads (units on different threads share `fdatasync`s).
@@ -314,16 +340,36 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (creating if needed) the journal in `dir` and replays it.
+    ///
+    /// Operator commands waiting in the directory's inbox (`wal-inspect
+    /// resolve|abort|approve` while the owner was running or starting) are
+    /// applied before it returns, and then every [`INBOX_POLL`] by a
+    /// background thread for as long as the journal is open.
     pub fn open(dir: impl AsRef<Path>, opts: JournalOptions) -> Result<Journal> {
-        Self::open_with(Arc::new(FsStorage), dir, opts)
+        let inbox = crate::log::inbox::Inbox::new(dir.as_ref());
+        let j = Self::open_inner(Arc::new(FsStorage), dir, opts, Some(inbox))?;
+        j.apply_inbox()?;
+        operator::spawn_inbox_poller(&j);
+        Ok(j)
     }
 
     /// Opens the journal through any [`Storage`] (for example the
     /// power-loss simulator) and replays it.
+    /// No operator inbox is read (call [`Journal::apply_inbox`] yourself
+    /// for a journal on the real file system).
     pub fn open_with(
         storage: Arc<dyn Storage>,
         dir: impl AsRef<Path>,
         opts: JournalOptions,
+    ) -> Result<Journal> {
+        Self::open_inner(storage, dir, opts, None)
+    }
+
+    fn open_inner(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: JournalOptions,
+        inbox: Option<crate::log::inbox::Inbox>,
     ) -> Result<Journal> {
         opts.validate()?;
         let log = Log::open_with(storage, dir, opts.log.clone())?;
@@ -361,6 +407,8 @@ impl Journal {
                 }),
                 compacting: Mutex::new(()),
                 replay,
+                types: Mutex::new(HashMap::new()),
+                inbox,
             }),
         })
     }
@@ -388,7 +436,20 @@ impl Journal {
     /// are then ignored (read the recorded ones with [`Unit::payload`]).
     /// A unit that already ended fails with [`Error::UnitFinished`] (as long
     /// as its id is retained, see [`Retention`]).
+    ///
+    /// A unit an operator asked to abort ([`Journal::request_abort`]) is
+    /// refused with [`Error::AbortRequested`]: roll it back instead.
     pub fn begin<P: Serialize + ?Sized>(&self, id: &str, kind: &str, payload: &P) -> Result<Unit> {
+        self.begin_inner(id, kind, payload, false)
+    }
+
+    fn begin_inner<P: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        kind: &str,
+        payload: &P,
+        for_rollback: bool,
+    ) -> Result<Unit> {
         let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
             unit: id.to_string(),
             what: "unit payload".into(),
@@ -402,9 +463,24 @@ impl Journal {
         }
         // From here on the guard releases the id on every early return.
         let guard = unit::ActiveGuard::new(self.clone(), id.to_string());
-        let existing = self.inner.state.lock().unit_state(id);
+        let (existing, abort) = {
+            let st = self.inner.state.lock();
+            let abort = st
+                .units
+                .get(id)
+                .and_then(|u| u.abort_requested.as_ref())
+                .map(|n| (n.by.clone(), n.reason.clone()));
+            (st.unit_state(id), abort)
+        };
         match existing {
-            Some(UnitState::Incomplete) => Ok(Unit::new(guard, true)),
+            Some(UnitState::Incomplete) => match abort {
+                Some((by, reason)) if !for_rollback => Err(Error::AbortRequested {
+                    unit: id.to_string(),
+                    by,
+                    reason,
+                }),
+                _ => Ok(Unit::new(guard, true)),
+            },
             Some(s @ (UnitState::Committed | UnitState::Aborted)) => Err(Error::UnitFinished {
                 unit: id.to_string(),
                 state: s.as_str(),
@@ -558,7 +634,8 @@ impl Journal {
                 })
             }
         }
-        self.begin(id, "", &())?.rollback(reason, compensate)
+        self.begin_inner(id, "", &(), true)?
+            .rollback(reason, compensate)
     }
 
     /// Writes a snapshot of the live state (incomplete units, key index after

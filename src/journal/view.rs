@@ -55,6 +55,9 @@ pub enum EffectState {
     Compensated,
     /// Its outcome is recorded as an error.
     Failed,
+    /// Its intent is recorded without outcome, and an operator declared
+    /// that it did not happen: a resume runs it again with the same key.
+    NotHappened,
 }
 
 /// Where an idempotency key stands.
@@ -86,6 +89,51 @@ pub struct EffectView {
     pub intent_lsn: u64,
     /// LSN of the outcome, when recorded.
     pub outcome_lsn: Option<u64>,
+    /// Attempts started (1 + retries; counted durably).
+    #[serde(default = "one")]
+    pub attempts: u32,
+    /// The latest attempt's transient error, while a retry is pending.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The operator decision about this effect (`"<what> by <who>: <why>"`).
+    #[serde(default)]
+    pub operator: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An approval a unit asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    /// Its name.
+    pub name: String,
+    /// What the approver is shown (JSON text).
+    pub payload: String,
+    /// `"pending"`, `"approved"` or `"rejected"`.
+    pub status: String,
+    /// Who decided.
+    pub by: Option<String>,
+    /// When it was asked (ms since the epoch).
+    pub requested_at_ms: u64,
+    /// When it was decided (ms since the epoch).
+    pub decided_at_ms: Option<u64>,
+}
+
+/// One operator action on a unit (who, when, why).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorView {
+    /// What was done.
+    pub what: String,
+    /// Who did it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// LSN of the operator record.
+    pub lsn: u64,
 }
 
 /// One unit with its effects.
@@ -105,6 +153,15 @@ pub struct UnitView {
     pub end_lsn: Option<u64>,
     /// LSN of its latest checkpoint.
     pub last_checkpoint_lsn: Option<u64>,
+    /// Approvals asked for, by name.
+    #[serde(default)]
+    pub approvals: Vec<ApprovalView>,
+    /// Operator actions on the unit, in order.
+    #[serde(default)]
+    pub operator_actions: Vec<OperatorView>,
+    /// Who asked for an abort that the agent has not finished (rollback pending).
+    #[serde(default)]
+    pub abort_requested_by: Option<String>,
 }
 
 impl UnitView {
@@ -112,7 +169,7 @@ impl UnitView {
     pub fn effects_done(&self) -> usize {
         self.effects
             .iter()
-            .filter(|e| e.state != EffectState::InDoubt)
+            .filter(|e| !matches!(e.state, EffectState::InDoubt | EffectState::NotHappened))
             .count()
     }
 
@@ -162,13 +219,21 @@ pub(crate) fn effect_view(e: &EffectRec) -> EffectView {
         key: e.key.clone(),
         policy: e.policy.as_str().to_string(),
         state: match e.status() {
-            EffectStatus::Completed | EffectStatus::NotStarted => EffectState::Completed,
+            EffectStatus::Completed => EffectState::Completed,
+            EffectStatus::NotStarted => EffectState::NotHappened,
             EffectStatus::Failed => EffectState::Failed,
             EffectStatus::InDoubt => EffectState::InDoubt,
             EffectStatus::Compensated => EffectState::Compensated,
         },
         intent_lsn: e.intent_lsn,
         outcome_lsn: e.outcome.as_ref().map(|o| o.2),
+        attempts: e.retries + 1,
+        last_error: e.last_failure.as_ref().map(|f| f.message.clone()),
+        operator: e
+            .resolved_by
+            .as_ref()
+            .or(e.not_happened.as_ref())
+            .map(|n| format!("{} by {} at {} ms: {}", n.what, n.by, n.at_ms, n.reason)),
     }
 }
 
@@ -181,6 +246,35 @@ pub(crate) fn unit_view(u: &UnitRec) -> UnitView {
         begin_lsn: u.begin_lsn,
         end_lsn: u.end.map(|e| e.1),
         last_checkpoint_lsn: u.checkpoint.as_ref().map(|c| c.0),
+        approvals: u
+            .approvals
+            .iter()
+            .map(|(name, a)| ApprovalView {
+                name: name.clone(),
+                payload: a.payload.to_string(),
+                status: match &a.decision {
+                    None => "pending",
+                    Some((true, _)) => "approved",
+                    Some((false, _)) => "rejected",
+                }
+                .to_string(),
+                by: a.decision.as_ref().map(|d| d.1.by.clone()),
+                requested_at_ms: a.requested_at_ms,
+                decided_at_ms: a.decision.as_ref().map(|d| d.1.at_ms),
+            })
+            .collect(),
+        operator_actions: u
+            .operator_log
+            .iter()
+            .map(|n| OperatorView {
+                what: n.what.clone(),
+                by: n.by.clone(),
+                reason: n.reason.clone(),
+                at_ms: n.at_ms,
+                lsn: n.lsn,
+            })
+            .collect(),
+        abort_requested_by: u.abort_requested.as_ref().map(|n| n.by.clone()),
     }
 }
 

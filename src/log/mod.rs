@@ -40,6 +40,7 @@ pub(crate) mod format;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inbox;
 pub(crate) mod probe;
 mod reader;
 pub(crate) mod record;

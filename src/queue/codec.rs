@@ -13,6 +13,8 @@ pub(crate) mod kind {
     pub const NACK: u8 = 4;
     pub const DEAD: u8 = 5;
     pub const RELEASE: u8 = 6;
+    pub const REDRIVE: u8 = 7;
+    pub const PURGE: u8 = 8;
 }
 
 /// Magic of a queue snapshot payload.
@@ -165,6 +167,24 @@ pub(crate) fn encode_op(op: &Op) -> (u8, Vec<u8>) {
             e.u64(*id).u32(*attempt);
             kind::RELEASE
         }
+        Op::Redrive {
+            id,
+            attempt,
+            by,
+            at_ms,
+        } => {
+            e.u64(*id).u32(*attempt).u64(*at_ms).bytes(by.as_bytes());
+            kind::REDRIVE
+        }
+        Op::Purge {
+            id,
+            attempt,
+            by,
+            at_ms,
+        } => {
+            e.u64(*id).u32(*attempt).u64(*at_ms).bytes(by.as_bytes());
+            kind::PURGE
+        }
     };
     (kind, e.0)
 }
@@ -202,6 +222,18 @@ pub(crate) fn decode_op(kind: u8, payload: &[u8]) -> DecResult<Op> {
         kind::RELEASE => Op::Release {
             id: d.u64()?,
             attempt: d.u32()?,
+        },
+        kind::REDRIVE => Op::Redrive {
+            id: d.u64()?,
+            attempt: d.u32()?,
+            at_ms: d.u64()?,
+            by: d.string()?,
+        },
+        kind::PURGE => Op::Purge {
+            id: d.u64()?,
+            attempt: d.u32()?,
+            at_ms: d.u64()?,
+            by: d.string()?,
         },
         k => return Err(format!("unknown queue record kind {k}")),
     };
@@ -320,6 +352,18 @@ mod tests {
                 error: "gave up".into(),
             },
             Op::Release { id: 7, attempt: 3 },
+            Op::Redrive {
+                id: 7,
+                attempt: 3,
+                by: "ops".into(),
+                at_ms: 9,
+            },
+            Op::Purge {
+                id: 7,
+                attempt: 0,
+                by: "ops".into(),
+                at_ms: 10,
+            },
         ];
         for op in ops {
             let (k, p) = encode_op(&op);

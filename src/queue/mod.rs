@@ -239,7 +239,37 @@ struct Inner {
     /// Signalled when an in-flight item is settled (drain waits on it).
     settled: Condvar,
     report: QueueOpenReport,
+    /// The operator inbox (`<queue dir>/inbox`; real file system only).
+    inbox: Option<crate::log::inbox::Inbox>,
 }
+
+/// An operator command for the queue, as carried by its inbox (JSON):
+/// what `wal-inspect queue --redrive|--purge-dead` sends to a running owner.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueCommand {
+    /// Who decides (recorded).
+    pub by: String,
+    /// `"redrive"` or `"purge_dead"`.
+    pub command: String,
+    /// Dead letters to act on; empty: all of them.
+    #[serde(default)]
+    pub ids: Vec<u64>,
+}
+
+/// The owner's reply to a [`QueueCommand`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueReply {
+    /// True when applied.
+    pub ok: bool,
+    /// Items changed.
+    #[serde(default)]
+    pub ids: Vec<u64>,
+    /// What changed, or why it was refused.
+    pub message: String,
+}
+
+/// How often a running queue owner looks for operator commands.
+pub const INBOX_POLL: Duration = Duration::from_millis(200);
 
 /// A durable work queue. Cheap to clone; safe to share between threads.
 ///
@@ -304,16 +334,44 @@ fn cut(s: &str, max: usize) -> String {
 impl WorkQueue {
     /// Opens (creating if needed) the queue of `journal_dir` (in
     /// `<journal_dir>/queue/`) on the real file system.
+    ///
+    /// Operator commands waiting in the queue's inbox (`wal-inspect queue
+    /// --redrive|--purge-dead` against a running owner) are applied before
+    /// it returns and then every [`INBOX_POLL`] while the queue is open.
     pub fn open(journal_dir: impl AsRef<Path>, opts: QueueOptions) -> Result<WorkQueue, Error> {
-        Self::open_with(Arc::new(FsStorage), journal_dir, opts)
+        let inbox = crate::log::inbox::Inbox::new(queue_dir(journal_dir.as_ref()));
+        let q = Self::open_inner(Arc::new(FsStorage), journal_dir, opts, Some(inbox))?;
+        q.apply_inbox()?;
+        let weak = Arc::downgrade(&q.inner);
+        let _ = std::thread::Builder::new()
+            .name("agentwal-queue-inbox".into())
+            .spawn(move || loop {
+                std::thread::sleep(INBOX_POLL);
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                // Retried at the next poll on failure.
+                let _ = WorkQueue { inner }.apply_inbox();
+            });
+        Ok(q)
     }
 
     /// Opens the queue through any storage (e.g. the simulator `SimStorage`,
     /// feature `testing`).
+    /// No operator inbox is read.
     pub fn open_with(
         storage: Arc<dyn Storage>,
         journal_dir: impl AsRef<Path>,
         opts: QueueOptions,
+    ) -> Result<WorkQueue, Error> {
+        Self::open_inner(storage, journal_dir, opts, None)
+    }
+
+    fn open_inner(
+        storage: Arc<dyn Storage>,
+        journal_dir: impl AsRef<Path>,
+        opts: QueueOptions,
+        inbox: Option<crate::log::inbox::Inbox>,
     ) -> Result<WorkQueue, Error> {
         if opts.max_attempts == 0 {
             return Err(Error::InvalidArgument(
@@ -389,6 +447,7 @@ impl WorkQueue {
                 }),
                 settled: Condvar::new(),
                 report,
+                inbox,
             }),
         })
     }
@@ -653,6 +712,136 @@ impl WorkQueue {
         self.inner.settled.notify_all();
         self.finish(lsn)?;
         Ok(outcome)
+    }
+
+    /// Moves dead letters back to pending with a fresh attempt budget (an
+    /// operator's decision, recorded durably with `by` and the time). `ids`
+    /// empty: every dead letter. An id that is not a dead letter is refused
+    /// ([`Error::InvalidArgument`]) and nothing is written. Returns the ids
+    /// moved.
+    pub fn redrive(&self, ids: &[u64], by: &str) -> Result<Vec<u64>, Error> {
+        self.operate(ids, by, true)
+    }
+
+    /// Drops dead letters for good (their payloads leave memory and, at the
+    /// next compaction, the disk), recorded durably with `by` and the time.
+    /// `ids` empty: every dead letter. Returns the ids dropped.
+    pub fn purge_dead(&self, ids: &[u64], by: &str) -> Result<Vec<u64>, Error> {
+        self.operate(ids, by, false)
+    }
+
+    fn operate(&self, ids: &[u64], by: &str, redrive: bool) -> Result<Vec<u64>, Error> {
+        let by = cut(by, MAX_WORKER_LEN);
+        let at_ms = self.now();
+        let (lsn, done) = {
+            let mut sh = self.inner.shared.lock();
+            let targets: Vec<(u64, u32)> = if ids.is_empty() {
+                sh.state
+                    .items
+                    .values()
+                    .filter(|i| i.state == ItemState::DeadLettered)
+                    .map(|i| (i.id, i.attempts))
+                    .collect()
+            } else {
+                let mut v = Vec::new();
+                for id in ids {
+                    match sh.state.items.get(id) {
+                        Some(i) if i.state == ItemState::DeadLettered => v.push((i.id, i.attempts)),
+                        Some(i) => {
+                            return Err(Error::InvalidArgument(format!(
+                                "item {id} is {}, not dead-lettered; nothing was changed",
+                                i.state
+                            )))
+                        }
+                        None => {
+                            return Err(Error::InvalidArgument(format!(
+                                "item {id} does not exist; nothing was changed"
+                            )))
+                        }
+                    }
+                }
+                v
+            };
+            let mut last = None;
+            for (id, attempt) in &targets {
+                let op = if redrive {
+                    Op::Redrive {
+                        id: *id,
+                        attempt: *attempt,
+                        by: by.clone(),
+                        at_ms,
+                    }
+                } else {
+                    Op::Purge {
+                        id: *id,
+                        attempt: *attempt,
+                        by: by.clone(),
+                        at_ms,
+                    }
+                };
+                last = Some(self.write_locked(&mut sh, op)?);
+            }
+            (last, targets.into_iter().map(|t| t.0).collect::<Vec<_>>())
+        };
+        if let Some(lsn) = lsn {
+            self.finish(lsn)?;
+        }
+        Ok(done)
+    }
+
+    /// Applies every command waiting in the queue's operator inbox and
+    /// replies to each; returns how many were handled.
+    pub fn apply_inbox(&self) -> Result<usize, Error> {
+        let Some(inbox) = &self.inner.inbox else {
+            return Ok(0);
+        };
+        let io = |e: std::io::Error| {
+            Error::InvalidArgument(format!("operator inbox {}: {e}", inbox.dir().display()))
+        };
+        let claimed = inbox.claim_all().map_err(io)?;
+        let n = claimed.len();
+        for c in claimed {
+            let reply = match serde_json::from_slice::<QueueCommand>(&c.body) {
+                Ok(cmd) => {
+                    let r = match cmd.command.as_str() {
+                        "redrive" => self.redrive(&cmd.ids, &cmd.by),
+                        "purge_dead" => self.purge_dead(&cmd.ids, &cmd.by),
+                        other => Err(Error::InvalidArgument(format!(
+                            "unknown queue command {other:?}"
+                        ))),
+                    };
+                    match r {
+                        Ok(ids) => QueueReply {
+                            ok: true,
+                            message: format!(
+                                "{} {} dead letter(s), by {:?}",
+                                if cmd.command == "redrive" {
+                                    "redrove"
+                                } else {
+                                    "purged"
+                                },
+                                ids.len(),
+                                cmd.by
+                            ),
+                            ids,
+                        },
+                        Err(e) => QueueReply {
+                            ok: false,
+                            ids: Vec::new(),
+                            message: e.to_string(),
+                        },
+                    }
+                }
+                Err(e) => QueueReply {
+                    ok: false,
+                    ids: Vec::new(),
+                    message: format!("not a queue command: {e}"),
+                },
+            };
+            let body = serde_json::to_vec(&reply).expect("replies serialize");
+            inbox.reply(&c.id, &body).map_err(io)?;
+        }
+        Ok(n)
     }
 
     /// Stops intake and waits up to `timeout` for in-flight items to be acked

@@ -70,6 +70,20 @@ pub(crate) enum Op {
         id: u64,
         attempt: u32,
     },
+    /// An operator moved a dead letter back to pending (fresh attempts).
+    Redrive {
+        id: u64,
+        attempt: u32,
+        by: String,
+        at_ms: u64,
+    },
+    /// An operator dropped a dead letter.
+    Purge {
+        id: u64,
+        attempt: u32,
+        by: String,
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +107,8 @@ pub(crate) struct QueueState {
     pub leases: BTreeSet<(u64, u64)>,
     pub next_id: u64,
     pub acked_total: u64,
+    /// Dead letters dropped by an operator (all time, since the last snapshot).
+    pub purged_total: u64,
     pub in_flight: usize,
     pub dead: usize,
     /// Keep acked items (without payload) instead of forgetting them.
@@ -107,6 +123,7 @@ impl QueueState {
             leases: BTreeSet::new(),
             next_id: 1,
             acked_total: 0,
+            purged_total: 0,
             in_flight: 0,
             dead: 0,
             keep_acked,
@@ -171,7 +188,9 @@ impl QueueState {
             Op::Ack { id, attempt }
             | Op::Nack { id, attempt, .. }
             | Op::Dead { id, attempt, .. }
-            | Op::Release { id, attempt } => (*id, *attempt),
+            | Op::Release { id, attempt }
+            | Op::Redrive { id, attempt, .. }
+            | Op::Purge { id, attempt, .. } => (*id, *attempt),
         };
         let item = self
             .items
@@ -185,6 +204,9 @@ impl QueueState {
             Op::Dead { .. } => {
                 matches!(item.state, ItemState::Pending | ItemState::InFlight)
                     && attempt == item.attempts
+            }
+            Op::Redrive { .. } | Op::Purge { .. } => {
+                item.state == ItemState::DeadLettered && attempt == item.attempts
             }
             _ => item.state == ItemState::InFlight && attempt == item.attempts,
         };
@@ -227,7 +249,9 @@ impl QueueState {
             | Op::Ack { id, .. }
             | Op::Nack { id, .. }
             | Op::Dead { id, .. }
-            | Op::Release { id, .. } => *id,
+            | Op::Release { id, .. }
+            | Op::Redrive { id, .. }
+            | Op::Purge { id, .. } => *id,
             Op::Enqueue { .. } => unreachable!("handled above"),
         };
         let mut item = self.items.remove(&id).expect("checked above");
@@ -271,6 +295,20 @@ impl QueueState {
                 item.state = ItemState::Pending;
                 item.available_at_ms = 0;
                 item.worker = None;
+            }
+            Op::Redrive { by, at_ms, .. } => {
+                item.state = ItemState::Pending;
+                item.attempts = 0;
+                item.available_at_ms = 0;
+                item.worker = None;
+                item.last_error = Some(format!(
+                    "redriven by {by} at {at_ms} ms; before: {}",
+                    item.last_error.as_deref().unwrap_or("-")
+                ));
+            }
+            Op::Purge { .. } => {
+                self.purged_total += 1;
+                return Ok(());
             }
             Op::Enqueue { .. } => unreachable!("handled above"),
         }

@@ -2,13 +2,18 @@
 //! simulated model call and one message sent to a "sink" file.
 //!
 //! ```text
-//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS] [--fail-rate P]
+//! batch_agent --journal DIR --sink FILE [--records N] [--work-ms MS] [--fail-rate P] [--workers N]
 //! ```
 //!
 //! `--fail-rate P` makes the simulated model call fail transiently (like an
 //! HTTP 429) with probability `P` per attempt: the effect's retry policy
 //! absorbs the failures (each attempt counted durably), every record still
 //! ends committed, and the final summary line counts the retries.
+//!
+//! With `--workers N`, N threads run units at once over the one journal and
+//! share its group commit (one `fdatasync` covers the commits of every unit
+//! waiting); the order of sink lines is then free, and a `SIGKILL` leaves at
+//! most N units in flight (so at most N re-sends per kill).
 //!
 //! Kill it at any moment (even with SIGKILL) and run it again: it resumes at
 //! the first record that is not committed, replays recorded model calls
@@ -21,8 +26,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 #[cfg(feature = "http")]
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agentwal::journal::{
@@ -66,6 +73,8 @@ struct Args {
     records: u32,
     /// Simulated work per record, in milliseconds.
     work_ms: u64,
+    /// Units in flight at once (threads sharing the journal).
+    workers: u32,
     /// Probability (0..=1) that one attempt of the simulated model call
     /// fails transiently (like an HTTP 429); the retry policy absorbs it.
     fail_rate: f64,
@@ -89,6 +98,8 @@ Options:
       --sink FILE                 Sink file: one line per message delivery attempt
       --records N                 Number of records in the batch [default: 1000]
       --work-ms MS                Simulated work per record, in milliseconds [default: 2]
+      --workers N                 Units in flight at once, sharing group commit; the
+                                  order of sink lines is then free [default: 1]
       --fail-rate P               Probability (0-1) that one model call attempt fails
                                   transiently (like a 429); retried by the effect's
                                   retry policy [default: 0]
@@ -154,6 +165,7 @@ impl Args {
             sink: PathBuf::new(),
             records: 1000,
             work_ms: 2,
+            workers: 1,
             fail_rate: 0.0,
             exit_code_unfinished: match unfinished_env.filter(|v| !v.trim().is_empty()) {
                 Some(v) => Some(exit_code(UNFINISHED_EXIT_ENV, v)?),
@@ -179,6 +191,7 @@ impl Args {
                 "--sink",
                 "--records",
                 "--work-ms",
+                "--workers",
                 "--fail-rate",
                 "--exit-code-unfinished",
                 #[cfg(feature = "http")]
@@ -196,6 +209,12 @@ impl Args {
                 "--sink" => sink = Some(PathBuf::from(value)),
                 "--records" => a.records = num(&flag, &value)?,
                 "--work-ms" => a.work_ms = num(&flag, &value)?,
+                "--workers" => {
+                    a.workers = num(&flag, &value)?;
+                    if a.workers == 0 || a.workers > 1024 {
+                        return Err(ParseExit::Usage("--workers must be 1-1024".into()));
+                    }
+                }
                 "--fail-rate" => {
                     let p: f64 = num(&flag, &value)?;
                     if !(0.0..=1.0).contains(&p) {
@@ -295,6 +314,33 @@ struct Totals {
     tokens_saved: u64,
     resumed_units: u64,
     retries: u64,
+}
+
+impl Totals {
+    /// Adds another worker's counts (destructured: a new field must be
+    /// summed here, the compiler says so).
+    fn absorb(&mut self, other: Totals) {
+        let Totals {
+            done,
+            sent,
+            resends,
+            model_calls,
+            model_replayed,
+            tokens_spent,
+            tokens_saved,
+            resumed_units,
+            retries,
+        } = other;
+        self.done += done;
+        self.sent += sent;
+        self.resends += resends;
+        self.model_calls += model_calls;
+        self.model_replayed += model_replayed;
+        self.tokens_spent += tokens_spent;
+        self.tokens_saved += tokens_saved;
+        self.resumed_units += resumed_units;
+        self.retries += retries;
+    }
 }
 
 fn unit_id(i: u32) -> String {
@@ -443,7 +489,7 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     };
     let journal = Journal::open(&args.journal, opts)?;
     let replay = journal.replay_report().clone();
-    let mut sink = OpenOptions::new()
+    let sink = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&args.sink)
@@ -462,56 +508,105 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     );
     // On a terminal: one progress line on stderr, redrawn at most 10 times a
     // second; otherwise ten "progress:" lines on stdout.
-    let mut bar = tty.then(|| Progress::new(n));
+    let bar = tty.then(|| Progress::new(n));
 
     let work = Duration::from_millis(args.work_ms);
     let began = Instant::now();
-    let mut t = Totals::default();
-    let mut dice = Dice::new();
     let step = (n / 10).max(1);
-    // Where the loop stopped: `n` when it went through every record.
-    let mut stopped_at = n;
-    for i in start..n {
-        // Refused once shutdown began: no new unit starts, the one in
-        // progress (holding its guard) always finishes and commits.
-        let Ok(_unit_guard) = shutdown.begin_unit() else {
-            say!(
-                "shutdown ({}): stopped before record {i}, re-run to resume",
-                shutdown
-                    .reason()
-                    .map_or("requested".to_string(), |r| r.to_string())
-            );
-            stopped_at = i;
-            break;
-        };
-        if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
-            continue;
-        }
-        process(
-            &journal,
-            &mut sink,
-            i,
-            work,
-            args.fail_rate,
-            &mut dice,
-            &mut t,
-        )?;
-        t.done += 1;
-        match &mut bar {
-            Some(b) => b.set_position(i + 1),
-            None if (i + 1) % step == 0 || i + 1 == n => {
-                say!("progress: {}/{n} records", i + 1)
+    // The next record to claim. A worker claims a record only while it holds
+    // a shutdown unit guard, and always finishes (commits) what it claimed,
+    // so once the workers are gone every record below `next` is committed.
+    // (u64: N workers over-claiming past `n` = u32::MAX must not wrap.)
+    let next = AtomicU64::new(u64::from(start));
+    let finished = AtomicU32::new(start);
+    let failed = AtomicBool::new(false);
+    let bar = Mutex::new(bar);
+    let worker = |mut sink: File, w: u32| -> Result<Totals, String> {
+        let mut t = Totals::default();
+        // Each worker rolls its own dice (seeded apart).
+        let mut dice = Dice::new();
+        dice.0 ^= u64::from(w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        dice.0 |= 1;
+        while !failed.load(Ordering::Acquire) {
+            // Refused once shutdown began: no new unit starts, the ones in
+            // progress (holding their guards) always finish and commit.
+            let Ok(_unit_guard) = shutdown.begin_unit() else {
+                break;
+            };
+            let i = next.fetch_add(1, Ordering::AcqRel);
+            let Some(i) = u32::try_from(i).ok().filter(|&i| i < n) else {
+                break;
+            };
+            if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
+                continue;
             }
-            None => {}
+            if let Err(e) = process(
+                &journal,
+                &mut sink,
+                i,
+                work,
+                args.fail_rate,
+                &mut dice,
+                &mut t,
+            ) {
+                failed.store(true, Ordering::Release);
+                return Err(e.to_string());
+            }
+            t.done += 1;
+            let k = finished.fetch_add(1, Ordering::AcqRel) + 1;
+            match &mut *bar.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(b) => b.set_position(k.max(b.pos)),
+                None if k.is_multiple_of(step) || k == n => say!("progress: {k}/{n} records"),
+                None => {}
+            }
         }
+        Ok(t)
+    };
+    let results: Vec<Result<Totals, String>> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for w in 0..args.workers {
+            // Each worker writes through its own handle of the O_APPEND sink:
+            // one write(2) per line, so lines never interleave.
+            let sink = sink
+                .try_clone()
+                .map_err(|e| format!("cannot share the sink: {e}"))?;
+            let worker = &worker;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{w}"))
+                    .spawn_scoped(s, move || worker(sink, w))
+                    .map_err(|e| format!("cannot start a worker: {e}"))?,
+            );
+        }
+        Ok::<_, String>(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
+                .collect(),
+        )
+    })?;
+    let mut t = Totals::default();
+    for r in results {
+        t.absorb(r?);
     }
+    // Where the workers stopped: `n` when they went through every record.
+    let stopped_at = next.load(Ordering::Acquire).min(u64::from(n)) as u32;
+    if stopped_at < n {
+        say!(
+            "shutdown ({}): stopped before record {stopped_at}, re-run to resume",
+            shutdown
+                .reason()
+                .map_or("requested".to_string(), |r| r.to_string())
+        );
+    }
+    let mut bar = bar.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some(b) = &mut bar {
         b.finish();
     }
     journal.sync()?;
     // Every record before the stop point is committed (the earlier ones by
-    // the choice of `start`, the rest by this loop, which returns early on
-    // any failure), and records run in order, so none after it is. Do not
+    // the choice of `start`, the rest by the workers, which return early on
+    // any failure and finish every record they claimed). Do not
     // re-count all N ids: after a shutdown the budget is running and N may be
     // huge (counting 4e9 ids took minutes, far past SHUTDOWN_TIMEOUT).
     let committed = stopped_at;

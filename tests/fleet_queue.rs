@@ -389,3 +389,48 @@ async fn bad_url_and_options_are_typed_errors() {
     let r = Fleet::connect("postgresql://127.0.0.1:1/x?user=nobody", o).await;
     assert!(matches!(r, Err(Error::Unavailable { .. })), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_done_items_and_their_keys_only() {
+    let Some((_pg, fleet)) = setup("fleet_queue::purge", "aw_fq_purge", short_lease()).await else {
+        return;
+    };
+    fleet.enqueue(&items(2)).await.unwrap();
+    let mut ls = fleet.claim("w", 2).await.unwrap();
+    ls.sort_by(|a, b| a.key.cmp(&b.key));
+    for l in &ls {
+        let k = format!("{}/ledger", l.key);
+        assert_eq!(
+            fleet.intent(l, &k, "w", OnDoubt::Surface).await.unwrap(),
+            Intent::Fresh
+        );
+    }
+    fleet
+        .ack(&ls[0], &[(format!("{}/ledger", ls[0].key), "ok".into())])
+        .await
+        .unwrap();
+    // Younger than the retention: kept.
+    assert_eq!(
+        fleet.purge_done(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        fleet.purge_done(Duration::from_millis(10)).await.unwrap(),
+        1
+    );
+    assert!(fleet
+        .key_status(&format!("{}/ledger", ls[0].key))
+        .await
+        .unwrap()
+        .is_none());
+    // The item still in flight and its intent are untouched.
+    let k1 = fleet
+        .key_status(&format!("{}/ledger", ls[1].key))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(k1.state, KeyState::Intent);
+    let s = fleet.status().await.unwrap();
+    assert_eq!((s.done, s.in_flight), (0, 1));
+}

@@ -5,8 +5,8 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use agentwal::journal::{
-    Attempt, Effect, EffectStatus, Error, Journal, JournalOptions, JournalRecord, KeyStatus,
-    Outcome, OutcomeVia, PolicyKind, Probe, Retention, UnitState,
+    default_key, Attempt, Effect, EffectStatus, Error, Journal, JournalOptions, JournalRecord,
+    KeyStatus, Outcome, OutcomeVia, PolicyKind, Probe, Retention, UnitState,
 };
 use agentwal::log::storage::sim::CrashMode;
 use agentwal::log::{Durability, Log, LogOptions, SimStorage};
@@ -535,27 +535,194 @@ fn oversized_payloads_are_refused_before_anything_is_written() {
     assert_eq!(runs.get(), 1);
 }
 
+/// Syncs one unit costs, phase by phase: (begin, each effect, commit).
+fn unit_syncs(storage: &SimStorage, j: &Journal, id: &str, policies: &[PolicyKind]) -> Vec<u64> {
+    let mut costs = Vec::new();
+    let s = storage.syncs();
+    let mut u = j.begin(id, "t", &json!({"id": id})).unwrap();
+    costs.push(storage.syncs() - s);
+    for (i, p) in policies.iter().enumerate() {
+        let name = format!("e{i}");
+        let effect = match p {
+            PolicyKind::RetrySameKey => Effect::retry_same_key(name),
+            PolicyKind::NeverRepeat => Effect::never_repeat(name),
+            PolicyKind::Reconcile => {
+                Effect::reconcile(name, |_| Ok::<_, String>(Probe::NotHappened))
+            }
+        };
+        let s = storage.syncs();
+        u.run(effect, |_| Ok::<_, String>(i)).unwrap();
+        costs.push(storage.syncs() - s);
+    }
+    let s = storage.syncs();
+    u.commit().unwrap();
+    costs.push(storage.syncs() - s);
+    costs
+}
+
 #[test]
-fn a_unit_with_one_effect_costs_two_syncs() {
+fn a_unit_of_retry_effects_costs_one_sync() {
     let storage = SimStorage::new();
     let j = open(&storage);
     // Warm up (segment creation syncs are not per unit).
     let u = j.begin("w", "t", &()).unwrap();
     u.commit().unwrap();
     for n in 0..3 {
-        let s0 = storage.syncs();
-        let mut u = j.begin(&format!("u{n}"), "t", &json!({"n": n})).unwrap();
-        let s1 = storage.syncs();
-        u.run(Effect::retry_same_key("send"), |_| Ok::<_, String>(n))
-            .unwrap();
-        let s2 = storage.syncs();
-        u.commit().unwrap();
-        let s3 = storage.syncs();
+        // The model call and the message of the demo agent: only the commit syncs.
+        let retry = [PolicyKind::RetrySameKey, PolicyKind::RetrySameKey];
         assert_eq!(
-            (s1 - s0, s2 - s1, s3 - s2),
-            (0, 1, 1),
-            "begin, effect, commit"
+            unit_syncs(&storage, &j, &format!("u{n}"), &retry),
+            [0, 0, 0, 1],
+            "begin, effect, effect, commit"
         );
+    }
+    // The key, the intent and the outcome are all durable after the commit.
+    drop(j);
+    let j = Journal::open_with(
+        Arc::new(storage.crash(CrashMode::DropUnsynced)),
+        DIR,
+        opts(),
+    )
+    .unwrap();
+    for n in 0..3 {
+        assert_eq!(j.unit_state(&format!("u{n}")), Some(UnitState::Committed));
+        let key = format!("u{n}/e1/1");
+        assert_eq!(
+            j.key_status(&key).map(|k| k.status),
+            Some(KeyStatus::Completed)
+        );
+    }
+}
+
+#[test]
+fn policies_pay_only_the_syncs_they_need() {
+    let storage = SimStorage::new();
+    let j = open(&storage);
+    let u = j.begin("w", "t", &()).unwrap();
+    u.commit().unwrap();
+    use PolicyKind::{NeverRepeat as N, Reconcile as C, RetrySameKey as R};
+    // never_repeat and reconcile intents are synced before the effect runs;
+    // retry_same_key intents ride on the next sync.
+    assert_eq!(unit_syncs(&storage, &j, "a", &[N]), [0, 1, 1]);
+    assert_eq!(unit_syncs(&storage, &j, "b", &[C]), [0, 1, 1]);
+    assert_eq!(
+        unit_syncs(&storage, &j, "c", &[R, N, R, C]),
+        [0, 0, 1, 0, 1, 1]
+    );
+    assert_eq!(unit_syncs(&storage, &j, "d", &[]), [0, 1]);
+}
+
+/// Power loss at every storage boundary of a unit of two retry-same-key
+/// effects and a never-repeat one: after each crash image (unsynced writes
+/// dropped, or kept/torn at random) the unit resumes; every effect ran with
+/// its one key, a key seen completed never runs again, a never-repeat effect
+/// ran at most once, and a commit that returned is durable.
+#[test]
+fn retry_intents_ride_on_the_commit_at_every_power_cut() {
+    use std::collections::HashMap;
+    const NAMES: [&str; 3] = ["send0", "ledger", "send2"];
+    let effect = |i: u32| -> Effect<'static, u32> {
+        match i {
+            1 => Effect::never_repeat(NAMES[1]),
+            _ => Effect::retry_same_key(NAMES[i as usize]),
+        }
+    };
+    let key = |i: u32| default_key("u", NAMES[i as usize], i);
+    let run_all = |j: &Journal,
+                   execs: &RefCell<HashMap<String, u32>>,
+                   completed_before: &[String]|
+     -> Result<bool, Error> {
+        let mut u = j.begin("u", "t", &())?;
+        for i in 0..3 {
+            let r = u.run(effect(i), |ctx| {
+                assert!(
+                    !completed_before.iter().any(|k| k == ctx.key()),
+                    "completed key {} ran again",
+                    ctx.key()
+                );
+                assert_eq!(ctx.key(), key(i), "the key is deterministic");
+                *execs.borrow_mut().entry(ctx.key().to_string()).or_default() += 1;
+                Ok::<_, String>(i)
+            });
+            match r {
+                Ok(v) => assert_eq!(v, i),
+                Err(Error::InDoubt { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        u.commit()?;
+        Ok(true)
+    };
+    let fresh = || {
+        let storage = SimStorage::new();
+        open(&storage)
+            .begin("w", "t", &())
+            .unwrap()
+            .commit()
+            .unwrap();
+        storage
+    };
+    // How many mutating storage operations a whole run takes.
+    let total = {
+        let storage = fresh();
+        let j = open(&storage);
+        let m0 = storage.mutations();
+        assert!(run_all(&j, &RefCell::default(), &[]).unwrap());
+        storage.mutations() - m0
+    };
+    assert!(total >= 2, "{total}");
+    for cut in 0..=total {
+        for mode in [
+            CrashMode::DropUnsynced,
+            CrashMode::KeepAll,
+            CrashMode::Random(cut),
+        ] {
+            let storage = fresh();
+            let execs = RefCell::default();
+            // First run, power cut after `cut` mutating operations.
+            let committed = {
+                let j = open(&storage);
+                storage.halt_after(cut);
+                matches!(run_all(&j, &execs, &[]), Ok(true))
+            };
+            let image = storage.crash(mode);
+            let j = Journal::open_with(Arc::new(image.clone()), DIR, opts()).unwrap();
+            if committed {
+                assert_eq!(j.unit_state("u"), Some(UnitState::Committed), "cut {cut}");
+            }
+            let completed: Vec<String> = (0..3)
+                .map(key)
+                .filter(|k| j.key_status(k).map(|s| s.status) == Some(KeyStatus::Completed))
+                .collect();
+            let ledger_in_doubt = j.effect_status("u", 1) == Some(EffectStatus::InDoubt);
+            let resumed = match j.unit_state("u") {
+                Some(UnitState::Committed) => true,
+                _ => run_all(&j, &execs, &completed).unwrap(),
+            };
+            // Only a never-repeat effect in doubt stops the resume.
+            assert_eq!(resumed, !ledger_in_doubt, "cut {cut} {mode:?}");
+            let execs = execs.into_inner();
+            assert!(
+                execs.get(&key(1)).copied().unwrap_or(0) <= 1,
+                "cut {cut} {mode:?}: never_repeat ran twice"
+            );
+            for (k, n) in &execs {
+                assert!(*n <= 2, "cut {cut} {mode:?}: {k} ran {n} times");
+            }
+            if resumed {
+                drop(j);
+                let j =
+                    Journal::open_with(Arc::new(image.crash(CrashMode::DropUnsynced)), DIR, opts())
+                        .unwrap();
+                assert_eq!(j.unit_state("u"), Some(UnitState::Committed), "cut {cut}");
+                for i in 0..3 {
+                    assert_eq!(
+                        j.key_status(&key(i)).map(|s| s.status),
+                        Some(KeyStatus::Completed)
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -559,6 +559,10 @@ fn a_result_that_would_not_replay_is_recorded_as_failed_and_never_rerun() {
             .run(Effect::retry_same_key("ok"), |_| Ok::<f64, String>(0.1))
             .unwrap();
         assert_eq!(v, 0.1);
+        // The failed outcome is buffered; a retry-same-key intent does not
+        // sync (syncs per policy), so make it durable as a commit or a
+        // never-repeat intent would.
+        j.sync().unwrap();
     }
     let j = open(&storage.crash(CrashMode::DropUnsynced));
     assert_eq!(j.effect_status("u", 0), Some(EffectStatus::Failed));

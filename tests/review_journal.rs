@@ -174,27 +174,76 @@ fn two_units_racing_on_one_never_repeat_key_run_it_at_most_once() {
 /// The fdatasync of an effect's intent fails: the intent is in memory but
 /// not on disk (and after "fsyncgate" never will be). A caller that retries
 /// `run` (the I/O error is retryable) must not get the effect executed: its
-/// intent is still not durable.
+/// intent is still not durable. This holds for the policies whose intent is
+/// synced before the effect (`never_repeat`, `reconcile`); see the next test
+/// for `retry_same_key`.
 #[test]
 fn an_effect_never_runs_while_its_intent_is_not_durable_even_on_retry() {
+    use agentwal::log::storage::sim::{FaultKind, FaultOp};
+    for policy in ["never_repeat", "reconcile"] {
+        let storage = SimStorage::new();
+        let j = open(&storage);
+        let mut u = j.begin("u", "t", &()).unwrap();
+        let runs = Cell::new(0u32);
+        storage.inject(FaultOp::Sync, 0, FaultKind::Eio);
+        for attempt in 0..3 {
+            let effect = match policy {
+                "never_repeat" => Effect::never_repeat("send"),
+                _ => Effect::reconcile("send", |_| {
+                    Ok::<_, String>(agentwal::journal::Probe::NotHappened)
+                }),
+            };
+            let r = u.run(effect, |_| {
+                runs.set(runs.get() + 1);
+                Ok::<_, String>(1u32)
+            });
+            assert!(r.is_err(), "{policy} attempt {attempt}: {r:?}");
+        }
+        assert_eq!(
+            runs.get(),
+            0,
+            "{policy}: the effect ran although its intent never became durable"
+        );
+    }
+}
+
+/// A `retry_same_key` intent rides on the commit's sync (syncs per policy):
+/// when that sync fails the effect may have run, but the commit is never
+/// acknowledged, the log refuses everything after, and a reopened journal
+/// shows the step not started or in doubt — the re-run uses the same key.
+#[test]
+fn a_retry_effect_whose_commit_sync_fails_is_never_acknowledged() {
     use agentwal::log::storage::sim::{FaultKind, FaultOp};
     let storage = SimStorage::new();
     let j = open(&storage);
     let mut u = j.begin("u", "t", &()).unwrap();
-    let runs = Cell::new(0u32);
     storage.inject(FaultOp::Sync, 0, FaultKind::Eio);
-    for attempt in 0..3 {
-        let r = u.run(Effect::retry_same_key("send"), |_| {
-            runs.set(runs.get() + 1);
+    let v: u32 = u
+        .run(Effect::retry_same_key("send"), |ctx| {
+            assert_eq!(ctx.key(), "u/send/0");
             Ok::<_, String>(1u32)
-        });
-        assert!(r.is_err(), "attempt {attempt}: {r:?}");
-    }
-    assert_eq!(
-        runs.get(),
-        0,
-        "the effect ran although its intent never became durable"
+        })
+        .unwrap();
+    assert_eq!(v, 1);
+    assert!(
+        u.commit().is_err(),
+        "a commit whose sync failed is an error"
     );
+    let again = j.begin("v", "t", &()).and_then(|u| u.commit());
+    assert!(again.is_err(), "the log refuses writes after a failed sync");
+    drop(j);
+    storage.clear_faults();
+    let j = open(&storage.crash(CrashMode::DropUnsynced));
+    assert_ne!(j.unit_state("u"), Some(UnitState::Committed));
+    let mut u = j.begin("u", "t", &()).unwrap();
+    let v: u32 = u
+        .run(Effect::retry_same_key("send"), |ctx| {
+            assert_eq!(ctx.key(), "u/send/0", "the re-run uses the same key");
+            Ok::<_, String>(2u32)
+        })
+        .unwrap();
+    assert_eq!(v, 2);
+    u.commit().unwrap();
 }
 
 /// Same for compensations: the compensation intent's sync fails; a retried

@@ -42,11 +42,22 @@
 //!
 //! # Cost
 //!
-//! A unit with *n* effects costs *n + 1* `fdatasync`s on its critical path:
-//! the unit-begin record is buffered and shares the first effect intent's
-//! sync; each outcome is buffered and shares the next intent's (or the
-//! commit's) sync. One effect: 2 syncs. Concurrent units share syncs through
-//! the log's group commit.
+//! Only the syncs the in-doubt policy needs are paid on a unit's critical
+//! path (the rule per policy: docs/journal.md, "Syncs per policy"):
+//!
+//! * the unit-begin record is buffered (nothing happened yet);
+//! * a `never_repeat` or `reconcile` effect's intent is synced before the
+//!   effect runs (a crash during the effect must show it in doubt);
+//! * a `retry_same_key` effect's intent is buffered: its key is
+//!   deterministic, so a re-run after a lost intent uses the same key, as an
+//!   in-doubt retry would;
+//! * every outcome is buffered; the commit is synced, covering everything
+//!   before it.
+//!
+//! So a unit of retry-same-key effects costs **one** `fdatasync` (the
+//! commit's), whatever the number of effects; each `never_repeat` or
+//! `reconcile` effect adds one. Concurrent units share syncs through the
+//! log's group commit.
 //!
 //! # Example
 //!

@@ -11,8 +11,11 @@
 //! 2. otherwise looks the key up in the key index: a settled key's recorded
 //!    outcome is reused (intent + outcome recorded, nothing runs) if the key
 //!    belongs to an effect of the same name ([`Error::KeyConflict`] if not);
-//! 3. otherwise appends the **effect intent durably** (one `fdatasync`, shared
-//!    with the buffered unit-begin and previous outcome), runs the closure,
+//! 3. otherwise appends the **effect intent** — durably (one `fdatasync`,
+//!    shared with the buffered unit-begin and previous outcome) for
+//!    `never_repeat` and `reconcile`, buffered for `retry_same_key`, whose
+//!    deterministic key makes a lost intent harmless (see
+//!    [`intent_needs_sync`] for the rule per policy) — runs the closure,
 //!    and appends the outcome **buffered** (made durable by the next intent
 //!    or by the commit). While the closure runs, the key is held: another
 //!    live unit of this process asking for it gets [`Error::KeyBusy`];
@@ -74,7 +77,12 @@ impl Drop for KeyGuard {
 /// Whether the effect's code runs for the first time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
-    /// No earlier attempt is recorded.
+    /// No earlier attempt is recorded. For a `retry_same_key` effect this
+    /// does not prove the effect never happened: its intent is not synced
+    /// before it runs, so a crash can take the intent with it and the re-run
+    /// is told `First` (with the same key). `never_repeat` and `reconcile`
+    /// intents are durable before the effect runs, so for them `First` is
+    /// exact.
     First,
     /// An earlier attempt with the same key may have happened (the effect was
     /// in doubt); the receiver must de-duplicate by [`EffectCtx::key`].
@@ -114,7 +122,10 @@ impl EffectCtx {
     pub fn key(&self) -> &str {
         &self.key
     }
-    /// First attempt or retry of an in-doubt effect.
+    /// First attempt or retry of an in-doubt effect. `Retry` is always
+    /// right; `First` of a `retry_same_key` effect may follow an unrecorded
+    /// attempt lost in a crash (see [`Attempt::First`]): de-duplicate by
+    /// [`EffectCtx::key`], never by `attempt`.
     pub fn attempt(&self) -> Attempt {
         self.attempt
     }
@@ -390,6 +401,35 @@ pub fn default_key(unit: &str, name: &str, seq: u32) -> String {
         }
     }
     format!("{unit}/{escaped}/{seq}")
+}
+
+/// Whether a fresh effect's intent must be durable before the effect runs
+/// (one `fdatasync` on the unit's critical path), by in-doubt policy:
+///
+/// * `never_repeat`: **yes**. A crash during the effect must leave it *in
+///   doubt* (never run again, surfaced to an operator); a lost intent would
+///   make it look never started and it would run a second time.
+/// * `reconcile`: **yes**. Only an in-doubt effect is probed; a lost intent
+///   would skip the probe and run the effect again blindly.
+/// * `retry_same_key`: **no**. Its key is deterministic (derived from unit,
+///   name and step, or given explicitly by the same code), so a re-run after
+///   a lost intent uses the very key an in-doubt retry would use: the
+///   receiver de-duplicates either way. The intent is written (buffered) and
+///   becomes durable with the next sync — the next intent that needs one, a
+///   checkpoint, or the commit. What is lost is only
+///   [`EffectCtx::attempt`]'s knowledge: after a crash that took the intent
+///   with it, the re-run is told [`Attempt::First`] although the effect may
+///   have happened. `Attempt::Retry` stays reliable (a recorded intent is
+///   seen); `Attempt::First` means "no attempt is *recorded*".
+///
+/// The outcome is always buffered and made durable by the commit (or an
+/// earlier sync), before the commit is acknowledged: nothing that depends on
+/// it is acknowledged before it is durable.
+fn intent_needs_sync(policy: PolicyKind) -> bool {
+    match policy {
+        PolicyKind::NeverRepeat | PolicyKind::Reconcile => true,
+        PolicyKind::RetrySameKey => false,
+    }
 }
 
 /// Why a result does not replay (`Err(reason)`): its JSON must decode to
@@ -966,10 +1006,9 @@ impl Unit {
                 return self.decode(seq, &name, o);
             }
             Prep::Fresh(ctx, lsn, held) => {
-                // The intent must be durable before the effect can happen:
-                // this is the sync that makes a crash during `f` visible as
-                // "in doubt" instead of "never started".
-                j.inner.log.wait_durable(lsn)?;
+                // Syncs the intent only when the policy needs it (see
+                // `intent_before_run`).
+                self.intent_before_run(policy.kind(), lsn)?;
                 let round = Round {
                     base: 0,
                     deadline_ms: None,
@@ -1195,6 +1234,17 @@ impl Unit {
             wait,
             started: Self::started_record(&next),
         }
+    }
+
+    /// Makes a fresh effect's intent (at `lsn`) durable before the effect
+    /// runs — if its policy needs it ([`intent_needs_sync`]).
+    fn intent_before_run(&self, policy: PolicyKind, lsn: u64) -> Result<()> {
+        if intent_needs_sync(policy) {
+            // The sync that makes a crash during the effect visible as
+            // "in doubt" instead of "never started".
+            self.j().inner.log.wait_durable(lsn)?;
+        }
+        Ok(())
     }
 
     fn finish<T: Serialize + DeserializeOwned, E: Display>(
@@ -1439,8 +1489,12 @@ impl Unit {
                 return self.decode(seq, &name, o);
             }
             Prep::Fresh(ctx, lsn, held) => {
-                // Durable before the effect can happen (see `run`).
-                wait_durable(lsn).await?;
+                // Durable before the effect when the policy needs it (see
+                // `intent_before_run`); a retry-same-key intent rides on the
+                // next sync without a trip to the blocking pool.
+                if intent_needs_sync(policy.kind()) {
+                    wait_durable(lsn).await?;
+                }
                 let round = Round {
                     base: 0,
                     deadline_ms: None,

@@ -476,3 +476,39 @@ fn queue_redrive_and_purge_while_stopped_and_while_running() {
         "{listed}"
     );
 }
+
+/// Left by the previous journal fix: after a finished rollback the key index
+/// showed the compensated effect's key as `completed`, so another unit using
+/// that key got the undone result back.
+#[test]
+fn a_compensated_key_is_shown_as_such_and_never_hands_out_the_undone_result() {
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path(), JournalOptions::small()).unwrap();
+    let mut u = j.begin("a", "t", &()).unwrap();
+    let _: u32 = u
+        .run(
+            Effect::never_repeat("charge").key("order-1").compensable(),
+            |_| Ok::<_, String>(40),
+        )
+        .unwrap();
+    u.rollback("cancelled", |_| Ok::<_, String>(())).unwrap();
+    assert_eq!(
+        j.key_status("order-1").unwrap().status,
+        agentwal::journal::KeyStatus::Compensated
+    );
+    let mut b = j.begin("b", "t", &()).unwrap();
+    let mut ran = false;
+    let e = b
+        .run(Effect::never_repeat("charge").key("order-1"), |_| {
+            ran = true;
+            Ok::<u32, String>(1)
+        })
+        .unwrap_err();
+    assert!(!ran);
+    assert!(matches!(e, Error::KeyConflict { .. }), "{e}");
+    assert!(e.to_string().contains("compensated"), "{e}");
+    drop(b);
+    drop(j);
+    let keys = json(&inspect(&["keys", "--json"], d.path()));
+    assert_eq!(keys[0]["status"], "compensated", "{keys}");
+}

@@ -291,6 +291,28 @@ struct Inner {
     types: Mutex<HashMap<String, TypeCheck>>,
     /// The operator inbox (journals on the real file system only).
     inbox: Option<crate::log::inbox::Inbox>,
+    /// The code version and patches recorded with every new unit.
+    code: Mutex<Option<(String, Vec<String>)>>,
+}
+
+/// What [`Journal::begin_or_finished`] found.
+#[derive(Debug)]
+pub enum Begun {
+    /// A new or resumed unit, open.
+    Open(Unit),
+    /// The unit already ended (its id is still retained).
+    Finished(FinishedUnit),
+}
+
+/// A finished unit remembered by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishedUnit {
+    /// Committed or aborted.
+    pub state: UnitState,
+    /// LSN of its commit or abort record.
+    pub end_lsn: u64,
+    /// When it ended (ms since the epoch).
+    pub at_ms: u64,
 }
 
 /// Checks that a JSON value is a valid result of one effect's Rust type.
@@ -409,6 +431,7 @@ impl Journal {
                 replay,
                 types: Mutex::new(HashMap::new()),
                 inbox,
+                code: Mutex::new(None),
             }),
         })
     }
@@ -494,10 +517,71 @@ impl Journal {
                 };
                 // Buffered: a begin with nothing after it needs no durability
                 // (nothing happened yet); the first intent's sync covers it.
-                self.append(id, &[rec], Durability::Buffered)?;
+                let code = self.inner.code.lock().clone();
+                match code {
+                    Some((version, patches)) => {
+                        let code = JournalRecord::UnitCode {
+                            unit: id.to_string(),
+                            version,
+                            patches,
+                        };
+                        self.append(id, &[rec, code], Durability::Buffered)?
+                    }
+                    None => self.append(id, &[rec], Durability::Buffered)?,
+                };
                 Ok(Unit::new(guard, false))
             }
         }
+    }
+
+    /// Records `version` (free text: a release, a git describe) and the
+    /// `patches` this code knows with every unit begun from now on. A
+    /// resumed unit whose steps no longer match then names both versions in
+    /// [`Error::EffectMismatch`], and [`Unit::patched`] lets new code keep
+    /// the old path for units that older code began (see docs/journal.md,
+    /// "Changing code with units in flight").
+    pub fn set_code(&self, version: &str, patches: &[&str]) {
+        *self.inner.code.lock() = Some((
+            version.to_string(),
+            patches.iter().map(|p| p.to_string()).collect(),
+        ));
+    }
+
+    /// The code version set by [`Journal::set_code`].
+    pub fn code_version(&self) -> Option<String> {
+        self.inner.code.lock().as_ref().map(|c| c.0.clone())
+    }
+
+    /// Like [`Journal::begin`], but a unit that already ended is not an
+    /// error: its recorded end is returned ([`Begun::Finished`]) while its id
+    /// is retained, so a caller re-running finished work needs no special case.
+    pub fn begin_or_finished<P: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        kind: &str,
+        payload: &P,
+    ) -> Result<Begun> {
+        if let Some(f) = self.finished_unit(id) {
+            return Ok(Begun::Finished(f));
+        }
+        self.begin(id, kind, payload).map(Begun::Open)
+    }
+
+    /// How unit `id` ended, while its id is retained.
+    pub fn finished_unit(&self, id: &str) -> Option<FinishedUnit> {
+        let st = self.inner.state.lock();
+        if let Some(u) = st.units.get(id) {
+            return u.end.map(|(state, end_lsn)| FinishedUnit {
+                state,
+                end_lsn,
+                at_ms: st.finished.get(id).map_or(0, |f| f.at_ms),
+            });
+        }
+        st.finished.get(id).map(|f| FinishedUnit {
+            state: f.state,
+            end_lsn: f.lsn,
+            at_ms: f.at_ms,
+        })
     }
 
     /// The state of unit `id`: incomplete, or committed / aborted while its id

@@ -40,6 +40,8 @@ pub const KIND_ATTEMPT_STARTED: u8 = 11;
 pub const KIND_OPERATOR: u8 = 12;
 /// Record kind of [`JournalRecord::ApprovalRequest`].
 pub const KIND_APPROVAL_REQUEST: u8 = 13;
+/// Record kind of [`JournalRecord::UnitCode`].
+pub const KIND_UNIT_CODE: u8 = 14;
 /// Lowest log record kind owned by the journal.
 pub const JOURNAL_KIND_MIN: u8 = 1;
 /// Highest log record kind owned by the journal.
@@ -282,6 +284,17 @@ pub enum JournalRecord {
         /// Wall clock, milliseconds since the Unix epoch.
         at_ms: u64,
     },
+    /// The code that began the unit: its version and the patches it knows
+    /// (written with the unit's begin when [`super::Journal::set_code`] was
+    /// called).
+    UnitCode {
+        /// Unit id.
+        unit: String,
+        /// The code version (free text, e.g. a git describe).
+        version: String,
+        /// Patches this code knows ([`super::Unit::patched`]).
+        patches: Vec<String>,
+    },
     /// The unit asks a human for approval `name`, showing `payload`.
     ApprovalRequest {
         /// Unit id.
@@ -311,6 +324,7 @@ impl JournalRecord {
             JournalRecord::AttemptStarted { .. } => KIND_ATTEMPT_STARTED,
             JournalRecord::Operator { .. } => KIND_OPERATOR,
             JournalRecord::ApprovalRequest { .. } => KIND_APPROVAL_REQUEST,
+            JournalRecord::UnitCode { .. } => KIND_UNIT_CODE,
         }
     }
 
@@ -329,6 +343,7 @@ impl JournalRecord {
             JournalRecord::AttemptStarted { .. } => "attempt_started",
             JournalRecord::Operator { .. } => "operator",
             JournalRecord::ApprovalRequest { .. } => "approval_request",
+            JournalRecord::UnitCode { .. } => "unit_code",
         }
     }
 
@@ -346,7 +361,8 @@ impl JournalRecord {
             | JournalRecord::AttemptFailed { unit, .. }
             | JournalRecord::AttemptStarted { unit, .. }
             | JournalRecord::Operator { unit, .. }
-            | JournalRecord::ApprovalRequest { unit, .. } => unit,
+            | JournalRecord::ApprovalRequest { unit, .. }
+            | JournalRecord::UnitCode { unit, .. } => unit,
         }
     }
 
@@ -375,7 +391,7 @@ impl JournalRecord {
     /// ```
     pub fn decode(kind: u8, payload: &[u8]) -> Result<JournalRecord, Error> {
         if !(KIND_UNIT_BEGIN..=KIND_COMPENSATION_OUTCOME).contains(&kind)
-            && !(KIND_ATTEMPT_FAILED..=KIND_APPROVAL_REQUEST).contains(&kind)
+            && !(KIND_ATTEMPT_FAILED..=KIND_UNIT_CODE).contains(&kind)
         {
             return Err(Error::UnknownRecordKind { kind });
         }
@@ -485,6 +501,11 @@ mod tests {
                 by: "alice".into(),
                 reason: "checked the bank".into(),
                 at_ms: 7,
+            },
+            JournalRecord::UnitCode {
+                unit: unit.clone(),
+                version: "v2".into(),
+                patches: vec!["fraud-check".into()],
             },
             JournalRecord::ApprovalRequest {
                 unit,

@@ -132,6 +132,9 @@ pub(crate) struct UnitRec {
     /// Every operator action on the unit, in order.
     #[serde(default)]
     pub operator_log: Vec<OperatorNote>,
+    /// The code version that began the unit and the patches it knew.
+    #[serde(default)]
+    pub code: Option<(String, Vec<String>)>,
 }
 
 impl UnitRec {
@@ -290,6 +293,7 @@ impl State {
                         approvals: Default::default(),
                         abort_requested: None,
                         operator_log: Vec::new(),
+                        code: None,
                     },
                 );
             }
@@ -426,6 +430,15 @@ impl State {
                     return Err(bad(unit, format!("step {seq} compensated twice")));
                 }
                 e.comp_outcome = Some((outcome.clone(), lsn));
+                if outcome.is_ok() {
+                    let key = e.key.clone();
+                    if let Some(k) = self.keys.get_mut(&key) {
+                        // Only the settlement this unit made is undone.
+                        if k.unit == *unit && k.status == KeyStatus::Completed {
+                            k.status = KeyStatus::Compensated;
+                        }
+                    }
+                }
             }
             JournalRecord::AttemptFailed {
                 unit,
@@ -479,6 +492,14 @@ impl State {
                 e.retries += 1;
                 e.last_failure = None;
                 e.not_happened = None;
+            }
+            JournalRecord::UnitCode {
+                unit,
+                version,
+                patches,
+            } => {
+                let u = self.live_mut(lsn, unit, "unit code")?;
+                u.code = Some((version.clone(), patches.clone()));
             }
             JournalRecord::ApprovalRequest {
                 unit,

@@ -536,6 +536,28 @@ impl Unit {
         self.resumed
     }
 
+    /// The code version that began this unit ([`Journal::set_code`]), if
+    /// recorded.
+    pub fn code_version(&self) -> Option<String> {
+        let st = self.j().inner.state.lock();
+        st.units
+            .get(self.id())
+            .and_then(|u| u.code.as_ref().map(|c| c.0.clone()))
+    }
+
+    /// True when the code that began this unit knew patch `name` (it was in
+    /// the patches given to [`Journal::set_code`]). New code branches on it
+    /// to keep the old steps for units that older code began:
+    /// `if unit.patched("fraud-check") { new steps } else { old steps }`.
+    /// Deterministic across crashes: it depends only on the unit's record.
+    pub fn patched(&self, name: &str) -> bool {
+        let st = self.j().inner.state.lock();
+        st.units
+            .get(self.id())
+            .and_then(|u| u.code.as_ref())
+            .is_some_and(|c| c.1.iter().any(|p| p == name))
+    }
+
     /// The step the next [`Unit::run`] will use.
     pub fn next_step(&self) -> u32 {
         self.next_seq
@@ -644,6 +666,24 @@ impl Unit {
             attempt,
             number: 1,
         };
+        let (was, now) = {
+            let recorded = u.code.as_ref().map(|c| c.0.clone());
+            let current = self.j().inner.code.lock().as_ref().map(|c| c.0.clone());
+            if recorded != current {
+                (
+                    format!(
+                        " [unit begun by code version {}]",
+                        recorded.as_deref().unwrap_or("(not recorded)")
+                    ),
+                    format!(
+                        " [running code version {}]",
+                        current.as_deref().unwrap_or("(not set)")
+                    ),
+                )
+            } else {
+                (String::new(), String::new())
+            }
+        };
         if let Some(e) = u.effects.get(seq as usize) {
             let key_differs = key.is_some_and(|k| k != e.key);
             if e.name != name || key_differs {
@@ -658,8 +698,8 @@ impl Unit {
                 return Err(Error::EffectMismatch {
                     unit: id.to_string(),
                     step: seq,
-                    recorded,
-                    requested,
+                    recorded: recorded + &was,
+                    requested: requested + &now,
                 });
             }
             // The recorded declaration governs: a step recorded
@@ -675,8 +715,8 @@ impl Unit {
                 return Err(Error::EffectMismatch {
                     unit: id.to_string(),
                     step: seq,
-                    recorded: decl(e.policy, e.compensable),
-                    requested: decl(policy, compensable),
+                    recorded: decl(e.policy, e.compensable) + &was,
+                    requested: decl(policy, compensable) + &now,
                 });
             }
             let key = e.key.clone();
@@ -698,6 +738,18 @@ impl Unit {
                             effect: name.to_string(),
                             key,
                             recorded: format!("effect {:?} of unit {:?}", k.effect, k.unit),
+                        })
+                    }
+                    Some((k, _)) if k.status == super::view::KeyStatus::Compensated => {
+                        return Err(Error::KeyConflict {
+                            unit: id.to_string(),
+                            step: seq,
+                            effect: name.to_string(),
+                            key,
+                            recorded: format!(
+                                "effect {:?} of unit {:?}, since compensated by that unit's rollback",
+                                k.effect, k.unit
+                            ),
                         })
                     }
                     Some((_, o)) => Prep::Settled(ctx(&key, Attempt::Retry), o.clone()),
@@ -723,6 +775,20 @@ impl Unit {
         }
         let key = key.map_or_else(|| default_key(id, name, seq), str::to_string);
         if let Some(k) = st.keys.get(&key) {
+            // A compensated key's result was undone: handing it out would
+            // report an effect that no longer holds.
+            if k.status == super::view::KeyStatus::Compensated {
+                return Err(Error::KeyConflict {
+                    unit: id.to_string(),
+                    step: seq,
+                    effect: name.to_string(),
+                    key,
+                    recorded: format!(
+                        "effect {:?} of unit {:?}, since compensated by that unit's rollback (use a new key to do it again)",
+                        k.effect, k.unit
+                    ),
+                });
+            }
             // A key belongs to one effect: never hand its result (or its
             // in-doubt state) to an effect of another name.
             if k.effect != name {

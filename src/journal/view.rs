@@ -70,6 +70,11 @@ pub enum KeyStatus {
     Completed,
     /// Its effect failed; the failure is recorded and returned again.
     Failed,
+    /// Its effect completed and a rollback of its unit then compensated
+    /// (undid) it: the recorded result is no longer handed to anyone, and
+    /// another effect asking for the key gets [`super::Error::KeyConflict`]
+    /// (use a new key to do it again).
+    Compensated,
 }
 
 /// One effect of a unit.
@@ -162,6 +167,9 @@ pub struct UnitView {
     /// Who asked for an abort that the agent has not finished (rollback pending).
     #[serde(default)]
     pub abort_requested_by: Option<String>,
+    /// The code version that began the unit, when recorded.
+    #[serde(default)]
+    pub code_version: Option<String>,
 }
 
 impl UnitView {
@@ -275,6 +283,7 @@ pub(crate) fn unit_view(u: &UnitRec) -> UnitView {
             })
             .collect(),
         abort_requested_by: u.abort_requested.as_ref().map(|n| n.by.clone()),
+        code_version: u.code.as_ref().map(|c| c.0.clone()),
     }
 }
 

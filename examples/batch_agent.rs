@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use agentwal::journal::{
     Attempt, Effect, Journal, JournalOptions, OnExhausted, RetryPolicy, StepError, UnitState,
 };
-use agentwal::log::LogOptions;
+use agentwal::log::{Durability, LogOptions};
 #[cfg(feature = "http")]
 use agentwal::runtime::Metrics;
 use agentwal::runtime::Shutdown;
@@ -351,6 +351,60 @@ fn unit_id(i: u32) -> String {
 /// record id (the journal forgets old ids, see `Retention`).
 const CURSOR: &str = "batch_agent/next";
 
+/// Whether record `i` was committed by an earlier run: its unit is committed,
+/// or it finished long enough ago that retention forgot its id (this demo
+/// never aborts a unit, so a forgotten unit was committed).
+fn finished_before(journal: &Journal, i: u32) -> bool {
+    let id = unit_id(i);
+    journal.unit_state(&id) == Some(UnitState::Committed) || journal.is_forgotten(&id)
+}
+
+/// The first record not yet committed, and the committed records above it.
+/// With N workers at most about N records sit above the frontier, so the
+/// set stays small whatever --records is.
+struct Frontier {
+    next: u32,
+    above: std::collections::BTreeSet<u32>,
+}
+
+impl Frontier {
+    fn new(start: u32) -> Self {
+        Frontier {
+            next: start,
+            above: Default::default(),
+        }
+    }
+    /// Records `i` as committed; returns the new frontier if it moved.
+    fn done(&mut self, i: u32) -> Option<u32> {
+        if i < self.next {
+            return None;
+        }
+        self.above.insert(i);
+        let before = self.next;
+        while self.above.remove(&self.next) {
+            self.next += 1;
+        }
+        (self.next != before).then_some(self.next)
+    }
+}
+
+/// Marks record `i` committed and, when the committed prefix grew, writes
+/// the cursor. Buffered: it rides on the next unit's sync. A cursor lost in
+/// a crash only lags, and the records between it and the real frontier are
+/// recent enough to be retained, so the re-run skips them by id. Written
+/// under the frontier lock so that cursor values only grow.
+fn advance(
+    journal: &Journal,
+    frontier: &Mutex<Frontier>,
+    i: u32,
+) -> Result<(), agentwal::journal::Error> {
+    let mut f = frontier.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(next) = f.done(i) {
+        journal.set_cursor(CURSOR, &next, Durability::Buffered)?;
+    }
+    Ok(())
+}
+
 /// One record = one unit: model call (journaled), work, send (journaled).
 fn process(
     journal: &Journal,
@@ -486,10 +540,6 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             ..LogOptions::default()
         },
         max_payload_bytes: 64 << 10,
-        // With --workers, records commit out of order and the resume cursor
-        // is not written yet: keep every finished id so that a re-run skips
-        // it (memory grows with --records until the cursor lands here).
-        retention: agentwal::journal::Retention::unlimited(),
         ..JournalOptions::default()
     };
     let journal = Journal::open(&args.journal, opts)?;
@@ -506,8 +556,11 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     // retained: skip forward over committed ids from the cursor on.
     let cursor = journal.cursor::<u32>(CURSOR)?.unwrap_or(0).min(n);
     let start = (cursor..n)
-        .find(|&i| journal.unit_state(&unit_id(i)) != Some(UnitState::Committed))
+        .find(|&i| !finished_before(&journal, i))
         .unwrap_or(n);
+    // The committed prefix, advanced as records commit (out of order with
+    // --workers) and written as the cursor each time it moves.
+    let frontier = Mutex::new(Frontier::new(start));
     let tty = std::io::stderr().is_terminal();
     say!(
         "batch_agent: {n} records, journal {} ({} committed, {} incomplete at open), resuming at record {start}",
@@ -546,7 +599,11 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             let Some(i) = u32::try_from(i).ok().filter(|&i| i < n) else {
                 break;
             };
-            if journal.unit_state(&unit_id(i)) == Some(UnitState::Committed) {
+            if finished_before(&journal, i) {
+                if let Err(e) = advance(&journal, &frontier, i) {
+                    failed.store(true, Ordering::Release);
+                    return Err(e.to_string());
+                }
                 continue;
             }
             if let Err(e) = process(
@@ -558,6 +615,10 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
                 &mut dice,
                 &mut t,
             ) {
+                failed.store(true, Ordering::Release);
+                return Err(e.to_string());
+            }
+            if let Err(e) = advance(&journal, &frontier, i) {
                 failed.store(true, Ordering::Release);
                 return Err(e.to_string());
             }

@@ -310,12 +310,13 @@ fn unit_opts() -> JournalOptions {
             ..LogOptions::default()
         },
         max_payload_bytes: 2048,
-        retention: Retention::default(),
+        retention: Retention::unlimited(),
         // Small segments and frequent compaction: kills land in rotation,
         // snapshot writing and segment removal.
         auto_compact: AutoCompact {
             every_records: Some(40),
             every_bytes: None,
+            tail_ratio: None,
         },
     }
 }

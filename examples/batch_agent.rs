@@ -33,8 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agentwal::journal::{
-    Attempt, AutoCompact, Effect, Journal, JournalOptions, OnExhausted, Retention, RetryPolicy,
-    StepError, UnitState,
+    Attempt, Effect, Journal, JournalOptions, OnExhausted, RetryPolicy, StepError, UnitState,
 };
 use agentwal::log::LogOptions;
 #[cfg(feature = "http")]
@@ -347,6 +346,11 @@ fn unit_id(i: u32) -> String {
     format!("record-{i:06}")
 }
 
+/// The journal cursor holding the index of the first record not yet known
+/// committed: a re-run resumes there instead of remembering every finished
+/// record id (the journal forgets old ids, see `Retention`).
+const CURSOR: &str = "batch_agent/next";
+
 /// One record = one unit: model call (journaled), work, send (journaled).
 fn process(
     journal: &Journal,
@@ -473,6 +477,8 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
     if let Some(addr) = &args.health {
         serve_health(addr, shutdown.clone(), Arc::new(Metrics::new()))?;
     }
+    // Default retention and compaction: memory and open time stay flat
+    // whatever --records is; the cursor below replaces old finished ids.
     let opts = JournalOptions {
         log: LogOptions {
             segment_size: 4 << 20,
@@ -480,12 +486,11 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
             ..LogOptions::default()
         },
         max_payload_bytes: 64 << 10,
-        // Every finished record id is kept so that a re-run skips it.
-        retention: Retention::default(),
-        auto_compact: AutoCompact {
-            every_records: Some(4096),
-            every_bytes: None,
-        },
+        // With --workers, records commit out of order and the resume cursor
+        // is not written yet: keep every finished id so that a re-run skips
+        // it (memory grows with --records until the cursor lands here).
+        retention: agentwal::journal::Retention::unlimited(),
+        ..JournalOptions::default()
     };
     let journal = Journal::open(&args.journal, opts)?;
     let replay = journal.replay_report().clone();
@@ -496,7 +501,11 @@ fn run(args: &Args, shutdown: &Shutdown) -> Result<bool, Box<dyn std::error::Err
         .map_err(|e| format!("cannot open the sink {}: {e}", args.sink.display()))?;
 
     let n = args.records;
-    let start = (0..n)
+    // The cursor lags the last commit by at most one record (it is written
+    // right after the commit, buffered), and that record's id is always
+    // retained: skip forward over committed ids from the cursor on.
+    let cursor = journal.cursor::<u32>(CURSOR)?.unwrap_or(0).min(n);
+    let start = (cursor..n)
         .find(|&i| journal.unit_state(&unit_id(i)) != Some(UnitState::Committed))
         .unwrap_or(n);
     let tty = std::io::stderr().is_terminal();

@@ -75,6 +75,9 @@
 //!
 //! * [`log`] — segmented, checksummed, group-committed storage engine with
 //!   crash recovery and a storage seam.
+//! * [`engine`] — the replay engine: one replicated state machine over the
+//!   log (check before append, infallible apply, versioned snapshots,
+//!   amortized compaction), used by the journal and the queue.
 //! * [`journal`] — units of side effects with idempotency keys and replay.
 //! * [`queue`] — the durable work queue: codec, state machine, synchronous
 //!   API (no tokio).
@@ -116,6 +119,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod engine;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod fleet;

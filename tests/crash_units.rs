@@ -41,10 +41,11 @@ fn opts() -> JournalOptions {
             ..LogOptions::default()
         },
         max_payload_bytes: 2048,
-        retention: Retention::default(),
+        retention: Retention::unlimited(),
         auto_compact: AutoCompact {
             every_records: Some(25),
             every_bytes: None,
+            tail_ratio: None,
         },
     }
 }

@@ -212,7 +212,7 @@ fn open(storage: &SimStorage) -> Journal {
     Journal::open_with(
         Arc::new(storage.clone()),
         DIR,
-        opts(AutoCompact::default(), Retention::default()),
+        opts(AutoCompact::default(), Retention::unlimited()),
     )
     .unwrap()
 }
@@ -293,6 +293,7 @@ fn auto_compaction_bounds_disk_and_retention_bounds_keys() {
         AutoCompact {
             every_records: Some(300),
             every_bytes: None,
+            tail_ratio: None,
         },
         Retention {
             max_keys: Some(50),

@@ -24,7 +24,7 @@ fn opts() -> JournalOptions {
             ..LogOptions::default()
         },
         max_payload_bytes: 8 << 10,
-        retention: Retention::default(),
+        retention: Retention::unlimited(),
         auto_compact: Default::default(),
     }
 }

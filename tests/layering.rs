@@ -2,8 +2,8 @@
 //! downward only.
 //!
 //! ```text
-//! log  ←  journal
-//! log  ←  queue  ←  runtime (tokio)
+//! log  ←  engine  ←  journal
+//! log  ←  engine  ←  queue  ←  runtime (tokio)
 //! inspect reads log, journal and queue, never runtime
 //! ```
 //!
@@ -17,6 +17,7 @@ use std::path::Path;
 /// (layer, layers it must not use)
 const RULES: &[(&str, &[&str])] = &[
     ("log", &["journal", "queue", "runtime", "inspect", "engine"]),
+    ("engine", &["journal", "queue", "runtime", "inspect"]),
     ("journal", &["queue", "runtime", "inspect"]),
     ("queue", &["journal", "runtime", "inspect"]),
     ("inspect", &["runtime"]),

@@ -22,7 +22,7 @@ fn opts() -> JournalOptions {
             ..LogOptions::default()
         },
         max_payload_bytes: 4 << 10,
-        retention: Retention::default(),
+        retention: Retention::unlimited(),
         auto_compact: Default::default(),
     }
 }

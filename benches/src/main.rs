@@ -16,6 +16,7 @@
 mod measure;
 mod python;
 mod report;
+mod scaling;
 mod scenarios;
 mod systems;
 
@@ -45,9 +46,9 @@ pub struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: agentwal-bench [--quick] [--dir DIR] [--no-write] [--only PHASE]... [--writers 1,8] [--rounds N]\n\
-         phases: latency, writers, tasks, units, baselines, replay, compaction\n\
+         phases: latency, writers, tasks, units, baselines, replay, compaction, scaling\n\
          (--only python: the Python package against a Python + sqlite3 agent, see benches/python)\n\
-         (internal: agentwal-bench --child verify|replay|crc|idle|grow DIR)"
+         (internal: agentwal-bench --child verify|replay|crc|idle|grow|scale-run:N|scale-open DIR)"
     );
     std::process::exit(2)
 }

@@ -106,6 +106,58 @@ fn targets(r: &Results) -> Vec<Target> {
         goal: "flat (≤ 1.25×)",
         met: growth.map(|(rss, _)| rss <= 1.25),
     });
+    let (small, big) = (r.scaling.first(), r.scaling.last());
+    let at = |x: Option<&crate::scaling::ScaleRow>| x.map_or(0, |x| x.records);
+    let tp = big.map(|b| b.rate_ratio());
+    t.push(Target {
+        name: "scaling: records/s over the last 10 % / the first 10 % of the largest run (`batch_agent --work-ms 0` workload)",
+        measured: tp.map_or("n/a".into(), |x| format!("{x:.2}× ({} records)", at(big))),
+        goal: "≥ 0.8×",
+        met: tp.map(|x| x >= 0.8),
+    });
+    let rss = small.zip(big).filter(|(s, b)| s.records < b.records);
+    t.push(Target {
+        name: "scaling: peak RSS, largest / smallest run",
+        measured: rss.map_or("n/a".into(), |(s, b)| {
+            format!(
+                "{:.2}× ({} → {} records)",
+                b.rss as f64 / s.rss as f64,
+                s.records,
+                b.records
+            )
+        }),
+        goal: "≤ 1.25×",
+        met: rss.map(|(s, b)| b.rss as f64 <= 1.25 * s.rss as f64),
+    });
+    let peak = r.scaling.iter().map(|x| x.rss).max();
+    t.push(Target {
+        name: "scaling: peak RSS of any run (default options)",
+        measured: peak.map_or("n/a".into(), |p| {
+            format!("{:.1} MiB", p as f64 / (1 << 20) as f64)
+        }),
+        goal: "≤ 64 MiB",
+        met: peak.map(|p| p <= 64 << 20),
+    });
+    t.push(Target {
+        name: "scaling: re-open time after the largest run",
+        measured: big.map_or("n/a".into(), |b| {
+            format!("{:.3} s ({} records)", b.open_secs, b.records)
+        }),
+        goal: "≤ 0.2 s",
+        met: big.map(|b| b.open_secs <= 0.2),
+    });
+    let wf = r
+        .scaling
+        .iter()
+        .map(|x| x.write_factor())
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    t.push(Target {
+        name:
+            "scaling: bytes written (log + snapshots) per record / log bytes per record, worst run",
+        measured: wf.map_or("n/a".into(), |x| format!("{x:.2}×")),
+        goal: "≤ 3× (constant)",
+        met: wf.map(|x| x <= 3.0),
+    });
     t
 }
 
@@ -275,6 +327,10 @@ pub fn markdown(r: &Results) -> String {
             "\nPeak RSS of a child process that does nothing: {}.",
             mib(r.idle_rss)
         );
+    }
+
+    if !r.scaling.is_empty() {
+        s.push_str(&crate::scaling::markdown(&r.scaling, r.quick));
     }
 
     if let Some(c) = &r.compaction {

@@ -118,6 +118,8 @@ pub struct Results {
     pub idle_rss: u64,
     /// Compaction steady state.
     pub compaction: Option<Compaction>,
+    /// The `scaling` phase: one row per history size.
+    pub scaling: Vec<crate::scaling::ScaleRow>,
     /// Every round's throughput per cell.
     pub samples: Vec<(Cell, Vec<Throughput>)>,
 }
@@ -328,6 +330,9 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
         }
         std::fs::remove_dir_all(&d)?;
     }
+    if wants(opts, "scaling") {
+        r.scaling = crate::scaling::run(root, q, child_json)?;
+    }
     if wants(opts, "compaction") {
         let c = compaction(root, q)?;
         eprintln!(
@@ -444,6 +449,13 @@ fn replay_row(dir: &Path) -> Res<ReplayRow> {
 pub fn child(what: &str, dir: &Path) -> Res<serde_json::Value> {
     let start = Instant::now();
     let mut out = serde_json::Map::new();
+    if let Some(n) = what.strip_prefix("scale-run:") {
+        let n: u64 = n.parse().map_err(|_| format!("bad record count {n:?}"))?;
+        return crate::scaling::child_run(dir, n);
+    }
+    if what == "scale-open" {
+        return crate::scaling::child_open(dir);
+    }
     match what {
         "idle" => {}
         "grow" => {
@@ -543,6 +555,7 @@ fn compaction(root: &Path, quick: bool) -> Res<Compaction> {
         auto_compact: AutoCompact {
             every_records: Some(every),
             every_bytes: None,
+            tail_ratio: None,
         },
         retention: agentwal::journal::Retention {
             max_keys: Some(keys),

@@ -145,10 +145,11 @@ fn journal_opts() -> JournalOptions {
             ..LogOptions::default()
         },
         max_payload_bytes: 512,
-        retention: Retention::default(),
+        retention: Retention::unlimited(),
         auto_compact: AutoCompact {
             every_records: None,
             every_bytes: None,
+            tail_ratio: None,
         },
     }
 }

@@ -43,6 +43,7 @@ from . import _agentwal
 from ._agentwal import Claimed, Compensation, EffectCtx
 from ._types import (
     NOT_HAPPENED,
+    Approval,
     DidNotHappen,
     Happened,
     NotHappened,
@@ -104,6 +105,7 @@ __all__ = [
     "NotHappened",
     "NOT_HAPPENED",
     "Retry",
+    "Approval",
     "StepFailure",
     "Transient",
     "DidNotHappen",
@@ -483,6 +485,26 @@ class Unit:
             cancel,
         )
 
+    # -- approvals ----------------------------------------------------------
+
+    def approval(self, name: str, payload: Any = None) -> Approval:
+        """Asks a human for approval ``name`` (``payload``, JSON-able, is
+        shown to the approver) without blocking: the first call records the
+        request durably and returns a pending :class:`Approval`; once a
+        decision is recorded (:meth:`Journal.decide_approval`,
+        ``wal-inspect approve``) every call returns it, also after a crash
+        and resume. While pending, leave the unit (it stays incomplete) and
+        ask again later::
+
+            a = unit.approval("refund", {"eur": 40})
+            if a.pending:
+                unit.abandon()  # stays incomplete: run the unit again later
+                return
+            if a.approved:
+                unit.run("refund", do_refund, policy="never_repeat")
+        """
+        return Approval(**self._raw.approval(name, payload))
+
     # -- checkpoints --------------------------------------------------------
 
     def checkpoint(self, state: Any) -> int:
@@ -815,12 +837,30 @@ class Journal:
         *,
         happened: bool,
         result: Any = None,
-        error: Optional[str] = None,
-    ) -> int:
+        by: str = "python",
+        reason: str = "",
+    ) -> str:
         """Records an operator's decision for in-doubt ``step`` of unit
-        ``id``: it happened (with ``result``), or it did not (recorded as
-        failed with ``error``). Returns the record's LSN."""
-        return self._raw.resolve_in_doubt(id, step, happened, result, error)
+        ``id`` (what ``wal-inspect resolve`` does), attributed to ``by`` with
+        ``reason``: it happened (the resumed unit gets ``result``), or it did
+        not (the unit may run it again with the same key). Refused with
+        :class:`OperatorRefused` (nothing written) when the step is not in
+        doubt or the result does not fit. Returns what changed."""
+        return self._raw.operator_resolve(id, step, happened, result, by, reason)
+
+    def request_abort(self, id: str, *, by: str = "python", reason: str = "") -> str:
+        """Records an operator's abort of incomplete unit ``id`` (``wal-inspect
+        abort``): with nothing to compensate it ends aborted at once;
+        otherwise opening it raises :class:`AbortRequested` and
+        :meth:`rollback` runs its compensations. Returns what changed."""
+        return self._raw.request_abort(id, by, reason)
+
+    def decide_approval(
+        self, id: str, name: str, *, approved: bool, by: str = "python", reason: str = ""
+    ) -> str:
+        """Records a human decision for approval ``name`` of unit ``id``
+        (``wal-inspect approve``), once. Returns what changed."""
+        return self._raw.decide_approval(id, name, approved, by, reason)
 
     def key_status(self, key: str) -> Optional[Dict[str, Any]]:
         """The idempotency key's entry in the key index, or None."""

@@ -17,6 +17,7 @@ __all__ = [
     "DidNotHappen",
     "Unsure",
     "Permanent",
+    "Approval",
 ]
 
 
@@ -135,3 +136,31 @@ class Permanent(StepFailure):
     """A permanent failure: recorded as the effect's outcome, never retried."""
 
     error_class = "permanent"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A human decision asked for by :meth:`agentwal.Unit.approval`:
+    ``state`` is ``"pending"``, ``"approved"`` or ``"rejected"``; once
+    decided, ``by``, ``reason`` and ``at_ms`` (ms since the epoch) say who,
+    why and when."""
+
+    state: str
+    by: Optional[str] = None
+    reason: Optional[str] = None
+    at_ms: Optional[int] = None
+
+    @property
+    def approved(self) -> bool:
+        """True once approved."""
+        return self.state == "approved"
+
+    @property
+    def rejected(self) -> bool:
+        """True once rejected."""
+        return self.state == "rejected"
+
+    @property
+    def pending(self) -> bool:
+        """True while nobody decided."""
+        return self.state == "pending"

@@ -32,6 +32,7 @@ use agentwal::journal::{
     self, Attempt, Compensation, Effect, EffectCtx, ErrorClass, Journal, JournalOptions,
     OnExhausted, Outcome, Probe, RetryPolicy, StepError, Unit, UnitState,
 };
+use agentwal::journal::{Approval, Resolution};
 use agentwal::queue::{self, Claimed, NackOutcome, QueueOptions, WorkQueue};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -979,6 +980,66 @@ impl RawJournal {
             .map_err(|e| journal_err(py, e))
     }
 
+    /// An operator's attributed resolution of in-doubt step `step` of unit
+    /// `id` (`wal-inspect resolve`): it happened (with `result`), or it did
+    /// not (the unit may run it again with the same key). Returns what changed.
+    #[pyo3(signature = (id, step, happened, result=None, by="python".to_string(), reason=String::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn operator_resolve(
+        &self,
+        py: Python<'_>,
+        id: String,
+        step: u32,
+        happened: bool,
+        result: Option<&Bound<'_, PyAny>>,
+        by: String,
+        reason: String,
+    ) -> PyResult<String> {
+        let j = self.get(py)?;
+        let resolution = if happened {
+            Resolution::Happened(match result {
+                Some(r) => Some(to_json(r, "operator result")?),
+                None => None,
+            })
+        } else {
+            Resolution::NotHappened
+        };
+        py.allow_threads(|| j.resolve(&id, step, resolution, &by, &reason))
+            .map_err(|e| journal_err(py, e))
+    }
+
+    /// Records an operator's abort of incomplete unit `id` (`wal-inspect
+    /// abort`); returns what changed.
+    #[pyo3(signature = (id, by="python".to_string(), reason=String::new()))]
+    fn request_abort(
+        &self,
+        py: Python<'_>,
+        id: String,
+        by: String,
+        reason: String,
+    ) -> PyResult<String> {
+        let j = self.get(py)?;
+        py.allow_threads(|| j.request_abort(&id, &by, &reason))
+            .map_err(|e| journal_err(py, e))
+    }
+
+    /// Records a human decision for approval `name` of unit `id`
+    /// (`wal-inspect approve`); returns what changed.
+    #[pyo3(signature = (id, name, approved, by="python".to_string(), reason=String::new()))]
+    fn decide_approval(
+        &self,
+        py: Python<'_>,
+        id: String,
+        name: String,
+        approved: bool,
+        by: String,
+        reason: String,
+    ) -> PyResult<String> {
+        let j = self.get(py)?;
+        py.allow_threads(|| j.decide_approval(&id, &name, approved, &by, &reason))
+            .map_err(|e| journal_err(py, e))
+    }
+
     /// Rolls back incomplete unit `id`, calling `compensate(Compensation)`
     /// for its compensable effects in reverse order.
     fn rollback(
@@ -1437,6 +1498,43 @@ impl RawUnit {
                 }
             }
         }
+    }
+
+    /// Asks for (or reads) human approval `name`: a dict with `state`
+    /// ("pending", "approved", "rejected") and, once decided, `by`,
+    /// `reason`, `at_ms`. Never blocks for the decision.
+    #[pyo3(signature = (name, payload=None))]
+    fn approval(
+        &self,
+        py: Python<'_>,
+        name: String,
+        payload: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyObject> {
+        let value = match payload {
+            Some(p) => to_json(p, &format!("payload of approval {name:?}"))?,
+            None => Value::Null,
+        };
+        let a = self
+            .with(py, |g| g.as_mut().map(|u| u.approval(&name, &value)))?
+            .ok_or_else(|| self.closed_err(py))?
+            .map_err(|e| journal_err(py, e))?;
+        let d = PyDict::new_bound(py);
+        match a {
+            Approval::Pending => d.set_item("state", "pending")?,
+            Approval::Approved { by, reason, at_ms } => {
+                d.set_item("state", "approved")?;
+                d.set_item("by", by)?;
+                d.set_item("reason", reason)?;
+                d.set_item("at_ms", at_ms)?;
+            }
+            Approval::Rejected { by, reason, at_ms } => {
+                d.set_item("state", "rejected")?;
+                d.set_item("by", by)?;
+                d.set_item("reason", reason)?;
+                d.set_item("at_ms", at_ms)?;
+            }
+        }
+        Ok(d.into_py(py))
     }
 
     /// Commits the unit durably; returns the commit LSN.

@@ -509,3 +509,43 @@ def test_using_the_unit_from_inside_its_own_effect_raises_instead_of_deadlocking
         assert unit.run("outer", step, policy="retry_same_key") == "ok"
         assert seen == [False]
     assert journal.unit_state("re") == "committed"
+
+
+def test_approvals_never_block_and_survive_a_restart(jdir):
+    with agentwal.Journal(jdir) as j:
+        unit = j.unit("refund-9", kind="refund")
+        a = unit.approval("refund", {"eur": 40})
+        assert a.pending and not a.approved
+        unit.abandon()
+        j.decide_approval("refund-9", "refund", approved=True, by="alice", reason="ok")
+        with pytest.raises(agentwal.OperatorRefused):
+            j.decide_approval("refund-9", "refund", approved=False, by="bob")
+    with agentwal.Journal(jdir) as j:
+        with j.unit("refund-9") as unit:
+            a = unit.approval("refund", {"eur": 40})
+            assert a.approved and a.by == "alice" and a.reason == "ok" and a.at_ms > 0
+            unit.run("refund", lambda: "r-1", policy="never_repeat")
+
+
+def test_operator_not_happened_lets_the_step_run_again_and_abort_is_attributed(journal):
+    unit = journal.unit("op1")
+    interrupt_inside(unit, "charge", "never_repeat")
+    with pytest.raises(agentwal.OperatorRefused):
+        journal.resolve("op1", 5, happened=False, by="carol")
+    msg = journal.resolve("op1", 0, happened=False, by="carol", reason="no charge in the PSP")
+    assert isinstance(msg, str) and msg
+    runs = []
+    with journal.unit("op1") as unit:
+        unit.run("charge", lambda ctx: runs.append(ctx.key), policy="never_repeat")
+    assert len(runs) == 1
+
+    unit = journal.unit("op2")
+    unit.run("hold", lambda: 1, policy="never_repeat", compensable=True)
+    unit.abandon()
+    journal.request_abort("op2", by="dave", reason="customer left")
+    with pytest.raises(agentwal.AbortRequested) as ei:
+        journal.unit("op2")
+    assert ei.value.by == "dave"
+    undone = []
+    journal.rollback("op2", "operator abort", lambda c: undone.append(c.effect))
+    assert undone == ["hold"] and journal.unit_state("op2") == "aborted"

@@ -98,6 +98,20 @@ pub enum Error {
         state: &'static str,
     },
 
+    /// The unit finished long enough ago that the retention policy dropped
+    /// its id (only a hash of it is left): whether it committed or aborted
+    /// is no longer known, and its idempotency keys may be gone too, so
+    /// beginning it again could repeat its effects. Use a new id, or keep ids
+    /// longer (`JournalOptions::retention`), or track progress with a
+    /// durable cursor (`Journal::set_cursor`).
+    #[error("unit {unit:?} finished and its id was dropped by the retention policy ({retention}); beginning it again could repeat its effects, so it is refused: use a new unit id, raise the retention, or resume from a durable cursor")]
+    UnitForgotten {
+        /// The unit.
+        unit: String,
+        /// The retention in force, described.
+        retention: String,
+    },
+
     /// Another handle in this process is working on the unit right now.
     #[error(
         "unit {unit:?} is already open in this process; finish or drop the other handle first"

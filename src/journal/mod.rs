@@ -37,8 +37,21 @@
 //!   Once a compensation is recorded the unit can only finish its rollback
 //!   ([`Error::RollingBack`] for `run` and `commit`).
 //! * **Compaction** writes the live state (incomplete units, key index,
-//!   counters) as a snapshot and drops old segments; recovery is snapshot +
-//!   log after it, so memory and disk are bounded by live state.
+//!   retained finished ids, cursors, counters) as a snapshot and drops old
+//!   segments; recovery is snapshot + log after it. By default it runs when
+//!   the log since the last snapshot reaches twice the snapshot's size (at
+//!   least 4 MiB), so its cost is O(1) amortized per record and open replays
+//!   a bounded tail ([`crate::engine::CompactionPolicy`]).
+//! * **Memory is bounded by default**: the [`Retention`] policy (24 h and
+//!   1,024 keys / finished ids) bounds the key index and the finished ids;
+//!   memory is O(live units + retained keys), whatever the history. A
+//!   finished unit whose id retention dropped is refused by
+//!   [`Journal::begin`] with [`Error::UnitForgotten`] (for as long again);
+//!   long runs track their position with a durable cursor
+//!   ([`Journal::set_cursor`]) instead of remembering every finished id.
+//! * Every record is **checked against the state before it is appended**
+//!   ([`crate::engine::StateMachine::check`]): a refused operation writes
+//!   nothing, and a record in the log always replays.
 //!
 //! # Cost
 //!
@@ -86,6 +99,7 @@ mod error;
 mod operator;
 pub(crate) mod record;
 mod retry;
+mod snapshot;
 mod state;
 mod unit;
 pub mod view;
@@ -112,17 +126,28 @@ pub use view::{
     UnitState, UnitView,
 };
 
+pub use crate::engine::CompactionPolicy;
+use crate::engine::{self, Mode, StateMachine};
 use crate::log::{Durability, FsStorage, Log, LogOptions, Storage};
 use state::State;
 
 /// When the journal compacts itself (in addition to [`Journal::compact`]).
-/// Checked after each commit or abort; `None` disables a trigger.
+/// Checked after each commit or abort; `None` disables a trigger; any
+/// trigger that is reached compacts.
+///
+/// Only `tail_ratio` keeps compaction O(1) amortized per record whatever
+/// the retained state: a fixed `every_records` / `every_bytes` interval
+/// rewrites the whole retained state every interval, which is quadratic
+/// when retention is unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AutoCompact {
     /// Compact after this many records were appended since the last compaction.
     pub every_records: Option<u64>,
     /// Compact after this many bytes were appended since the last compaction.
     pub every_bytes: Option<u64>,
+    /// Compact when the bytes appended since the last snapshot reach a
+    /// multiple of that snapshot's size (the default trigger).
+    pub tail_ratio: Option<CompactionPolicy>,
 }
 
 /// Options of [`Journal::open`].
@@ -141,9 +166,11 @@ pub struct JournalOptions {
     /// [`DEFAULT_MAX_RECORD_BYTES`].
     pub max_payload_bytes: u64,
     /// How long settled keys and finished unit ids survive compaction.
-    /// Default: the newest 100 000, no age limit.
+    /// Default: [`Retention::default`] (24 h, at most 1,024 of each).
     pub retention: Retention,
-    /// Automatic compaction. Default: every 64 MiB of records.
+    /// Automatic compaction. Default: when the log since the last snapshot
+    /// is twice the snapshot's size and at least 4 MiB
+    /// ([`CompactionPolicy::default`]).
     pub auto_compact: AutoCompact,
 }
 
@@ -164,13 +191,11 @@ impl Default for JournalOptions {
                 ..LogOptions::default()
             },
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
-            retention: Retention {
-                max_keys: Some(100_000),
-                max_age: None,
-            },
+            retention: Retention::default(),
             auto_compact: AutoCompact {
                 every_records: None,
-                every_bytes: Some(64 << 20),
+                every_bytes: None,
+                tail_ratio: Some(CompactionPolicy::default()),
             },
         }
     }
@@ -191,6 +216,7 @@ impl JournalOptions {
             auto_compact: AutoCompact {
                 every_records: Some(4096),
                 every_bytes: None,
+                tail_ratio: None,
             },
         }
     }
@@ -205,6 +231,11 @@ impl JournalOptions {
         if self.auto_compact.every_records == Some(0) || self.auto_compact.every_bytes == Some(0) {
             return Err(Error::InvalidOptions(
                 "auto_compact thresholds must be positive (use None to disable)".into(),
+            ));
+        }
+        if self.auto_compact.tail_ratio.is_some_and(|p| p.ratio == 0) {
+            return Err(Error::InvalidOptions(
+                "auto_compact.tail_ratio.ratio must be at least 1".into(),
             ));
         }
         Ok(())
@@ -226,6 +257,8 @@ pub struct ReplayReport {
     pub incomplete: Vec<UnitView>,
     /// Entries in the idempotency key index.
     pub keys: usize,
+    /// Bytes of the snapshot replay started from (0: none).
+    pub snapshot_bytes: u64,
 }
 
 /// Counters of an open journal.
@@ -251,6 +284,12 @@ pub struct JournalStats {
     pub disk_bytes: u64,
     /// The last automatic compaction's failure, if it failed.
     pub last_auto_compact_error: Option<String>,
+    /// Size of the newest snapshot payload (0: none yet).
+    pub snapshot_bytes: u64,
+    /// Finished unit ids dropped by retention (all time).
+    pub forgotten_units: u64,
+    /// Settled keys dropped by retention (all time).
+    pub forgotten_keys: u64,
 }
 
 /// What [`Journal::compact`] did.
@@ -272,6 +311,8 @@ struct Counters {
     bytes: u64,
     compactions: u64,
     auto_error: Option<String>,
+    /// Payload size of the newest snapshot.
+    snapshot_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -395,16 +436,11 @@ impl Journal {
     ) -> Result<Journal> {
         opts.validate()?;
         let log = Log::open_with(storage, dir, opts.log.clone())?;
-        let (mut state, snapshot_lsn) = match log.latest_snapshot()? {
-            Some(s) => (State::from_snapshot(s.lsn, &s.data, false)?, s.lsn),
-            None => (State::new(false), 0),
-        };
-        let mut records_replayed = 0;
-        for rec in log.read_from(snapshot_lsn + 1)? {
-            let rec = rec?;
-            state.apply_log_record(rec.lsn, rec.kind, rec.payload())?;
-            records_replayed += 1;
-        }
+        let replayed = engine::open_log::<State>(&log, Mode::Owner)?;
+        let mut state = replayed.state;
+        // The tail may hold more ids and keys than the retention allows.
+        state.apply_retention(&opts.retention, record::now_ms());
+        let (snapshot_lsn, records_replayed) = (replayed.snapshot_lsn, replayed.records);
         let mut incomplete: Vec<UnitView> = state.live_units().map(view::unit_view).collect();
         incomplete.sort_by_key(|u| u.begin_lsn);
         let replay = ReplayReport {
@@ -414,6 +450,7 @@ impl Journal {
             aborted: state.aborted,
             incomplete,
             keys: state.keys.len(),
+            snapshot_bytes: replayed.snapshot_bytes,
         };
         crate::observe::replayed(&replay);
         Ok(Journal {
@@ -425,6 +462,10 @@ impl Journal {
                 running: Mutex::new(HashMap::new()),
                 counters: Mutex::new(Counters {
                     records: records_replayed,
+                    // Payloads plus record headers, as appends count them.
+                    bytes: replayed.record_bytes
+                        + records_replayed * crate::log::record::RECORD_HEADER as u64,
+                    snapshot_bytes: replayed.snapshot_bytes,
                     ..Counters::default()
                 }),
                 compacting: Mutex::new(()),
@@ -486,16 +527,20 @@ impl Journal {
         }
         // From here on the guard releases the id on every early return.
         let guard = unit::ActiveGuard::new(self.clone(), id.to_string());
-        let (existing, abort) = {
+        let (existing, abort, forgotten) = {
             let st = self.inner.state.lock();
             let abort = st
                 .units
                 .get(id)
                 .and_then(|u| u.abort_requested.as_ref())
                 .map(|n| (n.by.clone(), n.reason.clone()));
-            (st.unit_state(id), abort)
+            (st.unit_state(id), abort, st.is_forgotten(id))
         };
         match existing {
+            None if forgotten => Err(Error::UnitForgotten {
+                unit: id.to_string(),
+                retention: describe_retention(&self.inner.opts.retention),
+            }),
             Some(UnitState::Incomplete) => match abort {
                 Some((by, reason)) if !for_rollback => Err(Error::AbortRequested {
                     unit: id.to_string(),
@@ -532,6 +577,55 @@ impl Journal {
                 Ok(Unit::new(guard, false))
             }
         }
+    }
+
+    /// True when `id` is a finished unit whose id the retention policy
+    /// dropped ([`Journal::begin`] refuses it with [`Error::UnitForgotten`]).
+    pub fn is_forgotten(&self, id: &str) -> bool {
+        self.inner.state.lock().is_forgotten(id)
+    }
+
+    /// Records the value of cursor `name` (a durable position, for example
+    /// the next item of a batch): one small record, kept across compaction
+    /// (the newest value wins). `Buffered` makes it durable with the next
+    /// sync; `Durable` waits for it.
+    pub fn set_cursor<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<u64> {
+        let value = serde_json::to_value(value).map_err(|e| Error::Encode {
+            unit: name.to_string(),
+            what: "cursor".into(),
+            reason: e.to_string(),
+        })?;
+        self.check_size(name, "cursor", &value)?;
+        let rec = JournalRecord::Cursor {
+            name: name.to_string(),
+            value,
+            at_ms: record::now_ms(),
+        };
+        let lsn = self.append(name, &[rec], durability)?;
+        self.maybe_auto_compact();
+        Ok(lsn)
+    }
+
+    /// The newest value of cursor `name`, if it was ever set.
+    pub fn cursor<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let v = self
+            .inner
+            .state
+            .lock()
+            .cursors
+            .get(name)
+            .map(|c| c.1.clone());
+        v.map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| Error::InvalidCall {
+                unit: name.to_string(),
+                reason: format!("recorded cursor does not fit the requested type: {e}"),
+            })
     }
 
     /// Records `version` (free text: a release, a git describe) and the
@@ -611,7 +705,12 @@ impl Journal {
 
     /// The key index entry of `key`, if retained.
     pub fn key_status(&self, key: &str) -> Option<KeyView> {
-        self.inner.state.lock().keys.get(key).map(view::key_view)
+        self.inner
+            .state
+            .lock()
+            .keys
+            .get(key)
+            .map(|k| view::key_view(k))
     }
 
     /// The recorded outcome of a settled key, if retained.
@@ -621,12 +720,12 @@ impl Journal {
             .lock()
             .keys
             .get(key)
-            .and_then(|k| k.outcome.clone())
+            .and_then(|k| k.outcome())
     }
 
     /// Counters.
     pub fn stats(&self) -> JournalStats {
-        let (live_units, keys, finished_ids, committed, aborted) = {
+        let (live_units, keys, finished_ids, committed, aborted, forgotten_units, forgotten_keys) = {
             let st = self.inner.state.lock();
             (
                 st.live_units().count(),
@@ -634,6 +733,8 @@ impl Journal {
                 st.finished.len(),
                 st.committed,
                 st.aborted,
+                st.forgotten.units,
+                st.forgotten.keys,
             )
         };
         let c = self.inner.counters.lock();
@@ -648,6 +749,9 @@ impl Journal {
             compactions: c.compactions,
             disk_bytes: self.inner.log.disk_bytes(),
             last_auto_compact_error: c.auto_error.clone(),
+            snapshot_bytes: c.snapshot_bytes,
+            forgotten_units,
+            forgotten_keys,
         }
     }
 
@@ -741,31 +845,42 @@ impl Journal {
 
     /// [`Journal::compact`] with the `compacting` lock already held.
     fn compact_locked(&self) -> Result<CompactReport> {
-        let (lsn, data, retired) = {
-            // Holding the state lock keeps appends out, so the state is
-            // exactly the log up to `lsn`.
+        let (lsn, frozen, retired, covered) = {
+            // Holding the state lock keeps appends out, so the frozen view
+            // is exactly the log up to `lsn`. Only the copy of the retained
+            // state happens here; encoding and writing happen outside.
             let mut st = self.inner.state.lock();
             let retired = st.apply_retention(&self.inner.opts.retention, record::now_ms());
             let lsn = self.inner.log.next_lsn() - 1;
-            (lsn, st.encode_snapshot(), retired)
+            let covered = {
+                let c = self.inner.counters.lock();
+                (c.records, c.bytes)
+            };
+            (lsn, st.snapshot(), retired, covered)
         };
         let mut report = CompactReport {
             snapshot_lsn: lsn,
-            snapshot_bytes: data.len() as u64,
             retired,
             ..CompactReport::default()
         };
         if lsn == 0 {
             return Ok(report);
         }
-        // write_snapshot waits until `lsn` is durable, then writes the file
-        // atomically (tmp, fsync, rename, directory fsync).
-        self.inner.log.write_snapshot(lsn, &data)?;
-        report.segments_removed = self.inner.log.truncate_before(lsn + 1)?;
+        // Encoded straight into the file (waiting until `lsn` is durable;
+        // tmp, fsync, rename, directory fsync): the payload is never held
+        // in memory whole.
+        let mut frozen = Some(frozen);
+        let (len, removed) = engine::install_snapshot_with(&self.inner.log, lsn, &mut |w| {
+            frozen.take().map_or(Ok(()), |f| f.encode_to(w))
+        })?;
+        report.snapshot_bytes = len;
+        report.segments_removed = removed;
         let mut c = self.inner.counters.lock();
-        c.records = 0;
-        c.bytes = 0;
+        // What was appended while the snapshot was written stays counted.
+        c.records = c.records.saturating_sub(covered.0);
+        c.bytes = c.bytes.saturating_sub(covered.1);
         c.compactions += 1;
+        c.snapshot_bytes = len;
         Ok(report)
     }
 
@@ -797,13 +912,13 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends records (one write) and applies them to the state under the
-    /// state lock, then waits for durability outside it (group commit).
+    /// Checks records against the state, appends them (one write) and
+    /// applies them, under the state lock, then waits for durability
+    /// outside it (group commit).
     fn append(&self, unit: &str, recs: &[JournalRecord], durability: Durability) -> Result<u64> {
-        let encoded: Vec<(u8, Vec<u8>)> = recs.iter().map(|r| (r.kind(), r.encode())).collect();
         let last = {
             let mut st = self.inner.state.lock();
-            self.append_encoded_locked(&mut st, unit, recs, &encoded)?
+            self.append_locked(&mut st, unit, recs)?
         };
         if durability == Durability::Durable {
             self.inner.log.wait_durable(last)?;
@@ -811,59 +926,44 @@ impl Journal {
         Ok(last)
     }
 
-    /// Appends `recs` buffered and applies them, with the state lock held by
-    /// the caller, so that a decision taken under that lock (a key is still
-    /// unknown) and the record acting on it are one atomic step. Returns the
-    /// last LSN; the caller waits for durability *after* releasing the lock.
+    /// Checks and appends `recs` buffered and applies them, with the state
+    /// lock held by the caller, so that a decision taken under that lock (a
+    /// key is still unknown) and the record acting on it are one atomic
+    /// step. A record the state refuses writes nothing. Returns the last
+    /// LSN; the caller waits for durability *after* releasing the lock.
     fn append_locked(&self, st: &mut State, unit: &str, recs: &[JournalRecord]) -> Result<u64> {
-        let encoded: Vec<(u8, Vec<u8>)> = recs.iter().map(|r| (r.kind(), r.encode())).collect();
-        self.append_encoded_locked(st, unit, recs, &encoded)
-    }
-
-    fn append_encoded_locked(
-        &self,
-        st: &mut State,
-        unit: &str,
-        recs: &[JournalRecord],
-        encoded: &[(u8, Vec<u8>)],
-    ) -> Result<u64> {
-        let refs: Vec<(u8, &[u8])> = encoded.iter().map(|(k, p)| (*k, p.as_slice())).collect();
-        let bytes: u64 = encoded.iter().map(|(_, p)| p.len() as u64 + 32).sum();
-        let last = {
-            let range = self
-                .inner
-                .log
-                .append_batch(&refs, Durability::Buffered)
-                .map_err(|e| match e {
-                    crate::log::Error::RecordTooLarge { size, limit } => Error::PayloadTooLarge {
+        let (range, bytes) =
+            engine::append_checked(&self.inner.log, st, recs.to_vec()).map_err(|e| match e {
+                Error::Log(crate::log::Error::RecordTooLarge { size, limit }) => {
+                    Error::PayloadTooLarge {
                         unit: unit.to_string(),
                         what: "journal record".into(),
                         size,
                         limit,
-                    },
-                    e => Error::Log(e),
-                })?;
-            for (lsn, rec) in range.clone().zip(recs) {
-                st.apply(lsn, rec)?;
-            }
-            *range.end()
-        };
+                    }
+                }
+                e => e,
+            })?;
         {
             let mut c = self.inner.counters.lock();
             c.records += recs.len() as u64;
             c.bytes += bytes;
         }
-        Ok(last)
+        Ok(*range.end())
     }
 
     /// Compacts when a trigger is reached; a failure is kept in the stats
     /// (the record that triggered it is already durable).
     fn maybe_auto_compact(&self) {
+        self.maybe_trim();
         let ac = self.inner.opts.auto_compact;
         let due = || {
             let c = self.inner.counters.lock();
             ac.every_records.is_some_and(|n| c.records >= n)
                 || ac.every_bytes.is_some_and(|n| c.bytes >= n)
+                || ac
+                    .tail_ratio
+                    .is_some_and(|p| p.due(c.bytes, c.snapshot_bytes))
         };
         if !due() {
             return;
@@ -880,6 +980,24 @@ impl Journal {
         }
     }
 
+    /// Applies the retention count in memory as soon as the key index or
+    /// the finished ids exceed it by an eighth: memory stays bounded by the
+    /// retention whatever the compaction interval. (Nothing is written: a
+    /// restart may bring back, from the log tail, ids and keys dropped here
+    /// until the next trim, which only de-duplicates more.) Each trim costs
+    /// O(n log n) for n retained entries and happens every n/8 new ones:
+    /// O(log n) amortized per record.
+    fn maybe_trim(&self) {
+        let Some(cap) = self.inner.opts.retention.max_keys else {
+            return;
+        };
+        let high = cap + (cap / 8).max(64);
+        let mut st = self.inner.state.lock();
+        if st.keys.len() > high || st.finished.len() > high {
+            st.apply_retention(&self.inner.opts.retention, record::now_ms());
+        }
+    }
+
     fn release(&self, id: &str) {
         self.inner.active.lock().remove(id);
     }
@@ -887,6 +1005,17 @@ impl Journal {
     fn release_key(&self, key: &str) {
         self.inner.running.lock().remove(key);
     }
+}
+
+/// The retention policy in words (for error messages).
+fn describe_retention(r: &Retention) -> String {
+    let count = r.max_keys.map_or("no count limit".to_string(), |n| {
+        format!("newest {n} finished ids")
+    });
+    let age = r.max_age.map_or("no age limit".to_string(), |a| {
+        format!("finished within {} s", a.as_secs())
+    });
+    format!("{count}, {age}")
 }
 
 /// Size of a value's JSON encoding, without allocating it.
@@ -951,4 +1080,164 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a record the state refuses used to be appended first and
+    /// refused by `apply` after it was durable, leaving a journal whose
+    /// replay fails. Now it is checked first: nothing is written, and the
+    /// journal reopens.
+    #[test]
+    fn a_refused_record_writes_nothing_and_the_journal_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+        let mut u = j.begin("u1", "k", &1).unwrap();
+        u.checkpoint(&"step").unwrap();
+        let before = j.log().next_lsn();
+        // A commit for a unit that is not open, an outcome without an intent.
+        for bad in [
+            JournalRecord::Commit {
+                unit: "nope".into(),
+                at_ms: 0,
+            },
+            JournalRecord::EffectOutcome {
+                unit: "u1".into(),
+                seq: 3,
+                key: "k".into(),
+                outcome: Outcome::Ok {
+                    value: serde_json::Value::Null,
+                },
+                via: OutcomeVia::Run,
+                at_ms: 0,
+            },
+        ] {
+            let e = j.append("x", &[bad], Durability::Durable).unwrap_err();
+            assert!(matches!(e, Error::Inconsistent { .. }), "{e}");
+        }
+        // A batch whose second record depends on the first: checked in order.
+        let intent = JournalRecord::EffectIntent {
+            unit: "u1".into(),
+            seq: 0,
+            name: "e".into(),
+            key: "u1/e/0".into(),
+            policy: PolicyKind::RetrySameKey,
+            compensable: false,
+        };
+        let wrong_outcome = JournalRecord::EffectOutcome {
+            unit: "u1".into(),
+            seq: 0,
+            key: "other".into(),
+            outcome: Outcome::Ok {
+                value: serde_json::Value::Null,
+            },
+            via: OutcomeVia::Run,
+            at_ms: 0,
+        };
+        assert!(j
+            .append("u1", &[intent.clone(), wrong_outcome], Durability::Durable)
+            .is_err());
+        assert_eq!(j.log().next_lsn(), before, "nothing was appended");
+        assert_eq!(j.effect_status("u1", 0), Some(EffectStatus::NotStarted));
+        drop(u);
+        drop(j);
+        let j = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+        assert_eq!(j.unit_state("u1"), Some(UnitState::Incomplete));
+        assert_eq!(j.replay_report().incomplete.len(), 1);
+    }
+
+    #[test]
+    fn a_finished_unit_dropped_by_retention_is_refused_with_an_explanation() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JournalOptions {
+            retention: Retention {
+                max_keys: Some(2),
+                max_age: None,
+            },
+            ..JournalOptions::small()
+        };
+        let j = Journal::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..5 {
+            j.begin(&format!("u{i}"), "k", &i)
+                .unwrap()
+                .commit()
+                .unwrap();
+        }
+        j.compact().unwrap();
+        assert_eq!(j.stats().finished_ids, 2);
+        // u0..u2 were dropped; the hashes of the newest 2 are kept.
+        assert!(j.is_forgotten("u2"));
+        assert!(!j.is_forgotten("u0"));
+        assert!(matches!(
+            j.begin("u2", "k", &0).unwrap_err(),
+            Error::UnitForgotten { .. }
+        ));
+        assert!(matches!(
+            j.begin("u4", "k", &0).unwrap_err(),
+            Error::UnitFinished { .. }
+        ));
+        // The hashes survive the snapshot.
+        drop(j);
+        let j = Journal::open(dir.path(), opts).unwrap();
+        assert!(matches!(
+            j.begin("u1", "k", &0).unwrap_err(),
+            Error::UnitForgotten { .. }
+        ));
+        assert!(j.begin("new", "k", &0).is_ok());
+        // Beyond that horizon an id is unknown: it starts a new unit.
+        assert!(j.begin("u0", "k", &0).is_ok());
+    }
+
+    #[test]
+    fn cursors_survive_compaction_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+        assert_eq!(j.cursor::<u64>("c").unwrap(), None);
+        j.set_cursor("c", &7u64, Durability::Buffered).unwrap();
+        j.set_cursor("c", &8u64, Durability::Durable).unwrap();
+        j.compact().unwrap();
+        j.set_cursor("d", &"x", Durability::Durable).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+        assert_eq!(j.cursor::<u64>("c").unwrap(), Some(8));
+        assert_eq!(j.cursor::<String>("d").unwrap().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_version_1_snapshot_still_opens() {
+        // The payload an earlier build wrote: serde of its private state.
+        let v1 = serde_json::json!({
+            "version": 1,
+            "state": {
+                "units": {"u": {
+                    "id": "u", "kind": "k", "payload": 1, "begin_lsn": 1, "begin_at_ms": 5,
+                    "effects": [{"seq": 0, "name": "e", "key": "u/e/0", "policy": "retry_same_key",
+                        "compensable": false, "intent_lsn": 2, "outcome": null,
+                        "comp_intent": null, "comp_outcome": null}],
+                    "checkpoint": null, "end": null, "abort_reason": null}},
+                "finished": {"v": {"state": "committed", "lsn": 4, "at_ms": 6}},
+                "keys": {"v/e/0": {"key": "v/e/0", "unit": "v", "effect": "e", "status": "completed",
+                    "settled_lsn": 3, "outcome": {"status": "ok", "value": 2}, "at_ms": 6}},
+                "committed": 1, "aborted": 0, "last_lsn": 4
+            }
+        });
+        let st = State::from_snapshot(4, &serde_json::to_vec(&v1).unwrap(), false).unwrap();
+        assert_eq!(st.unit_state("u"), Some(UnitState::Incomplete));
+        assert_eq!(st.unit_state("v"), Some(UnitState::Committed));
+        assert_eq!(st.keys["v/e/0"].settled_lsn, Some(3));
+        // Written back as version 2, it reads the same.
+        let v2 = State::encode(st.snapshot());
+        let back = State::from_snapshot(4, &v2, false).unwrap();
+        assert_eq!(back.units, st.units);
+        assert_eq!(back.keys, st.keys);
+        assert_eq!(back.finished, st.finished);
+        // A newer version is refused with a typed error.
+        let v9 = br#"{"version": 9}"#;
+        assert!(matches!(
+            State::from_snapshot(4, v9, false).unwrap_err(),
+            Error::BadSnapshot { .. }
+        ));
+    }
 }

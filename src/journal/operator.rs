@@ -439,8 +439,8 @@ impl Journal {
                 st.keys
                     .values()
                     .filter(|k| k.effect == name)
-                    .find_map(|k| match &k.outcome {
-                        Some(Outcome::Ok { value }) => Some(value.clone()),
+                    .find_map(|k| match k.outcome() {
+                        Some(Outcome::Ok { value }) => Some(value),
                         _ => None,
                     })
             })

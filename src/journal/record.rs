@@ -32,6 +32,8 @@ pub const KIND_ABORT: u8 = 6;
 pub const KIND_COMPENSATION_INTENT: u8 = 7;
 /// Record kind of [`JournalRecord::CompensationOutcome`].
 pub const KIND_COMPENSATION_OUTCOME: u8 = 8;
+/// Record kind of [`JournalRecord::Cursor`].
+pub const KIND_CURSOR: u8 = 9;
 /// Record kind of [`JournalRecord::AttemptFailed`].
 pub const KIND_ATTEMPT_FAILED: u8 = 10;
 /// Record kind of [`JournalRecord::AttemptStarted`].
@@ -236,6 +238,16 @@ pub enum JournalRecord {
         /// Its result.
         outcome: Outcome,
     },
+    /// A named durable position (for example the next item of a batch),
+    /// kept across compaction; the newest value wins. Not a unit.
+    Cursor {
+        /// The cursor's name.
+        name: String,
+        /// Its value.
+        value: Value,
+        /// Wall clock, milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
     /// Attempt `attempt` of effect `seq` failed with a transient error (or
     /// the step said it did not happen); durable before the backoff.
     AttemptFailed {
@@ -320,6 +332,7 @@ impl JournalRecord {
             JournalRecord::Abort { .. } => KIND_ABORT,
             JournalRecord::CompensationIntent { .. } => KIND_COMPENSATION_INTENT,
             JournalRecord::CompensationOutcome { .. } => KIND_COMPENSATION_OUTCOME,
+            JournalRecord::Cursor { .. } => KIND_CURSOR,
             JournalRecord::AttemptFailed { .. } => KIND_ATTEMPT_FAILED,
             JournalRecord::AttemptStarted { .. } => KIND_ATTEMPT_STARTED,
             JournalRecord::Operator { .. } => KIND_OPERATOR,
@@ -339,6 +352,7 @@ impl JournalRecord {
             JournalRecord::Abort { .. } => "abort",
             JournalRecord::CompensationIntent { .. } => "compensation_intent",
             JournalRecord::CompensationOutcome { .. } => "compensation_outcome",
+            JournalRecord::Cursor { .. } => "cursor",
             JournalRecord::AttemptFailed { .. } => "attempt_failed",
             JournalRecord::AttemptStarted { .. } => "attempt_started",
             JournalRecord::Operator { .. } => "operator",
@@ -347,7 +361,8 @@ impl JournalRecord {
         }
     }
 
-    /// The unit this record belongs to.
+    /// The unit this record belongs to (for a [`JournalRecord::Cursor`],
+    /// the cursor's name).
     pub fn unit(&self) -> &str {
         match self {
             JournalRecord::UnitBegin { unit, .. }
@@ -363,6 +378,7 @@ impl JournalRecord {
             | JournalRecord::Operator { unit, .. }
             | JournalRecord::ApprovalRequest { unit, .. }
             | JournalRecord::UnitCode { unit, .. } => unit,
+            JournalRecord::Cursor { name, .. } => name,
         }
     }
 
@@ -390,7 +406,7 @@ impl JournalRecord {
     /// assert!(JournalRecord::decode(6, &rec.encode()).is_err()); // kind mismatch
     /// ```
     pub fn decode(kind: u8, payload: &[u8]) -> Result<JournalRecord, Error> {
-        if !(KIND_UNIT_BEGIN..=KIND_COMPENSATION_OUTCOME).contains(&kind)
+        if !(KIND_UNIT_BEGIN..=KIND_CURSOR).contains(&kind)
             && !(KIND_ATTEMPT_FAILED..=KIND_UNIT_CODE).contains(&kind)
         {
             return Err(Error::UnknownRecordKind { kind });

@@ -1,25 +1,35 @@
 //! Replay: the in-memory state rebuilt from a snapshot plus the log after it.
 //!
-//! [`State::apply`] is the single place that interprets journal records; the
-//! owning [`super::Journal`] and the read-only [`super::JournalView`] both use
-//! it, so the operator's view and the process's view cannot disagree.
+//! [`State`] is the journal's [`StateMachine`]: [`State::check`] is the single
+//! place that validates journal records and [`State::apply_checked`] the
+//! single place that interprets them; the owning [`super::Journal`] and the
+//! read-only [`super::JournalView`] both go through [`crate::engine`], so the
+//! operator's view and the process's view cannot disagree.
 //!
 //! Memory: the journal keeps incomplete units with their effects, the key
-//! index and the ids of finished units (both bounded by the retention policy
-//! at compaction). Finished units' effect histories are dropped as soon as
-//! the unit ends, unless `keep_finished` is set (the operator's view).
+//! index, the ids of finished units (both bounded by the retention policy
+//! at compaction), named cursors, and the hashes of finished ids retention
+//! dropped (as many as it retains ids, so that `begin` on such an id is
+//! refused with an explanation). Finished units' effect histories are
+//! dropped as soon as the unit ends, unless `keep_finished` is set (the
+//! operator's view).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::error::{Error, Result};
 use super::record::{JournalRecord, OperatorAction, Outcome, OutcomeVia, PolicyKind};
+use super::snapshot;
 use super::view::{KeyStatus, UnitState};
+use crate::engine::{Mode, StateMachine};
+use crate::log::Lsn;
 
 /// One effect of a unit as replayed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct EffectRec {
     pub seq: u32,
     pub name: String,
@@ -34,21 +44,16 @@ pub(crate) struct EffectRec {
     /// The compensation's outcome and LSN.
     pub comp_outcome: Option<(Outcome, u64)>,
     /// Attempts started after the first (each has a durable attempt-started record).
-    #[serde(default)]
     pub retries: u32,
     /// The latest transient failure, if it is the latest attempt's.
-    #[serde(default)]
     pub last_failure: Option<AttemptFailure>,
     /// The attempt at which the retry policy last gave up (a new round of
     /// attempts starts after it).
-    #[serde(default)]
     pub round_base: u32,
     /// An operator declared that the in-doubt effect did not happen: it may
     /// run again (same key), whatever its policy.
-    #[serde(default)]
     pub not_happened: Option<OperatorNote>,
     /// The operator who resolved it, when resolved by hand.
-    #[serde(default)]
     pub resolved_by: Option<OperatorNote>,
 }
 
@@ -112,7 +117,7 @@ impl EffectRec {
 }
 
 /// One unit as replayed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct UnitRec {
     pub id: String,
     pub kind: String,
@@ -124,16 +129,12 @@ pub(crate) struct UnitRec {
     pub end: Option<(UnitState, u64)>,
     pub abort_reason: Option<String>,
     /// Approvals asked for, by name.
-    #[serde(default)]
     pub approvals: std::collections::BTreeMap<String, ApprovalRec>,
     /// An operator asked for the unit to be rolled back.
-    #[serde(default)]
     pub abort_requested: Option<OperatorNote>,
     /// Every operator action on the unit, in order.
-    #[serde(default)]
     pub operator_log: Vec<OperatorNote>,
     /// The code version that began the unit and the patches it knew.
-    #[serde(default)]
     pub code: Option<(String, Vec<String>)>,
 }
 
@@ -156,19 +157,52 @@ impl UnitRec {
 }
 
 /// An entry of the idempotency key index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub(crate) struct KeyEntry {
     pub key: String,
     pub unit: String,
     pub effect: String,
     pub status: KeyStatus,
     pub settled_lsn: Option<u64>,
-    pub outcome: Option<Outcome>,
+    /// The settled outcome, kept as its JSON text: a key index of many
+    /// thousands of entries costs a few dozen bytes per outcome instead of
+    /// a tree of JSON values. Read it with [`KeyEntry::outcome`].
+    pub outcome: Option<Box<RawValue>>,
     pub at_ms: u64,
 }
 
+impl PartialEq for KeyEntry {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            &self.key,
+            &self.unit,
+            &self.effect,
+            self.status,
+            self.settled_lsn,
+            self.at_ms,
+        ) == (&o.key, &o.unit, &o.effect, o.status, o.settled_lsn, o.at_ms)
+            && self.outcome() == o.outcome()
+    }
+}
+
+impl KeyEntry {
+    /// The settled outcome, decoded.
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+}
+
+/// An outcome as JSON text.
+pub(crate) fn raw_outcome(o: &Outcome) -> Box<RawValue> {
+    // An outcome holds a JSON value (finite numbers, string keys): it
+    // always serializes, and serde_json's output is valid JSON.
+    serde_json::value::to_raw_value(o).expect("outcomes always serialize")
+}
+
 /// A finished unit remembered by id only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Finished {
     pub state: UnitState,
     pub lsn: u64,
@@ -176,7 +210,22 @@ pub(crate) struct Finished {
 }
 
 /// How long settled keys and finished unit ids are kept across compactions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Retention is applied when the journal compacts: settled keys and finished
+/// unit ids beyond it are forgotten (keys in doubt and keys an incomplete
+/// unit uses are always kept). A forgotten key no longer de-duplicates: an
+/// effect under it runs again. A forgotten finished unit id is remembered as
+/// a 64-bit hash for as long again (the same count), and
+/// [`super::Journal::begin`] on it fails with
+/// [`super::Error::UnitForgotten`]; after that the id is unknown and a
+/// `begin` starts a new unit. Keep ids and keys unique over a longer horizon
+/// than this (a durable cursor, as [`crate::runtime::batch`] does, never
+/// needs them).
+///
+/// The default is bounded: 24 hours (the horizon Stripe keeps idempotency
+/// keys for) and at most [`Retention::DEFAULT_MAX_KEYS`] keys and as many
+/// finished unit ids, so memory stays flat whatever the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Keep at most this many settled keys (and as many finished unit ids),
     /// dropping the oldest first. `None`: no count limit.
@@ -186,30 +235,92 @@ pub struct Retention {
     pub max_age: Option<std::time::Duration>,
 }
 
+impl Retention {
+    /// Default count cap of settled keys (and of finished unit ids).
+    pub const DEFAULT_MAX_KEYS: usize = 1024;
+    /// Default age cap: 24 hours.
+    pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    /// Keep everything forever (memory and snapshots grow with history).
+    pub const fn unlimited() -> Retention {
+        Retention {
+            max_keys: None,
+            max_age: None,
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_keys: Some(Self::DEFAULT_MAX_KEYS),
+            max_age: Some(Self::DEFAULT_MAX_AGE),
+        }
+    }
+}
+
+/// Hashes of finished unit ids that retention dropped, oldest first, as
+/// many as retention keeps ids (so memory stays bounded).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Forgotten {
+    pub order: VecDeque<u64>,
+    pub set: HashSet<u64>,
+    /// Finished unit ids dropped so far (all time).
+    pub units: u64,
+    /// Settled keys dropped so far (all time).
+    pub keys: u64,
+}
+
+impl Forgotten {
+    pub(crate) fn push(&mut self, hash: u64, cap: usize) {
+        if cap == 0 {
+            return;
+        }
+        if self.set.insert(hash) {
+            self.order.push_back(hash);
+        }
+        while self.order.len() > cap {
+            if let Some(h) = self.order.pop_front() {
+                self.set.remove(&h);
+            }
+        }
+    }
+}
+
+/// A stable 64-bit hash of a unit id (FNV-1a; stored in snapshots).
+pub(crate) fn id_hash(id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
 /// The replayed state. `PartialEq` so tests can compare snapshot + tail
 /// against a full replay.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct State {
     /// Keep finished units' histories (operator view) instead of dropping them.
-    #[serde(skip)]
     pub keep_finished: bool,
     pub units: HashMap<String, UnitRec>,
-    pub finished: HashMap<String, Finished>,
-    pub keys: HashMap<String, KeyEntry>,
+    /// Finished unit ids (shared with a snapshot's frozen view).
+    pub finished: HashMap<Arc<str>, Finished>,
+    /// The key index. Entries are shared (`Arc`) so that a snapshot's frozen
+    /// view is a list of pointers; an entry changed while a snapshot is
+    /// being encoded is copied first.
+    pub keys: HashMap<String, Arc<KeyEntry>>,
+    /// Named cursors: LSN of the newest value and the value.
+    pub cursors: BTreeMap<String, (u64, Value)>,
+    /// Finished ids dropped by retention.
+    pub forgotten: Forgotten,
     /// Units committed / aborted, in total (including compacted ones).
     pub committed: u64,
     pub aborted: u64,
     /// Highest LSN applied (or covered by the snapshot).
     pub last_lsn: u64,
-}
-
-/// Version of the snapshot payload.
-const SNAPSHOT_VERSION: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotData {
-    version: u32,
-    state: State,
+    /// Committed / aborted counts of the snapshot the state was restored
+    /// from (what the operator's view reports as compacted).
+    pub snapshot_counts: (u64, u64),
 }
 
 impl State {
@@ -231,6 +342,58 @@ impl State {
             return Some(u.end.map_or(UnitState::Incomplete, |e| e.0));
         }
         self.finished.get(id).map(|f| f.state)
+    }
+
+    /// True when `id` is a finished unit whose id retention dropped (and
+    /// whose hash is still remembered).
+    pub(crate) fn is_forgotten(&self, id: &str) -> bool {
+        !self.units.contains_key(id)
+            && !self.finished.contains_key(id)
+            && self.forgotten.set.contains(&id_hash(id))
+    }
+
+    /// A copy of the parts of the state `recs` can read or change (their
+    /// units, finished ids, keys and cursors): checking on it is checking on
+    /// the whole state, at the cost of one unit.
+    fn scratch_for(&self, recs: &[JournalRecord]) -> State {
+        let mut s = State::new(self.keep_finished);
+        for rec in recs {
+            let id = rec.unit();
+            if let JournalRecord::Cursor { name, .. } = rec {
+                if let Some(c) = self.cursors.get(name) {
+                    s.cursors.insert(name.clone(), c.clone());
+                }
+                continue;
+            }
+            if let Some(u) = self.units.get(id) {
+                s.units.entry(id.to_string()).or_insert_with(|| u.clone());
+            }
+            if let Some(f) = self.finished.get(id) {
+                s.finished.insert(Arc::from(id), *f);
+            }
+            let key = match rec {
+                JournalRecord::EffectIntent { key, .. }
+                | JournalRecord::EffectOutcome { key, .. } => Some(key),
+                _ => None,
+            };
+            if let Some(k) = key.and_then(|k| self.keys.get(k)) {
+                s.keys.insert(k.key.clone(), k.clone());
+            }
+        }
+        s.last_lsn = self.last_lsn;
+        s
+    }
+
+    /// Checks `recs` (appended in this order from `first_lsn` on) against the
+    /// state without changing it: they are applied to a scratch copy of the
+    /// part of the state they touch, with the very code that applies them
+    /// for real, so check and apply cannot disagree.
+    pub(crate) fn check_records(&self, first_lsn: u64, recs: &[JournalRecord]) -> Result<()> {
+        let mut scratch = self.scratch_for(recs);
+        for (lsn, rec) in (first_lsn..).zip(recs) {
+            scratch.apply(lsn, rec)?;
+        }
+        Ok(())
     }
 
     fn live_mut(&mut self, lsn: u64, unit: &str, what: &str) -> Result<&mut UnitRec> {
@@ -277,7 +440,11 @@ impl State {
                 if self.units.get(unit).is_some_and(|u| u.end.is_none()) {
                     return Err(bad(unit, "unit begun twice".into()));
                 }
-                self.finished.remove(unit);
+                self.finished.remove(unit.as_str());
+                if self.forgotten.set.remove(&id_hash(unit)) {
+                    let h = id_hash(unit);
+                    self.forgotten.order.retain(|x| *x != h);
+                }
                 self.units.insert(
                     unit.clone(),
                     UnitRec {
@@ -333,14 +500,16 @@ impl State {
                 });
                 // A settled key stays settled (first settlement wins); an
                 // unknown key becomes in doubt until its outcome arrives.
-                self.keys.entry(key.clone()).or_insert_with(|| KeyEntry {
-                    key: key.clone(),
-                    unit: unit.clone(),
-                    effect: name.clone(),
-                    status: KeyStatus::InDoubt,
-                    settled_lsn: None,
-                    outcome: None,
-                    at_ms: 0,
+                self.keys.entry(key.clone()).or_insert_with(|| {
+                    Arc::new(KeyEntry {
+                        key: key.clone(),
+                        unit: unit.clone(),
+                        effect: name.clone(),
+                        status: KeyStatus::InDoubt,
+                        settled_lsn: None,
+                        outcome: None,
+                        at_ms: 0,
+                    })
                 });
             }
             JournalRecord::EffectOutcome {
@@ -364,17 +533,19 @@ impl State {
                 }
                 e.outcome = Some((outcome.clone(), *via, lsn));
                 let name = e.name.clone();
-                let entry = self.keys.entry(key.clone()).or_insert_with(|| KeyEntry {
-                    key: key.clone(),
-                    unit: unit.clone(),
-                    effect: name.clone(),
-                    status: KeyStatus::InDoubt,
-                    settled_lsn: None,
-                    outcome: None,
-                    at_ms: 0,
+                let entry = self.keys.entry(key.clone()).or_insert_with(|| {
+                    Arc::new(KeyEntry {
+                        key: key.clone(),
+                        unit: unit.clone(),
+                        effect: name.clone(),
+                        status: KeyStatus::InDoubt,
+                        settled_lsn: None,
+                        outcome: None,
+                        at_ms: 0,
+                    })
                 });
                 if entry.status == KeyStatus::InDoubt {
-                    *entry = KeyEntry {
+                    *entry = Arc::new(KeyEntry {
                         key: key.clone(),
                         unit: unit.clone(),
                         effect: name,
@@ -384,9 +555,9 @@ impl State {
                             KeyStatus::Failed
                         },
                         settled_lsn: Some(lsn),
-                        outcome: Some(outcome.clone()),
+                        outcome: Some(raw_outcome(outcome)),
                         at_ms: *at_ms,
-                    };
+                    });
                 }
             }
             JournalRecord::Checkpoint { unit, state } => {
@@ -435,10 +606,13 @@ impl State {
                     if let Some(k) = self.keys.get_mut(&key) {
                         // Only the settlement this unit made is undone.
                         if k.unit == *unit && k.status == KeyStatus::Completed {
-                            k.status = KeyStatus::Compensated;
+                            Arc::make_mut(k).status = KeyStatus::Compensated;
                         }
                     }
                 }
+            }
+            JournalRecord::Cursor { name, value, .. } => {
+                self.cursors.insert(name.clone(), (lsn, value.clone()));
             }
             JournalRecord::AttemptFailed {
                 unit,
@@ -622,21 +796,7 @@ impl State {
             self.units.remove(unit);
         }
         self.finished
-            .insert(unit.to_string(), Finished { state, lsn, at_ms });
-    }
-
-    /// Applies a log record if it is the journal's (kinds 1..=31); other
-    /// kinds are skipped.
-    pub(crate) fn apply_log_record(&mut self, lsn: u64, kind: u8, payload: &[u8]) -> Result<()> {
-        if !JournalRecord::is_journal_kind(kind) {
-            self.last_lsn = self.last_lsn.max(lsn);
-            return Ok(());
-        }
-        let rec = JournalRecord::decode(kind, payload).map_err(|e| match e {
-            Error::BadRecord { kind, reason } => Error::BadRecordAt { lsn, kind, reason },
-            e => e,
-        })?;
-        self.apply(lsn, &rec)
+            .insert(Arc::from(unit), Finished { state, lsn, at_ms });
     }
 
     /// Drops settled keys and finished unit ids beyond the retention. Keys
@@ -655,8 +815,8 @@ impl State {
             .live_units()
             .flat_map(|u| u.effects.iter().map(|e| e.key.as_str()))
             .collect();
-        // Keys.
-        let mut settled: Vec<(u64, String)> = self
+        // Keys, oldest settlement first (references: no copy of the index).
+        let mut settled: Vec<(u64, &str)> = self
             .keys
             .values()
             .filter(|k| {
@@ -664,107 +824,114 @@ impl State {
                     && !live.contains(k.unit.as_str())
                     && !live_keys.contains(k.key.as_str())
             })
-            .map(|k| (k.settled_lsn.unwrap_or(0), k.key.clone()))
+            .map(|k| (k.settled_lsn.unwrap_or(0), k.key.as_str()))
             .collect();
-        settled.sort();
-        let mut drop_keys = Vec::new();
+        settled.sort_unstable();
         let excess = retention
             .max_keys
             .map_or(0, |m| settled.len().saturating_sub(m));
-        for (i, (_, key)) in settled.iter().enumerate() {
-            let old = min_at.is_some_and(|m| self.keys[key].at_ms < m);
-            if i < excess || old {
-                drop_keys.push(key.clone());
-            }
-        }
+        let drop_keys: Vec<String> = settled
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, key))| {
+                *i < excess || min_at.is_some_and(|m| self.keys[*key].at_ms < m)
+            })
+            .map(|(_, (_, key))| key.to_string())
+            .collect();
+        drop(settled);
+        drop(live);
+        drop(live_keys);
+        self.forgotten.keys += drop_keys.len() as u64;
         for k in drop_keys {
             self.keys.remove(&k);
         }
-        // Finished unit ids.
-        let mut fin: Vec<(u64, String)> = self
-            .finished
-            .iter()
-            .map(|(id, f)| (f.lsn, id.clone()))
-            .collect();
-        fin.sort();
+        // Finished unit ids, oldest end first.
+        let mut fin: Vec<(u64, &str)> =
+            self.finished.iter().map(|(id, f)| (f.lsn, &**id)).collect();
+        fin.sort_unstable();
         let excess = retention
             .max_keys
             .map_or(0, |m| fin.len().saturating_sub(m));
-        let mut drop_units = Vec::new();
-        for (i, (_, id)) in fin.iter().enumerate() {
-            let old = min_at.is_some_and(|m| self.finished[id].at_ms < m);
-            if i < excess || old {
-                drop_units.push(id.clone());
-            }
-        }
+        let drop_units: Vec<String> = fin
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, id))| {
+                *i < excess || min_at.is_some_and(|m| self.finished[*id].at_ms < m)
+            })
+            .map(|(_, (_, id))| id.to_string())
+            .collect();
+        drop(fin);
+        // Their hashes are remembered for as long again, so that `begin`
+        // on such an id is explained instead of starting the unit anew.
+        let cap = retention.max_keys.unwrap_or(1 << 20);
+        self.forgotten.units += drop_units.len() as u64;
         for id in drop_units {
-            self.finished.remove(&id);
+            self.finished.remove(id.as_str());
+            self.forgotten.push(id_hash(&id), cap);
         }
         before - (self.keys.len() + self.finished.len())
     }
 
-    /// Encodes the state (incomplete units, key index, finished ids,
-    /// counters) as a snapshot payload. Finished units' histories are never
-    /// included.
-    pub(crate) fn encode_snapshot(&self) -> Vec<u8> {
-        let mut state = self.clone();
-        state.units.retain(|_, u| u.end.is_none());
-        let data = SnapshotData {
-            version: SNAPSHOT_VERSION,
-            state,
-        };
-        serde_json::to_vec(&data).expect("journal state always serializes")
-    }
-
     /// Rebuilds a state from a snapshot payload covering LSNs `..=lsn`.
     pub(crate) fn from_snapshot(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State> {
-        let snap: SnapshotData = serde_json::from_slice(data).map_err(|e| Error::BadSnapshot {
-            lsn,
-            reason: e.to_string(),
-        })?;
-        if snap.version != SNAPSHOT_VERSION {
-            return Err(Error::BadSnapshot {
-                lsn,
-                reason: format!(
-                    "payload version {} is not supported (this build reads {SNAPSHOT_VERSION})",
-                    snap.version
-                ),
-            });
+        snapshot::decode(lsn, data, keep_finished)
+    }
+}
+
+impl StateMachine for State {
+    type Record = JournalRecord;
+    type Error = Error;
+    type Snapshot = snapshot::Frozen;
+
+    fn empty(mode: Mode) -> Self {
+        State::new(mode == Mode::History)
+    }
+
+    fn restore(lsn: Lsn, data: &[u8], mode: Mode) -> Result<Self> {
+        State::from_snapshot(lsn, data, mode == Mode::History)
+    }
+
+    fn decode(lsn: Lsn, kind: u8, payload: &[u8]) -> Result<Option<JournalRecord>> {
+        if !JournalRecord::is_journal_kind(kind) {
+            return Ok(None);
         }
-        let mut state = snap.state;
-        state.keep_finished = keep_finished;
-        if state.units.values().any(|u| u.end.is_some()) {
-            return Err(Error::BadSnapshot {
-                lsn,
-                reason: "snapshot holds a finished unit".into(),
-            });
-        }
-        // The map key is how replay finds a unit; a unit filed under another
-        // id would show up twice (and could be resumed under the wrong id).
-        // `min` (not the first found): the message must not depend on hash order.
-        if let Some((k, u)) = state
-            .units
-            .iter()
-            .filter(|(k, u)| **k != u.id)
-            .min_by_key(|(k, _)| *k)
-        {
-            return Err(Error::BadSnapshot {
-                lsn,
-                reason: format!("unit filed under {k:?} has id {:?}", u.id),
-            });
-        }
-        if let Some((k, e)) = state
-            .keys
-            .iter()
-            .filter(|(k, e)| **k != e.key)
-            .min_by_key(|(k, _)| *k)
-        {
-            return Err(Error::BadSnapshot {
-                lsn,
-                reason: format!("key entry filed under {k:?} is for key {:?}", e.key),
-            });
-        }
-        state.last_lsn = state.last_lsn.max(lsn);
-        Ok(state)
+        JournalRecord::decode(kind, payload)
+            .map(Some)
+            .map_err(|e| match e {
+                Error::BadRecord { kind, reason } => Error::BadRecordAt { lsn, kind, reason },
+                e => e,
+            })
+    }
+
+    fn encode_record(rec: &JournalRecord) -> (u8, Vec<u8>) {
+        (rec.kind(), rec.encode())
+    }
+
+    fn check(&self, lsn: Lsn, rec: &JournalRecord) -> Result<()> {
+        self.check_records(lsn, std::slice::from_ref(rec))
+    }
+
+    fn check_batch(&self, first_lsn: Lsn, recs: &[JournalRecord]) -> Result<()> {
+        self.check_records(first_lsn, recs)
+    }
+
+    fn apply(&mut self, lsn: Lsn, rec: JournalRecord) {
+        // Checked against this very state: cannot fail (and changes nothing
+        // if it somehow did, since every refusal comes before any change).
+        let r = State::apply(self, lsn, &rec);
+        debug_assert!(r.is_ok(), "a checked record failed to apply: {r:?}");
+    }
+
+    fn check_apply(&mut self, lsn: Lsn, rec: JournalRecord) -> Result<()> {
+        // One pass: `State::apply` refuses before it changes anything.
+        State::apply(self, lsn, &rec)
+    }
+
+    fn snapshot(&self) -> snapshot::Frozen {
+        snapshot::Frozen::of(self)
+    }
+
+    fn encode(snapshot: snapshot::Frozen) -> Vec<u8> {
+        snapshot.encode()
     }
 }

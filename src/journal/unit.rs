@@ -724,11 +724,7 @@ impl Unit {
                 Some((o, _, _)) => Prep::Recorded(o.clone()),
                 // In doubt here, but another unit has since recorded an
                 // outcome for the same key: that outcome stands, nothing runs.
-                None => match st
-                    .keys
-                    .get(&key)
-                    .and_then(|k| Some(k).zip(k.outcome.as_ref()))
-                {
+                None => match st.keys.get(&key).and_then(|k| Some(k).zip(k.outcome())) {
                     // Settled for another effect (journals written before
                     // keys were checked against names): never hand it over.
                     Some((k, _)) if k.effect != name => {
@@ -752,7 +748,7 @@ impl Unit {
                             ),
                         })
                     }
-                    Some((_, o)) => Prep::Settled(ctx(&key, Attempt::Retry), o.clone()),
+                    Some((_, o)) => Prep::Settled(ctx(&key, Attempt::Retry), o),
                     // Its intent may be in memory only (its sync failed):
                     // the caller waits for `intent_lsn` before running.
                     None => {
@@ -809,7 +805,7 @@ impl Unit {
             policy,
             compensable,
         };
-        let known = st.keys.get(&key).map(|k| k.outcome.clone());
+        let known = st.keys.get(&key).map(|k| k.outcome());
         Ok(match known {
             Some(Some(outcome)) => Prep::Reuse(ctx(&key, Attempt::First), intent, outcome),
             // Started elsewhere and not settled: it may have happened.

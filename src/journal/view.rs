@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Result;
 use super::state::{EffectRec, EffectStatus, KeyEntry, State, UnitRec};
+use crate::engine::{self, Mode, Replayed};
 use crate::log::LogReader;
 
 /// Where a unit stands.
@@ -316,22 +317,14 @@ impl JournalView {
     /// assert_eq!(view.keys[0].key, "order-1/charge/0");
     /// ```
     pub fn load(reader: &LogReader) -> Result<JournalView> {
-        let (mut state, snapshot_lsn) = match reader.snapshot() {
-            Some(s) => (State::from_snapshot(s.lsn, &s.data, true)?, s.lsn),
-            None => (State::new(true), 0),
-        };
-        let compacted_committed = state.committed;
-        let compacted_aborted = state.aborted;
-        for rec in reader.iter_from(snapshot_lsn + 1) {
-            let rec = rec?;
-            state.apply_log_record(rec.lsn, rec.kind, rec.payload())?;
-        }
-        Ok(Self::from_state(
-            &state,
-            compacted_committed,
-            compacted_aborted,
-            snapshot_lsn,
-        ))
+        let r = engine::open_reader::<State>(reader, Mode::History)?;
+        Ok(Self::from_replayed(&r))
+    }
+
+    /// The view of a replay; the compacted counts are the snapshot's.
+    fn from_replayed(r: &Replayed<State>) -> JournalView {
+        let (cc, ca) = r.state.snapshot_counts;
+        Self::from_state(&r.state, cc, ca, r.snapshot_lsn)
     }
 
     /// Replays an optional snapshot payload (`(lsn, data)`) and journal
@@ -353,15 +346,8 @@ impl JournalView {
         snapshot: Option<(u64, &[u8])>,
         records: impl IntoIterator<Item = (u64, u8, &'a [u8])>,
     ) -> Result<JournalView> {
-        let (mut state, snapshot_lsn) = match snapshot {
-            Some((lsn, data)) => (State::from_snapshot(lsn, data, true)?, lsn),
-            None => (State::new(true), 0),
-        };
-        let (cc, ca) = (state.committed, state.aborted);
-        for (lsn, kind, payload) in records {
-            state.apply_log_record(lsn, kind, payload)?;
-        }
-        Ok(Self::from_state(&state, cc, ca, snapshot_lsn))
+        let r = engine::replay_parts::<State>(snapshot, records, Mode::History)?;
+        Ok(Self::from_replayed(&r))
     }
 
     pub(crate) fn from_state(
@@ -372,7 +358,7 @@ impl JournalView {
     ) -> JournalView {
         let mut units: Vec<UnitView> = state.units.values().map(unit_view).collect();
         units.sort_by_key(|u| u.begin_lsn);
-        let mut keys: Vec<KeyView> = state.keys.values().map(key_view).collect();
+        let mut keys: Vec<KeyView> = state.keys.values().map(|k| key_view(k)).collect();
         keys.sort_by(|a, b| a.key.cmp(&b.key));
         JournalView {
             units,

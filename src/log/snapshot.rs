@@ -56,18 +56,68 @@ pub fn snapshot_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<(Lsn, Pat
 /// Encodes a snapshot file.
 pub fn encode(lsn: Lsn, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + data.len());
+    out.extend_from_slice(&header(lsn, data));
+    out.extend_from_slice(data);
+    out
+}
+
+/// The 40-byte header of a snapshot file holding `data`.
+fn header(lsn: Lsn, data: &[u8]) -> Vec<u8> {
+    let mut h = crc32fast::Hasher::new();
+    h.update(data);
+    header_of(lsn, data.len() as u64, h)
+}
+
+/// The header for a payload of `len` bytes whose CRC-32 state is `payload`.
+fn header_of(lsn: Lsn, len: u64, payload: crc32fast::Hasher) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER);
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&lsn.to_le_bytes());
-    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     let mut h = crc32fast::Hasher::new();
     h.update(&out[..32]);
-    h.update(data);
+    h.combine(&payload);
     out.extend_from_slice(&h.finalize().to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(data);
     out
+}
+
+/// An `io::Write` that streams a payload into a snapshot temporary after its
+/// header, in chunks, computing its length and checksum on the way.
+struct PayloadWriter<'a> {
+    file: &'a dyn super::storage::StorageFile,
+    buf: Vec<u8>,
+    offset: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl PayloadWriter<'_> {
+    const CHUNK: usize = 256 << 10;
+
+    fn flush_buf(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_at(self.offset, &self.buf)?;
+            self.crc.update(&self.buf);
+            self.offset += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for PayloadWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= Self::CHUNK {
+            self.flush_buf()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.flush_buf()
+    }
 }
 
 /// Decodes and verifies a snapshot file's bytes.
@@ -128,7 +178,20 @@ pub fn read_latest(storage: &dyn Storage, dir: &Path) -> Result<Option<Snapshot>
 }
 
 /// Writes a snapshot atomically and durably, then removes older snapshots.
+#[cfg(test)]
 pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result<PathBuf> {
+    write_with(storage, dir, lsn, &mut |w| w.write_all(data)).map(|(p, _)| p)
+}
+
+/// [`write`] with the payload produced by `fill` into a writer (streamed to
+/// the file in chunks: a large payload is never held in memory whole).
+/// Returns the file and the payload length.
+pub fn write_with(
+    storage: &dyn Storage,
+    dir: &Path,
+    lsn: Lsn,
+    fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(PathBuf, u64)> {
     let tmp = dir.join(snapshot_tmp_name(lsn));
     let path = dir.join(snapshot_name(lsn));
     // Temporaries of earlier attempts (a crash or a full disk mid-write) are
@@ -142,9 +205,24 @@ pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result
     let file = storage
         .open(&tmp, OpenMode::CreateNew)
         .map_err(|e| Error::io("create snapshot", &tmp, e))?;
-    let written = file
-        .write_at(0, &encode(lsn, data))
-        .map_err(|e| Error::io("write snapshot", &tmp, e))
+    // The payload first, streamed after the header's place; then the
+    // header, which needs the payload's length and checksum.
+    let mut w = PayloadWriter {
+        file: file.as_ref(),
+        buf: Vec::with_capacity(PayloadWriter::CHUNK),
+        offset: HEADER as u64,
+        crc: crc32fast::Hasher::new(),
+    };
+    let written = fill(&mut w)
+        .and_then(|()| std::io::Write::flush(&mut w))
+        .and_then(|()| {
+            let len = w.offset - HEADER as u64;
+            file.write_at(0, &header_of(lsn, len, w.crc.clone()))
+        })
+        .map_err(|e| Error::io("write snapshot", &tmp, e));
+    let len = w.offset - HEADER as u64;
+    drop(w);
+    let written = written
         // The content must be durable before the rename can be: otherwise a
         // crash could persist the new name pointing at an empty or partial file.
         .and_then(|()| {
@@ -172,7 +250,7 @@ pub fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn, data: &[u8]) -> Result
                 .map_err(|e| Error::io("remove old snapshot", &p, e))?;
         }
     }
-    Ok(path)
+    Ok((path, len))
 }
 
 #[cfg(test)]

@@ -666,6 +666,18 @@ impl Log {
     /// Writes a snapshot covering every record `<= lsn` (atomically and
     /// durably). Call [`Log::truncate_before`] afterwards to drop old segments.
     pub fn write_snapshot(&self, lsn: Lsn, data: &[u8]) -> Result<PathBuf> {
+        self.write_snapshot_with(lsn, &mut |w| w.write_all(data))
+            .map(|(p, _)| p)
+    }
+
+    /// [`Log::write_snapshot`] with the payload written by `fill` into a
+    /// writer that streams it to the file in chunks (a large payload is
+    /// never held in memory whole). Returns the file and the payload length.
+    pub fn write_snapshot_with(
+        &self,
+        lsn: Lsn,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(PathBuf, u64)> {
         self.check_poison()?;
         if lsn >= self.next_lsn() {
             return Err(Error::InvalidOptions(format!(
@@ -676,7 +688,7 @@ impl Log {
         self.wait_durable(lsn)?;
         // A failed write or sync here poisons the log like any other: after
         // a failed fsync nothing this handle does next may be trusted.
-        let p = snapshot::write(self.inner.storage.as_ref(), &self.inner.dir, lsn, data)
+        let p = snapshot::write_with(self.inner.storage.as_ref(), &self.inner.dir, lsn, fill)
             .inspect_err(|e| self.poison(e))?;
         self.inner.snapshot_lsn.fetch_max(lsn, Ordering::AcqRel);
         Ok(p)

@@ -289,6 +289,7 @@ pub(crate) fn decode_snapshot(b: &[u8], keep_acked: bool) -> DecResult<QueueStat
     let mut s = QueueState::new(keep_acked);
     s.next_id = d.u64()?;
     s.acked_total = d.u64()?;
+    s.acked_snapshot = s.acked_total;
     let n = d.u64()?;
     // Each item needs at least 35 bytes: bound the count by the bytes present.
     if n > (d.remaining() / 35) as u64 {

@@ -62,14 +62,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::log::{Durability, FsStorage, Log, LogOptions, Lsn, Storage};
+use crate::log::{FsStorage, Log, LogOptions, Lsn, Storage};
 
 pub use error::Error;
 pub use state::ItemState;
 pub use view::{queue_view, QueueItemView, QueueView};
 
-use codec::{decode_op, decode_snapshot, encode_op, encode_snapshot};
-use state::{Op, QueueState};
+use crate::engine::{self, Mode, StateMachine};
+use state::{Op, QueueState, ReplayError};
 
 /// Name of the queue's directory inside a journal directory.
 pub const QUEUE_DIR: &str = "queue";
@@ -320,6 +320,13 @@ fn bad(dir: &Path, lsn: Lsn, reason: String) -> Error {
     }
 }
 
+fn replay_error(dir: &Path, e: ReplayError) -> Error {
+    match e {
+        ReplayError::Log(e) => Error::Log(e),
+        ReplayError::Bad { lsn, reason } => bad(dir, lsn, reason),
+    }
+}
+
 fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -380,22 +387,10 @@ impl WorkQueue {
         }
         let dir = queue_dir(journal_dir);
         let log = Log::open_with(storage, &dir, opts.log.clone())?;
-        let snap = log.latest_snapshot()?;
-        let (mut state, from) = match &snap {
-            Some(s) => (
-                decode_snapshot(&s.data, false)
-                    .map_err(|r| bad(&dir, s.lsn, format!("snapshot: {r}")))?,
-                s.lsn + 1,
-            ),
-            None => (QueueState::new(false), 1),
-        };
-        let mut replayed = 0u64;
-        for rec in log.read_from(from)? {
-            let rec = rec?;
-            let op = decode_op(rec.kind, rec.payload()).map_err(|r| bad(&dir, rec.lsn, r))?;
-            state.apply(op).map_err(|r| bad(&dir, rec.lsn, r))?;
-            replayed += 1;
-        }
+        let r =
+            engine::open_log::<QueueState>(&log, Mode::Owner).map_err(|e| replay_error(&dir, e))?;
+        let mut state = r.state;
+        let mut replayed = r.records;
         // Whatever is in flight belonged to the previous owner (one process
         // owns the directory): give it back, or give up on its last attempt.
         let mut report = QueueOpenReport::default();
@@ -426,15 +421,13 @@ impl WorkQueue {
             }
         }
         if !ops.is_empty() {
-            let encoded: Vec<(u8, Vec<u8>)> = ops.iter().map(encode_op).collect();
-            let refs: Vec<(u8, &[u8])> = encoded.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+            let n = ops.len() as u64;
             // One write and one fdatasync for all of them: the repair is
             // durable before any new claim can hand these items out.
-            log.append_batch(&refs, Durability::Durable)?;
-            for op in ops {
-                state.apply(op).map_err(|r| bad(&dir, 0, r))?;
-            }
-            replayed += refs.len() as u64;
+            let (range, _) =
+                engine::append_checked(&log, &mut state, ops).map_err(|e| replay_error(&dir, e))?;
+            log.wait_durable(*range.end())?;
+            replayed += n;
         }
         Ok(WorkQueue {
             inner: Arc::new(Inner {
@@ -471,20 +464,15 @@ impl WorkQueue {
     /// releasing the lock, so concurrent operations share one fdatasync.
     fn write_locked(&self, shared: &mut Shared, op: Op) -> Result<Lsn, Error> {
         let dir = self.inner.log.dir();
-        shared.state.check(&op).map_err(|r| bad(dir, 0, r))?;
-        let (kind, payload) = encode_op(&op);
-        let lsn = self
-            .inner
-            .log
-            .append_with(kind, &payload, Durability::Buffered)?;
-        shared.state.apply(op).map_err(|r| bad(dir, lsn, r))?;
+        let (range, _) = engine::append_checked(&self.inner.log, &mut shared.state, vec![op])
+            .map_err(|e| replay_error(dir, e))?;
         shared.records_since_snapshot += 1;
         crate::observe::queue_gauges(
             shared.state.pending(),
             shared.state.in_flight,
             shared.state.dead,
         );
-        Ok(lsn)
+        Ok(*range.end())
     }
 
     /// Makes `lsn` durable and compacts when due.
@@ -937,7 +925,7 @@ impl WorkQueue {
         if lsn == 0 || lsn <= log.snapshot_lsn() {
             return Ok(None);
         }
-        let data = encode_snapshot(&sh.state);
+        let data = QueueState::encode(sh.state.snapshot());
         log.write_snapshot(lsn, &data)?;
         sh.records_since_snapshot = 0;
         drop(sh);

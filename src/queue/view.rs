@@ -1,9 +1,9 @@
 //! The read-only view of a queue for `wal-inspect queue`: works on a
 //! [`LogReader`] (no lock, no write), so it runs beside the owning process.
 
-use super::codec::{decode_op, decode_snapshot};
-use super::state::{Item, ItemState, QueueState};
+use super::state::{Item, ItemState, QueueState, ReplayError};
 use super::Error;
+use crate::engine::{self, Mode};
 use crate::log::LogReader;
 
 /// One work-queue item as an operator sees it.
@@ -54,19 +54,12 @@ pub fn queue_view(reader: &LogReader) -> Result<QueueView, Error> {
         lsn,
         reason,
     };
-    let (mut state, from) = match reader.snapshot() {
-        Some(s) => (
-            decode_snapshot(&s.data, true).map_err(|r| bad(s.lsn, format!("snapshot: {r}")))?,
-            s.lsn + 1,
-        ),
-        None => (QueueState::new(true), 1),
-    };
-    let acked_compacted = state.acked_total;
-    for rec in reader.iter_from(from) {
-        let rec = rec?;
-        let op = decode_op(rec.kind, rec.payload()).map_err(|r| bad(rec.lsn, r))?;
-        state.apply(op).map_err(|r| bad(rec.lsn, r))?;
-    }
+    let r = engine::open_reader::<QueueState>(reader, Mode::History).map_err(|e| match e {
+        ReplayError::Log(e) => Error::Log(e),
+        ReplayError::Bad { lsn, reason } => bad(lsn, reason),
+    })?;
+    let state = r.state;
+    let acked_compacted = state.acked_snapshot;
     Ok(QueueView {
         items: state.items.values().map(QueueItemView::from_item).collect(),
         acked_compacted,

@@ -131,6 +131,9 @@ pub mod queue;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod runtime;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 // The front door: the handful of types most programs need, so that
 // `use agentwal::{Journal, JournalOptions, Effect};` is enough. Everything

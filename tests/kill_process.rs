@@ -506,6 +506,18 @@ fn run_unit(j: &Journal, sink: &Path, u: usize) -> UnitEnd {
                 assert!(produced, "{key}: handed back {v:?}, never produced by it");
             }
             Err(JError::InDoubt { step, key, .. }) => return UnitEnd::Operator(step, key),
+            // A kill landed inside a rollback (planned, or the operator's):
+            // the unit can only finish it.
+            Err(JError::RollingBack { .. }) => {
+                unit.rollback("resumed rollback", |c| {
+                    sink_append(sink, &c.key, "compensate", &c.effect_key);
+                    Ok::<_, String>(())
+                })
+                .expect("finish the interrupted rollback");
+                let why = if rolls_back(u) { "planned" } else { "indoubt" };
+                report(format_args!("abort {id} {why}"));
+                return UnitEnd::Done;
+            }
             Err(e) => panic!("{key}: run: {e}"),
         }
         if u.is_multiple_of(2) {

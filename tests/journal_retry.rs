@@ -149,7 +149,9 @@ fn the_deadline_stops_retries() {
         n <= 6,
         "{n} attempts in a 100 ms deadline with 20 ms backoff"
     );
-    assert!(t.elapsed() < Duration::from_secs(2));
+    // Generous: the deadline is 100 ms; 20 s only catches "never stopped"
+    // on a loaded machine (the attempt count above is the real check).
+    assert!(t.elapsed() < Duration::from_secs(20));
     assert!(e.to_string().contains("deadline"), "{e}");
 }
 

@@ -7,14 +7,14 @@
 
 mod agent_support;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use agent_support::batch_agent;
-use agentwal::journal::{JournalView, UnitState};
-use agentwal::log::LogReader;
+use agent_support::{
+    assert_every_message_delivered, assert_every_record_committed_once, batch_agent,
+    kill_at_random, resends, Rng,
+};
 
 /// Enough work (>= 4 s at 2 ms a record) that six kills of at most 450 ms
 /// each always land, however fast the disk is.
@@ -32,18 +32,6 @@ fn command(bin: &Path, journal: &Path, sink: &Path) -> Command {
     c
 }
 
-/// splitmix64, seeded from the clock (printed so a failure can be replayed).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 #[test]
 fn sigkill_at_random_points_then_rerun_commits_every_record_exactly_once() {
     let started = Instant::now();
@@ -51,79 +39,21 @@ fn sigkill_at_random_points_then_rerun_commits_every_record_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let sink = dir.path().join("sink.txt");
-    let seed = std::env::var("KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("KILL_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env_or_clock();
 
-    let mut kills = 0;
-    for _ in 0..6 {
-        let mut child = command(&bin, &journal, &sink).spawn().unwrap();
-        let wait = Duration::from_millis(50 + rng.next() % 400);
-        std::thread::sleep(wait);
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
-    assert!(
-        kills >= 3,
-        "only {kills} kills landed; the agent ran too fast"
-    );
+    let kills = kill_at_random(6, 50, &mut rng, || command(&bin, &journal, &sink));
 
     // Run to completion.
     let status = command(&bin, &journal, &sink).status().unwrap();
     assert!(status.success(), "final run exited with {status}");
 
     // Journal: every record committed exactly once, nothing incomplete.
-    let view = JournalView::load(&LogReader::open(&journal).unwrap()).unwrap();
-    assert_eq!(view.units_in(UnitState::Incomplete).count(), 0);
-    assert_eq!(view.aborted_total(), 0);
-    assert_eq!(view.committed_total(), u64::from(RECORDS));
-    let mut seen = HashMap::new();
-    for u in view.units_in(UnitState::Committed) {
-        *seen.entry(u.id.clone()).or_insert(0) += 1;
-        assert_eq!(u.effects_in_doubt(), 0);
-    }
-    for i in 0..RECORDS {
-        let id = format!("record-{i:06}");
-        assert!(
-            seen.get(&id).copied().unwrap_or(0) <= 1,
-            "{id} committed twice"
-        );
-    }
+    assert_every_record_committed_once(&journal, RECORDS);
 
     // Sink: each key at least once; duplicates only for in-doubt sends, at
     // most one per kill, always the same key with the same payload.
-    let text = std::fs::read_to_string(&sink).unwrap();
-    let mut lines: HashMap<String, Vec<String>> = HashMap::new();
-    for line in text.lines() {
-        let (key, payload) = line.split_once('\t').expect("key<TAB>payload");
-        lines
-            .entry(key.to_string())
-            .or_default()
-            .push(payload.to_string());
-    }
-    for i in 0..RECORDS {
-        let key = format!("record-{i:06}/send/1");
-        let got = lines
-            .get(&key)
-            .unwrap_or_else(|| panic!("{key} never sent"));
-        assert!(
-            got.iter().all(|p| p == &got[0]),
-            "{key} re-sent with another payload"
-        );
-    }
-    assert_eq!(lines.len(), RECORDS as usize, "unexpected keys in the sink");
-    let duplicates: usize = lines.values().map(|v| v.len() - 1).sum();
+    let lines = assert_every_message_delivered(&sink, RECORDS);
+    let duplicates = resends(&lines);
     assert!(
         duplicates <= kills,
         "{duplicates} re-sends for {kills} kills"

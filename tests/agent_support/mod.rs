@@ -88,3 +88,121 @@ pub fn sink_lines(sink: &Path) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// splitmix64 for kill timings, seeded from `KILL_SEED` or the clock (the
+/// seed is printed so that a failure can be replayed).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("KILL_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Runs `command()` `rounds` times, SIGKILLing each run after
+/// `base_ms + rand(0..400)` ms if it is still running. Returns how many
+/// kills landed, and fails the test when fewer than 3 did (the agent ran
+/// too fast for the test to mean anything).
+pub fn kill_at_random(
+    rounds: usize,
+    base_ms: u64,
+    rng: &mut Rng,
+    mut command: impl FnMut() -> Command,
+) -> usize {
+    let mut kills = 0;
+    for _ in 0..rounds {
+        let mut child = command().spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(base_ms + rng.next() % 400));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} kills landed; the agent ran too fast"
+    );
+    kills
+}
+
+/// The sink's deliveries grouped by idempotency key.
+pub fn sink_by_key(sink: &Path) -> std::collections::HashMap<String, Vec<String>> {
+    let mut by_key: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (key, payload) in sink_lines(sink) {
+        by_key.entry(key).or_default().push(payload);
+    }
+    by_key
+}
+
+/// Re-sends in the sink: deliveries beyond the first of each key.
+pub fn resends(by_key: &std::collections::HashMap<String, Vec<String>>) -> usize {
+    by_key.values().map(|v| v.len() - 1).sum()
+}
+
+/// The journal after a run to completion of `records` records: every record
+/// committed, none incomplete or aborted, no effect in doubt, none twice.
+pub fn assert_every_record_committed_once(journal: &Path, records: u32) {
+    use agentwal::journal::{JournalView, UnitState};
+    let view = JournalView::load(&agentwal::log::LogReader::open(journal).unwrap()).unwrap();
+    assert_eq!(view.units_in(UnitState::Incomplete).count(), 0);
+    assert_eq!(view.aborted_total(), 0);
+    assert_eq!(view.committed_total(), u64::from(records));
+    let mut seen = std::collections::HashMap::new();
+    for u in view.units_in(UnitState::Committed) {
+        *seen.entry(u.id.clone()).or_insert(0) += 1;
+        assert_eq!(
+            u.effects_in_doubt(),
+            0,
+            "{} committed with an effect in doubt",
+            u.id
+        );
+    }
+    for (id, n) in seen {
+        assert!(n <= 1, "{id} committed {n} times");
+    }
+}
+
+/// The sink after a run to completion: every record's message delivered
+/// under its one key (`record-NNNNNN/send/1`), re-sends always with the same
+/// payload, no other key. Returns the sink grouped by key.
+pub fn assert_every_message_delivered(
+    sink: &Path,
+    records: u32,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let by_key = sink_by_key(sink);
+    for i in 0..records {
+        let key = format!("record-{i:06}/send/1");
+        let got = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key} never sent"));
+        assert!(
+            got.iter().all(|p| p == &got[0]),
+            "{key} re-sent with another payload"
+        );
+    }
+    assert_eq!(
+        by_key.len(),
+        records as usize,
+        "unexpected keys in the sink"
+    );
+    by_key
+}

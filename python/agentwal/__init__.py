@@ -40,6 +40,7 @@ from typing import (
 )
 
 from . import _agentwal
+from . import errors as _errors
 from ._agentwal import Claimed, Compensation, EffectCtx
 from ._types import (
     NOT_HAPPENED,
@@ -119,38 +120,8 @@ __all__ = [
     "current_unit",
     "POLICIES",
     "default_key",
-    # errors
-    "Error",
-    "JournalIOError",
-    "Locked",
-    "Corrupt",
-    "NotAJournal",
-    "Poisoned",
-    "PayloadTooLarge",
-    "EncodeError",
-    "UnitFinished",
-    "UnitBusy",
-    "UnknownUnit",
-    "EffectMismatch",
-    "InDoubt",
-    "EffectFailed",
-    "ReconcileFailed",
-    "CompensationFailed",
-    "InvalidCall",
-    "InvalidOptions",
-    "KeyBusy",
-    "KeyConflict",
-    "RollingBack",
-    "UnreplayedSteps",
-    "ResultTooLarge",
-    "ResultNotReplayable",
-    "LeftInDoubt",
-    "RetriesExhausted",
-    "AbortRequested",
-    "OperatorRefused",
-    "Draining",
-    "NotFound",
-    "LeaseLost",
+    # errors: one list, kept in errors.py
+    *_errors.__all__,
 ]
 
 T = TypeVar("T")

@@ -95,6 +95,7 @@
 //! assert!(journal.begin("invoice-7", "invoice", &()).is_err()); // already committed
 //! ```
 
+mod children;
 mod error;
 mod operator;
 pub(crate) mod record;
@@ -111,6 +112,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+#[cfg(feature = "tokio")]
+pub use children::ChildFuture;
+pub use children::{ChildView, CHILD_RESULT_STEP};
 pub use error::{Error, Result};
 pub use operator::{
     Approval, OperatorCommand, OperatorReply, OperatorRequest, Resolution, INBOX_POLL,

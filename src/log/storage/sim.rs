@@ -254,6 +254,9 @@ struct SyncGate {
 struct GateState {
     closed: bool,
     waiting: usize,
+    /// Bumped by every release: a sync waits only while the gate is closed
+    /// *and* no release happened since it arrived.
+    releases: u64,
 }
 
 impl SyncGate {
@@ -262,11 +265,19 @@ impl SyncGate {
         if !g.closed {
             return;
         }
+        let arrived = g.releases;
         g.waiting += 1;
-        while g.closed {
+        while g.closed && g.releases == arrived {
             self.open.wait(&mut g);
         }
         g.waiting -= 1;
+    }
+
+    fn release(&self, keep_closed: bool) {
+        let mut g = self.state.lock();
+        g.closed = keep_closed;
+        g.releases += 1;
+        self.open.notify_all();
     }
 }
 
@@ -362,10 +373,18 @@ impl SimStorage {
     /// [`SimStorage::stalled_syncs`] says how many syncs are held.
     pub fn stall_syncs(&self, stalled: bool) {
         let gate = self.state.lock().stall.clone();
-        gate.state.lock().closed = stalled;
-        if !stalled {
-            gate.open.notify_all();
+        if stalled {
+            gate.state.lock().closed = true;
+        } else {
+            gate.release(false);
         }
+    }
+
+    /// Lets the syncs held right now by [`SimStorage::stall_syncs`] go on,
+    /// and keeps stalling the ones that come later (one step at a time).
+    pub fn release_stalled_syncs(&self) {
+        let gate = self.state.lock().stall.clone();
+        gate.release(true);
     }
 
     /// Number of file syncs blocked right now by [`SimStorage::stall_syncs`].

@@ -234,3 +234,67 @@ fn purge_reapplied_after_an_owner_crash_is_answered_not_refused() {
     let q = WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap();
     assert_eq!(q.stats().dead_lettered, 0);
 }
+
+/// `Journal::open_with` (custom storage) reads no inbox by default, and the
+/// inbox of a real directory with `OperatorInbox::At`; `Journal::open`
+/// reads none with `OperatorInbox::Off`.
+#[test]
+fn the_operator_inbox_follows_the_option_for_custom_storage() {
+    use agentwal::journal::OperatorInbox;
+    use agentwal::log::FsStorage;
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    journal_with_decisions_pending(tmp.path());
+    let inbox = Inbox::new(tmp.path());
+    let abort = serde_json::to_vec(&OperatorCommand {
+        by: "dave".into(),
+        reason: String::new(),
+        request: OperatorRequest::Abort { unit: "pay".into() },
+    })
+    .unwrap();
+    let id = inbox.submit(&abort).unwrap();
+    let pending = inbox.dir().join(format!("{id}.cmd"));
+    let off = JournalOptions {
+        operator_inbox: OperatorInbox::Off,
+        ..JournalOptions::small()
+    };
+    type Open<'a> = Box<dyn Fn() -> agentwal::journal::Result<Journal> + 'a>;
+    let opens: [(&str, Open); 2] = [
+        (
+            "open_with, Auto",
+            Box::new(|| {
+                Journal::open_with(Arc::new(FsStorage), tmp.path(), JournalOptions::small())
+            }),
+        ),
+        (
+            "open, Off",
+            Box::new(|| Journal::open(tmp.path(), off.clone())),
+        ),
+    ];
+    for (how, open) in opens {
+        let j = open();
+        let j = j.unwrap();
+        assert_eq!(j.apply_inbox().unwrap(), 0, "{how}");
+        assert!(pending.exists(), "{how}: the command was not claimed");
+        assert_eq!(j.unit_state("pay"), Some(UnitState::Incomplete), "{how}");
+    }
+    // At the real directory: applied at open.
+    let j = Journal::open_with(
+        Arc::new(FsStorage),
+        tmp.path(),
+        JournalOptions {
+            operator_inbox: OperatorInbox::At(tmp.path().to_path_buf()),
+            ..JournalOptions::small()
+        },
+    )
+    .unwrap();
+    assert_eq!(j.unit_state("pay"), Some(UnitState::Aborted));
+    let reply: OperatorReply = serde_json::from_slice(
+        &inbox
+            .wait_reply(&id, Duration::from_secs(10))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(reply.ok, "{reply:?}");
+}

@@ -438,8 +438,9 @@ impl Journal {
 
     /// Applies every command waiting in the journal directory's operator
     /// inbox and replies to each; returns how many were handled. Called at
-    /// open and every [`INBOX_POLL`] while the journal is open (journals on
-    /// the real file system only).
+    /// open and every [`INBOX_POLL`] while the journal is open, when it has
+    /// an inbox ([`super::JournalOptions::operator_inbox`]); without one it
+    /// returns `Ok(0)`.
     pub fn apply_inbox(&self) -> Result<usize> {
         let Some(inbox) = &self.inner.inbox else {
             return Ok(0);

@@ -52,6 +52,7 @@ fn opts() -> JournalOptions {
             every_bytes: None,
             tail_ratio: None,
         },
+        ..JournalOptions::default()
     }
 }
 

@@ -176,6 +176,31 @@ pub struct JournalOptions {
     /// is twice the snapshot's size and at least 4 MiB
     /// ([`CompactionPolicy::default`]).
     pub auto_compact: AutoCompact,
+    /// Where the running owner reads operator commands (`wal-inspect
+    /// resolve|abort|approve` while the agent runs). Default
+    /// [`OperatorInbox::Auto`]: the journal directory's inbox for
+    /// [`Journal::open`], none for [`Journal::open_with`].
+    pub operator_inbox: OperatorInbox,
+}
+
+/// Where a journal's owner reads operator commands while it runs
+/// ([`JournalOptions::operator_inbox`]). Commands in the inbox are applied
+/// at open and every [`INBOX_POLL`] while the journal is open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OperatorInbox {
+    /// [`Journal::open`]: `<dir>/inbox` (where `wal-inspect` writes).
+    /// [`Journal::open_with`]: none, because a custom [`Storage`] need not
+    /// be the real file system (the power-loss simulator is not).
+    #[default]
+    Auto,
+    /// No inbox: operator commands reach the journal only while its owner
+    /// is stopped (`wal-inspect` then opens the journal itself).
+    Off,
+    /// The inbox of this directory on the real file system
+    /// (`<path>/inbox`), for [`Journal::open_with`] over a storage that
+    /// keeps the journal in a real directory: give that directory, the one
+    /// operators pass to `wal-inspect`.
+    At(std::path::PathBuf),
 }
 
 /// Default [`JournalOptions::max_payload_bytes`]: 16 MiB, so that a long
@@ -201,6 +226,7 @@ impl Default for JournalOptions {
                 every_bytes: None,
                 tail_ratio: Some(CompactionPolicy::default()),
             },
+            operator_inbox: OperatorInbox::Auto,
         }
     }
 }
@@ -222,6 +248,7 @@ impl JournalOptions {
                 every_bytes: None,
                 tail_ratio: None,
             },
+            operator_inbox: OperatorInbox::Auto,
         }
     }
 
@@ -334,7 +361,7 @@ struct Inner {
     /// Result type checks by effect name (registered by `Unit::run`), for
     /// operator resolutions.
     types: Mutex<HashMap<String, TypeCheck>>,
-    /// The operator inbox (journals on the real file system only).
+    /// The operator inbox ([`JournalOptions::operator_inbox`]).
     inbox: Option<crate::log::inbox::Inbox>,
     /// The code version and patches recorded with every new unit.
     code: Mutex<Option<(String, Vec<String>)>>,
@@ -411,28 +438,59 @@ impl Journal {
     /// Operator commands waiting in the directory's inbox (`wal-inspect
     /// resolve|abort|approve` while the owner was running or starting) are
     /// applied before it returns, and then every [`INBOX_POLL`] by a
-    /// background thread for as long as the journal is open.
+    /// background thread for as long as the journal is open (unless
+    /// [`JournalOptions::operator_inbox`] says otherwise).
     pub fn open(dir: impl AsRef<Path>, opts: JournalOptions) -> Result<Journal> {
-        let inbox = crate::log::inbox::Inbox::new(dir.as_ref());
-        let j = Self::open_inner(Arc::new(FsStorage), dir, opts, Some(inbox))?;
-        j.apply_inbox()?;
-        operator::spawn_inbox_poller(&j);
-        Ok(j)
+        let inbox = match &opts.operator_inbox {
+            OperatorInbox::Auto => Some(dir.as_ref().to_path_buf()),
+            OperatorInbox::Off => None,
+            OperatorInbox::At(p) => Some(p.clone()),
+        };
+        Self::open_inner(Arc::new(FsStorage), dir, opts, inbox)
     }
 
     /// Opens the journal through any [`Storage`] (for example the
     /// power-loss simulator) and replays it.
-    /// No operator inbox is read (call [`Journal::apply_inbox`] yourself
-    /// for a journal on the real file system).
+    ///
+    /// By default no operator inbox is read: a custom storage need not be
+    /// the real file system. For a storage that keeps the journal in a real
+    /// directory, set [`JournalOptions::operator_inbox`] to
+    /// [`OperatorInbox::At`] that directory: `wal-inspect resolve|abort|approve`
+    /// then reach the running owner as with [`Journal::open`].
     pub fn open_with(
         storage: Arc<dyn Storage>,
         dir: impl AsRef<Path>,
         opts: JournalOptions,
     ) -> Result<Journal> {
-        Self::open_inner(storage, dir, opts, None)
+        let inbox = match &opts.operator_inbox {
+            OperatorInbox::Auto | OperatorInbox::Off => None,
+            OperatorInbox::At(p) => Some(p.clone()),
+        };
+        Self::open_inner(storage, dir, opts, inbox)
     }
 
+    /// Opens and replays; with an inbox directory, applies the commands
+    /// waiting there and starts the poller.
     fn open_inner(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: JournalOptions,
+        inbox_dir: Option<std::path::PathBuf>,
+    ) -> Result<Journal> {
+        let j = Self::open_replayed(
+            storage,
+            dir,
+            opts,
+            inbox_dir.map(crate::log::inbox::Inbox::new),
+        )?;
+        if j.inner.inbox.is_some() {
+            j.apply_inbox()?;
+            operator::spawn_inbox_poller(&j);
+        }
+        Ok(j)
+    }
+
+    fn open_replayed(
         storage: Arc<dyn Storage>,
         dir: impl AsRef<Path>,
         opts: JournalOptions,

@@ -270,13 +270,16 @@ impl SyncGate {
         while g.closed && g.releases == arrived {
             self.open.wait(&mut g);
         }
-        g.waiting -= 1;
+        // Only a release ends the wait, and it already uncounted us.
     }
 
     fn release(&self, keep_closed: bool) {
         let mut g = self.state.lock();
         g.closed = keep_closed;
         g.releases += 1;
+        // The syncs held now are no longer stalled, even before they wake,
+        // so a test can tell them from the next one.
+        g.waiting = 0;
         self.open.notify_all();
     }
 }
@@ -382,6 +385,8 @@ impl SimStorage {
 
     /// Lets the syncs held right now by [`SimStorage::stall_syncs`] go on,
     /// and keeps stalling the ones that come later (one step at a time).
+    /// [`SimStorage::stalled_syncs`] drops to 0 at once: a sync counted
+    /// after this call is a new one.
     pub fn release_stalled_syncs(&self) {
         let gate = self.state.lock().stall.clone();
         gate.release(true);

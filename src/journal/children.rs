@@ -212,14 +212,8 @@ impl Unit {
                                         what: "child unit payload".into(),
                                         reason: e.to_string(),
                                     })?;
-                                let begun = {
-                                    let (j, id, kind) =
-                                        (journal.clone(), id.clone(), name.to_string());
-                                    super::blocking(move || {
-                                        j.begin_or_finished(&id, &kind, &payload)
-                                    })
-                                    .await?
-                                };
+                                let begun =
+                                    journal.begin_or_finished_async(&id, name, &payload).await?;
                                 let mut child = match begun {
                                     Begun::Finished(f) => {
                                         return recorded_result(journal, parent, step, &id, f.state)

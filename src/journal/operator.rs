@@ -574,7 +574,8 @@ impl Unit {
     /// assert!(unit.approval("refund", &serde_json::json!({"eur": 40})).unwrap().is_approved());
     /// ```
     pub fn approval<P: Serialize + ?Sized>(&mut self, name: &str, payload: &P) -> Result<Approval> {
-        match self.approval_prepare(name, payload)? {
+        let value = self.approval_payload(name, payload)?;
+        match Self::approval_prepare(self.journal(), self.id(), name, value)? {
             Ok(a) => Ok(a),
             Err(lsn) => {
                 // Durable: the approver must see the request after any crash.
@@ -584,27 +585,35 @@ impl Unit {
         }
     }
 
-    /// The decision, or the LSN of the request appended now (to be made
-    /// durable before returning `Pending`).
-    fn approval_prepare<P: Serialize + ?Sized>(
-        &mut self,
+    fn approval_payload<P: Serialize + ?Sized>(
+        &self,
         name: &str,
         payload: &P,
-    ) -> Result<std::result::Result<Approval, u64>> {
-        let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
+    ) -> Result<serde_json::Value> {
+        serde_json::to_value(payload).map_err(|e| Error::Encode {
             unit: self.id().to_string(),
             what: format!("approval {name:?} payload"),
             reason: e.to_string(),
-        })?;
-        let j = self.journal().clone();
-        j.check_size(self.id(), "approval payload", &value)?;
+        })
+    }
+
+    /// The decision, or the LSN of the request appended now (to be made
+    /// durable before returning `Pending`). Under the state lock, with a
+    /// buffered write: the async call runs it on the blocking pool.
+    fn approval_prepare(
+        j: &Journal,
+        id: &str,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<std::result::Result<Approval, u64>> {
+        j.check_size(id, "approval payload", &value)?;
         let mut st = j.inner.state.lock();
         let u = st
             .units
-            .get(self.id())
+            .get(id)
             .filter(|u| u.end.is_none())
             .ok_or_else(|| Error::InvalidCall {
-                unit: self.id().to_string(),
+                unit: id.to_string(),
                 reason: "the unit is not open".into(),
             })?;
         if let Some(a) = u.approvals.get(name) {
@@ -623,27 +632,34 @@ impl Unit {
             }));
         }
         let rec = JournalRecord::ApprovalRequest {
-            unit: self.id().to_string(),
+            unit: id.to_string(),
             name: name.to_string(),
             payload: value,
             at_ms: now_ms(),
         };
-        Ok(Err(j.append_locked(&mut st, self.id(), &[rec])?))
+        Ok(Err(j.append_locked(&mut st, id, &[rec])?))
     }
 
     /// Async [`Unit::approval`]: never blocks a runtime thread (the
-    /// `fdatasync` of a new request runs on tokio's blocking pool).
+    /// request is written on tokio's blocking pool, its `fdatasync` awaited
+    /// on the log's writer thread).
     #[cfg(feature = "tokio")]
     pub async fn approval_async<P: Serialize + ?Sized>(
         &mut self,
         name: &str,
         payload: &P,
     ) -> Result<Approval> {
-        match self.approval_prepare(name, payload)? {
+        let value = self.approval_payload(name, payload)?;
+        let (j, id, n) = (
+            self.journal().clone(),
+            self.id().to_string(),
+            name.to_string(),
+        );
+        let prepared = super::blocking(move || Self::approval_prepare(&j, &id, &n, value)).await?;
+        match prepared {
             Ok(a) => Ok(a),
             Err(lsn) => {
-                let j = self.journal().clone();
-                super::blocking(move || Ok(j.inner.log.wait_durable(lsn)?)).await?;
+                self.journal().wait_durable_async(lsn).await?;
                 Ok(Approval::Pending)
             }
         }

@@ -254,6 +254,9 @@ struct SyncGate {
 struct GateState {
     closed: bool,
     waiting: usize,
+    /// Bumped by every release: a sync waits only while the gate is closed
+    /// *and* no release happened since it arrived.
+    releases: u64,
 }
 
 impl SyncGate {
@@ -262,11 +265,22 @@ impl SyncGate {
         if !g.closed {
             return;
         }
+        let arrived = g.releases;
         g.waiting += 1;
-        while g.closed {
+        while g.closed && g.releases == arrived {
             self.open.wait(&mut g);
         }
-        g.waiting -= 1;
+        // Only a release ends the wait, and it already uncounted us.
+    }
+
+    fn release(&self, keep_closed: bool) {
+        let mut g = self.state.lock();
+        g.closed = keep_closed;
+        g.releases += 1;
+        // The syncs held now are no longer stalled, even before they wake,
+        // so a test can tell them from the next one.
+        g.waiting = 0;
+        self.open.notify_all();
     }
 }
 
@@ -362,10 +376,20 @@ impl SimStorage {
     /// [`SimStorage::stalled_syncs`] says how many syncs are held.
     pub fn stall_syncs(&self, stalled: bool) {
         let gate = self.state.lock().stall.clone();
-        gate.state.lock().closed = stalled;
-        if !stalled {
-            gate.open.notify_all();
+        if stalled {
+            gate.state.lock().closed = true;
+        } else {
+            gate.release(false);
         }
+    }
+
+    /// Lets the syncs held right now by [`SimStorage::stall_syncs`] go on,
+    /// and keeps stalling the ones that come later (one step at a time).
+    /// [`SimStorage::stalled_syncs`] drops to 0 at once: a sync counted
+    /// after this call is a new one.
+    pub fn release_stalled_syncs(&self) {
+        let gate = self.state.lock().stall.clone();
+        gate.release(true);
     }
 
     /// Number of file syncs blocked right now by [`SimStorage::stall_syncs`].

@@ -1,13 +1,19 @@
-//! Shared by the tests that run the demo agent (`examples/batch_agent.rs`)
+//! Shared by the tests that run the example agents (`examples/batch_agent.rs`,
+//! `examples/parallel_tools.rs`)
 //! as a child process. Each test binary uses a part of it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// Builds the example with the profile and features of this test binary
-/// (so the library is not rebuilt) and returns the path of its executable.
+/// Builds the demo agent; see [`example`].
 pub fn batch_agent() -> PathBuf {
+    example("batch_agent")
+}
+
+/// Builds example `name` with the profile and features of this test binary
+/// (so the library is not rebuilt) and returns the path of its executable.
+pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/kill_batch_agent-<hash>
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
@@ -19,15 +25,15 @@ pub fn batch_agent() -> PathBuf {
         features.push("http");
     }
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", "batch_agent"])
+    cmd.args(["build", "--quiet", "--example", name])
         .args(["--no-default-features", "--features", &features.join(",")])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if release {
         cmd.arg("--release");
     }
     let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build --example batch_agent failed");
-    let path = profile_dir.join("examples").join("batch_agent");
+    assert!(status.success(), "cargo build --example {name} failed");
+    let path = profile_dir.join("examples").join(name);
     assert!(path.exists(), "{} not found", path.display());
     path
 }

@@ -200,6 +200,38 @@ fn queue_command(command: &str, ids: Vec<u64>) -> (tempfile::TempDir, QueueReply
     (tmp, reply)
 }
 
+/// The queue's applied commands survive its compaction (snapshot v2).
+#[test]
+fn a_queue_command_is_remembered_across_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = dead_letters(tmp.path(), 2);
+    let inbox = Inbox::new(queue_dir(tmp.path()));
+    let q = WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap();
+    fail_next_reply(queue_dir(tmp.path()));
+    let cmd = QueueCommand {
+        by: "erin".into(),
+        command: "purge_dead".into(),
+        ids: Vec::new(),
+    };
+    let id = inbox.submit(&serde_json::to_vec(&cmd).unwrap()).unwrap();
+    let _ = q.apply_inbox();
+    assert!(q.compact().unwrap().is_some(), "a snapshot was written");
+    drop(q);
+    let _q = WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap();
+    let reply: QueueReply = serde_json::from_slice(
+        &inbox
+            .wait_reply(&id, Duration::from_secs(10))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        reply.ok && reply.message.contains("already applied"),
+        "{reply:?}"
+    );
+    assert_eq!(reply.ids, dead);
+}
+
 #[test]
 fn redrive_reapplied_after_an_owner_crash_is_answered_not_refused() {
     // Explicit ids: re-applied blindly, they would be refused (not dead).

@@ -52,6 +52,15 @@ fn across_an_owner_crash<O>(
     reply
 }
 
+/// The reply to command `id`, decoded (the tool's side).
+fn reply_to<R: serde::de::DeserializeOwned>(inbox: &Inbox, id: &str) -> R {
+    let body = inbox
+        .wait_reply(id, Duration::from_secs(10))
+        .unwrap()
+        .expect("the owner replies");
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn operator_records(dir: &Path) -> usize {
     let r = LogReader::open(dir).unwrap();
     r.iter_from(1)
@@ -163,13 +172,7 @@ fn an_applied_command_is_remembered_across_compaction() {
     j.compact().unwrap();
     drop(j);
     let _j = Journal::open(tmp.path(), JournalOptions::small()).unwrap();
-    let reply: OperatorReply = serde_json::from_slice(
-        &inbox
-            .wait_reply(&id, Duration::from_secs(10))
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let reply: OperatorReply = reply_to(&inbox, &id);
     assert!(
         reply.ok && reply.message.contains("already applied"),
         "{reply:?}"
@@ -218,13 +221,7 @@ fn a_queue_command_is_remembered_across_compaction() {
     assert!(q.compact().unwrap().is_some(), "a snapshot was written");
     drop(q);
     let _q = WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap();
-    let reply: QueueReply = serde_json::from_slice(
-        &inbox
-            .wait_reply(&id, Duration::from_secs(10))
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let reply: QueueReply = reply_to(&inbox, &id);
     assert!(
         reply.ok && reply.message.contains("already applied"),
         "{reply:?}"
@@ -305,12 +302,6 @@ fn the_operator_inbox_follows_the_option_for_custom_storage() {
     )
     .unwrap();
     assert_eq!(j.unit_state("pay"), Some(UnitState::Aborted));
-    let reply: OperatorReply = serde_json::from_slice(
-        &inbox
-            .wait_reply(&id, Duration::from_secs(10))
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let reply: OperatorReply = reply_to(&inbox, &id);
     assert!(reply.ok, "{reply:?}");
 }

@@ -17,7 +17,7 @@ COPY wal-inspect/Cargo.toml wal-inspect/Cargo.toml
 # checks this list against Cargo.toml).
 RUN mkdir -p src examples tests benches/src wal-inspect/src \
  && echo '' > src/lib.rs \
- && for e in batch_agent fleet_agent fleet_baseline; do echo 'fn main() {}' > examples/$e.rs; done \
+ && for e in batch_agent parallel_tools fleet_agent fleet_baseline; do echo 'fn main() {}' > examples/$e.rs; done \
  && for t in observe; do echo '' > tests/$t.rs; done \
  && echo 'fn main() {}' > benches/src/main.rs \
  && echo 'fn main() {}' > wal-inspect/src/main.rs

@@ -16,6 +16,11 @@
 //! * a result handed back was produced by an execution of that very key;
 //! * a unit whose commit returned `Ok` is committed after any crash.
 //!
+//! Each case runs once through the sync API (`begin`/`run`/`commit`) and
+//! once through the async one (`begin_async`/`run_async` with an async
+//! reconcile probe/`commit_async`, on a current-thread runtime): the same
+//! invariants hold for both.
+//!
 //! Deterministic from the seed; a failure prints it. `AGENTWAL_UNIT_CASES`
 //! sets the number of cases (default 120), `AGENTWAL_CRASH_SEED` the first.
 
@@ -47,6 +52,7 @@ fn opts() -> JournalOptions {
             every_bytes: None,
             tail_ratio: None,
         },
+        ..JournalOptions::default()
     }
 }
 
@@ -107,6 +113,21 @@ enum Stop {
     Storage,
 }
 
+/// Which API a case drives.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Api {
+    Sync,
+    Async,
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// Runs (or resumes) unit `u` to its commit.
 fn run_unit(
     j: &Journal,
@@ -114,11 +135,16 @@ fn run_unit(
     world: &Mutex<World>,
     u: usize,
     rng: &mut SimRng,
+    api: Api,
 ) -> Result<(), Stop> {
     let id = format!("unit-{u}");
     let effects = 1 + (u % 3) as u32;
     let storage_err = |e: &Error| matches!(e, Error::Log(_));
-    let mut unit = match j.begin(&id, "test", &u) {
+    let begun = match api {
+        Api::Sync => j.begin(&id, "test", &u),
+        Api::Async => block_on(j.begin_async(&id, "test", &u)),
+    };
+    let mut unit = match begun {
         Ok(unit) => unit,
         Err(Error::UnitFinished { .. }) => {
             let mut w = world.lock().unwrap();
@@ -197,20 +223,31 @@ fn run_unit(
                 .push(result.clone());
             Ok(result)
         };
-        let effect = match p {
-            Policy::Retry => Effect::retry_same_key(name.clone()),
-            Policy::Never => Effect::never_repeat(name.clone()),
-            Policy::Reconcile => {
+        let probe = |key: &str| {
+            let w = world.lock().unwrap();
+            Ok::<_, String>(match w.execs.get(key).and_then(|v| v.last()) {
+                Some(r) => Probe::Happened(r.clone()),
+                None => Probe::NotHappened,
+            })
+        };
+        let effect = match (p, api) {
+            (Policy::Retry, _) => Effect::retry_same_key(name.clone()),
+            (Policy::Never, _) => Effect::never_repeat(name.clone()),
+            (Policy::Reconcile, Api::Sync) => {
                 Effect::reconcile(name.clone(), |ctx: &agentwal::journal::EffectCtx| {
-                    let w = world.lock().unwrap();
-                    Ok::<_, String>(match w.execs.get(ctx.key()).and_then(|v| v.last()) {
-                        Some(r) => Probe::Happened(r.clone()),
-                        None => Probe::NotHappened,
-                    })
+                    probe(ctx.key())
                 })
             }
+            (Policy::Reconcile, Api::Async) => Effect::reconcile_async(
+                name.clone(),
+                |ctx: agentwal::journal::EffectCtx| async move { probe(ctx.key()) },
+            ),
         };
-        match unit.run(effect, exec) {
+        let ran = match api {
+            Api::Sync => unit.run(effect, exec),
+            Api::Async => block_on(unit.run_async(effect, |ctx| std::future::ready(exec(&ctx)))),
+        };
+        match ran {
             Ok(result) => {
                 let mut w = world.lock().unwrap();
                 if !w.execs.get(&key).is_some_and(|v| v.contains(&result)) {
@@ -234,7 +271,11 @@ fn run_unit(
             }
         }
     }
-    match unit.commit() {
+    let committed = match api {
+        Api::Sync => unit.commit(),
+        Api::Async => block_on(unit.commit_async()),
+    };
+    match committed {
         Ok(_) => {
             world.lock().unwrap().committed.insert(id);
             Ok(())
@@ -252,7 +293,7 @@ fn run_unit(
 }
 
 /// One case: returns (crash states, effect executions) or the violations.
-fn case(seed: u64) -> Result<(u64, u64), String> {
+fn case(seed: u64, api: Api) -> Result<(u64, u64), String> {
     let mut rng = SimRng::new(seed);
     let units = 6 + rng.below(8) as usize;
     let world = Mutex::new(World::default());
@@ -283,7 +324,7 @@ fn case(seed: u64) -> Result<(u64, u64), String> {
                         continue;
                     }
                 }
-                if run_unit(j, &sim, &world, u, &mut rng).is_err() {
+                if run_unit(j, &sim, &world, u, &mut rng, api).is_err() {
                     done = false;
                     break;
                 }
@@ -323,7 +364,10 @@ fn case(seed: u64) -> Result<(u64, u64), String> {
     }
     let w = world.into_inner().unwrap();
     if !w.violations.is_empty() {
-        return Err(format!("seed {seed}: {}", w.violations.join("\n  ")));
+        return Err(format!(
+            "seed {seed} ({api:?} API): {}",
+            w.violations.join("\n  ")
+        ));
     }
     let finished = (0..units).all(|u| {
         let id = format!("unit-{u}");
@@ -344,13 +388,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn sweep(shard: u64, shards: u64) {
+fn sweep(shard: u64, shards: u64, api: Api) {
     let cases = env_u64("AGENTWAL_UNIT_CASES", 120);
     let base = env_u64("AGENTWAL_CRASH_SEED", 0);
     let (mut states, mut execs) = (0, 0);
     for i in (shard..cases).step_by(shards as usize) {
         let seed = base.wrapping_add(i);
-        match case(seed) {
+        match case(seed, api) {
             Ok((s, e)) => {
                 states += s;
                 execs += e;
@@ -361,23 +405,35 @@ fn sweep(shard: u64, shards: u64) {
             ),
         }
     }
-    eprintln!("shard {shard}: {states} crash states, {execs} effect executions");
+    eprintln!("shard {shard} ({api:?}): {states} crash states, {execs} effect executions");
     assert!(states > 0);
 }
 
 #[test]
 fn regression_seeds() {
     for &seed in REGRESSION_SEEDS {
-        case(seed).unwrap_or_else(|m| panic!("{m}"));
+        for api in [Api::Sync, Api::Async] {
+            case(seed, api).unwrap_or_else(|m| panic!("{m}"));
+        }
     }
 }
 
 #[test]
 fn units_survive_power_loss_shard_0() {
-    sweep(0, 2);
+    sweep(0, 2, Api::Sync);
 }
 
 #[test]
 fn units_survive_power_loss_shard_1() {
-    sweep(1, 2);
+    sweep(1, 2, Api::Sync);
+}
+
+#[test]
+fn units_survive_power_loss_async_api_shard_0() {
+    sweep(0, 2, Api::Async);
+}
+
+#[test]
+fn units_survive_power_loss_async_api_shard_1() {
+    sweep(1, 2, Api::Async);
 }

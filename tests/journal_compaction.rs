@@ -25,6 +25,7 @@ fn opts(auto: AutoCompact, retention: Retention) -> JournalOptions {
         max_payload_bytes: 2 << 10,
         retention,
         auto_compact: auto,
+        ..JournalOptions::default()
     }
 }
 

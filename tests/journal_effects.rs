@@ -24,6 +24,7 @@ fn opts() -> JournalOptions {
         max_payload_bytes: 4 << 10,
         retention: Retention::unlimited(),
         auto_compact: Default::default(),
+        ..JournalOptions::default()
     }
 }
 

@@ -26,6 +26,7 @@ fn opts() -> JournalOptions {
         max_payload_bytes: 8 << 10,
         retention: Retention::unlimited(),
         auto_compact: Default::default(),
+        ..JournalOptions::default()
     }
 }
 

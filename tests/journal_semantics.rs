@@ -25,6 +25,7 @@ fn opts() -> JournalOptions {
         max_payload_bytes: 4 << 10,
         retention: Retention::default(),
         auto_compact: Default::default(),
+        ..JournalOptions::default()
     }
 }
 

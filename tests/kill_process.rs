@@ -320,6 +320,7 @@ fn unit_opts() -> JournalOptions {
             every_bytes: None,
             tail_ratio: None,
         },
+        ..JournalOptions::default()
     }
 }
 

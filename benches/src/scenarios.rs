@@ -561,6 +561,7 @@ fn compaction(root: &Path, quick: bool) -> Res<Compaction> {
             max_keys: Some(keys),
             max_age: None,
         },
+        ..JournalOptions::default()
     };
     let journal = systems::journal_open(&d, opts)?;
     let mut c = Compaction {

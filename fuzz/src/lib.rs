@@ -151,6 +151,7 @@ fn journal_opts() -> JournalOptions {
             every_bytes: None,
             tail_ratio: None,
         },
+        ..JournalOptions::default()
     }
 }
 

@@ -382,6 +382,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A child unit of a fan-out ([`super::Unit::run_children`]) ended
+    /// without a result the parent can use: it was rolled back (aborted), or
+    /// its recorded result is no longer retained ([`super::Retention`]).
+    #[error("unit {unit:?}, step {step}: child unit {child:?} has no usable result: {reason}")]
+    ChildUnavailable {
+        /// The parent unit.
+        unit: String,
+        /// The parent's fan-out step.
+        step: u32,
+        /// The child unit's id.
+        child: String,
+        /// Why.
+        reason: String,
+    },
+
     /// Invalid journal options.
     #[error("invalid journal option: {0}")]
     InvalidOptions(String),

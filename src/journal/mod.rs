@@ -95,6 +95,7 @@
 //! assert!(journal.begin("invoice-7", "invoice", &()).is_err()); // already committed
 //! ```
 
+mod children;
 mod error;
 mod operator;
 pub(crate) mod record;
@@ -111,6 +112,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+#[cfg(feature = "tokio")]
+pub use children::ChildFuture;
+pub use children::{ChildView, CHILD_RESULT_STEP};
 pub use error::{Error, Result};
 pub use operator::{
     Approval, OperatorCommand, OperatorReply, OperatorRequest, Resolution, INBOX_POLL,
@@ -172,6 +176,31 @@ pub struct JournalOptions {
     /// is twice the snapshot's size and at least 4 MiB
     /// ([`CompactionPolicy::default`]).
     pub auto_compact: AutoCompact,
+    /// Where the running owner reads operator commands (`wal-inspect
+    /// resolve|abort|approve` while the agent runs). Default
+    /// [`OperatorInbox::Auto`]: the journal directory's inbox for
+    /// [`Journal::open`], none for [`Journal::open_with`].
+    pub operator_inbox: OperatorInbox,
+}
+
+/// Where a journal's owner reads operator commands while it runs
+/// ([`JournalOptions::operator_inbox`]). Commands in the inbox are applied
+/// at open and every [`INBOX_POLL`] while the journal is open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OperatorInbox {
+    /// [`Journal::open`]: `<dir>/inbox` (where `wal-inspect` writes).
+    /// [`Journal::open_with`]: none, because a custom [`Storage`] need not
+    /// be the real file system (the power-loss simulator is not).
+    #[default]
+    Auto,
+    /// No inbox: operator commands reach the journal only while its owner
+    /// is stopped (`wal-inspect` then opens the journal itself).
+    Off,
+    /// The inbox of this directory on the real file system
+    /// (`<path>/inbox`), for [`Journal::open_with`] over a storage that
+    /// keeps the journal in a real directory: give that directory, the one
+    /// operators pass to `wal-inspect`.
+    At(std::path::PathBuf),
 }
 
 /// Default [`JournalOptions::max_payload_bytes`]: 16 MiB, so that a long
@@ -197,6 +226,7 @@ impl Default for JournalOptions {
                 every_bytes: None,
                 tail_ratio: Some(CompactionPolicy::default()),
             },
+            operator_inbox: OperatorInbox::Auto,
         }
     }
 }
@@ -218,6 +248,7 @@ impl JournalOptions {
                 every_bytes: None,
                 tail_ratio: None,
             },
+            operator_inbox: OperatorInbox::Auto,
         }
     }
 
@@ -330,7 +361,7 @@ struct Inner {
     /// Result type checks by effect name (registered by `Unit::run`), for
     /// operator resolutions.
     types: Mutex<HashMap<String, TypeCheck>>,
-    /// The operator inbox (journals on the real file system only).
+    /// The operator inbox ([`JournalOptions::operator_inbox`]).
     inbox: Option<crate::log::inbox::Inbox>,
     /// The code version and patches recorded with every new unit.
     code: Mutex<Option<(String, Vec<String>)>>,
@@ -407,28 +438,59 @@ impl Journal {
     /// Operator commands waiting in the directory's inbox (`wal-inspect
     /// resolve|abort|approve` while the owner was running or starting) are
     /// applied before it returns, and then every [`INBOX_POLL`] by a
-    /// background thread for as long as the journal is open.
+    /// background thread for as long as the journal is open (unless
+    /// [`JournalOptions::operator_inbox`] says otherwise).
     pub fn open(dir: impl AsRef<Path>, opts: JournalOptions) -> Result<Journal> {
-        let inbox = crate::log::inbox::Inbox::new(dir.as_ref());
-        let j = Self::open_inner(Arc::new(FsStorage), dir, opts, Some(inbox))?;
-        j.apply_inbox()?;
-        operator::spawn_inbox_poller(&j);
-        Ok(j)
+        let inbox = match &opts.operator_inbox {
+            OperatorInbox::Auto => Some(dir.as_ref().to_path_buf()),
+            OperatorInbox::Off => None,
+            OperatorInbox::At(p) => Some(p.clone()),
+        };
+        Self::open_inner(Arc::new(FsStorage), dir, opts, inbox)
     }
 
     /// Opens the journal through any [`Storage`] (for example the
     /// power-loss simulator) and replays it.
-    /// No operator inbox is read (call [`Journal::apply_inbox`] yourself
-    /// for a journal on the real file system).
+    ///
+    /// By default no operator inbox is read: a custom storage need not be
+    /// the real file system. For a storage that keeps the journal in a real
+    /// directory, set [`JournalOptions::operator_inbox`] to
+    /// [`OperatorInbox::At`] that directory: `wal-inspect resolve|abort|approve`
+    /// then reach the running owner as with [`Journal::open`].
     pub fn open_with(
         storage: Arc<dyn Storage>,
         dir: impl AsRef<Path>,
         opts: JournalOptions,
     ) -> Result<Journal> {
-        Self::open_inner(storage, dir, opts, None)
+        let inbox = match &opts.operator_inbox {
+            OperatorInbox::Auto | OperatorInbox::Off => None,
+            OperatorInbox::At(p) => Some(p.clone()),
+        };
+        Self::open_inner(storage, dir, opts, inbox)
     }
 
+    /// Opens and replays; with an inbox directory, applies the commands
+    /// waiting there and starts the poller.
     fn open_inner(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: JournalOptions,
+        inbox_dir: Option<std::path::PathBuf>,
+    ) -> Result<Journal> {
+        let j = Self::open_replayed(
+            storage,
+            dir,
+            opts,
+            inbox_dir.map(crate::log::inbox::Inbox::new),
+        )?;
+        if j.inner.inbox.is_some() {
+            j.apply_inbox()?;
+            operator::spawn_inbox_poller(&j);
+        }
+        Ok(j)
+    }
+
+    fn open_replayed(
         storage: Arc<dyn Storage>,
         dir: impl AsRef<Path>,
         opts: JournalOptions,
@@ -956,15 +1018,7 @@ impl Journal {
     /// (the record that triggered it is already durable).
     fn maybe_auto_compact(&self) {
         self.maybe_trim();
-        let ac = self.inner.opts.auto_compact;
-        let due = || {
-            let c = self.inner.counters.lock();
-            ac.every_records.is_some_and(|n| c.records >= n)
-                || ac.every_bytes.is_some_and(|n| c.bytes >= n)
-                || ac
-                    .tail_ratio
-                    .is_some_and(|p| p.due(c.bytes, c.snapshot_bytes))
-        };
+        let due = || self.compaction_due();
         if !due() {
             return;
         }
@@ -978,6 +1032,18 @@ impl Journal {
             let r = self.compact_timed();
             self.inner.counters.lock().auto_error = r.err().map(|e| e.to_string());
         }
+    }
+
+    /// Whether an automatic compaction trigger is reached (counters only:
+    /// no I/O, no state lock).
+    fn compaction_due(&self) -> bool {
+        let ac = self.inner.opts.auto_compact;
+        let c = self.inner.counters.lock();
+        ac.every_records.is_some_and(|n| c.records >= n)
+            || ac.every_bytes.is_some_and(|n| c.bytes >= n)
+            || ac
+                .tail_ratio
+                .is_some_and(|p| p.due(c.bytes, c.snapshot_bytes))
     }
 
     /// Applies the retention count in memory as soon as the key index or
@@ -1035,15 +1101,31 @@ fn json_size(value: &serde_json::Value) -> u64 {
     c.0
 }
 
+/// The async journal: what runs where (see docs/async.md).
+///
+/// A journal write is a check against the in-memory state (is the key
+/// known? is the unit open?) and an append, under the state mutex, so that
+/// two units can never both find a key unknown and both run its effect.
+/// The async calls keep that ordering by doing exactly this short locked
+/// step — a `pwrite` into the page cache, rarely a segment rotation — on
+/// tokio's blocking pool (`blocking`), *buffered*, and then waiting for the
+/// `fdatasync` with [`Log::wait_durable_async`], which holds no thread: the
+/// log's writer thread (or a sync caller) runs the shared group commit.
+/// Routing the append itself through the writer thread would need the state
+/// lock held across a channel round trip, or a second ordering mechanism,
+/// to keep check-before-append; a blocking-pool hop of microseconds is the
+/// simpler correct design. No file I/O and no lock held across I/O is taken
+/// on an executor thread.
 #[cfg(feature = "tokio")]
 impl Journal {
-    /// Async [`Journal::open`] (runs on tokio's blocking pool).
+    /// Async [`Journal::open`] (recovery and replay run on tokio's blocking pool).
     pub async fn open_async(dir: impl AsRef<Path>, opts: JournalOptions) -> Result<Journal> {
         let dir = dir.as_ref().to_path_buf();
         blocking(move || Journal::open(dir, opts)).await
     }
 
-    /// Async [`Journal::begin`] (the append runs on tokio's blocking pool).
+    /// Async [`Journal::begin`] (the buffered append runs on tokio's
+    /// blocking pool; a begin waits for no sync).
     pub async fn begin_async<P: Serialize + ?Sized>(
         &self,
         id: &str,
@@ -1059,16 +1141,73 @@ impl Journal {
         blocking(move || j.begin(&id, &kind, &value)).await
     }
 
-    /// Async [`Journal::compact`].
+    /// Async [`Journal::begin_or_finished`].
+    pub async fn begin_or_finished_async<P: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        kind: &str,
+        payload: &P,
+    ) -> Result<Begun> {
+        let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
+            unit: id.to_string(),
+            what: "unit payload".into(),
+            reason: e.to_string(),
+        })?;
+        let (j, id, kind) = (self.clone(), id.to_string(), kind.to_string());
+        blocking(move || j.begin_or_finished(&id, &kind, &value)).await
+    }
+
+    /// Async [`Journal::compact`] (the snapshot is written on tokio's
+    /// blocking pool).
     pub async fn compact_async(&self) -> Result<CompactReport> {
         let j = self.clone();
         blocking(move || j.compact()).await
     }
 
-    /// Async [`Journal::sync`].
+    /// Async [`Journal::sync`]: the sync runs on the log's writer thread.
     pub async fn sync_async(&self) -> Result<u64> {
-        let j = self.clone();
-        blocking(move || j.sync()).await
+        Ok(self.inner.log.sync_async().await?)
+    }
+
+    /// Async [`Journal::close`]: syncs without holding a thread.
+    pub async fn close_async(self) -> Result<()> {
+        self.inner.log.sync_async().await?;
+        Ok(())
+    }
+
+    /// The async [`Journal::append`]: the locked check and the buffered
+    /// write on the blocking pool, the durability wait on the log's writer
+    /// thread.
+    pub(crate) async fn append_async(
+        &self,
+        unit: &str,
+        recs: Vec<JournalRecord>,
+        durability: Durability,
+    ) -> Result<u64> {
+        let (j, id) = (self.clone(), unit.to_string());
+        let last = blocking(move || j.append(&id, &recs, Durability::Buffered)).await?;
+        if durability == Durability::Durable {
+            self.wait_durable_async(last).await?;
+        }
+        Ok(last)
+    }
+
+    /// Completes when `lsn` is durable, holding no thread while it waits.
+    pub(crate) async fn wait_durable_async(&self, lsn: u64) -> Result<()> {
+        Ok(self.inner.log.wait_durable_async(lsn).await?)
+    }
+
+    /// Runs what follows a durable unit end (compaction when due) on the
+    /// blocking pool, and only when something is due.
+    pub(crate) async fn upkeep_async(&self) {
+        if self.compaction_due() {
+            let j = self.clone();
+            let _ = blocking(move || {
+                j.maybe_auto_compact();
+                Ok(())
+            })
+            .await;
+        }
     }
 }
 

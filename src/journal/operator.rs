@@ -185,6 +185,19 @@ impl Journal {
         by: &str,
         reason: &str,
     ) -> Result<String> {
+        self.resolve_as(unit, step, resolution, by, reason, None)
+    }
+
+    /// [`Journal::resolve`], recording the inbox command id that carried it.
+    fn resolve_as(
+        &self,
+        unit: &str,
+        step: u32,
+        resolution: Resolution,
+        by: &str,
+        reason: &str,
+        command: Option<&str>,
+    ) -> Result<String> {
         if let Resolution::Happened(Some(v)) = &resolution {
             self.check_size(unit, "operator result", v)?;
         }
@@ -247,6 +260,7 @@ impl Journal {
                 by: by.to_string(),
                 reason: reason.to_string(),
                 at_ms: now_ms(),
+                command: command.map(str::to_string),
             };
             let lsn = self.append_locked(&mut st, unit, &[rec])?;
             let msg = match &resolution {
@@ -272,6 +286,17 @@ impl Journal {
     /// which knows the compensations) finishes it. Refused while the unit is
     /// open in this process.
     pub fn request_abort(&self, unit: &str, by: &str, reason: &str) -> Result<String> {
+        self.request_abort_as(unit, by, reason, None)
+    }
+
+    /// [`Journal::request_abort`], recording the inbox command id.
+    fn request_abort_as(
+        &self,
+        unit: &str,
+        by: &str,
+        reason: &str,
+        command: Option<&str>,
+    ) -> Result<String> {
         if self.inner.active.lock().contains(unit) {
             return Err(Self::refused(
                 unit,
@@ -291,6 +316,7 @@ impl Journal {
                 by: by.to_string(),
                 reason: reason.to_string(),
                 at_ms: now_ms(),
+                command: command.map(str::to_string),
             };
             let lsn = self.append_locked(&mut st, unit, &[rec])?;
             let msg = if compensate {
@@ -315,6 +341,19 @@ impl Journal {
         approved: bool,
         by: &str,
         reason: &str,
+    ) -> Result<String> {
+        self.decide_approval_as(unit, name, approved, by, reason, None)
+    }
+
+    /// [`Journal::decide_approval`], recording the inbox command id.
+    fn decide_approval_as(
+        &self,
+        unit: &str,
+        name: &str,
+        approved: bool,
+        by: &str,
+        reason: &str,
+        command: Option<&str>,
     ) -> Result<String> {
         let lsn = {
             let mut st = self.inner.state.lock();
@@ -349,6 +388,7 @@ impl Journal {
                 by: by.to_string(),
                 reason: reason.to_string(),
                 at_ms: now_ms(),
+                command: command.map(str::to_string),
             };
             self.append_locked(&mut st, unit, &[rec])?
         };
@@ -361,25 +401,46 @@ impl Journal {
 
     /// Applies one [`OperatorCommand`] (what the inbox carries).
     pub fn apply_operator(&self, cmd: &OperatorCommand) -> Result<String> {
+        self.apply_command(cmd, None)
+    }
+
+    /// Applies `cmd`, recording the inbox command id `command` with it.
+    fn apply_command(&self, cmd: &OperatorCommand, command: Option<&str>) -> Result<String> {
+        let (by, why) = (&cmd.by, &cmd.reason);
         match &cmd.request {
             OperatorRequest::Resolve {
                 unit,
                 step,
                 resolution,
-            } => self.resolve(unit, *step, resolution.clone(), &cmd.by, &cmd.reason),
-            OperatorRequest::Abort { unit } => self.request_abort(unit, &cmd.by, &cmd.reason),
+            } => self.resolve_as(unit, *step, resolution.clone(), by, why, command),
+            OperatorRequest::Abort { unit } => self.request_abort_as(unit, by, why, command),
             OperatorRequest::Approve {
                 unit,
                 name,
                 approved,
-            } => self.decide_approval(unit, name, *approved, &cmd.by, &cmd.reason),
+            } => self.decide_approval_as(unit, name, *approved, by, why, command),
         }
+    }
+
+    /// The reply to inbox command `id` if its decision is already recorded
+    /// (the owner crashed after recording it, before replying): the command
+    /// is answered, not applied a second time.
+    fn already_applied(&self, id: &str) -> Option<OperatorReply> {
+        let st = self.inner.state.lock();
+        st.commands.get(id).map(|c| OperatorReply {
+            ok: true,
+            message: format!(
+                "already applied (command {id}, recorded at LSN {} by {:?} before the owner restarted): {}",
+                c.lsn, c.by, c.what
+            ),
+        })
     }
 
     /// Applies every command waiting in the journal directory's operator
     /// inbox and replies to each; returns how many were handled. Called at
-    /// open and every [`INBOX_POLL`] while the journal is open (journals on
-    /// the real file system only).
+    /// open and every [`INBOX_POLL`] while the journal is open, when it has
+    /// an inbox ([`super::JournalOptions::operator_inbox`]); without one it
+    /// returns `Ok(0)`.
     pub fn apply_inbox(&self) -> Result<usize> {
         let Some(inbox) = &self.inner.inbox else {
             return Ok(0);
@@ -391,7 +452,10 @@ impl Journal {
         let n = claimed.len();
         for c in claimed {
             let reply = match serde_json::from_slice::<OperatorCommand>(&c.body) {
-                Ok(cmd) => match self.apply_operator(&cmd) {
+                Ok(_) if self.already_applied(&c.id).is_some() => self
+                    .already_applied(&c.id)
+                    .unwrap_or_else(|| unreachable!()),
+                Ok(cmd) => match self.apply_command(&cmd, Some(&c.id)) {
                     Ok(message) => OperatorReply { ok: true, message },
                     Err(e) => OperatorReply {
                         ok: false,
@@ -510,7 +574,8 @@ impl Unit {
     /// assert!(unit.approval("refund", &serde_json::json!({"eur": 40})).unwrap().is_approved());
     /// ```
     pub fn approval<P: Serialize + ?Sized>(&mut self, name: &str, payload: &P) -> Result<Approval> {
-        match self.approval_prepare(name, payload)? {
+        let value = self.approval_payload(name, payload)?;
+        match Self::approval_prepare(self.journal(), self.id(), name, value)? {
             Ok(a) => Ok(a),
             Err(lsn) => {
                 // Durable: the approver must see the request after any crash.
@@ -520,27 +585,35 @@ impl Unit {
         }
     }
 
-    /// The decision, or the LSN of the request appended now (to be made
-    /// durable before returning `Pending`).
-    fn approval_prepare<P: Serialize + ?Sized>(
-        &mut self,
+    fn approval_payload<P: Serialize + ?Sized>(
+        &self,
         name: &str,
         payload: &P,
-    ) -> Result<std::result::Result<Approval, u64>> {
-        let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
+    ) -> Result<serde_json::Value> {
+        serde_json::to_value(payload).map_err(|e| Error::Encode {
             unit: self.id().to_string(),
             what: format!("approval {name:?} payload"),
             reason: e.to_string(),
-        })?;
-        let j = self.journal().clone();
-        j.check_size(self.id(), "approval payload", &value)?;
+        })
+    }
+
+    /// The decision, or the LSN of the request appended now (to be made
+    /// durable before returning `Pending`). Under the state lock, with a
+    /// buffered write: the async call runs it on the blocking pool.
+    fn approval_prepare(
+        j: &Journal,
+        id: &str,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<std::result::Result<Approval, u64>> {
+        j.check_size(id, "approval payload", &value)?;
         let mut st = j.inner.state.lock();
         let u = st
             .units
-            .get(self.id())
+            .get(id)
             .filter(|u| u.end.is_none())
             .ok_or_else(|| Error::InvalidCall {
-                unit: self.id().to_string(),
+                unit: id.to_string(),
                 reason: "the unit is not open".into(),
             })?;
         if let Some(a) = u.approvals.get(name) {
@@ -559,27 +632,34 @@ impl Unit {
             }));
         }
         let rec = JournalRecord::ApprovalRequest {
-            unit: self.id().to_string(),
+            unit: id.to_string(),
             name: name.to_string(),
             payload: value,
             at_ms: now_ms(),
         };
-        Ok(Err(j.append_locked(&mut st, self.id(), &[rec])?))
+        Ok(Err(j.append_locked(&mut st, id, &[rec])?))
     }
 
     /// Async [`Unit::approval`]: never blocks a runtime thread (the
-    /// `fdatasync` of a new request runs on tokio's blocking pool).
+    /// request is written on tokio's blocking pool, its `fdatasync` awaited
+    /// on the log's writer thread).
     #[cfg(feature = "tokio")]
     pub async fn approval_async<P: Serialize + ?Sized>(
         &mut self,
         name: &str,
         payload: &P,
     ) -> Result<Approval> {
-        match self.approval_prepare(name, payload)? {
+        let value = self.approval_payload(name, payload)?;
+        let (j, id, n) = (
+            self.journal().clone(),
+            self.id().to_string(),
+            name.to_string(),
+        );
+        let prepared = super::blocking(move || Self::approval_prepare(&j, &id, &n, value)).await?;
+        match prepared {
             Ok(a) => Ok(a),
             Err(lsn) => {
-                let j = self.journal().clone();
-                super::blocking(move || Ok(j.inner.log.wait_durable(lsn)?)).await?;
+                self.journal().wait_durable_async(lsn).await?;
                 Ok(Approval::Pending)
             }
         }

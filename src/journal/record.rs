@@ -295,6 +295,11 @@ pub enum JournalRecord {
         reason: String,
         /// Wall clock, milliseconds since the Unix epoch.
         at_ms: u64,
+        /// The id of the operator-inbox command that carried the decision
+        /// (absent for a direct library call): a command applied again
+        /// after the owner crashed before replying is recognized by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
     },
     /// The code that began the unit: its version and the patches it knows
     /// (written with the unit's begin when [`super::Journal::set_code`] was
@@ -517,6 +522,7 @@ mod tests {
                 by: "alice".into(),
                 reason: "checked the bank".into(),
                 at_ms: 7,
+                command: Some("000001764662400000-42-0".into()),
             },
             JournalRecord::UnitCode {
                 unit: unit.clone(),

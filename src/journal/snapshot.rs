@@ -23,8 +23,8 @@ use serde_json::Value;
 use super::error::{Error, Result};
 use super::record::{Outcome, OutcomeVia, PolicyKind};
 use super::state::{
-    ApprovalRec, AttemptFailure, EffectRec, Finished, Forgotten, KeyEntry, OperatorNote, State,
-    UnitRec,
+    AppliedCommand, ApprovalRec, AttemptFailure, EffectRec, Finished, Forgotten, KeyEntry,
+    OperatorNote, State, UnitRec,
 };
 use super::view::{KeyStatus, UnitState};
 
@@ -161,6 +161,9 @@ pub(crate) struct JournalSnapshot {
     forgotten_ids: Vec<u64>,
     forgotten_units: u64,
     forgotten_keys: u64,
+    /// Applied operator-inbox commands (absent in snapshots of earlier builds).
+    #[serde(default)]
+    commands: Vec<AppliedCommand>,
 }
 
 /// Version 1, as earlier builds wrote it.
@@ -327,6 +330,7 @@ impl Frozen {
             forgotten_ids: state.forgotten.order.iter().copied().collect(),
             forgotten_units: state.forgotten.units,
             forgotten_keys: state.forgotten.keys,
+            commands: state.commands.values().cloned().collect(),
         };
         Frozen {
             head,
@@ -374,6 +378,7 @@ impl Frozen {
             forgotten_ids: &h.forgotten_ids,
             forgotten_units: h.forgotten_units,
             forgotten_keys: h.forgotten_keys,
+            commands: &h.commands,
         };
         // Every map key is a string and every number finite: only the
         // writer can fail.
@@ -396,6 +401,7 @@ struct JournalSnapshotRef<'a, K, F> {
     forgotten_ids: &'a [u64],
     forgotten_units: u64,
     forgotten_keys: u64,
+    commands: &'a [AppliedCommand],
 }
 
 /// Rebuilds a state from a snapshot payload (version 1 or 2) covering
@@ -498,6 +504,9 @@ pub(crate) fn decode(lsn: u64, data: &[u8], keep_finished: bool) -> Result<State
                 }
             }
             state.forgotten = forgotten;
+            for c in v.commands {
+                state.remember_command(c);
+            }
         }
         other => {
             return Err(bad(format!(

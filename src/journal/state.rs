@@ -321,6 +321,40 @@ pub(crate) struct State {
     /// Committed / aborted counts of the snapshot the state was restored
     /// from (what the operator's view reports as compacted).
     pub snapshot_counts: (u64, u64),
+    /// Operator-inbox commands applied, by command id (the newest
+    /// [`MAX_APPLIED_COMMANDS`]): a command the owner applied but could not
+    /// reply to before a crash is answered from here when it is claimed
+    /// again, not applied twice.
+    pub commands: BTreeMap<String, AppliedCommand>,
+}
+
+/// How many applied operator-inbox command ids the journal remembers.
+pub(crate) const MAX_APPLIED_COMMANDS: usize = 1024;
+
+/// An operator-inbox command whose decision is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AppliedCommand {
+    /// The command id (inbox file name).
+    pub id: String,
+    /// What the decision changed.
+    pub what: String,
+    /// Who decided.
+    pub by: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// LSN of the operator record.
+    pub lsn: u64,
+}
+
+impl State {
+    /// Remembers an applied command, forgetting the oldest beyond the cap
+    /// (command ids begin with their submission time, so they sort by age).
+    pub(crate) fn remember_command(&mut self, c: AppliedCommand) {
+        self.commands.insert(c.id.clone(), c);
+        while self.commands.len() > MAX_APPLIED_COMMANDS {
+            self.commands.pop_first();
+        }
+    }
 }
 
 impl State {
@@ -697,7 +731,32 @@ impl State {
                 by,
                 reason,
                 at_ms,
+                command,
             } => {
+                if let Some(id) = command {
+                    let what = match action {
+                        OperatorAction::Resolve { seq, happened, .. } => format!(
+                            "unit {unit:?} step {seq}: resolved as {}",
+                            if *happened {
+                                "happened"
+                            } else {
+                                "not happened"
+                            }
+                        ),
+                        OperatorAction::Abort => format!("unit {unit:?}: abort recorded"),
+                        OperatorAction::Approve { name, approved } => format!(
+                            "unit {unit:?} approval {name:?}: {}",
+                            if *approved { "approved" } else { "rejected" }
+                        ),
+                    };
+                    self.remember_command(AppliedCommand {
+                        id: id.clone(),
+                        what,
+                        by: by.clone(),
+                        at_ms: *at_ms,
+                        lsn,
+                    });
+                }
                 let note = |what: String| OperatorNote {
                     what,
                     by: by.clone(),

@@ -143,10 +143,23 @@ pub enum Probe<T> {
 type ProbeFn<'p, T> =
     Box<dyn FnOnce(&EffectCtx) -> std::result::Result<Probe<T>, String> + Send + 'p>;
 
+/// An async reconcile probe ([`Effect::reconcile_async`]).
+type AsyncProbeFn<'p, T> = Box<
+    dyn FnOnce(
+            EffectCtx,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = std::result::Result<Probe<T>, String>> + Send + 'p,
+            >,
+        > + Send
+        + 'p,
+>;
+
 enum Policy<'p, T> {
     RetrySameKey,
     NeverRepeat,
     Reconcile(ProbeFn<'p, T>),
+    ReconcileAsync(AsyncProbeFn<'p, T>),
 }
 
 impl<T> Policy<'_, T> {
@@ -154,7 +167,7 @@ impl<T> Policy<'_, T> {
         match self {
             Policy::RetrySameKey => PolicyKind::RetrySameKey,
             Policy::NeverRepeat => PolicyKind::NeverRepeat,
-            Policy::Reconcile(_) => PolicyKind::Reconcile,
+            Policy::Reconcile(_) | Policy::ReconcileAsync(_) => PolicyKind::Reconcile,
         }
     }
 }
@@ -246,6 +259,24 @@ impl<'p, T> Effect<'p, T> {
         )
     }
 
+    /// [`Effect::reconcile`] with an async probe (a network lookup, say):
+    /// only [`Unit::run_async`] accepts it, and awaits it on the executor
+    /// like the effect itself. [`Unit::run`] refuses it with
+    /// [`Error::InvalidCall`] before anything is written.
+    pub fn reconcile_async<E, P, Fut>(name: impl Into<String>, probe: P) -> Self
+    where
+        E: Display,
+        P: FnOnce(EffectCtx) -> Fut + Send + 'p,
+        Fut: std::future::Future<Output = std::result::Result<Probe<T>, E>> + Send + 'p,
+    {
+        Self::with_policy(
+            name,
+            Policy::ReconcileAsync(Box::new(move |ctx| {
+                Box::pin(async move { probe(ctx).await.map_err(|e| e.to_string()) })
+            })),
+        )
+    }
+
     fn with_policy(name: impl Into<String>, policy: Policy<'p, T>) -> Self {
         Effect {
             name: name.into(),
@@ -324,6 +355,47 @@ enum Prep {
     /// earlier, or appended now because the key is in doubt in another
     /// unit) and must be durable before anything runs.
     InDoubt(EffectCtx, u64, KeyGuard, Resume),
+}
+
+/// What a step does ([`Unit::plan`]), for both [`Unit::run`] and
+/// [`Unit::run_async`].
+enum Plan<'p, T> {
+    /// Nothing runs: write these records (buffered; none for a replay)
+    /// and return the recorded outcome.
+    Replay(Vec<JournalRecord>, Outcome),
+    /// Wait until this LSN is durable (if any), then act.
+    Act(Option<u64>, Act<'p, T>),
+}
+
+/// The action after the durability wait.
+enum Act<'p, T> {
+    /// Stop with this error (a `never_repeat` effect in doubt).
+    Refuse(Error),
+    /// Ask the reconcile probe (the policy), then [`Unit::after_probe`].
+    Probe(Policy<'p, T>, Start),
+    /// Run the effect.
+    Run(Start),
+}
+
+/// What a reconcile probe's answer leads to.
+enum Probed<T> {
+    /// It happened: write this outcome record (buffered) and return the
+    /// value; the key stays held until it is written.
+    Record(JournalRecord, Result<T>, KeyGuard),
+    /// It did not: run the effect again.
+    Run(Start),
+}
+
+/// An effect about to run: its context, how its outcome is recorded, the
+/// key held against other live units, its retry round, and for a re-run
+/// the time before which it must not start (a durable attempt-start record
+/// is written first).
+struct Start {
+    ctx: EffectCtx,
+    via: OutcomeVia,
+    held: KeyGuard,
+    round: Round,
+    rerun_at: Option<u64>,
 }
 
 /// Where the attempts of an in-doubt effect stand.
@@ -633,16 +705,17 @@ impl Unit {
     /// is appended *here*, under the same state lock as the key-index
     /// lookup: otherwise two units could both find a key unknown and both
     /// run it. The returned LSN must be made durable before the effect runs.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
-        &self,
+        j: &Journal,
+        id: &str,
+        seq: u32,
         name: &str,
         key: Option<&str>,
         policy: PolicyKind,
         compensable: bool,
     ) -> Result<Prep> {
-        let seq = self.next_seq;
-        let id = self.id();
-        let mut st = self.j().inner.state.lock();
+        let mut st = j.inner.state.lock();
         let u = st
             .units
             .get(id)
@@ -668,7 +741,7 @@ impl Unit {
         };
         let (was, now) = {
             let recorded = u.code.as_ref().map(|c| c.0.clone());
-            let current = self.j().inner.code.lock().as_ref().map(|c| c.0.clone());
+            let current = j.inner.code.lock().as_ref().map(|c| c.0.clone());
             if recorded != current {
                 (
                     format!(
@@ -763,7 +836,7 @@ impl Unit {
                         };
                         let mut c = ctx(&key, Attempt::Retry);
                         c.number = e.retries + 1;
-                        let held = self.hold_key(&key, name, seq)?;
+                        let held = Self::hold_key(j, id, &key, name, seq)?;
                         Prep::InDoubt(c, intent_lsn, held, resume)
                     }
                 },
@@ -812,8 +885,8 @@ impl Unit {
             Some(None) => {
                 // Refused before anything is written while a live unit of
                 // this process is executing it.
-                let held = self.hold_key(&key, name, seq)?;
-                let lsn = self.j().append_locked(&mut st, id, &[intent])?;
+                let held = Self::hold_key(j, id, &key, name, seq)?;
+                let lsn = j.append_locked(&mut st, id, &[intent])?;
                 let resume = Resume {
                     rerun: false,
                     not_before_ms: 0,
@@ -823,8 +896,8 @@ impl Unit {
                 Prep::InDoubt(ctx(&key, Attempt::Retry), lsn, held, resume)
             }
             None => {
-                let held = self.hold_key(&key, name, seq)?;
-                let lsn = self.j().append_locked(&mut st, id, &[intent])?;
+                let held = Self::hold_key(j, id, &key, name, seq)?;
+                let lsn = j.append_locked(&mut st, id, &[intent])?;
                 Prep::Fresh(ctx(&key, Attempt::First), lsn, held)
             }
         })
@@ -833,20 +906,20 @@ impl Unit {
     /// Marks `key` as executed by this unit (called with the state lock
     /// held, so the check and the intent are one step), or
     /// [`Error::KeyBusy`] when another live unit of this process holds it.
-    fn hold_key(&self, key: &str, name: &str, seq: u32) -> Result<KeyGuard> {
-        let mut running = self.j().inner.running.lock();
+    fn hold_key(j: &Journal, id: &str, key: &str, name: &str, seq: u32) -> Result<KeyGuard> {
+        let mut running = j.inner.running.lock();
         if let Some(holder) = running.get(key) {
             return Err(Error::KeyBusy {
-                unit: self.id().to_string(),
+                unit: id.to_string(),
                 step: seq,
                 effect: name.to_string(),
                 key: key.to_string(),
                 holder: holder.clone(),
             });
         }
-        running.insert(key.to_string(), self.id().to_string());
+        running.insert(key.to_string(), id.to_string());
         Ok(KeyGuard {
-            journal: self.j().clone(),
+            journal: j.clone(),
             key: key.to_string(),
         })
     }
@@ -1031,134 +1104,81 @@ impl Unit {
             compensable,
             retry,
         } = effect;
+        if matches!(policy, Policy::ReconcileAsync(_)) {
+            return Err(Error::InvalidCall {
+                unit: self.id().to_string(),
+                reason: format!("effect {name:?} has an async reconcile probe: use run_async"),
+            });
+        }
         let seq = self.next_seq;
         let kind = policy.kind();
         // So that an operator's result for this effect is checked against T.
         self.j().register_type(&name, check_round_trip::<T>);
-        let prep = self.prepare(&name, key.as_deref(), kind, compensable)?;
+        let prep = Self::prepare(
+            self.j(),
+            self.id(),
+            seq,
+            &name,
+            key.as_deref(),
+            kind,
+            compensable,
+        )?;
         let j = self.j().clone();
         let id = self.id().to_string();
         let fallback = key.clone().unwrap_or_else(|| default_key(&id, &name, seq));
         let span = self.effect_span(seq, &name, kind, Self::prep_key(&prep, &fallback));
         let _in_span = span.enter();
-        let (mut ctx, via, _held, mut round, rerun_at) = match prep {
-            Prep::Recorded(o) => {
-                self.next_seq += 1;
-                crate::observe::effect("replayed");
-                return self.decode(seq, &name, o);
+        let mut start = match self.plan(prep, policy) {
+            Plan::Replay(records, o) => {
+                if !records.is_empty() {
+                    j.append(&id, &records, Durability::Buffered)?;
+                }
+                return self.replayed(seq, &name, o);
             }
-            Prep::Reuse(ctx, intent, o) => {
-                // The key settled earlier: nothing runs; record the reuse so
-                // this unit replays on its own.
-                j.append(
-                    &id,
-                    &Self::reuse_records(&ctx, intent, &o),
-                    Durability::Buffered,
-                )?;
-                self.next_seq += 1;
-                return self.decode(seq, &name, o);
-            }
-            Prep::Settled(ctx, o) => {
-                j.append(
-                    &id,
-                    &[Self::key_index_outcome(&ctx, &o)],
-                    Durability::Buffered,
-                )?;
-                self.next_seq += 1;
-                return self.decode(seq, &name, o);
-            }
-            Prep::Fresh(ctx, lsn, held) => {
-                // Syncs the intent only when the policy needs it (see
-                // `intent_before_run`).
-                self.intent_before_run(policy.kind(), lsn)?;
-                let round = Round {
-                    base: 0,
-                    deadline_ms: None,
-                };
-                (ctx, OutcomeVia::Run, held, round, None)
-            }
-            Prep::InDoubt(ctx, intent_lsn, held, resume) => {
-                // Returns at once for a durable intent; fails (poisoned)
-                // for one whose sync failed, so `f` never runs without it.
-                j.inner.log.wait_durable(intent_lsn)?;
-                let round = Round {
-                    base: resume.round_base,
-                    deadline_ms: resume.deadline_ms,
-                };
-                if resume.rerun {
-                    Self::in_doubt_decision(
-                        &ctx,
-                        "retry policy: the interrupted attempt runs again with the same key",
-                    );
-                    (
-                        ctx,
-                        OutcomeVia::Retry,
-                        held,
-                        round,
-                        Some(resume.not_before_ms),
-                    )
-                } else {
-                    match policy {
-                        Policy::NeverRepeat => {
-                            Self::in_doubt_decision(
-                                &ctx,
-                                "never_repeat: not run again, waiting for an operator",
-                            );
-                            return Err(self.in_doubt_error(&ctx));
+            Plan::Act(wait, act) => {
+                if let Some(lsn) = wait {
+                    j.inner.log.wait_durable(lsn)?;
+                }
+                match act {
+                    Act::Refuse(e) => return Err(e),
+                    Act::Run(start) => start,
+                    Act::Probe(policy, start) => {
+                        let answer = match policy {
+                            Policy::Reconcile(probe) => probe(&start.ctx),
+                            _ => unreachable!("refused above: only a sync probe gets here"),
+                        };
+                        match self.after_probe(start, answer)? {
+                            Probed::Run(start) => start,
+                            Probed::Record(rec, ret, _held) => {
+                                j.append(&id, &[rec], Durability::Buffered)?;
+                                return self.recorded(ret, OutcomeVia::Reconcile);
+                            }
                         }
-                        Policy::RetrySameKey => {
-                            Self::in_doubt_decision(
-                                &ctx,
-                                "retry_same_key: running it again with the same key",
-                            );
-                            (ctx, OutcomeVia::Retry, held, round, Some(0))
-                        }
-                        Policy::Reconcile(probe) => match probe(&ctx) {
-                            Ok(Probe::Happened(v)) => {
-                                Self::in_doubt_decision(
-                                    &ctx,
-                                    "reconcile: the probe says it happened; its answer is recorded",
-                                );
-                                self.next_seq += 1;
-                                return self.finish(
-                                    &ctx,
-                                    Ok::<T, String>(v),
-                                    OutcomeVia::Reconcile,
-                                );
-                            }
-                            Ok(Probe::NotHappened) => {
-                                Self::in_doubt_decision(
-                                    &ctx,
-                                    "reconcile: the probe says it did not happen; running it again with the same key",
-                                );
-                                (ctx, OutcomeVia::Retry, held, round, Some(0))
-                            }
-                            Err(message) => {
-                                return Err(Error::ReconcileFailed {
-                                    unit: ctx.unit.clone(),
-                                    step: ctx.seq,
-                                    effect: ctx.name.clone(),
-                                    message,
-                                })
-                            }
-                        },
                     }
                 }
             }
         };
-        if let Some(not_before) = rerun_at {
+        if let Some(not_before) = start.rerun_at {
             // A re-run is one more attempt: counted durably before it runs.
-            let wait = not_before.saturating_sub(now_ms());
-            if wait > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(wait));
+            let wait = Self::until(not_before);
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
             }
-            ctx.number += 1;
-            j.append(&id, &[Self::started_record(&ctx)], Durability::Durable)?;
+            start.ctx.number += 1;
+            j.append(
+                &id,
+                &[Self::started_record(&start.ctx)],
+                Durability::Durable,
+            )?;
         }
-        if round.deadline_ms.is_none() {
-            round.deadline_ms = retry.deadline.map(|d| now_ms() + d.as_millis() as u64);
-        }
-        self.next_seq += 1;
+        self.start_round(&mut start.round, &retry);
+        let Start {
+            mut ctx,
+            via,
+            held: _held,
+            mut round,
+            ..
+        } = start;
         loop {
             let err = match f(&ctx) {
                 Ok(v) => return self.finish(&ctx, Ok::<T, String>(v), via),
@@ -1185,12 +1205,7 @@ impl Unit {
                     wait,
                     started,
                 } => {
-                    tracing::info!(
-                        target: "agentwal::unit",
-                        attempt = ctx.number,
-                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        "transient failure: retrying with the same key"
-                    );
+                    Self::retrying(&ctx, wait);
                     // Durable before the backoff: a crash while waiting
                     // neither forgets nor repeats the failed attempt.
                     j.append(&id, &[failed], Durability::Durable)?;
@@ -1201,6 +1216,145 @@ impl Unit {
                 }
             }
         }
+    }
+
+    /// The one decision of [`Unit::run`] and [`Unit::run_async`]: what the
+    /// prepared step does under its policy. The shells only differ in how
+    /// they write, wait, probe and sleep.
+    fn plan<'p, T>(&self, prep: Prep, policy: Policy<'p, T>) -> Plan<'p, T> {
+        match prep {
+            Prep::Recorded(o) => {
+                crate::observe::effect("replayed");
+                Plan::Replay(Vec::new(), o)
+            }
+            // The key settled earlier: nothing runs; record the reuse so
+            // this unit replays on its own.
+            Prep::Reuse(ctx, intent, o) => Plan::Replay(Self::reuse_records(&ctx, intent, &o), o),
+            Prep::Settled(ctx, o) => Plan::Replay(vec![Self::key_index_outcome(&ctx, &o)], o),
+            // Syncs the intent only when the policy needs it
+            // ([`intent_needs_sync`]): the sync that makes a crash during
+            // the effect visible as "in doubt" instead of "never started".
+            Prep::Fresh(ctx, lsn, held) => Plan::Act(
+                intent_needs_sync(policy.kind()).then_some(lsn),
+                Act::Run(Start {
+                    ctx,
+                    via: OutcomeVia::Run,
+                    held,
+                    round: Round {
+                        base: 0,
+                        deadline_ms: None,
+                    },
+                    rerun_at: None,
+                }),
+            ),
+            // The intent must be durable before anything is decided: the
+            // wait returns at once for a durable intent and fails
+            // (poisoned) for one whose sync failed, so nothing runs
+            // without it.
+            Prep::InDoubt(ctx, intent_lsn, held, resume) => {
+                let start = |ctx, rerun_at| Start {
+                    ctx,
+                    via: OutcomeVia::Retry,
+                    held,
+                    round: Round {
+                        base: resume.round_base,
+                        deadline_ms: resume.deadline_ms,
+                    },
+                    rerun_at: Some(rerun_at),
+                };
+                let act = if resume.rerun {
+                    Self::in_doubt_decision(
+                        &ctx,
+                        "retry policy: the interrupted attempt runs again with the same key",
+                    );
+                    Act::Run(start(ctx, resume.not_before_ms))
+                } else {
+                    match policy {
+                        Policy::NeverRepeat => {
+                            Self::in_doubt_decision(
+                                &ctx,
+                                "never_repeat: not run again, waiting for an operator",
+                            );
+                            Act::Refuse(self.in_doubt_error(&ctx))
+                        }
+                        Policy::RetrySameKey => {
+                            Self::in_doubt_decision(
+                                &ctx,
+                                "retry_same_key: running it again with the same key",
+                            );
+                            Act::Run(start(ctx, 0))
+                        }
+                        probe @ (Policy::Reconcile(_) | Policy::ReconcileAsync(_)) => {
+                            Act::Probe(probe, start(ctx, 0))
+                        }
+                    }
+                };
+                Plan::Act(Some(intent_lsn), act)
+            }
+        }
+    }
+
+    /// What a reconcile probe's answer means: record its result (it
+    /// happened), run the effect again with the same key, or stay in doubt.
+    fn after_probe<T: Serialize + DeserializeOwned>(
+        &mut self,
+        start: Start,
+        answer: std::result::Result<Probe<T>, String>,
+    ) -> Result<Probed<T>> {
+        let ctx = &start.ctx;
+        match answer {
+            Ok(Probe::Happened(v)) => {
+                Self::in_doubt_decision(
+                    ctx,
+                    "reconcile: the probe says it happened; its answer is recorded",
+                );
+                self.next_seq += 1;
+                let (rec, ret) = self.outcome_of(ctx, Ok::<T, String>(v), OutcomeVia::Reconcile);
+                Ok(Probed::Record(rec, ret, start.held))
+            }
+            Ok(Probe::NotHappened) => {
+                Self::in_doubt_decision(
+                    ctx,
+                    "reconcile: the probe says it did not happen; running it again with the same key",
+                );
+                Ok(Probed::Run(start))
+            }
+            Err(message) => Err(Error::ReconcileFailed {
+                unit: ctx.unit.clone(),
+                step: ctx.seq,
+                effect: ctx.name.clone(),
+                message,
+            }),
+        }
+    }
+
+    /// A step that runs nothing returns its recorded outcome.
+    fn replayed<T: DeserializeOwned>(&mut self, seq: u32, name: &str, o: Outcome) -> Result<T> {
+        self.next_seq += 1;
+        self.decode(seq, name, o)
+    }
+
+    /// The attempts' total deadline starts now (unless a resumed round
+    /// carries one), and the step is taken.
+    fn start_round(&mut self, round: &mut Round, retry: &RetryPolicy) {
+        if round.deadline_ms.is_none() {
+            round.deadline_ms = retry.deadline.map(|d| now_ms() + d.as_millis() as u64);
+        }
+        self.next_seq += 1;
+    }
+
+    /// How long until `not_before_ms` (zero when past).
+    fn until(not_before_ms: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(not_before_ms.saturating_sub(now_ms()))
+    }
+
+    fn retrying(ctx: &EffectCtx, wait: std::time::Duration) {
+        tracing::info!(
+            target: "agentwal::unit",
+            attempt = ctx.number,
+            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            "transient failure: retrying with the same key"
+        );
     }
 
     fn started_record(ctx: &EffectCtx) -> JournalRecord {
@@ -1298,17 +1452,6 @@ impl Unit {
         }
     }
 
-    /// Makes a fresh effect's intent (at `lsn`) durable before the effect
-    /// runs — if its policy needs it ([`intent_needs_sync`]).
-    fn intent_before_run(&self, policy: PolicyKind, lsn: u64) -> Result<()> {
-        if intent_needs_sync(policy) {
-            // The sync that makes a crash during the effect visible as
-            // "in doubt" instead of "never started".
-            self.j().inner.log.wait_durable(lsn)?;
-        }
-        Ok(())
-    }
-
     fn finish<T: Serialize + DeserializeOwned, E: Display>(
         &self,
         ctx: &EffectCtx,
@@ -1319,6 +1462,11 @@ impl Unit {
         // Buffered: the next intent's or the commit's sync makes it durable.
         // Until then a crash leaves the effect in doubt, handled by its policy.
         self.j().append(self.id(), &[rec], Durability::Buffered)?;
+        self.recorded(ret, via)
+    }
+
+    /// Metrics and trace of an outcome just recorded; returns it.
+    fn recorded<T>(&self, ret: Result<T>, via: OutcomeVia) -> Result<T> {
         crate::observe::effect(if ret.is_ok() { "ok" } else { "failed" });
         tracing::debug!(target: "agentwal::unit", ok = ret.is_ok(), via = ?via, "effect outcome recorded");
         ret
@@ -1365,16 +1513,28 @@ impl Unit {
     /// ([`Error::UnreplayedSteps`]: code that no longer knows a recorded
     /// effect must not commit over it; replay it or roll the unit back).
     pub fn commit(self) -> Result<u64> {
+        let lsn = self.commit_write()?;
+        self.j().inner.log.wait_durable(lsn)?;
+        self.committed(lsn);
+        self.j().maybe_auto_compact();
+        Ok(lsn)
+    }
+
+    /// The checks and the commit record, buffered (the caller waits for
+    /// its sync before reporting the commit).
+    fn commit_write(&self) -> Result<u64> {
         self.check_committable()?;
         let rec = JournalRecord::Commit {
             unit: self.id().to_string(),
             at_ms: now_ms(),
         };
-        let lsn = self.j().append(self.id(), &[rec], Durability::Durable)?;
+        self.j().append(self.id(), &[rec], Durability::Buffered)
+    }
+
+    /// Metrics and trace of a durable commit.
+    fn committed(&self, lsn: u64) {
         crate::observe::unit_ended("committed");
         tracing::debug!(target: "agentwal::unit", parent: &self.span, lsn, "unit committed");
-        self.j().maybe_auto_compact();
-        Ok(lsn)
     }
 
     /// Rolls the unit back: runs `compensate` for every compensable effect
@@ -1498,9 +1658,16 @@ impl Unit {
 
 #[cfg(feature = "tokio")]
 impl Unit {
-    /// Async [`Unit::run`]: `f` returns a future; every journal write runs on
-    /// tokio's blocking pool so no runtime worker waits for `fdatasync`.
-    /// A reconcile probe runs inline (keep it quick or make it non-blocking).
+    /// Async [`Unit::run`]: `f` returns a future. No file I/O runs on the
+    /// executor: the step's locked check and its buffered write (intent,
+    /// outcome, attempt records) run on tokio's blocking pool for the
+    /// microseconds they take, and every wait for an `fdatasync` is a
+    /// future on the log's writer thread ([`crate::log::Log::wait_durable_async`]),
+    /// holding no thread. The decision per policy is [`Unit::run`]'s, shared.
+    ///
+    /// A reconcile probe given with [`Effect::reconcile`] runs inline on
+    /// the executor (keep it quick); one given with
+    /// [`Effect::reconcile_async`] is awaited.
     pub async fn run_async<T, E, F, Fut>(&mut self, effect: Effect<'_, T>, mut f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
@@ -1519,132 +1686,64 @@ impl Unit {
         let kind = policy.kind();
         // So that an operator's result for this effect is checked against T.
         self.j().register_type(&name, check_round_trip::<T>);
-        let prep = self.prepare(&name, key.as_deref(), kind, compensable)?;
         let j = self.j().clone();
         let id = self.id().to_string();
-        let write = |recs: Vec<JournalRecord>, d: Durability| {
-            let (j, id) = (j.clone(), id.clone());
-            super::blocking(move || j.append(&id, &recs, d))
+        let prep = {
+            let (j, id, name, key) = (j.clone(), id.clone(), name.clone(), key.clone());
+            super::blocking(move || {
+                Self::prepare(&j, &id, seq, &name, key.as_deref(), kind, compensable)
+            })
+            .await?
         };
-        let wait_durable = |lsn: u64| {
-            let j = j.clone();
-            super::blocking(move || Ok(j.inner.log.wait_durable(lsn)?))
-        };
-        let (mut ctx, via, _held, mut round, rerun_at) = match prep {
-            Prep::Recorded(o) => {
-                self.next_seq += 1;
-                crate::observe::effect("replayed");
-                return self.decode(seq, &name, o);
-            }
-            Prep::Reuse(ctx, intent, o) => {
-                write(Self::reuse_records(&ctx, intent, &o), Durability::Buffered).await?;
-                self.next_seq += 1;
-                return self.decode(seq, &name, o);
-            }
-            Prep::Settled(ctx, o) => {
-                write(
-                    vec![Self::key_index_outcome(&ctx, &o)],
-                    Durability::Buffered,
-                )
-                .await?;
-                self.next_seq += 1;
-                return self.decode(seq, &name, o);
-            }
-            Prep::Fresh(ctx, lsn, held) => {
-                // Durable before the effect when the policy needs it (see
-                // `intent_before_run`); a retry-same-key intent rides on the
-                // next sync without a trip to the blocking pool.
-                if intent_needs_sync(policy.kind()) {
-                    wait_durable(lsn).await?;
+        let write = |recs: Vec<JournalRecord>, d: Durability| j.append_async(&id, recs, d);
+        let mut start = match self.plan(prep, policy) {
+            Plan::Replay(records, o) => {
+                if !records.is_empty() {
+                    write(records, Durability::Buffered).await?;
                 }
-                let round = Round {
-                    base: 0,
-                    deadline_ms: None,
-                };
-                (ctx, OutcomeVia::Run, held, round, None)
+                return self.replayed(seq, &name, o);
             }
-            Prep::InDoubt(ctx, intent_lsn, held, resume) => {
-                // See `run`: never run on a non-durable intent.
-                wait_durable(intent_lsn).await?;
-                let round = Round {
-                    base: resume.round_base,
-                    deadline_ms: resume.deadline_ms,
-                };
-                if resume.rerun {
-                    Self::in_doubt_decision(
-                        &ctx,
-                        "retry policy: the interrupted attempt runs again with the same key",
-                    );
-                    (
-                        ctx,
-                        OutcomeVia::Retry,
-                        held,
-                        round,
-                        Some(resume.not_before_ms),
-                    )
-                } else {
-                    match policy {
-                        Policy::NeverRepeat => {
-                            Self::in_doubt_decision(
-                                &ctx,
-                                "never_repeat: not run again, waiting for an operator",
-                            );
-                            return Err(self.in_doubt_error(&ctx));
-                        }
-                        Policy::RetrySameKey => {
-                            Self::in_doubt_decision(
-                                &ctx,
-                                "retry_same_key: running it again with the same key",
-                            );
-                            (ctx, OutcomeVia::Retry, held, round, Some(0))
-                        }
-                        Policy::Reconcile(probe) => match probe(&ctx) {
-                            Ok(Probe::Happened(v)) => {
-                                Self::in_doubt_decision(
-                                    &ctx,
-                                    "reconcile: the probe says it happened; its answer is recorded",
-                                );
-                                self.next_seq += 1;
-                                let (rec, ret) = self.outcome_of(
-                                    &ctx,
-                                    Ok::<T, String>(v),
-                                    OutcomeVia::Reconcile,
-                                );
+            Plan::Act(wait, act) => {
+                if let Some(lsn) = wait {
+                    j.wait_durable_async(lsn).await?;
+                }
+                match act {
+                    Act::Refuse(e) => return Err(e),
+                    Act::Run(start) => start,
+                    Act::Probe(policy, start) => {
+                        let answer = match policy {
+                            Policy::Reconcile(probe) => probe(&start.ctx),
+                            Policy::ReconcileAsync(probe) => probe(start.ctx.clone()).await,
+                            _ => unreachable!("plan probes only a reconcile policy"),
+                        };
+                        match self.after_probe(start, answer)? {
+                            Probed::Run(start) => start,
+                            Probed::Record(rec, ret, _held) => {
                                 write(vec![rec], Durability::Buffered).await?;
-                                return ret;
+                                return self.recorded(ret, OutcomeVia::Reconcile);
                             }
-                            Ok(Probe::NotHappened) => {
-                                Self::in_doubt_decision(
-                                    &ctx,
-                                    "reconcile: the probe says it did not happen; running it again with the same key",
-                                );
-                                (ctx, OutcomeVia::Retry, held, round, Some(0))
-                            }
-                            Err(message) => {
-                                return Err(Error::ReconcileFailed {
-                                    unit: ctx.unit.clone(),
-                                    step: ctx.seq,
-                                    effect: ctx.name.clone(),
-                                    message,
-                                })
-                            }
-                        },
+                        }
                     }
                 }
             }
         };
-        if let Some(not_before) = rerun_at {
-            let wait = not_before.saturating_sub(now_ms());
-            if wait > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        if let Some(not_before) = start.rerun_at {
+            // A re-run is one more attempt: counted durably before it runs.
+            let wait = Self::until(not_before);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
-            ctx.number += 1;
-            write(vec![Self::started_record(&ctx)], Durability::Durable).await?;
+            start.ctx.number += 1;
+            write(vec![Self::started_record(&start.ctx)], Durability::Durable).await?;
         }
-        if round.deadline_ms.is_none() {
-            round.deadline_ms = retry.deadline.map(|d| now_ms() + d.as_millis() as u64);
-        }
-        self.next_seq += 1;
+        self.start_round(&mut start.round, &retry);
+        let Start {
+            mut ctx,
+            via,
+            held: _held,
+            mut round,
+            ..
+        } = start;
         let span = self.effect_span(seq, &name, kind, ctx.key());
         loop {
             let attempt = tracing::Instrument::instrument(f(ctx.clone()), span.clone());
@@ -1659,23 +1758,14 @@ impl Unit {
                 None => attempt.await.map_err(|e| (classify(&e), e.to_string())),
             };
             let ((class, after), message) = match r {
-                Ok(v) => {
-                    let (rec, ret) = self.outcome_of(&ctx, Ok::<T, String>(v), via);
-                    // Buffered (see `finish`).
-                    write(vec![rec], Durability::Buffered).await?;
-                    crate::observe::effect("ok");
-                    tracing::debug!(target: "agentwal::unit", parent: &span, ok = true, via = ?via, "effect outcome recorded");
-                    return ret;
-                }
+                Ok(v) => return self.finish_async(&ctx, Ok::<T, String>(v), via).await,
                 Err(e) => e,
             };
             match self.after_failure(&ctx, kind, &retry, &mut round, class, after, message) {
                 Next::Record(message) => {
-                    let (rec, ret) = self.outcome_of(&ctx, Err::<T, String>(message), via);
-                    write(vec![rec], Durability::Buffered).await?;
-                    crate::observe::effect("failed");
-                    tracing::debug!(target: "agentwal::unit", parent: &span, ok = false, via = ?via, "effect outcome recorded");
-                    return ret;
+                    return self
+                        .finish_async(&ctx, Err::<T, String>(message), via)
+                        .await
                 }
                 Next::Stop(e) => return Err(e),
                 Next::GiveUp(rec, e) => {
@@ -1687,12 +1777,7 @@ impl Unit {
                     wait,
                     started,
                 } => {
-                    tracing::info!(
-                        target: "agentwal::unit",
-                        attempt = ctx.number,
-                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        "transient failure: retrying with the same key"
-                    );
+                    Self::retrying(&ctx, wait);
                     write(vec![failed], Durability::Durable).await?;
                     tokio::time::sleep(wait).await;
                     write(vec![started], Durability::Durable).await?;
@@ -1702,15 +1787,42 @@ impl Unit {
             }
         }
     }
-    /// Async [`Unit::checkpoint`].
-    pub async fn checkpoint_async<S: Serialize + ?Sized>(&mut self, state: &S) -> Result<u64> {
-        let rec = self.checkpoint_record(state)?;
-        let (j, id) = (self.j().clone(), self.id().to_string());
-        super::blocking(move || j.append(&id, &[rec], Durability::Durable)).await
+
+    /// Async [`Unit::finish`]: the outcome record, buffered.
+    async fn finish_async<T: Serialize + DeserializeOwned>(
+        &self,
+        ctx: &EffectCtx,
+        r: std::result::Result<T, String>,
+        via: OutcomeVia,
+    ) -> Result<T> {
+        let (rec, ret) = self.outcome_of(ctx, r, via);
+        self.j()
+            .append_async(self.id(), vec![rec], Durability::Buffered)
+            .await?;
+        self.recorded(ret, via)
     }
 
-    /// Async [`Unit::commit`].
+    /// Async [`Unit::checkpoint`]: the write on the blocking pool, the
+    /// sync awaited without a thread.
+    pub async fn checkpoint_async<S: Serialize + ?Sized>(&mut self, state: &S) -> Result<u64> {
+        let rec = self.checkpoint_record(state)?;
+        self.j()
+            .append_async(self.id(), vec![rec], Durability::Durable)
+            .await
+    }
+
+    /// Async [`Unit::commit`]: the checks and the buffered commit record on
+    /// the blocking pool, the `fdatasync` awaited without a thread, an
+    /// automatic compaction (when due) on the blocking pool again.
     pub async fn commit_async(self) -> Result<u64> {
-        super::blocking(move || self.commit()).await
+        let (unit, lsn) = super::blocking(move || {
+            let lsn = self.commit_write()?;
+            Ok((self, lsn))
+        })
+        .await?;
+        unit.j().wait_durable_async(lsn).await?;
+        unit.committed(lsn);
+        unit.j().upkeep_async().await;
+        Ok(lsn)
     }
 }

@@ -17,7 +17,10 @@
 //! 4. the tool reads and removes `<id>.reply`.
 //!
 //! A crash of the owner between 2 and 3 leaves `<id>.applying`: the next
-//! open applies it again (callers make their commands idempotent by id).
+//! open claims it again. Callers make commands idempotent by id: the owner
+//! records the command id with the decision it writes, and a command whose
+//! id is already recorded is answered ("already applied", with what the
+//! first application changed) instead of being applied a second time.
 
 use std::fs;
 use std::io::{self, Write};
@@ -81,6 +84,43 @@ fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
         ));
     }
     fs::read(path)
+}
+
+/// A crash of the owner between applying a command and replying to it, for
+/// tests (feature `testing`): see [`fail_next_reply`].
+#[cfg(feature = "testing")]
+mod failpoint {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static ARMED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn arm(inbox_dir: &Path) {
+        ARMED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(inbox_dir.to_path_buf());
+    }
+
+    pub(super) fn take(inbox_dir: &Path) -> bool {
+        let mut armed = ARMED.lock().unwrap_or_else(|p| p.into_inner());
+        match armed.iter().position(|d| d == inbox_dir) {
+            Some(i) => {
+                armed.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Makes the next [`Inbox::reply`] of the inbox of `owned_dir` fail after
+/// the owner applied the command (its durable record written) and before
+/// the reply is written, leaving `<id>.applying` behind as an owner crash
+/// would (feature `testing`).
+#[cfg(feature = "testing")]
+pub fn fail_next_reply(owned_dir: impl AsRef<Path>) {
+    failpoint::arm(&owned_dir.as_ref().join(INBOX_DIR));
 }
 
 impl Inbox {
@@ -158,6 +198,12 @@ impl Inbox {
 
     /// Leaves the reply of a claimed command and removes the command (owner side).
     pub fn reply(&self, id: &str, reply: &[u8]) -> io::Result<()> {
+        #[cfg(feature = "testing")]
+        if failpoint::take(&self.dir) {
+            return Err(io::Error::other(
+                "injected crash between the durable record and the reply",
+            ));
+        }
         write_atomic(&self.dir, &format!("{id}.reply"), reply)?;
         match fs::remove_file(self.dir.join(format!("{id}.applying"))) {
             Ok(()) => {}

@@ -41,6 +41,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+#[cfg(feature = "tokio")]
+mod async_core;
+
 use super::error::{Error, Result};
 use super::reader::LogIter;
 use super::record::{
@@ -180,6 +183,11 @@ const GATHER_BACKOFF: u32 = 4;
 
 #[derive(Debug)]
 struct Inner {
+    /// The writer thread of the async calls (started at the first one;
+    /// see `async_core`). First field: dropped, and its thread joined,
+    /// before the directory lock is released.
+    #[cfg(feature = "tokio")]
+    core: std::sync::OnceLock<async_core::AsyncCore>,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
     opts: LogOptions,
@@ -340,6 +348,8 @@ impl Log {
             }
         };
         let inner = Inner {
+            #[cfg(feature = "tokio")]
+            core: std::sync::OnceLock::new(),
             storage,
             dir,
             opts,
@@ -758,26 +768,6 @@ impl Log {
             return self.check_poison();
         }
         self.sync().map(|_| ())
-    }
-}
-
-#[cfg(feature = "tokio")]
-impl Log {
-    /// Async durable append: runs on tokio's blocking pool so the runtime's
-    /// worker threads never wait for `fdatasync`.
-    pub async fn append_async(&self, kind: u8, payload: Vec<u8>) -> Result<Lsn> {
-        let log = self.clone();
-        tokio::task::spawn_blocking(move || log.append_with(kind, &payload, Durability::Durable))
-            .await
-            .map_err(|e| Error::io("append task", self.dir(), std::io::Error::other(e)))?
-    }
-
-    /// Async [`Log::sync`].
-    pub async fn sync_async(&self) -> Result<Lsn> {
-        let log = self.clone();
-        tokio::task::spawn_blocking(move || log.sync())
-            .await
-            .map_err(|e| Error::io("sync task", self.dir(), std::io::Error::other(e)))?
     }
 }
 

@@ -19,8 +19,9 @@ pub(crate) mod kind {
 
 /// Magic of a queue snapshot payload.
 pub(crate) const SNAPSHOT_MAGIC: &[u8; 4] = b"AGWQ";
-/// Version of the queue snapshot payload.
-pub(crate) const SNAPSHOT_VERSION: u32 = 1;
+/// Version of the queue snapshot payload written (2: with the applied
+/// operator-inbox commands after the items). Version 1 is still read.
+pub(crate) const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Default)]
 pub(crate) struct Enc(pub Vec<u8>);
@@ -172,18 +173,26 @@ pub(crate) fn encode_op(op: &Op) -> (u8, Vec<u8>) {
             attempt,
             by,
             at_ms,
-        } => {
-            e.u64(*id).u32(*attempt).u64(*at_ms).bytes(by.as_bytes());
-            kind::REDRIVE
+            command,
         }
-        Op::Purge {
+        | Op::Purge {
             id,
             attempt,
             by,
             at_ms,
+            command,
         } => {
             e.u64(*id).u32(*attempt).u64(*at_ms).bytes(by.as_bytes());
-            kind::PURGE
+            // Optional trailing command id (absent in earlier builds'
+            // records, and for direct library calls).
+            if let Some(c) = command {
+                e.bytes(c.as_bytes());
+            }
+            if matches!(op, Op::Redrive { .. }) {
+                kind::REDRIVE
+            } else {
+                kind::PURGE
+            }
         }
     };
     (kind, e.0)
@@ -223,18 +232,31 @@ pub(crate) fn decode_op(kind: u8, payload: &[u8]) -> DecResult<Op> {
             id: d.u64()?,
             attempt: d.u32()?,
         },
-        kind::REDRIVE => Op::Redrive {
-            id: d.u64()?,
-            attempt: d.u32()?,
-            at_ms: d.u64()?,
-            by: d.string()?,
-        },
-        kind::PURGE => Op::Purge {
-            id: d.u64()?,
-            attempt: d.u32()?,
-            at_ms: d.u64()?,
-            by: d.string()?,
-        },
+        kind::REDRIVE | kind::PURGE => {
+            let (id, attempt, at_ms, by) = (d.u64()?, d.u32()?, d.u64()?, d.string()?);
+            let command = if d.remaining() > 0 {
+                Some(d.string()?)
+            } else {
+                None
+            };
+            if kind == kind::REDRIVE {
+                Op::Redrive {
+                    id,
+                    attempt,
+                    by,
+                    at_ms,
+                    command,
+                }
+            } else {
+                Op::Purge {
+                    id,
+                    attempt,
+                    by,
+                    at_ms,
+                    command,
+                }
+            }
+        }
         k => return Err(format!("unknown queue record kind {k}")),
     };
     d.finish()?;
@@ -271,6 +293,17 @@ pub(crate) fn encode_snapshot(s: &QueueState) -> Vec<u8> {
             .opt_str(i.last_error.as_deref())
             .bytes(&i.payload);
     }
+    e.u64(s.commands.len() as u64);
+    for (id, c) in &s.commands {
+        e.bytes(id.as_bytes())
+            .u8(u8::from(c.redrive))
+            .u64(c.at_ms)
+            .bytes(c.by.as_bytes())
+            .u64(c.ids.len() as u64);
+        for item in &c.ids {
+            e.u64(*item);
+        }
+    }
     e.0
 }
 
@@ -281,9 +314,9 @@ pub(crate) fn decode_snapshot(b: &[u8], keep_acked: bool) -> DecResult<QueueStat
         return Err("not a work-queue snapshot (bad magic)".into());
     }
     let v = d.u32()?;
-    if v != SNAPSHOT_VERSION {
+    if !(1..=SNAPSHOT_VERSION).contains(&v) {
         return Err(format!(
-            "queue snapshot version {v}, this build reads {SNAPSHOT_VERSION}"
+            "queue snapshot version {v}, this build reads 1 to {SNAPSHOT_VERSION}"
         ));
     }
     let mut s = QueueState::new(keep_acked);
@@ -317,6 +350,31 @@ pub(crate) fn decode_snapshot(b: &[u8], keep_acked: bool) -> DecResult<QueueStat
             return Err(format!("item {id} at or beyond next id {}", s.next_id));
         }
         s.insert(item).map_err(|e| format!("snapshot: {e}"))?;
+    }
+    if v >= 2 {
+        let n = d.u64()?;
+        // Each command needs at least 29 bytes: bound the count first.
+        if n > (d.remaining() / 29) as u64 {
+            return Err(format!(
+                "command count {n} exceeds what the snapshot can hold"
+            ));
+        }
+        for _ in 0..n {
+            let id = d.string()?;
+            let redrive = d.u8()? != 0;
+            let at_ms = d.u64()?;
+            let by = d.string()?;
+            let k = d.u64()?;
+            if k > (d.remaining() / 8) as u64 {
+                return Err(format!(
+                    "command {id:?} lists more items than the snapshot holds"
+                ));
+            }
+            for _ in 0..k {
+                let item = d.u64()?;
+                s.remember_command(&id, redrive, item, &by, at_ms);
+            }
+        }
     }
     d.finish()?;
     Ok(s)
@@ -358,12 +416,14 @@ mod tests {
                 attempt: 3,
                 by: "ops".into(),
                 at_ms: 9,
+                command: None,
             },
             Op::Purge {
                 id: 7,
                 attempt: 0,
                 by: "ops".into(),
                 at_ms: 10,
+                command: None,
             },
         ];
         for op in ops {
@@ -377,6 +437,23 @@ mod tests {
             assert!(decode_op(k, &longer).is_err());
         }
         assert!(decode_op(99, &[]).is_err());
+    }
+
+    #[test]
+    fn operator_command_ids_round_trip_in_records_and_snapshots() {
+        let op = Op::Purge {
+            id: 7,
+            attempt: 3,
+            by: "ops".into(),
+            at_ms: 9,
+            command: Some("000001764662400000-42-0".into()),
+        };
+        let (k, p) = encode_op(&op);
+        assert_eq!(decode_op(k, &p).unwrap(), op);
+        let mut s = QueueState::new(false);
+        s.remember_command("000001764662400000-42-0", false, 7, "ops", 9);
+        let back = decode_snapshot(&encode_snapshot(&s), false).unwrap();
+        assert_eq!(back.commands, s.commands);
     }
 
     #[test]

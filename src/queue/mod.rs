@@ -708,17 +708,25 @@ impl WorkQueue {
     /// ([`Error::InvalidArgument`]) and nothing is written. Returns the ids
     /// moved.
     pub fn redrive(&self, ids: &[u64], by: &str) -> Result<Vec<u64>, Error> {
-        self.operate(ids, by, true)
+        self.operate(ids, by, true, None)
     }
 
     /// Drops dead letters for good (their payloads leave memory and, at the
     /// next compaction, the disk), recorded durably with `by` and the time.
     /// `ids` empty: every dead letter. Returns the ids dropped.
     pub fn purge_dead(&self, ids: &[u64], by: &str) -> Result<Vec<u64>, Error> {
-        self.operate(ids, by, false)
+        self.operate(ids, by, false, None)
     }
 
-    fn operate(&self, ids: &[u64], by: &str, redrive: bool) -> Result<Vec<u64>, Error> {
+    /// Redrives or purges, recording the operator-inbox command id
+    /// `command` (if any) with every record.
+    fn operate(
+        &self,
+        ids: &[u64],
+        by: &str,
+        redrive: bool,
+        command: Option<&str>,
+    ) -> Result<Vec<u64>, Error> {
         let by = cut(by, MAX_WORKER_LEN);
         let at_ms = self.now();
         let (lsn, done) = {
@@ -758,6 +766,7 @@ impl WorkQueue {
                         attempt: *attempt,
                         by: by.clone(),
                         at_ms,
+                        command: command.map(str::to_string),
                     }
                 } else {
                     Op::Purge {
@@ -765,6 +774,7 @@ impl WorkQueue {
                         attempt: *attempt,
                         by: by.clone(),
                         at_ms,
+                        command: command.map(str::to_string),
                     }
                 };
                 last = Some(self.write_locked(&mut sh, op)?);
@@ -789,11 +799,29 @@ impl WorkQueue {
         let claimed = inbox.claim_all().map_err(io)?;
         let n = claimed.len();
         for c in claimed {
+            let already = self.inner.shared.lock().state.commands.get(&c.id).cloned();
             let reply = match serde_json::from_slice::<QueueCommand>(&c.body) {
+                // Recorded before the owner crashed without replying: answer
+                // with what the first application changed.
+                Ok(_) if already.is_some() => {
+                    let done = already.unwrap_or_else(|| unreachable!());
+                    QueueReply {
+                        ok: true,
+                        message: format!(
+                            "already applied (command {} by {:?}, before the owner restarted): {} {} dead letter(s)",
+                            c.id,
+                            done.by,
+                            if done.redrive { "redrove" } else { "purged" },
+                            done.ids.len()
+                        ),
+                        ids: done.ids,
+                    }
+                }
                 Ok(cmd) => {
+                    let id = Some(c.id.as_str());
                     let r = match cmd.command.as_str() {
-                        "redrive" => self.redrive(&cmd.ids, &cmd.by),
-                        "purge_dead" => self.purge_dead(&cmd.ids, &cmd.by),
+                        "redrive" => self.operate(&cmd.ids, &cmd.by, true, id),
+                        "purge_dead" => self.operate(&cmd.ids, &cmd.by, false, id),
                         other => Err(Error::InvalidArgument(format!(
                             "unknown queue command {other:?}"
                         ))),

@@ -71,11 +71,13 @@ pub(crate) enum Op {
         attempt: u32,
     },
     /// An operator moved a dead letter back to pending (fresh attempts).
+    /// `command`: the operator-inbox command id that carried it, if any.
     Redrive {
         id: u64,
         attempt: u32,
         by: String,
         at_ms: u64,
+        command: Option<String>,
     },
     /// An operator dropped a dead letter.
     Purge {
@@ -83,6 +85,7 @@ pub(crate) enum Op {
         attempt: u32,
         by: String,
         at_ms: u64,
+        command: Option<String>,
     },
 }
 
@@ -115,6 +118,26 @@ pub(crate) struct QueueState {
     pub dead: usize,
     /// Keep acked items (without payload) instead of forgetting them.
     keep_acked: bool,
+    /// Operator-inbox commands applied, by command id (the newest
+    /// [`MAX_APPLIED_COMMANDS`]): a command the owner applied but could not
+    /// reply to before a crash is answered from here, not applied twice.
+    pub commands: BTreeMap<String, AppliedCommand>,
+}
+
+/// How many applied operator-inbox command ids the queue remembers.
+pub(crate) const MAX_APPLIED_COMMANDS: usize = 1024;
+
+/// What one applied operator-inbox command changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AppliedCommand {
+    /// Redrive (true) or purge.
+    pub redrive: bool,
+    /// The dead letters it moved or dropped.
+    pub ids: Vec<u64>,
+    /// Who decided.
+    pub by: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
 }
 
 impl QueueState {
@@ -130,6 +153,28 @@ impl QueueState {
             in_flight: 0,
             dead: 0,
             keep_acked,
+            commands: BTreeMap::new(),
+        }
+    }
+
+    /// Remembers that command `id` changed item `item` (one record per
+    /// item), forgetting the oldest commands beyond the cap (command ids
+    /// begin with their submission time, so they sort by age).
+    pub fn remember_command(&mut self, id: &str, redrive: bool, item: u64, by: &str, at_ms: u64) {
+        let c = self
+            .commands
+            .entry(id.to_string())
+            .or_insert_with(|| AppliedCommand {
+                redrive,
+                ids: Vec::new(),
+                by: by.to_string(),
+                at_ms,
+            });
+        if !c.ids.contains(&item) {
+            c.ids.push(item);
+        }
+        while self.commands.len() > MAX_APPLIED_COMMANDS {
+            self.commands.pop_first();
         }
     }
 
@@ -257,6 +302,22 @@ impl QueueState {
             | Op::Purge { id, .. } => *id,
             Op::Enqueue { .. } => unreachable!("handled above"),
         };
+        if let Op::Redrive {
+            command: Some(c),
+            by,
+            at_ms,
+            ..
+        }
+        | Op::Purge {
+            command: Some(c),
+            by,
+            at_ms,
+            ..
+        } = &op
+        {
+            let redrive = matches!(op, Op::Redrive { .. });
+            self.remember_command(c, redrive, id, by, *at_ms);
+        }
         let mut item = self.items.remove(&id).expect("checked above");
         self.unindex(&item);
         match op {

@@ -1,4 +1,5 @@
-//! Shared by the tests that run the demo agent (`examples/batch_agent.rs`)
+//! Shared by the tests that run the example agents (`examples/batch_agent.rs`,
+//! `examples/parallel_tools.rs`)
 //! as a child process. Each test binary uses a part of it.
 #![allow(dead_code)]
 

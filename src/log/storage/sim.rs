@@ -180,6 +180,8 @@ struct State {
     syncs: u64,
     capacity: Option<u64>,
     sync_delay: Option<std::time::Duration>,
+    /// The gate file syncs wait at while it is closed ([`SimStorage::stall_syncs`]).
+    stall: Arc<SyncGate>,
     /// When set, `read_at` returns a random, shorter (never empty) prefix.
     short_reads: Option<SimRng>,
 }
@@ -236,6 +238,49 @@ impl State {
             .iter()
             .map(|i| self.inodes[i].live.len() as u64)
             .sum()
+    }
+}
+
+/// The "stall until released" knob of [`SimStorage::stall_syncs`]: while
+/// `closed`, every file sync waits on `open` (without the simulator's lock,
+/// so reads and writes go on), and `waiting` counts the syncs held.
+#[derive(Debug, Default)]
+struct SyncGate {
+    state: Mutex<GateState>,
+    open: parking_lot::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    waiting: usize,
+    /// Bumped by every release: a sync waits only while the gate is closed
+    /// *and* no release happened since it arrived.
+    releases: u64,
+}
+
+impl SyncGate {
+    fn pass(&self) {
+        let mut g = self.state.lock();
+        if !g.closed {
+            return;
+        }
+        let arrived = g.releases;
+        g.waiting += 1;
+        while g.closed && g.releases == arrived {
+            self.open.wait(&mut g);
+        }
+        // Only a release ends the wait, and it already uncounted us.
+    }
+
+    fn release(&self, keep_closed: bool) {
+        let mut g = self.state.lock();
+        g.closed = keep_closed;
+        g.releases += 1;
+        // The syncs held now are no longer stalled, even before they wake,
+        // so a test can tell them from the next one.
+        g.waiting = 0;
+        self.open.notify_all();
     }
 }
 
@@ -322,6 +367,36 @@ impl SimStorage {
     /// commit: writers that arrive during a sync share the next one.
     pub fn set_sync_delay(&self, delay: Option<std::time::Duration>) {
         self.state.lock().sync_delay = delay;
+    }
+
+    /// With `true`, every file sync (`sync_data`/`sync_all`) from now on
+    /// blocks until `stall_syncs(false)` releases it, like a disk that
+    /// stopped answering; writes and reads go on. Tests use it to show that
+    /// an async caller waiting for durability holds no executor thread.
+    /// [`SimStorage::stalled_syncs`] says how many syncs are held.
+    pub fn stall_syncs(&self, stalled: bool) {
+        let gate = self.state.lock().stall.clone();
+        if stalled {
+            gate.state.lock().closed = true;
+        } else {
+            gate.release(false);
+        }
+    }
+
+    /// Lets the syncs held right now by [`SimStorage::stall_syncs`] go on,
+    /// and keeps stalling the ones that come later (one step at a time).
+    /// [`SimStorage::stalled_syncs`] drops to 0 at once: a sync counted
+    /// after this call is a new one.
+    pub fn release_stalled_syncs(&self) {
+        let gate = self.state.lock().stall.clone();
+        gate.release(true);
+    }
+
+    /// Number of file syncs blocked right now by [`SimStorage::stall_syncs`].
+    pub fn stalled_syncs(&self) -> usize {
+        let gate = self.state.lock().stall.clone();
+        let n = gate.state.lock().waiting;
+        n
     }
 
     /// With `Some(seed)`, every `read_at` returns a random shorter (never
@@ -612,10 +687,14 @@ impl StorageFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let delay = self.state.lock().sync_delay;
+        let (delay, gate) = {
+            let s = self.state.lock();
+            (s.sync_delay, s.stall.clone())
+        };
         if let Some(d) = delay {
             std::thread::sleep(d);
         }
+        gate.pass();
         let mut s = self.state.lock();
         if let Err(e) = s.mutate(FaultOp::Sync) {
             if e.raw_os_error().is_some() {

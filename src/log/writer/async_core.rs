@@ -1,0 +1,508 @@
+//! The async core of a [`Log`]: one dedicated writer thread per log, and
+//! futures that complete when their LSN is durable.
+//!
+//! # What runs where
+//!
+//! * **The executor thread** (the task calling [`Log::append_async`],
+//!   [`Log::sync_async`] or [`Log::wait_durable_async`]) only checks the
+//!   arguments (payload size, an LSN already durable), sends a request
+//!   through a channel and awaits a `tokio::sync::oneshot`. It never takes
+//!   the writer mutex, never writes, never syncs: a stalled disk stalls the
+//!   future, not the executor.
+//! * **The writer thread** (`agentwal-log-writer`, started at the first
+//!   async call) takes every request queued, encodes all the appends into
+//!   one buffer and writes it with one `pwrite` (through the same
+//!   `write_locked` as [`Log::append_batch`], so rotation and LSN order are
+//!   the sync path's), then waits for one sync covering the highest LSN any
+//!   request needs through [`Log::wait_durable`]: it takes part in the same
+//!   group commit as threads calling [`Log::append`] (it may lead the sync
+//!   or ride on another caller's). Then it completes each future with its
+//!   LSN, or with the error: the failing call's error for the first
+//!   request, [`Error::Poisoned`] for the others, exactly what the sync
+//!   callers of one failed group see. While it syncs, new requests queue
+//!   up and form the next group, so thousands of tasks share one
+//!   `fdatasync` without holding a thread each.
+//! * **Gathering**: when the previous group had several requests and fewer
+//!   are queued now, the thread waits for the others (at most as long as
+//!   the last sync took, capped at `MAX_GATHER`), as `wait_durable`'s
+//!   leader does for threads; a timeout turns this off for a few groups.
+//!   Without it, tasks released together split into a small group that
+//!   syncs at once and a large one that waits a whole sync.
+//!
+//! # Lifetime
+//!
+//! The thread holds only a weak reference to the log between groups, so
+//! dropping the last [`Log`] handle closes the channel; the handle's drop
+//! joins the thread (a few microseconds: it is idle, or it would hold a
+//! strong reference). The thread drops its strong reference *before*
+//! completing a group's futures, so a task that saw its append complete and
+//! dropped its handle can reopen the directory at once. Requests of
+//! cancelled futures that were already queued are still written (as a sync
+//! caller's write that returned an error on a later sync would be).
+
+use std::ops::RangeInclusive;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{Inner, Log, GATHER_BACKOFF, MAX_GATHER};
+use crate::log::error::{Error, Result};
+use crate::log::record::Lsn;
+
+/// One request to the writer thread.
+pub(super) enum Req {
+    /// Append these records as one batch, durably; complete with their LSNs.
+    Append {
+        records: Vec<(u8, Vec<u8>)>,
+        done: oneshot::Sender<Result<RangeInclusive<Lsn>>>,
+    },
+    /// Complete when a sync covers `lsn` (`None`: everything written when
+    /// the request is served, as [`Log::sync`]); with the durable LSN.
+    Durable {
+        lsn: Option<Lsn>,
+        done: oneshot::Sender<Result<Lsn>>,
+    },
+}
+
+/// The writer thread's handle, owned by the log's shared state.
+#[derive(Debug)]
+pub(super) struct AsyncCore {
+    tx: Option<Sender<Req>>,
+    thread: Option<JoinHandle<()>>,
+    #[cfg(feature = "testing")]
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Req {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Req::Append { records, .. } => write!(f, "Append({} records)", records.len()),
+            Req::Durable { lsn, .. } => write!(f, "Durable({lsn:?})"),
+        }
+    }
+}
+
+impl AsyncCore {
+    /// Starts the writer thread for the log behind `inner`.
+    pub(super) fn start(inner: Weak<Inner>) -> std::io::Result<AsyncCore> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        #[cfg(feature = "testing")]
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        #[cfg(feature = "testing")]
+        let flag = alive.clone();
+        let thread = std::thread::Builder::new()
+            .name("agentwal-log-writer".into())
+            .spawn(move || {
+                serve_loop(inner, rx);
+                #[cfg(feature = "testing")]
+                flag.store(false, std::sync::atomic::Ordering::Release);
+            })?;
+        Ok(AsyncCore {
+            tx: Some(tx),
+            thread: Some(thread),
+            #[cfg(feature = "testing")]
+            alive,
+        })
+    }
+
+    /// Queues a request; `false` when the thread is gone (it exits only
+    /// once every handle is dropped, so a live caller never sees that).
+    pub(super) fn send(&self, req: Req) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(req).is_ok())
+    }
+
+    /// A flag that turns false when the thread has exited (tests).
+    #[cfg(feature = "testing")]
+    pub(super) fn alive(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.alive.clone()
+    }
+}
+
+impl Drop for AsyncCore {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop.
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            // The last strong reference may be the thread's own (it was
+            // serving a group when the last handle went away): it exits by
+            // itself right after; joining itself would deadlock.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// How many requests the next group should wait for, and how long.
+#[derive(Default)]
+struct Gather {
+    last_group: usize,
+    last_sync: Duration,
+    backoff: u32,
+}
+
+fn serve_loop(inner: Weak<Inner>, rx: Receiver<Req>) {
+    let mut gather = Gather::default();
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        drain(&rx, &mut group);
+        if gather.backoff > 0 {
+            gather.backoff -= 1;
+        } else if gather.last_group > 1 && group.len() < gather.last_group {
+            let deadline = Instant::now() + gather.last_sync.min(MAX_GATHER);
+            while group.len() < gather.last_group {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(r) => {
+                        group.push(r);
+                        drain(&rx, &mut group);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        gather.backoff = GATHER_BACKOFF;
+                        break;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+        gather.last_group = group.len();
+        let Some(inner) = inner.upgrade() else {
+            // Every handle is gone: nobody can await these any more.
+            return;
+        };
+        let log = Log { inner };
+        let started = Instant::now();
+        let done = log.serve(group);
+        gather.last_sync = started.elapsed();
+        // Released before the futures complete (see the module docs).
+        drop(log);
+        for d in done {
+            d.complete();
+        }
+    }
+}
+
+fn drain(rx: &Receiver<Req>, group: &mut Vec<Req>) {
+    loop {
+        match rx.try_recv() {
+            Ok(r) => group.push(r),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+        }
+    }
+}
+
+/// A request's answer, sent once the thread let go of the log.
+enum Done {
+    Append(
+        oneshot::Sender<Result<RangeInclusive<Lsn>>>,
+        Result<RangeInclusive<Lsn>>,
+    ),
+    Durable(oneshot::Sender<Result<Lsn>>, Result<Lsn>),
+}
+
+impl Done {
+    fn complete(self) {
+        // A dropped receiver is a cancelled future: nothing to tell.
+        match self {
+            Done::Append(tx, r) => drop(tx.send(r)),
+            Done::Durable(tx, r) => drop(tx.send(r)),
+        }
+    }
+}
+
+/// Where a request stands inside one group.
+enum Slot {
+    Append(
+        oneshot::Sender<Result<RangeInclusive<Lsn>>>,
+        RangeInclusive<Lsn>,
+    ),
+    Durable(oneshot::Sender<Result<Lsn>>),
+    /// Answered without the sync (refused, or nothing to wait for).
+    Failed(Done),
+}
+
+impl Slot {
+    fn into_failed(self) -> Done {
+        match self {
+            Slot::Failed(d) => d,
+            // Only called when every slot was answered already.
+            Slot::Append(tx, _) => Done::Append(tx, Err(poisoned_fallback())),
+            Slot::Durable(tx) => Done::Durable(tx, Err(poisoned_fallback())),
+        }
+    }
+}
+
+fn poisoned_fallback() -> Error {
+    Error::Poisoned {
+        cause: "an earlier request of the same group failed".into(),
+    }
+}
+
+/// A request waiting for the group's write and sync.
+enum Pending {
+    /// An append of this many records.
+    Append(oneshot::Sender<Result<RangeInclusive<Lsn>>>, u64),
+    /// A durability wait (`None`: everything written).
+    Durable(oneshot::Sender<Result<Lsn>>, Option<Lsn>),
+}
+
+impl Log {
+    /// Serves one group: one write for every append, one (shared) sync
+    /// for every request, then the answers.
+    fn serve(&self, group: Vec<Req>) -> Vec<Done> {
+        // A poisoned log writes nothing; its durability requests still get
+        // the sync path's answers (already durable, out of range, poisoned).
+        let poisoned = self.check_poison().is_err();
+        let mut records: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut slots = Vec::with_capacity(group.len());
+        let mut pending = Vec::with_capacity(group.len());
+        for r in group {
+            match r {
+                Req::Append { done, .. } if poisoned => {
+                    slots.push(Slot::Failed(Done::Append(done, Err(self.poisoned_error()))));
+                }
+                Req::Durable { lsn: None, done } if poisoned => {
+                    slots.push(Slot::Failed(Done::Durable(
+                        done,
+                        Err(self.poisoned_error()),
+                    )));
+                }
+                Req::Append {
+                    records: recs,
+                    done,
+                } => {
+                    pending.push(Pending::Append(done, recs.len() as u64));
+                    records.extend(recs);
+                }
+                Req::Durable { lsn, done } => pending.push(Pending::Durable(done, lsn)),
+            }
+        }
+        let mut first = 0;
+        if !records.is_empty() {
+            let borrowed: Vec<(u8, &[u8])> =
+                records.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+            let written = {
+                let mut w = self.inner.writer.lock();
+                self.write_locked(&mut w, &borrowed)
+            };
+            match written {
+                Ok(range) => {
+                    crate::observe::appended(
+                        records.len(),
+                        records.iter().map(|(_, p)| p.len() as u64).sum(),
+                    );
+                    first = *range.start();
+                }
+                Err(e) => {
+                    // As `append_batch`: the failed write poisons the log;
+                    // its error goes to the first request, `Poisoned` to
+                    // the others.
+                    self.poison(&e);
+                    let mut err = Some(e);
+                    for p in pending {
+                        let e = err.take().unwrap_or_else(|| self.poisoned_error());
+                        slots.push(Slot::Failed(match p {
+                            Pending::Append(done, _) => Done::Append(done, Err(e)),
+                            Pending::Durable(done, _) => Done::Durable(done, Err(e)),
+                        }));
+                    }
+                    return slots.into_iter().map(Slot::into_failed).collect();
+                }
+            }
+        }
+        let (next, durable) = (self.next_lsn(), self.durable_lsn());
+        let mut target = 0;
+        for p in pending {
+            match p {
+                Pending::Append(done, n) => {
+                    let range = first..=first + n - 1;
+                    first += n;
+                    target = target.max(*range.end());
+                    slots.push(Slot::Append(done, range));
+                }
+                Pending::Durable(done, None) => {
+                    target = target.max(next - 1);
+                    slots.push(Slot::Durable(done));
+                }
+                Pending::Durable(done, Some(lsn)) => {
+                    if lsn <= durable {
+                        slots.push(Slot::Failed(Done::Durable(done, Ok(durable))));
+                    } else if lsn >= next {
+                        // The sync path's answer: no sync can ever cover it.
+                        let e = Error::LsnOutOfRange {
+                            lsn,
+                            first: self.snapshot_lsn() + 1,
+                            last: next - 1,
+                        };
+                        slots.push(Slot::Failed(Done::Durable(done, Err(e))));
+                    } else {
+                        target = target.max(lsn);
+                        slots.push(Slot::Durable(done));
+                    }
+                }
+            }
+        }
+        let mut err = if target > 0 {
+            self.wait_durable(target).err()
+        } else {
+            None
+        };
+        let durable = self.durable_lsn();
+        slots
+            .into_iter()
+            .map(|s| match s {
+                Slot::Failed(d) => d,
+                Slot::Append(tx, range) => match self.outcome(&mut err) {
+                    Ok(()) => Done::Append(tx, Ok(range)),
+                    Err(e) => Done::Append(tx, Err(e)),
+                },
+                Slot::Durable(tx) => match self.outcome(&mut err) {
+                    Ok(()) => Done::Durable(tx, Ok(durable)),
+                    Err(e) => Done::Durable(tx, Err(e)),
+                },
+            })
+            .collect()
+    }
+
+    /// The group's result for one more request: the failure itself for
+    /// the first, then `Poisoned` (as a sync caller after it would see).
+    fn outcome(&self, err: &mut Option<Error>) -> Result<()> {
+        match err.take() {
+            Some(e) => Err(e),
+            None if self
+                .inner
+                .poisoned
+                .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                self.check_poison()
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn poisoned_error(&self) -> Error {
+        self.check_poison().err().unwrap_or_else(poisoned_fallback)
+    }
+
+    /// The writer thread, started at the first async call.
+    fn core(&self) -> Result<&AsyncCore> {
+        if let Some(c) = self.inner.core.get() {
+            return Ok(c);
+        }
+        let mut err = None;
+        let c =
+            self.inner
+                .core
+                .get_or_init(|| match AsyncCore::start(Arc::downgrade(&self.inner)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        err = Some(e);
+                        AsyncCore {
+                            tx: None,
+                            thread: None,
+                            #[cfg(feature = "testing")]
+                            alive: Arc::default(),
+                        }
+                    }
+                });
+        match err {
+            Some(e) => Err(Error::io("start writer thread", self.dir(), e)),
+            None => Ok(c),
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Req,
+        what: &'static str,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            Error::io(
+                what,
+                self.dir(),
+                std::io::Error::other("the log's writer thread is gone"),
+            )
+        };
+        if !self.core()?.send(make(tx)) {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Async durable append of one record of `kind`; returns its LSN once a
+    /// sync covers it.
+    ///
+    /// No file I/O runs on the calling task's thread: the record goes to
+    /// the log's writer thread, which writes everything queued as one batch
+    /// and shares one `fdatasync` with every other async and sync caller
+    /// (group commit). Same errors as [`Log::append`]: `RecordTooLarge`
+    /// before anything is written, `Io` for the failing write or sync,
+    /// `Poisoned` after one. Dropping the future does not withdraw a record
+    /// that was already sent to the writer thread.
+    pub async fn append_async(&self, kind: u8, payload: Vec<u8>) -> Result<Lsn> {
+        Ok(*self.append_batch_async(vec![(kind, payload)]).await?.end())
+    }
+
+    /// Async durable [`Log::append_batch`]: the records get consecutive
+    /// LSNs (one write with everything else queued) and the future
+    /// completes once one sync covers them all.
+    pub async fn append_batch_async(
+        &self,
+        records: Vec<(u8, Vec<u8>)>,
+    ) -> Result<RangeInclusive<Lsn>> {
+        if records.is_empty() {
+            return Err(Error::InvalidOptions("empty batch".into()));
+        }
+        let limit = self.inner.opts.max_record_bytes;
+        if let Some((_, p)) = records.iter().find(|(_, p)| p.len() as u64 > limit) {
+            return Err(Error::RecordTooLarge {
+                size: p.len() as u64,
+                limit,
+            });
+        }
+        self.check_poison()?;
+        self.ask(|done| Req::Append { records, done }, "append")
+            .await
+    }
+
+    /// Async [`Log::sync`]: everything written so far is durable when it
+    /// completes (with the durable LSN). The sync runs on the writer thread
+    /// (or in another caller's group commit), never on the executor.
+    pub async fn sync_async(&self) -> Result<Lsn> {
+        // A poisoned log refuses every call, even when nothing is pending.
+        self.check_poison()?;
+        self.ask(|done| Req::Durable { lsn: None, done }, "sync")
+            .await
+    }
+
+    /// Async [`Log::wait_durable`]: completes when a sync covers `lsn`,
+    /// without holding a thread while it waits. An LSN never written is
+    /// [`Error::LsnOutOfRange`], as in the sync call.
+    pub async fn wait_durable_async(&self, lsn: Lsn) -> Result<()> {
+        if self.durable_lsn() >= lsn {
+            return Ok(());
+        }
+        self.ask(
+            |done| Req::Durable {
+                lsn: Some(lsn),
+                done,
+            },
+            "wait for durability",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether this log's writer thread is still running: the flag turns
+    /// false when it exits (tests check that closing leaks no thread).
+    /// `None` before the first async call started it.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn writer_thread_alive(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        self.inner.core.get().map(AsyncCore::alive)
+    }
+}

@@ -9,54 +9,29 @@ use agentwal::journal::{
     KeyStatus, Outcome, OutcomeVia, PolicyKind, Probe, Retention, UnitState,
 };
 use agentwal::log::storage::sim::CrashMode;
-use agentwal::log::{Durability, Log, LogOptions, SimStorage};
+use agentwal::log::SimStorage;
 use serde_json::json;
 
-const DIR: &str = "/j";
+mod journal_support;
+
+use journal_support::{begin_rec, intent_rec, write_records, DIR};
 
 fn opts() -> JournalOptions {
-    JournalOptions {
-        log: LogOptions {
-            segment_size: 64 << 10,
-            max_record_bytes: 16 << 10,
-            ..LogOptions::default()
-        },
-        max_payload_bytes: 4 << 10,
-        retention: Retention::unlimited(),
-        auto_compact: Default::default(),
-        ..JournalOptions::default()
-    }
+    journal_support::opts(Retention::unlimited())
 }
 
 fn open(storage: &SimStorage) -> Journal {
-    Journal::open_with(Arc::new(storage.clone()), DIR, opts()).unwrap()
+    journal_support::open_sim(storage, opts())
 }
 
 /// A journal holding unit "u" whose step 0 (`send`, key `k0`) is in doubt
 /// under `policy`, written record by record.
 fn in_doubt(policy: PolicyKind) -> SimStorage {
     let storage = SimStorage::new();
-    let log = Log::open_with(Arc::new(storage.clone()), DIR, opts().log).unwrap();
-    for r in [
-        JournalRecord::UnitBegin {
-            unit: "u".into(),
-            kind: "t".into(),
-            payload: json!(null),
-            at_ms: 0,
-        },
-        JournalRecord::EffectIntent {
-            unit: "u".into(),
-            seq: 0,
-            name: "send".into(),
-            key: "k0".into(),
-            policy,
-            compensable: false,
-        },
-    ] {
-        log.append_with(r.kind(), &r.encode(), Durability::Durable)
-            .unwrap();
-    }
-    log.close().unwrap();
+    write_records(
+        &storage,
+        &[begin_rec("u"), intent_rec("u", 0, "send", "k0", policy)],
+    );
     storage
 }
 

@@ -3,63 +3,26 @@
 //! a resumed step, keys held by live units, and results that must replay.
 
 use std::cell::Cell;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 
 use agentwal::journal::{
     default_key, Effect, EffectStatus, Error, Journal, JournalOptions, JournalRecord, Outcome,
     OutcomeVia, PolicyKind, Retention, UnitState,
 };
 use agentwal::log::storage::sim::CrashMode;
-use agentwal::log::{Durability, Log, LogOptions, SimStorage};
+use agentwal::log::SimStorage;
 use serde_json::json;
 
-const DIR: &str = "/sem";
+mod journal_support;
+
+use journal_support::{begin_rec, intent_rec, write_records};
 
 fn opts() -> JournalOptions {
-    JournalOptions {
-        log: LogOptions {
-            segment_size: 64 << 10,
-            max_record_bytes: 16 << 10,
-            ..LogOptions::default()
-        },
-        max_payload_bytes: 4 << 10,
-        retention: Retention::default(),
-        auto_compact: Default::default(),
-        ..JournalOptions::default()
-    }
+    journal_support::opts(Retention::default())
 }
 
 fn open(storage: &SimStorage) -> Journal {
-    Journal::open_with(Arc::new(storage.clone()), DIR, opts()).unwrap()
-}
-
-fn write_records(storage: &SimStorage, recs: &[JournalRecord]) {
-    let log = Log::open_with(Arc::new(storage.clone()), DIR, opts().log).unwrap();
-    for r in recs {
-        log.append_with(r.kind(), &r.encode(), Durability::Durable)
-            .unwrap();
-    }
-    log.close().unwrap();
-}
-
-fn begin_rec(unit: &str) -> JournalRecord {
-    JournalRecord::UnitBegin {
-        unit: unit.into(),
-        kind: "t".into(),
-        payload: json!(null),
-        at_ms: 0,
-    }
-}
-
-fn intent_rec(unit: &str, seq: u32, name: &str, key: &str, policy: PolicyKind) -> JournalRecord {
-    JournalRecord::EffectIntent {
-        unit: unit.into(),
-        seq,
-        name: name.into(),
-        key: key.into(),
-        policy,
-        compensable: false,
-    }
+    journal_support::open_sim(storage, opts())
 }
 
 // ---- finding: default keys are injective; a key belongs to one effect ----

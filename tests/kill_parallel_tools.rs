@@ -10,9 +10,9 @@
 mod agent_support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use agent_support::{example, kill_at_random, resends, sink_by_key, Rng};
+use agent_support::{example, kill_at_random, quiet_agent, resends, sink_by_key, Rng};
 use agentwal::journal::{JournalView, UnitState};
 
 /// Enough work (about 40 ms a task) that six kills of at most 450 ms land.
@@ -20,15 +20,12 @@ const TASKS: u32 = 150;
 const TOOLS: [&str; 3] = ["search", "weather", "calendar"];
 
 fn command(bin: &Path, journal: &Path, sink: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.arg("--journal")
-        .arg(journal)
-        .arg("--sink")
-        .arg(sink)
-        .args(["--tasks", &TASKS.to_string(), "--work-ms", "15"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
+    quiet_agent(
+        bin,
+        journal,
+        sink,
+        &["--tasks", &TASKS.to_string(), "--work-ms", "15"],
+    )
 }
 
 #[test]

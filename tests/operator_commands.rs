@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_support::{inspect, json, text};
+use agent_support::{dead_letters, inspect, json, text};
 use agentwal::journal::{
     Approval, Effect, EffectStatus, Error, Journal, JournalOptions, Resolution, UnitState,
 };
@@ -412,25 +412,6 @@ fn sigkill_while_waiting_for_approval_then_approve_then_rerun_refunds_once() {
     assert_eq!(sink.lines().collect::<Vec<_>>(), ["refund-7/refund/0"]);
     let j = Journal::open(&jdir, JournalOptions::small()).unwrap();
     assert_eq!(j.unit_state("refund-7"), Some(UnitState::Committed));
-}
-
-fn dead_letters(dir: &Path, n: usize) -> Vec<u64> {
-    let q = WorkQueue::open(
-        dir,
-        QueueOptions {
-            max_attempts: 1,
-            ..QueueOptions::default()
-        },
-    )
-    .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(q.enqueue(format!("job {i}").as_bytes()).unwrap());
-        let c = q.claim("w").unwrap().unwrap();
-        q.nack(&c, Duration::ZERO, "boom").unwrap();
-    }
-    assert_eq!(q.stats().dead_lettered, n as u64);
-    ids
 }
 
 #[test]

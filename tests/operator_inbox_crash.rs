@@ -5,10 +5,15 @@
 //! approve, queue redrive and queue purge. The crash between the record and
 //! the reply is injected with `log::inbox::fail_next_reply` (feature
 //! `testing`).
+// The shared test support names the `wal-inspect` binary (feature `cli`).
+#![cfg(feature = "cli")]
+
+mod agent_support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use agent_support::dead_letters;
 use agentwal::journal::{
     Approval, Effect, Error, Journal, JournalOptions, JournalRecord, OperatorCommand,
     OperatorReply, OperatorRequest, Resolution, StepError, UnitState,
@@ -169,27 +174,6 @@ fn an_applied_command_is_remembered_across_compaction() {
         reply.ok && reply.message.contains("already applied"),
         "{reply:?}"
     );
-}
-
-fn dead_letters(dir: &Path, n: usize) -> Vec<u64> {
-    let q = WorkQueue::open(
-        dir,
-        QueueOptions {
-            max_attempts: 1,
-            ..QueueOptions::default()
-        },
-    )
-    .unwrap();
-    let ids = (0..n)
-        .map(|i| {
-            let id = q.enqueue(format!("job {i}").as_bytes()).unwrap();
-            let c = q.claim("w").unwrap().unwrap();
-            q.nack(&c, Duration::ZERO, "boom").unwrap();
-            id
-        })
-        .collect();
-    assert_eq!(q.stats().dead_lettered, n as u64);
-    ids
 }
 
 fn queue_command(command: &str, ids: Vec<u64>) -> (tempfile::TempDir, QueueReply) {

@@ -194,6 +194,45 @@ impl KeyEntry {
     }
 }
 
+/// The key index entry of `key`, created in doubt (for `unit`'s effect
+/// `effect`) when the key is unknown. A settled key stays settled (the
+/// first settlement wins); an unknown key is in doubt until its outcome.
+fn key_entry<'k>(
+    keys: &'k mut HashMap<String, Arc<KeyEntry>>,
+    key: &str,
+    unit: &str,
+    effect: &str,
+) -> &'k mut Arc<KeyEntry> {
+    keys.entry(key.to_string()).or_insert_with(|| {
+        Arc::new(KeyEntry {
+            key: key.to_string(),
+            unit: unit.to_string(),
+            effect: effect.to_string(),
+            status: KeyStatus::InDoubt,
+            settled_lsn: None,
+            outcome: None,
+            at_ms: 0,
+        })
+    })
+}
+
+/// Of `entries` (order, id, time in ms), the ids beyond a retention: the
+/// oldest in `order` beyond `max`, and every one settled before `min_at`.
+fn beyond_retention(
+    mut entries: Vec<(u64, &str, u64)>,
+    max: Option<usize>,
+    min_at: Option<u64>,
+) -> Vec<String> {
+    entries.sort_unstable();
+    let excess = max.map_or(0, |m| entries.len().saturating_sub(m));
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, _, at_ms))| *i < excess || min_at.is_some_and(|m| *at_ms < m))
+        .map(|(_, (_, id, _))| id.to_string())
+        .collect()
+}
+
 /// An outcome as JSON text.
 pub(crate) fn raw_outcome(o: &Outcome) -> Box<RawValue> {
     // An outcome holds a JSON value (finite numbers, string keys): it
@@ -532,19 +571,7 @@ impl State {
                     not_happened: None,
                     resolved_by: None,
                 });
-                // A settled key stays settled (first settlement wins); an
-                // unknown key becomes in doubt until its outcome arrives.
-                self.keys.entry(key.clone()).or_insert_with(|| {
-                    Arc::new(KeyEntry {
-                        key: key.clone(),
-                        unit: unit.clone(),
-                        effect: name.clone(),
-                        status: KeyStatus::InDoubt,
-                        settled_lsn: None,
-                        outcome: None,
-                        at_ms: 0,
-                    })
-                });
+                key_entry(&mut self.keys, key, unit, name);
             }
             JournalRecord::EffectOutcome {
                 unit,
@@ -567,17 +594,7 @@ impl State {
                 }
                 e.outcome = Some((outcome.clone(), *via, lsn));
                 let name = e.name.clone();
-                let entry = self.keys.entry(key.clone()).or_insert_with(|| {
-                    Arc::new(KeyEntry {
-                        key: key.clone(),
-                        unit: unit.clone(),
-                        effect: name.clone(),
-                        status: KeyStatus::InDoubt,
-                        settled_lsn: None,
-                        outcome: None,
-                        at_ms: 0,
-                    })
-                });
+                let entry = key_entry(&mut self.keys, key, unit, &name);
                 if entry.status == KeyStatus::InDoubt {
                     *entry = Arc::new(KeyEntry {
                         key: key.clone(),
@@ -875,7 +892,7 @@ impl State {
             .flat_map(|u| u.effects.iter().map(|e| e.key.as_str()))
             .collect();
         // Keys, oldest settlement first (references: no copy of the index).
-        let mut settled: Vec<(u64, &str)> = self
+        let settled: Vec<(u64, &str, u64)> = self
             .keys
             .values()
             .filter(|k| {
@@ -883,21 +900,9 @@ impl State {
                     && !live.contains(k.unit.as_str())
                     && !live_keys.contains(k.key.as_str())
             })
-            .map(|k| (k.settled_lsn.unwrap_or(0), k.key.as_str()))
+            .map(|k| (k.settled_lsn.unwrap_or(0), k.key.as_str(), k.at_ms))
             .collect();
-        settled.sort_unstable();
-        let excess = retention
-            .max_keys
-            .map_or(0, |m| settled.len().saturating_sub(m));
-        let drop_keys: Vec<String> = settled
-            .iter()
-            .enumerate()
-            .filter(|(i, (_, key))| {
-                *i < excess || min_at.is_some_and(|m| self.keys[*key].at_ms < m)
-            })
-            .map(|(_, (_, key))| key.to_string())
-            .collect();
-        drop(settled);
+        let drop_keys = beyond_retention(settled, retention.max_keys, min_at);
         drop(live);
         drop(live_keys);
         self.forgotten.keys += drop_keys.len() as u64;
@@ -905,21 +910,12 @@ impl State {
             self.keys.remove(&k);
         }
         // Finished unit ids, oldest end first.
-        let mut fin: Vec<(u64, &str)> =
-            self.finished.iter().map(|(id, f)| (f.lsn, &**id)).collect();
-        fin.sort_unstable();
-        let excess = retention
-            .max_keys
-            .map_or(0, |m| fin.len().saturating_sub(m));
-        let drop_units: Vec<String> = fin
+        let fin: Vec<(u64, &str, u64)> = self
+            .finished
             .iter()
-            .enumerate()
-            .filter(|(i, (_, id))| {
-                *i < excess || min_at.is_some_and(|m| self.finished[*id].at_ms < m)
-            })
-            .map(|(_, (_, id))| id.to_string())
+            .map(|(id, f)| (f.lsn, &**id, f.at_ms))
             .collect();
-        drop(fin);
+        let drop_units = beyond_retention(fin, retention.max_keys, min_at);
         // Their hashes are remembered for as long again, so that `begin`
         // on such an id is explained instead of starting the unit anew.
         let cap = retention.max_keys.unwrap_or(1 << 20);

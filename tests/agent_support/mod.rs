@@ -85,6 +85,44 @@ pub fn agent(bin: &Path, journal: &Path, sink: &Path, records: u32, work_ms: u64
     c
 }
 
+/// `bin --journal JOURNAL --sink SINK ARGS...`, output discarded (the
+/// kill tests' runs).
+pub fn quiet_agent(bin: &Path, journal: &Path, sink: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("--journal")
+        .arg(journal)
+        .arg("--sink")
+        .arg(sink)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// A queue in `dir` (a journal directory) with `n` dead letters (each
+/// failed its one attempt); returns their ids.
+pub fn dead_letters(dir: &Path, n: usize) -> Vec<u64> {
+    use agentwal::queue::{QueueOptions, WorkQueue};
+    let q = WorkQueue::open(
+        dir,
+        QueueOptions {
+            max_attempts: 1,
+            ..QueueOptions::default()
+        },
+    )
+    .unwrap();
+    let ids = (0..n)
+        .map(|i| {
+            let id = q.enqueue(format!("job {i}").as_bytes()).unwrap();
+            let c = q.claim("w").unwrap().unwrap();
+            q.nack(&c, std::time::Duration::ZERO, "boom").unwrap();
+            id
+        })
+        .collect();
+    assert_eq!(q.stats().dead_lettered, n as u64);
+    ids
+}
+
 pub fn inspect(args: &[&str], journal: &Path) -> Output {
     let (cmd, rest) = args.split_first().unwrap();
     Command::new(wal_inspect())

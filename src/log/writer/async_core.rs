@@ -22,12 +22,14 @@
 //!   callers of one failed group see. While it syncs, new requests queue
 //!   up and form the next group, so thousands of tasks share one
 //!   `fdatasync` without holding a thread each.
-//! * **Gathering**: when the previous group had several requests and fewer
-//!   are queued now, the thread waits for the others (at most as long as
-//!   the last sync took, capped at `MAX_GATHER`), as `wait_durable`'s
-//!   leader does for threads; a timeout turns this off for a few groups.
-//!   Without it, tasks released together split into a small group that
-//!   syncs at once and a large one that waits a whole sync.
+//! * **Gathering**: the thread expects the next group to be the requests
+//!   it just served plus those that queued meanwhile (counted before it
+//!   completes any future). When fewer are queued, it waits for the others
+//!   (at most as long as the last group took, capped at `MAX_GATHER`), as
+//!   `wait_durable`'s leader does for threads; a timeout turns this off for
+//!   a few groups. Without it, tasks released together split into a small
+//!   group that syncs at once and a large one that waits a whole sync, and
+//!   stay split (each half looks complete).
 //!
 //! # Lifetime
 //!
@@ -139,21 +141,30 @@ impl Drop for AsyncCore {
 /// How many requests the next group should wait for, and how long.
 #[derive(Default)]
 struct Gather {
-    last_group: usize,
+    /// The requests the last group served plus those that queued while it
+    /// was served: the callers most likely to form the next group.
+    expected: usize,
     last_sync: Duration,
     backoff: u32,
 }
 
 fn serve_loop(inner: Weak<Inner>, rx: Receiver<Req>) {
     let mut gather = Gather::default();
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
+    let mut carry = Vec::new();
+    loop {
+        let mut group = std::mem::take(&mut carry);
+        if group.is_empty() {
+            match rx.recv() {
+                Ok(r) => group.push(r),
+                Err(_) => return,
+            }
+        }
         drain(&rx, &mut group);
         if gather.backoff > 0 {
             gather.backoff -= 1;
-        } else if gather.last_group > 1 && group.len() < gather.last_group {
+        } else if gather.expected > 1 && group.len() < gather.expected {
             let deadline = Instant::now() + gather.last_sync.min(MAX_GATHER);
-            while group.len() < gather.last_group {
+            while group.len() < gather.expected {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(left) {
                     Ok(r) => {
@@ -168,7 +179,7 @@ fn serve_loop(inner: Weak<Inner>, rx: Receiver<Req>) {
                 }
             }
         }
-        gather.last_group = group.len();
+        let served = group.len();
         let Some(inner) = inner.upgrade() else {
             // Every handle is gone: nobody can await these any more.
             return;
@@ -179,6 +190,12 @@ fn serve_loop(inner: Weak<Inner>, rx: Receiver<Req>) {
         gather.last_sync = started.elapsed();
         // Released before the futures complete (see the module docs).
         drop(log);
+        // Counted before anyone served here is told (and could queue
+        // again): with those, the next group to wait for. Counting only the
+        // group just served would let tasks split into two alternating
+        // half-groups that each look complete.
+        drain(&rx, &mut carry);
+        gather.expected = served + carry.len();
         for d in done {
             d.complete();
         }

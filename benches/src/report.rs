@@ -329,6 +329,10 @@ pub fn markdown(r: &Results) -> String {
         );
     }
 
+    if !r.rotation.is_empty() {
+        s.push_str(&crate::rotation::markdown(&r.rotation, r.quick));
+    }
+
     if !r.scaling.is_empty() {
         s.push_str(&crate::scaling::markdown(&r.scaling, r.quick));
     }

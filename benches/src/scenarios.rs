@@ -120,6 +120,8 @@ pub struct Results {
     pub compaction: Option<Compaction>,
     /// The `scaling` phase: one row per history size.
     pub scaling: Vec<crate::scaling::ScaleRow>,
+    /// The `rotation` phase: one row per mode.
+    pub rotation: Vec<crate::rotation::RotationRow>,
     /// Every round's throughput per cell.
     pub samples: Vec<(Cell, Vec<Throughput>)>,
 }
@@ -329,6 +331,9 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
             r.replay.push(row);
         }
         std::fs::remove_dir_all(&d)?;
+    }
+    if wants(opts, "rotation") {
+        r.rotation = crate::rotation::run(root, q)?;
     }
     if wants(opts, "scaling") {
         r.scaling = crate::scaling::run(root, q, child_json)?;

@@ -44,6 +44,7 @@ pub mod inbox;
 pub(crate) mod probe;
 mod reader;
 pub(crate) mod record;
+mod rotation;
 pub(crate) mod scan;
 pub(crate) mod segment;
 pub(crate) mod snapshot;

@@ -14,10 +14,13 @@
 //!    writers share one sync instead of alternating between two.
 //! 2. **Rotation**: the full segment is `fdatasync`ed *before* the next one is
 //!    created, so every sealed segment is entirely durable (recovery relies on
-//!    this: damage in a sealed segment is always corruption). The new segment
-//!    is written (header + zero fill), `fsync`ed and its directory entry
+//!    this: damage in a sealed segment is always corruption); the sync is
+//!    skipped when a completed group commit already covers every record in
+//!    it. The new segment's header is made durable and its directory entry
 //!    `fsync`ed *before* the first record goes into it, so a crash can never
-//!    leave acknowledged records in a file whose name is not durable.
+//!    leave acknowledged records in a file whose name is not durable. The
+//!    segment's zeros were written and `fsync`ed ahead of time in a spare
+//!    (see `rotation`), off the writer lock, when one was ready.
 //! 3. **Recovery**: a torn tail is zeroed (never truncated: a reader may
 //!    have the file mapped) and `fdatasync`ed before the first new append,
 //!    so stale bytes can never reappear behind new records. Then the active
@@ -49,8 +52,9 @@ use super::reader::LogIter;
 use super::record::{
     decode_at, encode, encoded_len, Codec, Decoded, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER,
 };
+use super::rotation::{create_segment, install_spare, remove_leftover_spares, Preparer};
 use super::scan::{scan_dir, Corruption, ScanReport, SegmentScan, TornTail};
-use super::segment::{encode_header, segment_name, SEGMENT_HEADER};
+use super::segment::SEGMENT_HEADER;
 use super::snapshot::{self, Snapshot};
 use super::storage::{
     read_file_prefix, DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile,
@@ -92,6 +96,16 @@ pub struct LogOptions {
     pub preallocate: bool,
     /// Policy for corruption found at open.
     pub recovery: RecoveryMode,
+    /// Prepare the next segment ahead of time (default true; only with
+    /// `preallocate`): once the active segment is half full, a background
+    /// thread writes and syncs a zero-filled spare file, so the append that
+    /// rotates only seals the old segment, writes the new header and syncs
+    /// the directory instead of writing a whole segment of zeros under the
+    /// writer lock. Costs one spare segment of disk. When no spare is ready
+    /// the rotation creates the segment inline, as with `false`. On a
+    /// storage that allows no background I/O (the simulator) the append that
+    /// crosses the half prepares the spare itself.
+    pub prepare_segments: bool,
 }
 
 impl Default for LogOptions {
@@ -101,6 +115,7 @@ impl Default for LogOptions {
             max_record_bytes: 4 << 20,
             preallocate: true,
             recovery: RecoveryMode::Strict,
+            prepare_segments: true,
         }
     }
 }
@@ -155,6 +170,8 @@ struct WriterState {
     pos: u64,
     next_lsn: Lsn,
     buf: Vec<u8>,
+    /// A spare was requested for the rotation that ends the active segment.
+    spare_requested: bool,
 }
 
 /// Group-commit bookkeeping, under `Inner::syncing`.
@@ -199,6 +216,9 @@ struct Inner {
     poison_cause: Mutex<Option<String>>,
     report: OpenReport,
     snapshot_lsn: AtomicU64,
+    /// Prepares spare segments. Declared before `_lock`: dropping it joins
+    /// its thread and removes its spare while the directory is still ours.
+    preparer: Preparer,
     _lock: Box<dyn DirLock>,
 }
 
@@ -266,6 +286,10 @@ impl Log {
             },
             LockFailure::Io(e) => Error::io("lock", dir.join(super::format::LOCK_FILE), e),
         })?;
+        // A spare left by an earlier owner is zeros at best and half written
+        // at worst; never a segment. Only spares this process prepares are
+        // installed.
+        let spare_ids = remove_leftover_spares(storage.as_ref(), &dir);
         let snap = snapshot::read_latest(storage.as_ref(), &dir)?;
         let snap_lsn = snap.as_ref().map_or(0, |s| s.lsn);
         let scan = scan_dir(storage.as_ref(), &dir, snap.as_ref().map(|s| s.lsn + 1))?;
@@ -347,6 +371,7 @@ impl Log {
                 (f, SEGMENT_HEADER as u64, codec)
             }
         };
+        let preparer = Preparer::new(storage.clone(), &dir, &opts, spare_ids + 1);
         let inner = Inner {
             #[cfg(feature = "tokio")]
             core: std::sync::OnceLock::new(),
@@ -360,6 +385,7 @@ impl Log {
                 pos,
                 next_lsn,
                 buf: Vec::new(),
+                spare_requested: false,
             }),
             syncing: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
@@ -369,6 +395,7 @@ impl Log {
             poison_cause: Mutex::new(None),
             report,
             snapshot_lsn: AtomicU64::new(snap_lsn),
+            preparer,
             _lock: lock,
         };
         Ok(Log {
@@ -496,6 +523,11 @@ impl Log {
         }
         self.flush_buf(w, &buf)?;
         w.buf = buf;
+        if !w.spare_requested && w.pos >= self.inner.opts.segment_size / 2 {
+            // Half full: time to get the next segment ready.
+            w.spare_requested = true;
+            self.inner.preparer.request();
+        }
         Ok(first..=w.next_lsn - 1)
     }
 
@@ -514,24 +546,31 @@ impl Log {
         let path = w.segments.last().expect("active segment").1.clone();
         // Seal: the whole segment must be durable before a successor exists
         // (recovery treats damage in a sealed segment as corruption).
-        let started = Instant::now();
-        w.file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync", &path, e))?;
-        crate::observe::fsync(started.elapsed());
-        self.inner
-            .durable_lsn
-            .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
-        let (file, new_path, codec) = create_segment(
-            self.inner.storage.as_ref(),
-            &self.inner.dir,
-            &self.inner.opts,
-            w.next_lsn,
-        )?;
+        // When a completed group commit already covers every record written
+        // into it, the segment is durable (its zeros were synced when it was
+        // made, a failed sync poisons) and sealing needs no sync of its own.
+        if self.durable_lsn() < w.next_lsn - 1 {
+            let started = Instant::now();
+            w.file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync", &path, e))?;
+            crate::observe::fsync(started.elapsed());
+            self.inner
+                .durable_lsn
+                .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
+        }
+        let storage = self.inner.storage.as_ref();
+        let spare = self.inner.preparer.take();
+        crate::observe::rotated(spare.is_some());
+        let (file, new_path, codec) = match spare {
+            Some(spare) => install_spare(storage, &self.inner.dir, spare, w.next_lsn)?,
+            None => create_segment(storage, &self.inner.dir, &self.inner.opts, w.next_lsn)?,
+        };
         w.file = file;
         w.codec = codec;
         w.segments.push((w.next_lsn, new_path));
         w.pos = SEGMENT_HEADER as u64;
+        w.spare_requested = false;
         Ok(())
     }
 
@@ -744,8 +783,10 @@ impl Log {
         Ok(removed)
     }
 
-    /// Bytes in live segment files (preallocated space included).
+    /// Bytes in live segment files (preallocated space included), plus the
+    /// spare segment when one is ready (see [`LogOptions::prepare_segments`]).
     pub fn disk_bytes(&self) -> u64 {
+        let spare = self.inner.preparer.spare_bytes();
         let w = self.inner.writer.lock();
         let sealed = w.segments.len().saturating_sub(1) as u64;
         let active = if self.inner.opts.preallocate {
@@ -753,7 +794,7 @@ impl Log {
         } else {
             w.pos
         };
-        sealed * self.inner.opts.segment_size + active
+        sealed * self.inner.opts.segment_size + active + spare
     }
 
     /// Number of live segment files.
@@ -769,44 +810,6 @@ impl Log {
         }
         self.sync().map(|_| ())
     }
-}
-
-/// Creates a new segment durably: header (current format, fresh salt), zero
-/// fill, fsync, directory fsync. Returns the file, its path and its codec.
-fn create_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    opts: &LogOptions,
-    first_lsn: Lsn,
-) -> Result<(Arc<dyn StorageFile>, PathBuf, Codec)> {
-    let path = dir.join(segment_name(first_lsn));
-    let file = storage
-        .open(&path, OpenMode::CreateNew)
-        .map_err(|e| Error::io("create segment", &path, e))?;
-    let io = |op, e| Error::io(op, &path, e);
-    if opts.preallocate {
-        // Real zeros (not fallocate): an unwritten extent would make every
-        // later fdatasync commit an extent conversion, as costly as appending.
-        let chunk = vec![0u8; 1 << 20];
-        let mut off = SEGMENT_HEADER as u64;
-        while off < opts.segment_size {
-            let n = (opts.segment_size - off).min(chunk.len() as u64) as usize;
-            file.write_at(off, &chunk[..n])
-                .map_err(|e| io("preallocate", e))?;
-            off += n as u64;
-        }
-    }
-    let salt = storage.segment_salt(first_lsn);
-    file.write_at(0, &encode_header(first_lsn, salt))
-        .map_err(|e| io("write header", e))?;
-    // Header and size durable before any record is written into the file…
-    file.sync_all().map_err(|e| io("fsync", e))?;
-    // …and the file's name durable too, or a crash could lose the whole
-    // segment together with records acknowledged from it.
-    storage
-        .sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))?;
-    Ok((file, path, Codec::V2 { salt }))
 }
 
 /// Rewrites, with the very bytes read back, the active segment's header and
@@ -1059,6 +1062,7 @@ fn zero_from(storage: &dyn Storage, path: &Path, offset: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::segment::segment_name;
     use crate::log::storage::sim::CrashMode;
     use crate::log::SimStorage;
 

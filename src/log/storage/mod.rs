@@ -165,6 +165,15 @@ pub trait Storage: Send + Sync + Debug {
     fn segment_salt(&self, first_lsn: u64) -> u32 {
         super::segment::new_salt(first_lsn)
     }
+    /// Whether the log may do I/O on this storage from a thread of its own
+    /// (preparing the next segment while the active one fills; see
+    /// `LogOptions::prepare_segments`). True on a real file system.
+    /// `SimStorage` says no: a seed or a halt point must replay the same
+    /// operations in the same order, so the simulator gets the same
+    /// preparation steps on the appending thread instead.
+    fn allows_background_io(&self) -> bool {
+        true
+    }
     /// Takes the exclusive owner lock of `dir` without blocking.
     fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure>;
 }

@@ -5,9 +5,6 @@
 //! approve, queue redrive and queue purge. The crash between the record and
 //! the reply is injected with `log::inbox::fail_next_reply` (feature
 //! `testing`).
-// The shared test support names the `wal-inspect` binary (feature `cli`).
-#![cfg(feature = "cli")]
-
 mod agent_support;
 
 use std::path::Path;

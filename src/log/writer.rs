@@ -864,13 +864,20 @@ fn rewrite_unproven(
 }
 
 /// Recovery decisions as `tracing` events (target `agentwal::recovery`).
+/// Each names the segment file, the offset and (for a torn tail) the byte
+/// count as separate fields, so an operator can filter and compare them
+/// with `wal-inspect verify` without parsing a Debug dump.
 fn report_recovery(dir: &Path, report: &OpenReport) {
     if let Some(t) = &report.torn_tail {
         tracing::warn!(
             target: "agentwal::recovery",
             dir = %dir.display(),
-            torn_tail = ?t,
+            segment = %t.segment.display(),
+            offset = t.offset,
+            bytes = t.bytes,
+            whole_segment = t.whole_segment,
             saved_to = ?report.cut_saved_to,
+            not_saved = ?report.cut_not_saved,
             "torn tail cut at open (a partial, unacknowledged write)"
         );
     }
@@ -878,7 +885,10 @@ fn report_recovery(dir: &Path, report: &OpenReport) {
         tracing::error!(
             target: "agentwal::recovery",
             dir = %dir.display(),
-            corruption = ?c,
+            segment = %c.segment.display(),
+            offset = c.offset,
+            reason = %c.reason,
+            expected_lsn = c.expected_lsn,
             dropped_segments = report.dropped_segments.len(),
             "lossy recovery: the log was truncated at corrupt acknowledged data"
         );

@@ -103,7 +103,9 @@ impl Unit {
         child_unit_id(&default_key(self.id(), name, self.next_step()), index)
     }
 
-    /// Runs one child unit per input at once (one thread each) and records
+    /// Runs one child unit per input at once (one scoped thread each: meant
+    /// for a handful of parallel calls; for many inputs use
+    /// [`Unit::run_children_async`], or fan out in batches) and records
     /// their results, ordered by index, as this unit's next step (effect
     /// `name`, `retry_same_key`, compensable). Returns that list.
     ///

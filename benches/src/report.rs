@@ -329,6 +329,9 @@ pub fn markdown(r: &Results) -> String {
         );
     }
 
+    if !r.observe.is_empty() {
+        s.push_str(&crate::observe::markdown(&r.observe, r.quick));
+    }
     if !r.rotation.is_empty() {
         s.push_str(&crate::rotation::markdown(&r.rotation, r.quick));
     }

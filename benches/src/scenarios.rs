@@ -122,6 +122,8 @@ pub struct Results {
     pub scaling: Vec<crate::scaling::ScaleRow>,
     /// The `rotation` phase: one row per mode.
     pub rotation: Vec<crate::rotation::RotationRow>,
+    /// The `observe` phase: one row per workload.
+    pub observe: Vec<crate::observe::ObserveRow>,
     /// Every round's throughput per cell.
     pub samples: Vec<(Cell, Vec<Throughput>)>,
 }
@@ -338,6 +340,9 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
     if wants(opts, "scaling") {
         r.scaling = crate::scaling::run(root, q, child_json)?;
     }
+    if wants(opts, "observe") {
+        r.observe = crate::observe::run(root, q, child_json)?;
+    }
     if wants(opts, "compaction") {
         let c = compaction(root, q)?;
         eprintln!(
@@ -460,6 +465,9 @@ pub fn child(what: &str, dir: &Path) -> Res<serde_json::Value> {
     }
     if what == "scale-open" {
         return crate::scaling::child_open(dir);
+    }
+    if let Some(spec) = what.strip_prefix("observe:") {
+        return crate::observe::child_run(dir, spec);
     }
     match what {
         "idle" => {}

@@ -113,8 +113,8 @@ impl Unit {
     /// (new or resumed) child unit and returns its result; the fan-out then
     /// records the result as the child's last step and commits it. The
     /// child's kind is `name` and its payload the input. A recorded fan-out
-    /// step returns its list without running anything; see the [module
-    /// documentation](self) for what happens after a crash, on failure and
+    /// step returns its list without running anything; see [docs/journal.md, "Parallel steps"](https://github.com/agentwal/agentwal/blob/main/docs/journal.md#parallel-steps-a-fan-out-of-child-units)
+    /// for what happens after a crash, on failure and
     /// on rollback.
     ///
     /// ```

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# batch_agent, the agentwal demo, in a small image.
+# batch_agent, the agentwal demo, and wal-inspect in a small image.
 # Build: docker build -t agentwal/batch-agent:0.1.0 .
 # (Not built in the project's CI: there is no docker engine there;
 # tests/deploy_manifests.rs checks this file's structure.)
@@ -11,22 +11,31 @@ WORKDIR /src
 #    every source edit. (.dockerignore keeps target/ and .git out of the context.)
 COPY Cargo.toml Cargo.lock ./
 COPY benches/Cargo.toml benches/Cargo.toml
-RUN mkdir -p src/bin examples benches/src \
+COPY wal-inspect/Cargo.toml wal-inspect/Cargo.toml
+# Stubs for every target the manifests declare (cargo refuses a manifest
+# whose [[example]] / [[test]] file is missing; tests/deploy_manifests.rs
+# checks this list against Cargo.toml).
+RUN mkdir -p src examples tests benches/src wal-inspect/src \
  && echo '' > src/lib.rs \
- && echo 'fn main() {}' > src/bin/wal-inspect.rs \
- && for e in batch_agent fleet_agent; do echo 'fn main() {}' > examples/$e.rs; done \
- && echo 'fn main() {}' > benches/src/main.rs
+ && for e in batch_agent parallel_tools fleet_agent fleet_baseline; do echo 'fn main() {}' > examples/$e.rs; done \
+ && for t in observe; do echo '' > tests/$t.rs; done \
+ && echo 'fn main() {}' > benches/src/main.rs \
+ && echo 'fn main() {}' > wal-inspect/src/main.rs
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --locked --example batch_agent --features http
+    cargo build --release --locked --example batch_agent --features http \
+ && cargo build --release --locked -p wal-inspect
 # 2. The sources. touch: make cargo see them as newer than the stubs.
 COPY src src
 COPY examples examples
 COPY benches benches
+COPY wal-inspect wal-inspect
 COPY README.md ./
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    touch src/lib.rs examples/*.rs \
+    touch src/lib.rs examples/*.rs wal-inspect/src/main.rs \
  && cargo build --release --locked --example batch_agent --features http \
- && cp target/release/examples/batch_agent /batch_agent
+ && cargo build --release --locked -p wal-inspect \
+ && cp target/release/examples/batch_agent /batch_agent \
+ && cp target/release/wal-inspect /wal-inspect
 
 FROM debian:bookworm-slim
 # curl: the preStop hook, the probes and the HEALTHCHECK call the loopback
@@ -36,6 +45,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --home-dir /data --create-home agent
 COPY --from=build /batch_agent /usr/local/bin/batch_agent
+# The operator's tool, for `kubectl exec ... wal-inspect summary /data/journal`.
+COPY --from=build /wal-inspect /usr/local/bin/wal-inspect
 USER 10001
 WORKDIR /data
 # The journal needs a local disk or a block device, not NFS (locking and

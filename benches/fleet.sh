@@ -26,7 +26,7 @@ if [ -z "${AGENTWAL_PG_URL:-}" ]; then
     . .ci/fleet-pg
     fleet_pg_start
 fi
-[ -n "${FLEET_BENCH_NO_BUILD:-}" ] || cargo build --release -q --features postgres,cli --example fleet_agent --example fleet_baseline
+[ -n "${FLEET_BENCH_NO_BUILD:-}" ] || cargo build --release -q --example fleet_agent --example fleet_baseline
 bin="${CARGO_TARGET_DIR:-target}/release/examples"
 
 url_db() {

@@ -41,6 +41,10 @@ use agentwal::runtime::Metrics;
 use agentwal::runtime::Shutdown;
 use serde::{Deserialize, Serialize};
 
+#[path = "support/args.rs"]
+mod args;
+use args::ParseExit;
+
 /// Prints a line on stdout. Output is advisory: a closed pipe
 /// (`batch_agent ... | head`) must not stop the agent mid-batch, and
 /// `println!` would panic on EPIPE.
@@ -59,9 +63,10 @@ macro_rules! say_err {
 
 /// Process records as journaled units; safe to kill and re-run.
 ///
-/// Parsed by hand (see [`Args::parse`]): the demo needs only the default
-/// features, so `cargo run --example batch_agent` works as written in the
-/// README and a library user's build never compiles a CLI framework.
+/// Parsed by hand (examples/support/args.rs, shared with the fleet
+/// examples): the demo needs only the default features, so
+/// `cargo run --example batch_agent` works as written in the README and a
+/// library user's build never compiles a CLI framework.
 #[derive(Debug)]
 struct Args {
     /// Journal directory (created if missing).
@@ -121,71 +126,25 @@ impl Args {
     /// mistake, 0 on `--help` / `--version`.
     fn parse() -> Args {
         let env = std::env::var(UNFINISHED_EXIT_ENV).ok();
-        match Args::try_parse(std::env::args().skip(1), env.as_deref()) {
-            Ok(a) => a,
-            Err(ParseExit::Help) => {
-                say!("{USAGE}");
-                std::process::exit(0)
-            }
-            Err(ParseExit::Version) => {
-                say!("batch_agent {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0)
-            }
-            Err(ParseExit::Usage(msg)) => {
-                say_err!("batch_agent: error: {msg}\n\n{USAGE}");
-                std::process::exit(2)
-            }
-        }
+        let r = Args::try_parse(std::env::args().skip(1), env.as_deref());
+        args::or_exit("batch_agent", USAGE, r)
     }
 
     fn try_parse(
         argv: impl IntoIterator<Item = String>,
         unfinished_env: Option<&str>,
     ) -> Result<Args, ParseExit> {
-        fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ParseExit>
-        where
-            T::Err: std::fmt::Display,
-        {
-            v.trim()
-                .parse()
-                .map_err(|e| ParseExit::Usage(format!("invalid value '{v}' for {flag}: {e}")))
-        }
         fn exit_code(flag: &str, v: &str) -> Result<u8, ParseExit> {
-            match num::<u8>(flag, v)? {
+            match args::num::<u8>(flag, v)? {
                 0 => Err(ParseExit::Usage(format!(
                     "{flag} must be 1-255 (0 is the code of a finished batch)"
                 ))),
                 c => Ok(c),
             }
         }
-        let (mut journal, mut sink) = (None, None);
-        let mut a = Args {
-            journal: PathBuf::new(),
-            sink: PathBuf::new(),
-            records: 1000,
-            work_ms: 2,
-            workers: 1,
-            fail_rate: 0.0,
-            exit_code_unfinished: match unfinished_env.filter(|v| !v.trim().is_empty()) {
-                Some(v) => Some(exit_code(UNFINISHED_EXIT_ENV, v)?),
-                None => None,
-            },
-            #[cfg(feature = "http")]
-            health: None,
-        };
-        let mut it = argv.into_iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            if matches!(flag.as_str(), "-h" | "--help") {
-                return Err(ParseExit::Help);
-            }
-            if matches!(flag.as_str(), "-V" | "--version") {
-                return Err(ParseExit::Version);
-            }
-            let known = [
+        let f = args::parse(
+            argv,
+            &[
                 "--journal",
                 "--sink",
                 "--records",
@@ -195,45 +154,39 @@ impl Args {
                 "--exit-code-unfinished",
                 #[cfg(feature = "http")]
                 "--health",
-            ];
-            if !known.contains(&flag.as_str()) {
-                return Err(ParseExit::Usage(format!("unexpected argument '{arg}'")));
-            }
-            let value = match inline.or_else(|| it.next()) {
-                Some(v) => v,
-                None => return Err(ParseExit::Usage(format!("{flag} needs a value"))),
-            };
-            match flag.as_str() {
-                "--journal" => journal = Some(PathBuf::from(value)),
-                "--sink" => sink = Some(PathBuf::from(value)),
-                "--records" => a.records = num(&flag, &value)?,
-                "--work-ms" => a.work_ms = num(&flag, &value)?,
-                "--workers" => {
-                    a.workers = num(&flag, &value)?;
-                    if a.workers == 0 || a.workers > 1024 {
-                        return Err(ParseExit::Usage("--workers must be 1-1024".into()));
-                    }
-                }
-                "--fail-rate" => {
-                    let p: f64 = num(&flag, &value)?;
-                    if !(0.0..=1.0).contains(&p) {
-                        return Err(ParseExit::Usage(format!(
-                            "{flag} must be a probability between 0 and 1, not {value}"
-                        )));
-                    }
-                    a.fail_rate = p;
-                }
-                "--exit-code-unfinished" => {
-                    a.exit_code_unfinished = Some(exit_code(&flag, &value)?)
-                }
-                #[cfg(feature = "http")]
-                "--health" => a.health = Some(value),
-                _ => unreachable!("checked against the known flags"),
-            }
+            ],
+            &[],
+        )?;
+        let records = f.get_or("--records", 1000)?;
+        let work_ms = f.get_or("--work-ms", 2)?;
+        let workers = f.get_or("--workers", 1)?;
+        if workers == 0 || workers > 1024 {
+            return Err(ParseExit::Usage("--workers must be 1-1024".into()));
         }
-        a.journal = journal.ok_or_else(|| ParseExit::Usage("--journal DIR is required".into()))?;
-        a.sink = sink.ok_or_else(|| ParseExit::Usage("--sink FILE is required".into()))?;
-        Ok(a)
+        let fail_rate: f64 = f.get_or("--fail-rate", 0.0)?;
+        if !(0.0..=1.0).contains(&fail_rate) {
+            return Err(ParseExit::Usage(format!(
+                "--fail-rate must be a probability between 0 and 1, not {fail_rate}"
+            )));
+        }
+        let exit_code_unfinished = match f.raw("--exit-code-unfinished") {
+            Some(v) => Some(exit_code("--exit-code-unfinished", v)?),
+            None => match unfinished_env.filter(|v| !v.trim().is_empty()) {
+                Some(v) => Some(exit_code(UNFINISHED_EXIT_ENV, v)?),
+                None => None,
+            },
+        };
+        Ok(Args {
+            journal: f.required("--journal", "DIR")?,
+            sink: f.required("--sink", "FILE")?,
+            records,
+            work_ms,
+            workers,
+            fail_rate,
+            exit_code_unfinished,
+            #[cfg(feature = "http")]
+            health: f.get("--health")?,
+        })
     }
 }
 
@@ -266,14 +219,6 @@ fn model_retry_policy() -> RetryPolicy {
         .jitter(0.5)
         .deadline(Duration::from_secs(120))
         .on_exhausted(OnExhausted::LeaveInDoubt)
-}
-
-/// Why parsing did not produce [`Args`].
-#[derive(Debug)]
-enum ParseExit {
-    Help,
-    Version,
-    Usage(String),
 }
 
 /// What the (fake) model answers.

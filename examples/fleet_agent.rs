@@ -34,8 +34,11 @@ use std::time::{Duration, Instant};
 use agentwal::fleet::{Error as FleetError, Fleet, FleetOptions, Intent, Lease, NewItem, OnDoubt};
 use agentwal::journal::{Effect, Journal, JournalOptions};
 use agentwal::runtime::Shutdown;
-use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+
+#[path = "support/args.rs"]
+mod args;
+use args::ParseExit;
 
 macro_rules! say {
     ($($arg:tt)*) => {{
@@ -49,58 +52,101 @@ macro_rules! say_err {
     }};
 }
 
-/// Many workers, one queue in PostgreSQL, one local journal each.
-#[derive(Parser, Debug)]
-#[command(name = "fleet_agent", version, about)]
-struct Args {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
+const USAGE: &str = "\
+Many workers, one queue in PostgreSQL, one local journal each.
 
-#[derive(Subcommand, Debug)]
+Usage:
+  fleet_agent enqueue --pg URL --records N
+  fleet_agent work    --pg URL --journal DIR --sink FILE --ledger FILE [--work-ms MS] [--worker-id ID] [--exit-when-drained]
+  fleet_agent status  --pg URL [--json]
+
+Commands:
+  enqueue   Enqueue records record-000000 .. record-(N-1) (idempotent by key)
+  work      Work on the shared queue
+  status    Print item counts by state
+
+Options:
+      --pg URL              PostgreSQL connection URL
+      --records N           Number of records (enqueue)
+      --journal DIR         Local journal directory (created if missing; may be lost)
+      --sink FILE           Sink file: one line per message delivery attempt
+      --ledger FILE         Ledger file: one line per ledger effect (never repeated)
+      --work-ms MS          Simulated work per record, in milliseconds [default: 2]
+      --worker-id ID        This worker's id [default: host name and process id]
+      --exit-when-drained   Exit 0 once nothing is pending or in flight
+      --json                status: one JSON object {\"pending\",\"in_flight\",\"done\",\"dead\",\"in_doubt\"}
+  -h, --help                Print help
+  -V, --version             Print version
+
+Environment: AGENTWAL_FLEET_LEASE_MS, AGENTWAL_FLEET_MAX_ATTEMPTS, AGENTWAL_FLEET_RETRY_SECS,
+SHUTDOWN_TIMEOUT.
+";
+
+/// One command of the fixed command line (see [`USAGE`]).
+#[derive(Debug)]
 enum Cmd {
-    /// Enqueue records record-000000 .. record-(N-1) (idempotent by key).
     Enqueue {
-        /// PostgreSQL connection URL.
-        #[arg(long)]
         pg: String,
-        /// Number of records.
-        #[arg(long)]
         records: u32,
     },
-    /// Work on the shared queue.
     Work {
-        /// PostgreSQL connection URL.
-        #[arg(long)]
         pg: String,
-        /// Local journal directory (created if missing; may be lost).
-        #[arg(long)]
         journal: PathBuf,
-        /// Sink file: one line per message delivery attempt.
-        #[arg(long)]
         sink: PathBuf,
-        /// Ledger file: one line per ledger effect (never repeated).
-        #[arg(long)]
         ledger: PathBuf,
-        /// Simulated work per record, in milliseconds.
-        #[arg(long, default_value_t = 2)]
         work_ms: u64,
-        /// This worker's id (default: host name and process id).
-        #[arg(long)]
         worker_id: Option<String>,
-        /// Exit 0 once nothing is pending or in flight.
-        #[arg(long)]
         exit_when_drained: bool,
     },
-    /// Print item counts by state.
     Status {
-        /// PostgreSQL connection URL.
-        #[arg(long)]
         pg: String,
-        /// One JSON object: {"pending","in_flight","done","dead","in_doubt"}.
-        #[arg(long)]
         json: bool,
     },
+}
+
+impl Cmd {
+    fn try_parse(argv: impl IntoIterator<Item = String>) -> Result<Cmd, ParseExit> {
+        let (cmd, rest) = args::subcommand(argv, &["enqueue", "work", "status"])?;
+        Ok(match cmd.as_str() {
+            "enqueue" => {
+                let f = args::parse(rest, &["--pg", "--records"], &[])?;
+                Cmd::Enqueue {
+                    pg: f.required("--pg", "URL")?,
+                    records: f.required("--records", "N")?,
+                }
+            }
+            "work" => {
+                let f = args::parse(
+                    rest,
+                    &[
+                        "--pg",
+                        "--journal",
+                        "--sink",
+                        "--ledger",
+                        "--work-ms",
+                        "--worker-id",
+                    ],
+                    &["--exit-when-drained"],
+                )?;
+                Cmd::Work {
+                    pg: f.required("--pg", "URL")?,
+                    journal: f.required("--journal", "DIR")?,
+                    sink: f.required("--sink", "FILE")?,
+                    ledger: f.required("--ledger", "FILE")?,
+                    work_ms: f.get_or("--work-ms", 2)?,
+                    worker_id: f.get("--worker-id")?,
+                    exit_when_drained: f.switch("--exit-when-drained"),
+                }
+            }
+            _ => {
+                let f = args::parse(rest, &["--pg"], &["--json"])?;
+                Cmd::Status {
+                    pg: f.required("--pg", "URL")?,
+                    json: f.switch("--json"),
+                }
+            }
+        })
+    }
 }
 
 /// What the (fake) model answers.
@@ -161,7 +207,11 @@ fn default_worker_id() -> String {
 type BoxError = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cmd = args::or_exit(
+        "fleet_agent",
+        USAGE,
+        Cmd::try_parse(std::env::args().skip(1)),
+    );
     let shutdown = match Shutdown::install_thread() {
         Ok(s) => s,
         Err(e) => {
@@ -182,7 +232,7 @@ fn main() -> ExitCode {
         }
     };
     let r = rt.block_on(async {
-        match args.cmd {
+        match cmd {
             Cmd::Enqueue { pg, records } => enqueue(&pg, records).await,
             Cmd::Status { pg, json } => status(&pg, json).await,
             Cmd::Work {

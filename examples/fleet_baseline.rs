@@ -18,44 +18,65 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+#[path = "support/args.rs"]
+mod args;
+use args::ParseExit;
 
-#[derive(Parser, Debug)]
-#[command(name = "fleet_baseline", about)]
-struct Args {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
+const USAGE: &str = "\
+A plain SKIP LOCKED queue doing fleet_agent's work with none of its guarantees.
 
-#[derive(Subcommand, Debug)]
+Usage:
+  fleet_baseline enqueue --pg URL --records N
+  fleet_baseline work    --pg URL --sink FILE --ledger FILE [--work-ms MS] [--worker-id ID]
+
+Options:
+      --pg URL          PostgreSQL connection URL
+      --records N       Number of records (enqueue)
+      --sink FILE       Sink file
+      --ledger FILE     Ledger file
+      --work-ms MS      Simulated work per record, in milliseconds [default: 2]
+      --worker-id ID    Worker id written to the ledger [default: baseline]
+  -h, --help            Print help
+";
+
+/// One command of the command line (see [`USAGE`]).
+#[derive(Debug)]
 enum Cmd {
     /// Create the table (if missing) and enqueue N records.
-    Enqueue {
-        /// PostgreSQL connection URL.
-        #[arg(long)]
-        pg: String,
-        /// Number of records.
-        #[arg(long)]
-        records: u32,
-    },
+    Enqueue { pg: String, records: u32 },
     /// Drain the queue.
     Work {
-        /// PostgreSQL connection URL.
-        #[arg(long)]
         pg: String,
-        /// Sink file.
-        #[arg(long)]
         sink: PathBuf,
-        /// Ledger file.
-        #[arg(long)]
         ledger: PathBuf,
-        /// Simulated work per record, in milliseconds.
-        #[arg(long, default_value_t = 2)]
         work_ms: u64,
-        /// Worker id written to the ledger.
-        #[arg(long, default_value = "baseline")]
         worker_id: String,
     },
+}
+
+impl Cmd {
+    fn try_parse(argv: impl IntoIterator<Item = String>) -> Result<Cmd, ParseExit> {
+        let (cmd, rest) = args::subcommand(argv, &["enqueue", "work"])?;
+        if cmd == "enqueue" {
+            let f = args::parse(rest, &["--pg", "--records"], &[])?;
+            return Ok(Cmd::Enqueue {
+                pg: f.required("--pg", "URL")?,
+                records: f.required("--records", "N")?,
+            });
+        }
+        let f = args::parse(
+            rest,
+            &["--pg", "--sink", "--ledger", "--work-ms", "--worker-id"],
+            &[],
+        )?;
+        Ok(Cmd::Work {
+            pg: f.required("--pg", "URL")?,
+            sink: f.required("--sink", "FILE")?,
+            ledger: f.required("--ledger", "FILE")?,
+            work_ms: f.get_or("--work-ms", 2)?,
+            worker_id: f.get_or("--worker-id", "baseline".to_string())?,
+        })
+    }
 }
 
 fn fake_model(prompt: &str) -> String {
@@ -76,8 +97,8 @@ async fn connect(pg: &str) -> Result<tokio_postgres::Client, BoxError> {
     Ok(client)
 }
 
-async fn run(args: Args) -> Result<(), BoxError> {
-    match args.cmd {
+async fn run(cmd: Cmd) -> Result<(), BoxError> {
+    match cmd {
         Cmd::Enqueue { pg, records } => {
             let c = connect(&pg).await?;
             c.batch_execute(
@@ -141,7 +162,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cmd = args::or_exit(
+        "fleet_baseline",
+        USAGE,
+        Cmd::try_parse(std::env::args().skip(1)),
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -153,7 +178,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "fleet_baseline: error: {e}");

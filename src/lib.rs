@@ -47,15 +47,16 @@
 //! | --- | --- | --- |
 //! | `tokio` | yes | [`runtime`]: signals and the shutdown budget, checkpointed batches, the queue's async shell and drain |
 //! | `http` | no | `runtime::health`: `/health`, `/ready`, `POST /shutdown` and Prometheus `/metrics` (axum) |
-//! | `cli` | yes | the `wal-inspect` binary (clap, indicatif) |
 //! | `postgres` | yes | `fleet`: the shared queue and key store on PostgreSQL, and `examples/fleet_agent.rs` |
 //! | `testing` | no | the fault-injecting `SimStorage`, fuzz entry points, the queue's `ManualClock` |
 //!
-//! The defaults build the operator tool and the demo agents with no feature
-//! flags (operators and scripts run them as documented). A library that needs
-//! neither depends on `agentwal = { version = "0.1", default-features = false,
-//! features = ["tokio"] }` and compiles no clap, indicatif or tokio-postgres. On docs.rs every feature is on and each gated item carries a
-//! badge naming its feature.
+//! The library has no CLI dependency: the operator tool `wal-inspect` (clap,
+//! indicatif) is its own package in the repository's workspace. The
+//! defaults run the demo agents with no feature flags (`postgres` is a
+//! default for `examples/fleet_agent.rs`); a library that does not use the
+//! fleet depends on `agentwal = { version = "0.1", default-features = false,
+//! features = ["tokio"] }` and compiles no tokio-postgres. On docs.rs every
+//! feature is on and each gated item carries a badge naming its feature.
 //!
 //! # Observability
 //!

@@ -14,6 +14,7 @@
 //! | --- | --- | --- |
 //! | `agentwal_fsync_seconds` | histogram | each `fdatasync` of a log segment (group commits and segment seals) |
 //! | `agentwal_group_commit_records` | histogram | records made durable by one group-commit `fdatasync` |
+//! | `agentwal_segment_rotations_total` | counter | segment rotations, `spare` label: `used` (a prepared spare was installed) / `none` (created inline) |
 //! | `agentwal_appended_bytes_total` | counter | payload bytes appended to logs |
 //! | `agentwal_appended_records_total` | counter | records appended to logs |
 //! | `agentwal_compactions_total` | counter | journal compactions (snapshot written, old segments dropped) |
@@ -68,6 +69,9 @@ use std::time::Duration;
 pub const FSYNC_SECONDS: &str = "agentwal_fsync_seconds";
 /// Histogram of records made durable by one group-commit sync.
 pub const GROUP_COMMIT_RECORDS: &str = "agentwal_group_commit_records";
+/// Counter of segment rotations, label `spare`: `used` (a prepared spare was
+/// installed) or `none` (the segment was created inline).
+pub const SEGMENT_ROTATIONS: &str = "agentwal_segment_rotations_total";
 /// Counter of payload bytes appended.
 pub const APPENDED_BYTES: &str = "agentwal_appended_bytes_total";
 /// Counter of records appended.
@@ -110,6 +114,11 @@ pub fn describe() {
         GROUP_COMMIT_RECORDS,
         Unit::Count,
         "Records made durable by one group-commit fdatasync."
+    );
+    describe_counter!(
+        SEGMENT_ROTATIONS,
+        Unit::Count,
+        "Segment rotations, by whether a prepared spare segment was installed."
     );
     describe_counter!(
         APPENDED_BYTES,
@@ -177,6 +186,13 @@ pub fn describe() {
 /// One `fdatasync` of a log segment.
 pub(crate) fn fsync(took: Duration) {
     metrics::histogram!(FSYNC_SECONDS).record(took.as_secs_f64());
+}
+
+/// One segment rotation; `spare`: a prepared spare was installed (else the
+/// segment was created inline).
+pub(crate) fn rotated(spare: bool) {
+    metrics::counter!(SEGMENT_ROTATIONS, "spare" => if spare { "used" } else { "none" })
+        .increment(1);
 }
 
 /// One group commit made `records` records durable.

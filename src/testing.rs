@@ -13,7 +13,8 @@
 //! Your external services are replaced by a [`Recorder`] that counts
 //! deliveries per idempotency key. After each crash point the kit checks:
 //!
-//! * units that were committed before the crash never run an effect again;
+//! * units that were committed before the crash never run an effect again
+//!   (nor do their child units, `<unit>/...`, committed before it: fan-outs);
 //! * a key delivered through [`Recorder::deliver_once`] (your `never_repeat`
 //!   effects) was delivered at most once;
 //! * a key delivered through [`Recorder::deliver`] (`retry_same_key`) was
@@ -224,11 +225,9 @@ fn run_one<F>(
             return;
         }
     };
-    let committed_before: Vec<&str> = units
-        .iter()
-        .copied()
-        .filter(|id| j.unit_state(id) == Some(UnitState::Committed))
-        .collect();
+    // The workload's units and their child units (fan-outs: ids below
+    // `<unit>/`) committed before the crash.
+    let committed_before: Vec<String> = units.iter().flat_map(|id| j.committed_under(id)).collect();
     for id in units {
         let mut runs = 0;
         loop {

@@ -4,7 +4,7 @@
 //! cannot be opened, a second agent on the same journal, an overwritten
 //! segment header, a short shutdown budget). Each test is a regression test
 //! for a failure found by hand.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
 mod agent_support;
 

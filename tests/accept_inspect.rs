@@ -3,7 +3,7 @@
 //! repaired (the cut bytes kept) and the agent resumes; a flipped bit in
 //! acknowledged data is corruption named by segment and offset, which the
 //! agent and a plain repair refuse without touching anything.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
 mod agent_support;
 

@@ -4,7 +4,7 @@
 //! `deploy/kubernetes.yaml` sets) a shutdown that leaves records exits N,
 //! and a finished batch still exits 0. Also the hand-written argument parser:
 //! usage errors exit 2, `--help` exits 0.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
 mod agent_support;
 

@@ -318,6 +318,39 @@ fn dockerfile_caches_dependencies_checks_health_and_runs_the_agent_as_pid_1() {
         manifests < deps && deps < sources,
         "dependency layer before sources"
     );
+    // The dependency layer sees every workspace member's manifest and a stub
+    // for every target Cargo.toml declares; otherwise cargo refuses the
+    // manifest and the cached layer never builds.
+    let toml = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let members = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("members = "))
+        .expect("[workspace] members");
+    for m in members.trim_matches(['[', ']']).split(',') {
+        let m = m.trim().trim_matches('"');
+        if m != "." {
+            let copy = format!("COPY {m}/Cargo.toml {m}/Cargo.toml");
+            assert!(text.contains(&copy), "Dockerfile lacks {copy:?}");
+        }
+    }
+    let stub_layer = &lines[manifests..deps].join("\n");
+    for section in ["[[example]]", "[[test]]"] {
+        for decl in toml.split(section).skip(1) {
+            let name = decl
+                .lines()
+                .find_map(|l| l.strip_prefix("name = "))
+                .expect("a declared target's name")
+                .trim_matches('"');
+            assert!(
+                stub_layer.contains(name),
+                "the dependency layer has no stub for {section} {name}"
+            );
+        }
+    }
+    assert!(
+        text.contains("/usr/local/bin/wal-inspect"),
+        "the image ships wal-inspect"
+    );
     let check = lines
         .iter()
         .find(|l| l.starts_with("HEALTHCHECK"))

@@ -13,6 +13,7 @@
 //! (default 4), `AGENTWAL_FLEET_SEED` (default: from the clock, printed).
 #![cfg(feature = "postgres")]
 
+mod agent_support;
 mod fleet_support;
 
 use std::collections::{BTreeMap, HashMap};

@@ -5,6 +5,7 @@
 //! see tests/fleet_support.
 #![cfg(feature = "postgres")]
 
+mod agent_support;
 mod fleet_support;
 
 use std::sync::Arc;

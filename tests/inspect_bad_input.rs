@@ -2,6 +2,7 @@
 //! directory of unrelated files, a newer format, unreadable files. Each is
 //! one clear line on stderr and exit code 2, for every command.
 
+mod agent_support;
 mod inspect_support;
 
 use std::fs;
@@ -110,10 +111,11 @@ fn running_as_root() -> bool {
 
 /// Runs wal-inspect as an unprivileged user (root reads everything).
 fn inspect_unprivileged(args: &[&str]) -> Run {
-    let bin = env!("CARGO_BIN_EXE_wal-inspect");
+    let bin = agent_support::wal_inspect();
     let o = if running_as_root() {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin)
             .args(args)
             .output()
             .expect("setpriv")

@@ -1,7 +1,7 @@
 //! `wal-inspect` on the demo agent: inspected while it runs (another process
 //! appending), then after a SIGKILL, checked against the external truth (the
 //! sink file of delivered messages), then after the resumed run.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
 mod agent_support;
 mod inspect_support;

@@ -2,6 +2,7 @@
 //! never reports corruption for the tail being written, never blocks or
 //! harms the writer; `repair` refuses because the journal is locked.
 
+mod agent_support;
 mod inspect_support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -2,6 +2,7 @@
 //! state, in-doubt effects explained per policy, the key index, and the same
 //! answers after compaction.
 
+mod agent_support;
 mod inspect_support;
 
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! truncations, garbage segments, damaged snapshots; `verify` exit codes,
 //! `summary --json` fields, `dump`, and `repair` (dry run, torn tail, lossy).
 
+mod agent_support;
 mod inspect_support;
 
 use std::fs;

@@ -1,7 +1,8 @@
 //! `wal-inspect queue`: work-queue items by state, attempts, worker and last
 //! error, read while the queue's owner still holds it.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
+mod agent_support;
 mod inspect_support;
 
 use std::time::Duration;

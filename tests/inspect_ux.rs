@@ -6,6 +6,7 @@
 //! and opening one journal twice in one process says so instead of blaming
 //! "another owner" with our own pid.
 
+mod agent_support;
 mod inspect_support;
 
 use std::time::Duration;

@@ -220,6 +220,51 @@ fn the_crash_test_kit_finds_no_repeat_in_a_fan_out() {
     );
 }
 
+/// A hand-rolled fan-out that re-sends for children that already finished
+/// (a user bug: `Begun::Finished` treated as "send again"): one re-send per
+/// crash under the same key passes the per-key count, but the kit knows the
+/// child was committed before the crash and reports it.
+#[test]
+fn the_crash_test_kit_catches_a_committed_child_that_delivers_again() {
+    let report = crash_test(
+        &["task-1"],
+        CrashTestOptions {
+            stride: 3,
+            power_loss: false,
+            ..CrashTestOptions::default()
+        },
+        |j: &Journal, id: &str, svc: &Recorder| {
+            let mut unit = j.begin(id, "task", &())?;
+            for i in 0..3u32 {
+                let child = format!("{id}/call-{i}");
+                match j.begin_or_finished(&child, "call", &i)? {
+                    agentwal::journal::Begun::Finished(_) => {
+                        svc.deliver(&format!("{child}/send/0")); // the bug
+                    }
+                    agentwal::journal::Begun::Open(mut c) => {
+                        c.run(Effect::retry_same_key("send"), |ctx| {
+                            svc.deliver(ctx.key());
+                            Ok::<_, String>(())
+                        })?;
+                        c.commit()?;
+                    }
+                }
+            }
+            unit.run(Effect::retry_same_key("answer"), |_| Ok::<_, String>(()))?;
+            unit.commit()?;
+            Ok(())
+        },
+    );
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("unit task-1/call-0 was committed before the crash")),
+        "{:#?}",
+        report.violations
+    );
+}
+
 /// Rolling back a parent whose fan-out partly finished: the compensation
 /// for the fan-out step lists the children; committed ones are undone from
 /// their results, the incomplete one is rolled back (its compensations run).

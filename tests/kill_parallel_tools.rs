@@ -5,7 +5,7 @@
 //! delivered under its deterministic key, re-sends only with the same key and
 //! payload (at most one per child in flight per kill), and every answer
 //! gathered in tool order whatever order the tools finished in.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
 mod agent_support;
 
@@ -30,7 +30,7 @@ fn command(bin: &Path, journal: &Path, sink: &Path) -> Command {
 
 #[test]
 fn sigkill_in_the_middle_of_fan_outs_then_rerun_repeats_nothing() {
-    let bin = example("parallel_tools");
+    let bin = example("parallel_tools", &["tokio"]);
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let sink = dir.path().join("sink.txt");

@@ -30,7 +30,9 @@
 //!
 //! `AGENTWAL_KILLS` sets the total number of kills (default 54, split over the
 //! workloads), `AGENTWAL_KILL_SEED` the seed (printed on every run).
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
+
+mod agent_support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -228,7 +230,7 @@ fn verify(dir: &Path) {
         // (wal-inspect rightly calls such a directory "not a journal").
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_wal-inspect"))
+    let out = Command::new(agent_support::wal_inspect())
         .arg("verify")
         .arg(dir)
         .output()

@@ -5,7 +5,7 @@
 //! every record committed exactly once, every message delivered, a re-send
 //! only for an effect in doubt at a kill (at most one per kill), always with
 //! the same idempotency key and payload.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
 mod agent_support;
 

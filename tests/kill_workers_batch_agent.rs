@@ -3,7 +3,7 @@
 //! completion: every record committed exactly once, every message delivered,
 //! re-sends only for sends in doubt at a kill (at most one per worker per
 //! kill, none for a SIGTERM), always with the same key and payload.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
 mod agent_support;
 

@@ -142,19 +142,46 @@ fn failed_write_poisons() {
 
 #[test]
 fn failed_segment_creation_poisons_and_recovers() {
-    for op in [FaultOp::Create, FaultOp::SyncDir] {
+    // (spare segments prepared ahead, failing operation). Without spares
+    // the rotation creates the segment inline (create, fill, syncs); with
+    // spares it installs one (header sync, rename, directory sync), and a
+    // failure there poisons like any failed write on the append path.
+    let cases = [
+        (false, FaultOp::Create),
+        (false, FaultOp::SyncDir),
+        (true, FaultOp::Rename),
+        (true, FaultOp::SyncDir),
+    ];
+    for (prepare, op) in cases {
         let sim = SimStorage::new();
-        let log = open(&sim, true);
-        sim.inject(op, 0, FaultKind::Eio);
+        let o = LogOptions {
+            prepare_segments: prepare,
+            ..opts(true)
+        };
+        let log = Log::open_with(Arc::new(sim.clone()), DIR, o).unwrap();
+        // With spares, the first faulted operation of its kind must be the
+        // installation's: let the spare be prepared first.
         let mut acked = 0;
+        if prepare {
+            while log.disk_bytes() <= 4096 {
+                acked = log.append(&payload(acked + 1)).unwrap();
+            }
+        }
+        sim.inject(op, 0, FaultKind::Eio);
         let err = loop {
             match log.append(&payload(acked + 1)) {
                 Ok(l) => acked = l,
                 Err(e) => break e,
             }
+            assert!(acked < 10_000, "{op:?}: the fault never fired");
         };
         assert!(matches!(err, Error::Io { .. }), "{op:?}: {err}");
         assert!(acked > 3, "{op:?}: the failure came at rotation");
+        assert_eq!(
+            log.segment_count(),
+            1,
+            "{op:?}: the failure came at rotation"
+        );
         assert_poisoned(&log);
         drop(log);
         for mode in [
@@ -165,6 +192,21 @@ fn failed_segment_creation_poisons_and_recovers() {
             assert_recovers(&sim, mode, acked, true);
         }
     }
+}
+
+/// A failure while preparing a spare (here: its creation) is no failure of
+/// any append: the rotation creates its segment inline.
+#[test]
+fn failed_spare_preparation_is_not_an_append_failure() {
+    let sim = SimStorage::new();
+    let log = open(&sim, true);
+    sim.inject(FaultOp::Create, 0, FaultKind::Eio);
+    for i in 1..=400u64 {
+        assert_eq!(log.append(&payload(i)).unwrap(), i);
+    }
+    assert!(log.segment_count() >= 3, "the workload rotated");
+    drop(log);
+    assert_recovers(&sim, CrashMode::DropUnsynced, 400, true);
 }
 
 #[test]

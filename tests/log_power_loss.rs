@@ -6,7 +6,10 @@
 //! mutating storage operations, for every `k`, and the image is crashed in
 //! every mode: only synced data (`DropUnsynced`), everything (`KeepAll`, a
 //! process kill) and several seeded random mixes of kept, dropped and torn
-//! writes and directory operations.
+//! writes and directory operations. With spare segments on (the default),
+//! the cut points include every step of preparing a spare (create, zero
+//! fill, sync) and of installing it (header, header sync, rename, directory
+//! sync), so recovery meets half-written and complete leftover spares.
 
 use std::sync::Arc;
 
@@ -15,11 +18,30 @@ use agentwal::log::{Durability, Log, LogOptions, SimStorage};
 
 const DIR: &str = "/sim/power-loss/journal";
 
-fn opts(preallocate: bool) -> LogOptions {
+/// Preallocated segments or growing files; spare segments prepared ahead
+/// or created at rotation.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    preallocate: bool,
+    prepare: bool,
+}
+
+impl From<bool> for Variant {
+    fn from(preallocate: bool) -> Variant {
+        Variant {
+            preallocate,
+            prepare: true,
+        }
+    }
+}
+
+fn opts(v: impl Into<Variant>) -> LogOptions {
+    let v = v.into();
     LogOptions {
         segment_size: 4096,
         max_record_bytes: 2048,
-        preallocate,
+        preallocate: v.preallocate,
+        prepare_segments: v.prepare,
         ..LogOptions::default()
     }
 }
@@ -40,7 +62,7 @@ struct Outcome {
 }
 
 /// Runs the workload until the first error. Returns what was acknowledged.
-fn workload(sim: &SimStorage, preallocate: bool) -> Outcome {
+fn workload(sim: &SimStorage, preallocate: impl Into<Variant>) -> Outcome {
     let mut out = Outcome::default();
     let Ok(log) = Log::open_with(Arc::new(sim.clone()), DIR, opts(preallocate)) else {
         return out;
@@ -113,7 +135,7 @@ fn workload(sim: &SimStorage, preallocate: bool) -> Outcome {
     out
 }
 
-fn check(image: SimStorage, out: &Outcome, preallocate: bool, what: &str) {
+fn check(image: SimStorage, out: &Outcome, preallocate: impl Into<Variant> + Copy, what: &str) {
     let log = Log::open_with(Arc::new(image.clone()), DIR, opts(preallocate))
         .unwrap_or_else(|e| panic!("{what}: open failed on a crash state: {e}"));
     let snap = log.latest_snapshot().unwrap().map_or(0, |s| s.lsn);
@@ -153,9 +175,30 @@ fn check(image: SimStorage, out: &Outcome, preallocate: bool, what: &str) {
     );
 }
 
-fn every_boundary(preallocate: bool) {
+fn every_boundary(preallocate: Variant) {
     let dry = SimStorage::new();
-    let full = workload(&dry, preallocate);
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let full = metrics::with_local_recorder(&recorder, || workload(&dry, preallocate));
+    // The sweep must cover preparing and installing spares when they are on.
+    let installed: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| {
+            k.key().name() == "agentwal_segment_rotations_total"
+                && k.key().labels().any(|l| l.value() == "used")
+        })
+        .map(|(.., v)| match v {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(
+        installed > 0,
+        preallocate.preallocate && preallocate.prepare,
+        "{preallocate:?}: spares installed in the workload: {installed}"
+    );
     let total = dry.mutations();
     assert!(
         full.acked >= 10 && total > 20,
@@ -164,7 +207,7 @@ fn every_boundary(preallocate: bool) {
     let mut modes = vec![CrashMode::DropUnsynced, CrashMode::KeepAll];
     modes.extend((0..8).map(CrashMode::Random));
     eprintln!(
-        "preallocate={preallocate}: {} crash states ({} boundaries x {} modes)",
+        "{preallocate:?}: {} crash states ({} boundaries x {} modes)",
         (total + 2) * modes.len() as u64,
         total + 2,
         modes.len()
@@ -192,12 +235,22 @@ fn every_boundary(preallocate: bool) {
 
 #[test]
 fn durable_appends_survive_power_loss_at_every_boundary_preallocated() {
-    every_boundary(true);
+    every_boundary(true.into());
+}
+
+/// The rotation that creates its segment inline (no spare ready, or
+/// preparation off) at every boundary too.
+#[test]
+fn durable_appends_survive_power_loss_at_every_boundary_without_spares() {
+    every_boundary(Variant {
+        preallocate: true,
+        prepare: false,
+    });
 }
 
 #[test]
 fn durable_appends_survive_power_loss_at_every_boundary_growing_files() {
-    every_boundary(false);
+    every_boundary(false.into());
 }
 
 #[test]

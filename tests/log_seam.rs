@@ -111,6 +111,7 @@ fn opts(recovery: RecoveryMode) -> LogOptions {
         max_record_bytes: 1024,
         preallocate: true,
         recovery,
+        ..LogOptions::default()
     }
 }
 

@@ -374,6 +374,65 @@ fn recovery_decisions_are_events() {
         .any(|c| c.fields["message"] == "journal replayed" && c.fields["in_doubt_effects"] == "1"));
 }
 
+/// A torn tail (the second half of the last, unacknowledged write never
+/// reached the disk) is cut at open, and the cut is a warning event naming
+/// the segment, the offset where the valid log ends and the bytes cut.
+#[test]
+fn a_torn_tail_cut_at_open_is_an_event_with_segment_offset_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = JournalOptions::small().log;
+    let log = Log::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..3u8 {
+        log.append_with(0, &[i; 64], Durability::Durable).unwrap();
+    }
+    let last = log
+        .append_with(0, &[0xAB; 600], Durability::Buffered)
+        .unwrap();
+    let at = log
+        .read_from(last)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .offset();
+    log.close().unwrap();
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .max()
+        .expect("a segment file");
+    // Tear the last record: keep its first 300 bytes, zero the rest, as a
+    // write cut by a power loss leaves it.
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let keep = at as usize + 300;
+    for b in &mut bytes[keep..] {
+        *b = 0;
+    }
+    // What a cut removes: from the offset to the last non-zero byte.
+    let torn = bytes.iter().rposition(|b| *b != 0).unwrap() as u64 + 1 - at;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let got = traced(|| {
+        let log = Log::open(dir.path(), opts).unwrap();
+        assert!(log.open_report().torn_tail.is_some(), "the tail was torn");
+        log.close().unwrap();
+    });
+    let cut = got
+        .iter()
+        .find(|c| {
+            c.what == "event"
+                && c.target == "agentwal::recovery"
+                && c.fields["message"].starts_with("torn tail cut")
+        })
+        .unwrap_or_else(|| panic!("no torn-tail event in {got:?}"));
+    assert_eq!(cut.fields["segment"], segment.display().to_string());
+    assert_eq!(cut.fields["offset"], at.to_string());
+    assert_eq!(cut.fields["bytes"], torn.to_string());
+    assert_eq!(cut.fields["whole_segment"], "false");
+    assert_eq!(torn, 300, "the torn record's surviving half");
+}
+
 #[test]
 fn shutdown_is_traced_signal_budget_and_the_forced_exit() {
     let got = traced(|| {

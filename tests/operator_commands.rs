@@ -3,7 +3,6 @@
 //! attributed record, works with the agent stopped (the command opens the
 //! journal) and running (the owner applies it from its inbox), and prints
 //! what it changed. Includes a SIGKILL test for approvals.
-#![cfg(feature = "cli")]
 
 mod agent_support;
 

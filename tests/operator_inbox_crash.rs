@@ -5,9 +5,6 @@
 //! approve, queue redrive and queue purge. The crash between the record and
 //! the reply is injected with `log::inbox::fail_next_reply` (feature
 //! `testing`).
-// The shared test support names the `wal-inspect` binary (feature `cli`).
-#![cfg(feature = "cli")]
-
 mod agent_support;
 
 use std::path::Path;
@@ -50,6 +47,15 @@ fn across_an_owner_crash<O>(
         .expect("the new owner replies");
     drop(owner);
     reply
+}
+
+/// The reply to command `id`, decoded (the tool's side).
+fn reply_to<R: serde::de::DeserializeOwned>(inbox: &Inbox, id: &str) -> R {
+    let body = inbox
+        .wait_reply(id, Duration::from_secs(10))
+        .unwrap()
+        .expect("the owner replies");
+    serde_json::from_slice(&body).unwrap()
 }
 
 fn operator_records(dir: &Path) -> usize {
@@ -163,13 +169,7 @@ fn an_applied_command_is_remembered_across_compaction() {
     j.compact().unwrap();
     drop(j);
     let _j = Journal::open(tmp.path(), JournalOptions::small()).unwrap();
-    let reply: OperatorReply = serde_json::from_slice(
-        &inbox
-            .wait_reply(&id, Duration::from_secs(10))
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let reply: OperatorReply = reply_to(&inbox, &id);
     assert!(
         reply.ok && reply.message.contains("already applied"),
         "{reply:?}"
@@ -198,6 +198,32 @@ fn queue_command(command: &str, ids: Vec<u64>) -> (tempfile::TempDir, QueueReply
     assert!(reply.message.contains("already applied"), "{reply:?}");
     assert_eq!(reply.ids, dead, "what the first application changed");
     (tmp, reply)
+}
+
+/// The queue's applied commands survive its compaction (snapshot v2).
+#[test]
+fn a_queue_command_is_remembered_across_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = dead_letters(tmp.path(), 2);
+    let inbox = Inbox::new(queue_dir(tmp.path()));
+    let q = WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap();
+    fail_next_reply(queue_dir(tmp.path()));
+    let cmd = QueueCommand {
+        by: "erin".into(),
+        command: "purge_dead".into(),
+        ids: Vec::new(),
+    };
+    let id = inbox.submit(&serde_json::to_vec(&cmd).unwrap()).unwrap();
+    let _ = q.apply_inbox();
+    assert!(q.compact().unwrap().is_some(), "a snapshot was written");
+    drop(q);
+    let _q = WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap();
+    let reply: QueueReply = reply_to(&inbox, &id);
+    assert!(
+        reply.ok && reply.message.contains("already applied"),
+        "{reply:?}"
+    );
+    assert_eq!(reply.ids, dead);
 }
 
 #[test]
@@ -273,12 +299,6 @@ fn the_operator_inbox_follows_the_option_for_custom_storage() {
     )
     .unwrap();
     assert_eq!(j.unit_state("pay"), Some(UnitState::Aborted));
-    let reply: OperatorReply = serde_json::from_slice(
-        &inbox
-            .wait_reply(&id, Duration::from_secs(10))
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let reply: OperatorReply = reply_to(&inbox, &id);
     assert!(reply.ok, "{reply:?}");
 }

@@ -1,6 +1,8 @@
 //! Review findings in the journal layer: exactly-once across units sharing a
 //! key, and an operator resolution racing a running unit.
 
+mod journal_support;
+
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -9,23 +11,13 @@ use agentwal::journal::{
     UnitState,
 };
 use agentwal::log::storage::sim::CrashMode;
-use agentwal::log::{Durability, Log, LogOptions, SimStorage};
+use agentwal::log::{Durability, Log, SimStorage};
 use serde_json::json;
 
 const DIR: &str = "/review/journal";
 
 fn opts() -> JournalOptions {
-    JournalOptions {
-        log: LogOptions {
-            segment_size: 64 << 10,
-            max_record_bytes: 16 << 10,
-            ..LogOptions::default()
-        },
-        max_payload_bytes: 4 << 10,
-        retention: Retention::unlimited(),
-        auto_compact: Default::default(),
-        ..JournalOptions::default()
-    }
+    journal_support::opts(Retention::unlimited())
 }
 
 fn open(storage: &SimStorage) -> Journal {

@@ -3,7 +3,7 @@
 //! within the budget; the re-run resumes at the next record with no unit
 //! redone and no message sent twice. A second signal exits at once and the
 //! journal still opens, replays and completes.
-#![cfg(all(feature = "cli", feature = "tokio"))]
+#![cfg(feature = "tokio")]
 
 mod agent_support;
 

@@ -14,8 +14,10 @@
 //! repository (not a tmpfs) and are deleted afterwards.
 
 mod measure;
+mod observe;
 mod python;
 mod report;
+mod rotation;
 mod scaling;
 mod scenarios;
 mod systems;
@@ -46,7 +48,7 @@ pub struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: agentwal-bench [--quick] [--dir DIR] [--no-write] [--only PHASE]... [--writers 1,8] [--rounds N]\n\
-         phases: latency, writers, tasks, units, baselines, replay, compaction, scaling\n\
+         phases: latency, writers, tasks, units, baselines, rotation, replay, compaction, scaling, observe\n\
          (--only python: the Python package against a Python + sqlite3 agent, see benches/python)\n\
          (internal: agentwal-bench --child verify|replay|crc|idle|grow|scale-run:N|scale-open DIR)"
     );

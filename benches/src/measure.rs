@@ -90,6 +90,17 @@ pub struct Latencies {
 }
 
 impl Latencies {
+    /// Latencies from samples in the order they were taken (ns) and the
+    /// wall time they took.
+    pub fn from_samples(in_order: Vec<u64>, secs: f64) -> Latencies {
+        let mut sorted_ns = in_order.clone();
+        sorted_ns.sort_unstable();
+        Latencies {
+            sorted_ns,
+            in_order,
+            secs,
+        }
+    }
     /// The `q` quantile (0.0..=1.0) in microseconds.
     pub fn quantile_us(&self, q: f64) -> f64 {
         if self.sorted_ns.is_empty() {
@@ -150,14 +161,7 @@ pub fn paired_latencies<const N: usize>(
         }
     }
     Ok(std::array::from_fn(|i| {
-        let in_order = std::mem::take(&mut v[i]);
-        let mut sorted_ns = in_order.clone();
-        sorted_ns.sort_unstable();
-        Latencies {
-            sorted_ns,
-            in_order,
-            secs: busy[i],
-        }
+        Latencies::from_samples(std::mem::take(&mut v[i]), busy[i])
     }))
 }
 

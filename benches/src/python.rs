@@ -4,7 +4,7 @@
 //! `python3`), which must have the package installed (`pip install ./python`).
 //! Its report is printed as is; docs are not rewritten. The Rust comparison
 //! uses `BATCH_AGENT`, else `target/release/examples/batch_agent` (build it
-//! with `cargo build --release --example batch_agent --features cli`).
+//! with `cargo build --release --example batch_agent`).
 
 use std::path::Path;
 use std::process::Command;

@@ -329,6 +329,13 @@ pub fn markdown(r: &Results) -> String {
         );
     }
 
+    if !r.observe.is_empty() {
+        s.push_str(&crate::observe::markdown(&r.observe, r.quick));
+    }
+    if !r.rotation.is_empty() {
+        s.push_str(&crate::rotation::markdown(&r.rotation, r.quick));
+    }
+
     if !r.scaling.is_empty() {
         s.push_str(&crate::scaling::markdown(&r.scaling, r.quick));
     }

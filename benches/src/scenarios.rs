@@ -120,6 +120,10 @@ pub struct Results {
     pub compaction: Option<Compaction>,
     /// The `scaling` phase: one row per history size.
     pub scaling: Vec<crate::scaling::ScaleRow>,
+    /// The `rotation` phase: one row per mode.
+    pub rotation: Vec<crate::rotation::RotationRow>,
+    /// The `observe` phase: one row per workload.
+    pub observe: Vec<crate::observe::ObserveRow>,
     /// Every round's throughput per cell.
     pub samples: Vec<(Cell, Vec<Throughput>)>,
 }
@@ -330,8 +334,14 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
         }
         std::fs::remove_dir_all(&d)?;
     }
+    if wants(opts, "rotation") {
+        r.rotation = crate::rotation::run(root, q)?;
+    }
     if wants(opts, "scaling") {
         r.scaling = crate::scaling::run(root, q, child_json)?;
+    }
+    if wants(opts, "observe") {
+        r.observe = crate::observe::run(root, q, child_json)?;
     }
     if wants(opts, "compaction") {
         let c = compaction(root, q)?;
@@ -455,6 +465,9 @@ pub fn child(what: &str, dir: &Path) -> Res<serde_json::Value> {
     }
     if what == "scale-open" {
         return crate::scaling::child_open(dir);
+    }
+    if let Some(spec) = what.strip_prefix("observe:") {
+        return crate::observe::child_run(dir, spec);
     }
     match what {
         "idle" => {}

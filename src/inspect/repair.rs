@@ -373,6 +373,7 @@ fn log_options(sizes: &[u64], lossy: bool) -> LogOptions {
         } else {
             RecoveryMode::Strict
         },
+        prepare_segments: d.prepare_segments,
     }
 }
 

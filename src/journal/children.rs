@@ -56,6 +56,7 @@ use serde_json::Value;
 use super::error::{Error, Result};
 use super::record::Outcome;
 use super::retry::StepError;
+use super::state::State;
 use super::unit::{default_key, Compensation, Effect, EffectCtx, Unit};
 use super::view::UnitState;
 use super::{Begun, Journal};
@@ -102,7 +103,9 @@ impl Unit {
         child_unit_id(&default_key(self.id(), name, self.next_step()), index)
     }
 
-    /// Runs one child unit per input at once (one thread each) and records
+    /// Runs one child unit per input at once (one scoped thread each: meant
+    /// for a handful of parallel calls; for many inputs use
+    /// [`Unit::run_children_async`], or fan out in batches) and records
     /// their results, ordered by index, as this unit's next step (effect
     /// `name`, `retry_same_key`, compensable). Returns that list.
     ///
@@ -110,8 +113,8 @@ impl Unit {
     /// (new or resumed) child unit and returns its result; the fan-out then
     /// records the result as the child's last step and commits it. The
     /// child's kind is `name` and its payload the input. A recorded fan-out
-    /// step returns its list without running anything; see the [module
-    /// documentation](self) for what happens after a crash, on failure and
+    /// step returns its list without running anything; see [docs/journal.md, "Parallel steps"](https://github.com/agentwal/agentwal/blob/main/docs/journal.md#parallel-steps-a-fan-out-of-child-units)
+    /// for what happens after a crash, on failure and
     /// on rollback.
     ///
     /// ```
@@ -348,9 +351,7 @@ impl Journal {
         };
         let mut found: Vec<(usize, String, UnitState)> = {
             let st = self.inner.state.lock();
-            let live = st.units.keys().map(|id| id.as_str());
-            let ended = st.finished.keys().map(|id| &**id);
-            live.chain(ended)
+            known_ids(&st)
                 .filter_map(|id| Some((index_of(id)?, id.to_string(), st.unit_state(id)?)))
                 .collect()
         };
@@ -372,6 +373,31 @@ impl Journal {
             })
             .collect()
     }
+}
+
+impl Journal {
+    /// Unit `id` if committed, and every committed unit below it (ids
+    /// starting with `<id>/`: its fan-outs' children), while retained.
+    #[cfg(feature = "testing")]
+    pub(crate) fn committed_under(&self, id: &str) -> Vec<String> {
+        let prefix = format!("{id}/");
+        let st = self.inner.state.lock();
+        let mut out: Vec<String> = known_ids(&st)
+            .filter(|u| *u == id || u.starts_with(&prefix))
+            .filter(|u| st.unit_state(u) == Some(UnitState::Committed))
+            .map(str::to_string)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Every unit id the state knows: incomplete (or kept) units, then the
+/// retained finished ids (an id may appear in both).
+fn known_ids(st: &State) -> impl Iterator<Item = &str> {
+    let live = st.units.keys().map(String::as_str);
+    live.chain(st.finished.keys().map(|id| &**id))
 }
 
 #[cfg(feature = "tokio")]

@@ -3,7 +3,7 @@
 //! [`JournalView::load`] works on a [`LogReader`], so it takes no lock and
 //! writes nothing: it can run while the owning process appends. It replays
 //! the newest snapshot plus every record after it with the same code the
-//! journal uses ([`super::state`]). Units that finished before the snapshot
+//! journal uses (its private `state` module). Units that finished before the snapshot
 //! are only counted ([`JournalView::compacted_committed`],
 //! [`JournalView::compacted_aborted`]); incomplete units and the key index
 //! are always complete.

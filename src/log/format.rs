@@ -33,6 +33,26 @@ const CUT_SUFFIX: &str = ".bin";
 /// (`<first_lsn:020>.wal.dropped`).
 pub(crate) const DROPPED_EXT: &str = "wal.dropped";
 
+/// A spare segment being prepared, or ready to become the next segment, is
+/// `segment-<n>.spare` (see [`super::rotation`]): zeros only, never a record.
+const SPARE_PREFIX: &str = "segment-";
+const SPARE_SUFFIX: &str = ".spare";
+
+/// The file name of spare segment number `n`.
+pub(crate) fn spare_name(n: u64) -> String {
+    format!("{SPARE_PREFIX}{n}{SPARE_SUFFIX}")
+}
+
+/// The number of a spare segment's file name, if it is one.
+pub(crate) fn parse_spare_name(path: &Path) -> Option<u64> {
+    let n = name(path)?
+        .strip_prefix(SPARE_PREFIX)?
+        .strip_suffix(SPARE_SUFFIX)?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
+}
+
 /// The file name of the snapshot covering the log up to `lsn`.
 pub(crate) fn snapshot_name(lsn: Lsn) -> String {
     format!("{SNAPSHOT_PREFIX}{lsn:020}{SNAPSHOT_SUFFIX}")

@@ -179,6 +179,7 @@ fn fuzz_options(options: u8) -> LogOptions {
         } else {
             RecoveryMode::Strict
         },
+        prepare_segments: options & 4 == 4,
     }
 }
 
@@ -555,6 +556,9 @@ pub fn crash_case(seed: u64, max_rounds: u64) -> Result<CaseStats, String> {
         max_record_bytes: 1024,
         preallocate: rng.below(4) != 0,
         recovery: RecoveryMode::Strict,
+        // From the seed, not a draw: existing corpus cases replay the same
+        // operations, now with and without spare segments.
+        prepare_segments: seed & (1 << 7) == 0,
     };
     let dir = PathBuf::from(CRASH_DIR);
     let mut sim = SimStorage::new();
@@ -733,6 +737,7 @@ pub fn torn_sector_case(seed: u64) -> Result<(), String> {
         max_record_bytes: 1024,
         preallocate: rng.below(2) == 0,
         recovery: RecoveryMode::Strict,
+        prepare_segments: seed & (1 << 7) == 0,
     };
     let dir = PathBuf::from(CRASH_DIR);
     let sim = SimStorage::new();

@@ -44,12 +44,14 @@ pub mod inbox;
 pub(crate) mod probe;
 mod reader;
 pub(crate) mod record;
+mod rotation;
 pub(crate) mod scan;
 pub(crate) mod segment;
 pub(crate) mod snapshot;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod window;
 mod writer;
 
 pub use error::{Error, Result};

@@ -79,7 +79,7 @@ impl Codec {
 /// Appends the encoding of one record to `out`, checksummed with `codec`.
 ///
 /// The payload length must fit the format (the writer refuses larger
-/// records before encoding); a longer payload is cut at [`FORMAT_MAX_PAYLOAD`]
+/// records before encoding); a longer payload is cut at `FORMAT_MAX_PAYLOAD`
 /// bytes rather than panicking.
 pub fn encode(
     out: &mut Vec<u8>,

@@ -53,7 +53,9 @@ pub fn snapshot_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<(Lsn, Pat
     Ok(v)
 }
 
-/// Encodes a snapshot file.
+/// Encodes a snapshot file whole (the library streams its snapshots through
+/// `header_of`; whole-buffer encoding is for tests and fuzzing only).
+#[cfg(any(test, feature = "testing"))]
 pub fn encode(lsn: Lsn, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + data.len());
     out.extend_from_slice(&header(lsn, data));
@@ -62,6 +64,7 @@ pub fn encode(lsn: Lsn, data: &[u8]) -> Vec<u8> {
 }
 
 /// The 40-byte header of a snapshot file holding `data`.
+#[cfg(any(test, feature = "testing"))]
 fn header(lsn: Lsn, data: &[u8]) -> Vec<u8> {
     let mut h = crc32fast::Hasher::new();
     h.update(data);

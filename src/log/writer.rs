@@ -14,10 +14,13 @@
 //!    writers share one sync instead of alternating between two.
 //! 2. **Rotation**: the full segment is `fdatasync`ed *before* the next one is
 //!    created, so every sealed segment is entirely durable (recovery relies on
-//!    this: damage in a sealed segment is always corruption). The new segment
-//!    is written (header + zero fill), `fsync`ed and its directory entry
+//!    this: damage in a sealed segment is always corruption); the sync is
+//!    skipped when a completed group commit already covers every record in
+//!    it. The new segment's header is made durable and its directory entry
 //!    `fsync`ed *before* the first record goes into it, so a crash can never
-//!    leave acknowledged records in a file whose name is not durable.
+//!    leave acknowledged records in a file whose name is not durable. The
+//!    segment's zeros were written and `fsync`ed ahead of time in a spare
+//!    (see `rotation`), off the writer lock, when one was ready.
 //! 3. **Recovery**: a torn tail is zeroed (never truncated: a reader may
 //!    have the file mapped) and `fdatasync`ed before the first new append,
 //!    so stale bytes can never reappear behind new records. Then the active
@@ -46,15 +49,13 @@ mod async_core;
 
 use super::error::{Error, Result};
 use super::reader::LogIter;
-use super::record::{
-    decode_at, encode, encoded_len, Codec, Decoded, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER,
-};
+use super::record::{encode, encoded_len, Codec, Decoded, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER};
+use super::rotation::{create_segment, install_spare, remove_leftover_spares, Preparer};
 use super::scan::{scan_dir, Corruption, ScanReport, SegmentScan, TornTail};
-use super::segment::{encode_header, segment_name, SEGMENT_HEADER};
+use super::segment::SEGMENT_HEADER;
 use super::snapshot::{self, Snapshot};
-use super::storage::{
-    read_file_prefix, DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile,
-};
+use super::storage::{DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile};
+use super::window::Source;
 
 /// What to do when recovery finds corruption of acknowledged data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,6 +93,16 @@ pub struct LogOptions {
     pub preallocate: bool,
     /// Policy for corruption found at open.
     pub recovery: RecoveryMode,
+    /// Prepare the next segment ahead of time (default true; only with
+    /// `preallocate`): once the active segment is half full, a background
+    /// thread writes and syncs a zero-filled spare file, so the append that
+    /// rotates only seals the old segment, writes the new header and syncs
+    /// the directory instead of writing a whole segment of zeros under the
+    /// writer lock. Costs one spare segment of disk. When no spare is ready
+    /// the rotation creates the segment inline, as with `false`. On a
+    /// storage that allows no background I/O (the simulator) the append that
+    /// crosses the half prepares the spare itself.
+    pub prepare_segments: bool,
 }
 
 impl Default for LogOptions {
@@ -101,6 +112,7 @@ impl Default for LogOptions {
             max_record_bytes: 4 << 20,
             preallocate: true,
             recovery: RecoveryMode::Strict,
+            prepare_segments: true,
         }
     }
 }
@@ -155,6 +167,8 @@ struct WriterState {
     pos: u64,
     next_lsn: Lsn,
     buf: Vec<u8>,
+    /// A spare was requested for the rotation that ends the active segment.
+    spare_requested: bool,
 }
 
 /// Group-commit bookkeeping, under `Inner::syncing`.
@@ -199,6 +213,9 @@ struct Inner {
     poison_cause: Mutex<Option<String>>,
     report: OpenReport,
     snapshot_lsn: AtomicU64,
+    /// Prepares spare segments. Declared before `_lock`: dropping it joins
+    /// its thread and removes its spare while the directory is still ours.
+    preparer: Preparer,
     _lock: Box<dyn DirLock>,
 }
 
@@ -266,14 +283,18 @@ impl Log {
             },
             LockFailure::Io(e) => Error::io("lock", dir.join(super::format::LOCK_FILE), e),
         })?;
+        // A spare left by an earlier owner is zeros at best and half written
+        // at worst; never a segment. Only spares this process prepares are
+        // installed.
+        let spare_ids = remove_leftover_spares(storage.as_ref(), &dir);
         let snap = snapshot::read_latest(storage.as_ref(), &dir)?;
         let snap_lsn = snap.as_ref().map_or(0, |s| s.lsn);
-        let scan = scan_dir(storage.as_ref(), &dir, snap.as_ref().map(|s| s.lsn + 1))?;
+        let scan = scan_dir(&storage, &dir, snap.as_ref().map(|s| s.lsn + 1))?;
         let mut report = OpenReport {
             records: scan.records(),
             ..OpenReport::default()
         };
-        let (mut segments, pos) = apply_recovery(storage.as_ref(), &dir, &opts, scan, &mut report)?;
+        let (mut segments, pos) = apply_recovery(&storage, &dir, &opts, scan, &mut report)?;
         report_recovery(&dir, &report);
         // A lossy cut inside records the snapshot already covers leaves a log
         // that ends before the snapshot: the next append would take an LSN the
@@ -334,7 +355,7 @@ impl Log {
                 // later torn tail into "corruption" that refuses to open. A
                 // sync does not write clean pages, so first rewrite what no
                 // earlier owner proved durable.
-                rewrite_unproven(f.as_ref(), active)?;
+                rewrite_unproven(&storage, f.as_ref(), active)?;
                 f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
                 storage
                     .sync_dir(&dir)
@@ -347,6 +368,7 @@ impl Log {
                 (f, SEGMENT_HEADER as u64, codec)
             }
         };
+        let preparer = Preparer::new(storage.clone(), &dir, &opts, spare_ids + 1);
         let inner = Inner {
             #[cfg(feature = "tokio")]
             core: std::sync::OnceLock::new(),
@@ -360,6 +382,7 @@ impl Log {
                 pos,
                 next_lsn,
                 buf: Vec::new(),
+                spare_requested: false,
             }),
             syncing: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
@@ -369,6 +392,7 @@ impl Log {
             poison_cause: Mutex::new(None),
             report,
             snapshot_lsn: AtomicU64::new(snap_lsn),
+            preparer,
             _lock: lock,
         };
         Ok(Log {
@@ -496,6 +520,11 @@ impl Log {
         }
         self.flush_buf(w, &buf)?;
         w.buf = buf;
+        if !w.spare_requested && w.pos >= self.inner.opts.segment_size / 2 {
+            // Half full: time to get the next segment ready.
+            w.spare_requested = true;
+            self.inner.preparer.request();
+        }
         Ok(first..=w.next_lsn - 1)
     }
 
@@ -514,24 +543,31 @@ impl Log {
         let path = w.segments.last().expect("active segment").1.clone();
         // Seal: the whole segment must be durable before a successor exists
         // (recovery treats damage in a sealed segment as corruption).
-        let started = Instant::now();
-        w.file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync", &path, e))?;
-        crate::observe::fsync(started.elapsed());
-        self.inner
-            .durable_lsn
-            .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
-        let (file, new_path, codec) = create_segment(
-            self.inner.storage.as_ref(),
-            &self.inner.dir,
-            &self.inner.opts,
-            w.next_lsn,
-        )?;
+        // When a completed group commit already covers every record written
+        // into it, the segment is durable (its zeros were synced when it was
+        // made, a failed sync poisons) and sealing needs no sync of its own.
+        if self.durable_lsn() < w.next_lsn - 1 {
+            let started = Instant::now();
+            w.file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync", &path, e))?;
+            crate::observe::fsync(started.elapsed());
+            self.inner
+                .durable_lsn
+                .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
+        }
+        let storage = self.inner.storage.as_ref();
+        let spare = self.inner.preparer.take();
+        crate::observe::rotated(spare.is_some());
+        let (file, new_path, codec) = match spare {
+            Some(spare) => install_spare(storage, &self.inner.dir, spare, w.next_lsn)?,
+            None => create_segment(storage, &self.inner.dir, &self.inner.opts, w.next_lsn)?,
+        };
         w.file = file;
         w.codec = codec;
         w.segments.push((w.next_lsn, new_path));
         w.pos = SEGMENT_HEADER as u64;
+        w.spare_requested = false;
         Ok(())
     }
 
@@ -744,8 +780,10 @@ impl Log {
         Ok(removed)
     }
 
-    /// Bytes in live segment files (preallocated space included).
+    /// Bytes in live segment files (preallocated space included), plus the
+    /// spare segment when one is ready (see [`LogOptions::prepare_segments`]).
     pub fn disk_bytes(&self) -> u64 {
+        let spare = self.inner.preparer.spare_bytes();
         let w = self.inner.writer.lock();
         let sealed = w.segments.len().saturating_sub(1) as u64;
         let active = if self.inner.opts.preallocate {
@@ -753,7 +791,7 @@ impl Log {
         } else {
             w.pos
         };
-        sealed * self.inner.opts.segment_size + active
+        sealed * self.inner.opts.segment_size + active + spare
     }
 
     /// Number of live segment files.
@@ -771,44 +809,6 @@ impl Log {
     }
 }
 
-/// Creates a new segment durably: header (current format, fresh salt), zero
-/// fill, fsync, directory fsync. Returns the file, its path and its codec.
-fn create_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    opts: &LogOptions,
-    first_lsn: Lsn,
-) -> Result<(Arc<dyn StorageFile>, PathBuf, Codec)> {
-    let path = dir.join(segment_name(first_lsn));
-    let file = storage
-        .open(&path, OpenMode::CreateNew)
-        .map_err(|e| Error::io("create segment", &path, e))?;
-    let io = |op, e| Error::io(op, &path, e);
-    if opts.preallocate {
-        // Real zeros (not fallocate): an unwritten extent would make every
-        // later fdatasync commit an extent conversion, as costly as appending.
-        let chunk = vec![0u8; 1 << 20];
-        let mut off = SEGMENT_HEADER as u64;
-        while off < opts.segment_size {
-            let n = (opts.segment_size - off).min(chunk.len() as u64) as usize;
-            file.write_at(off, &chunk[..n])
-                .map_err(|e| io("preallocate", e))?;
-            off += n as u64;
-        }
-    }
-    let salt = storage.segment_salt(first_lsn);
-    file.write_at(0, &encode_header(first_lsn, salt))
-        .map_err(|e| io("write header", e))?;
-    // Header and size durable before any record is written into the file…
-    file.sync_all().map_err(|e| io("fsync", e))?;
-    // …and the file's name durable too, or a crash could lose the whole
-    // segment together with records acknowledged from it.
-    storage
-        .sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))?;
-    Ok((file, path, Codec::V2 { salt }))
-}
-
 /// Rewrites, with the very bytes read back, the active segment's header and
 /// every record after the last LSN a previous owner proved durable (the
 /// newest record's `synced_lsn`). On Linux, pages whose writeback failed are
@@ -816,11 +816,16 @@ fn create_segment(
 /// them again dirties them, so the caller's sync really persists them.
 /// Bounded by what was never proven durable (normally the last group of
 /// records), never the whole log.
-fn rewrite_unproven(f: &dyn StorageFile, seg: &SegmentScan) -> Result<()> {
+fn rewrite_unproven(
+    storage: &Arc<dyn Storage>,
+    f: &dyn StorageFile,
+    seg: &SegmentScan,
+) -> Result<()> {
     let path = &seg.path;
-    let bytes =
-        read_file_prefix(f, seg.end_offset).map_err(|e| Error::io("read segment", path, e))?;
-    if (bytes.len() as u64) < seg.end_offset {
+    let read_err = |e| Error::io("read segment", path, e);
+    // Read one bounded window at a time (see `window`), not the segment.
+    let mut src = Source::live(storage.clone(), path, seg.end_offset).map_err(read_err)?;
+    if src.len() < seg.end_offset {
         return Err(Error::io(
             "read segment",
             path,
@@ -828,36 +833,51 @@ fn rewrite_unproven(f: &dyn StorageFile, seg: &SegmentScan) -> Result<()> {
                 std::io::ErrorKind::UnexpectedEof,
                 format!(
                     "segment is {} bytes, recovery found records up to offset {}",
-                    bytes.len(),
+                    src.len(),
                     seg.end_offset
                 ),
             ),
         ));
     }
     let proven = seg.last_synced_lsn;
-    let mut pos = SEGMENT_HEADER;
-    while pos < bytes.len() {
-        match decode_at(&bytes, pos, seg.codec) {
-            Decoded::Valid { record, next } if record.lsn <= proven => pos = next,
+    let mut pos = SEGMENT_HEADER as u64;
+    while pos < seg.end_offset {
+        match src.decode(pos, seg.codec).map_err(read_err)? {
+            Decoded::Valid { record, next } if record.lsn <= proven => pos = next as u64,
             _ => break,
         }
     }
     let io = |e| Error::io("rewrite unproven bytes", path, e);
-    f.write_at(0, &bytes[..SEGMENT_HEADER]).map_err(io)?;
-    if pos < bytes.len() {
-        f.write_at(pos as u64, &bytes[pos..]).map_err(io)?;
+    let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(read_err)?;
+    f.write_at(0, header).map_err(io)?;
+    while pos < seg.end_offset {
+        let chunk = src
+            .bytes(pos, (seg.end_offset - pos).min(1 << 20))
+            .map_err(read_err)?;
+        if chunk.is_empty() {
+            break;
+        }
+        f.write_at(pos, chunk).map_err(io)?;
+        pos += chunk.len() as u64;
     }
     Ok(())
 }
 
 /// Recovery decisions as `tracing` events (target `agentwal::recovery`).
+/// Each names the segment file, the offset and (for a torn tail) the byte
+/// count as separate fields, so an operator can filter and compare them
+/// with `wal-inspect verify` without parsing a Debug dump.
 fn report_recovery(dir: &Path, report: &OpenReport) {
     if let Some(t) = &report.torn_tail {
         tracing::warn!(
             target: "agentwal::recovery",
             dir = %dir.display(),
-            torn_tail = ?t,
+            segment = %t.segment.display(),
+            offset = t.offset,
+            bytes = t.bytes,
+            whole_segment = t.whole_segment,
             saved_to = ?report.cut_saved_to,
+            not_saved = ?report.cut_not_saved,
             "torn tail cut at open (a partial, unacknowledged write)"
         );
     }
@@ -865,7 +885,10 @@ fn report_recovery(dir: &Path, report: &OpenReport) {
         tracing::error!(
             target: "agentwal::recovery",
             dir = %dir.display(),
-            corruption = ?c,
+            segment = %c.segment.display(),
+            offset = c.offset,
+            reason = %c.reason,
+            expected_lsn = c.expected_lsn,
             dropped_segments = report.dropped_segments.len(),
             "lossy recovery: the log was truncated at corrupt acknowledged data"
         );
@@ -875,7 +898,7 @@ fn report_recovery(dir: &Path, report: &OpenReport) {
 /// Applies the scan's decision: cut a torn tail (saving the bytes), or in
 /// lossy mode cut at corruption; returns the segments and the append offset.
 fn apply_recovery(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     opts: &LogOptions,
     scan: ScanReport,
@@ -930,7 +953,7 @@ fn apply_recovery(
     }
     if let Some((path, offset)) = cut {
         save_cut_or_report(storage, dir, &path, offset, report);
-        zero_from(storage, &path, offset)?;
+        zero_from(storage.as_ref(), &path, offset)?;
     }
     let pos = segments
         .last()
@@ -942,7 +965,7 @@ fn apply_recovery(
 /// full disk, an I/O error) recovery goes on: the bytes were never
 /// acknowledged, and cutting needs no space. The report says why.
 fn save_cut_or_report(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     path: &Path,
     offset: u64,
@@ -970,18 +993,17 @@ fn save_cut_or_report(
 /// On failure the side file is removed again (best effort), so no empty or
 /// partial copy is left to be mistaken for the cut bytes.
 fn save_cut(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     path: &Path,
     offset: u64,
 ) -> Result<Option<PathBuf>> {
     // The segment is live (recovery is about to zero part of it): positional
-    // reads, not a map.
-    let bytes = storage
-        .read_prefix(path, u64::MAX)
-        .map_err(|e| Error::io("read segment", path, e))?;
-    let start = (offset as usize).min(bytes.len());
-    let end = super::scan::nonzero_end(&bytes, start);
+    // reads, not a map, one bounded window at a time.
+    let read_err = |e| Error::io("read segment", path, e);
+    let mut src = Source::live(storage.clone(), path, u64::MAX).map_err(read_err)?;
+    let start = offset.min(src.len());
+    let end = src.nonzero_end(start).map_err(read_err)?;
     if end == start {
         return Ok(None);
     }
@@ -998,9 +1020,20 @@ fn save_cut(
     let f = storage
         .open(&side, OpenMode::CreateNew)
         .map_err(|e| Error::io("create cut file", &side, e))?;
-    let written = f
-        .write_at(0, &bytes[start..end])
-        .map_err(|e| Error::io("write cut file", &side, e))
+    let mut copy = || -> Result<()> {
+        let mut off = start;
+        while off < end {
+            let b = src.bytes(off, (end - off).min(1 << 20)).map_err(read_err)?;
+            if b.is_empty() {
+                break;
+            }
+            f.write_at(off - start, b)
+                .map_err(|e| Error::io("write cut file", &side, e))?;
+            off += b.len() as u64;
+        }
+        Ok(())
+    };
+    let written = copy()
         .and_then(|()| {
             f.sync_all()
                 .map_err(|e| Error::io("fsync cut file", &side, e))
@@ -1049,6 +1082,7 @@ fn zero_from(storage: &dyn Storage, path: &Path, offset: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::segment::segment_name;
     use crate::log::storage::sim::CrashMode;
     use crate::log::SimStorage;
 

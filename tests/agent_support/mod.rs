@@ -6,36 +6,70 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// Builds the demo agent; see [`example`].
-pub fn batch_agent() -> PathBuf {
-    example("batch_agent")
-}
-
-/// Builds example `name` with the profile and features of this test binary
-/// (so the library is not rebuilt) and returns the path of its executable.
-pub fn example(name: &str) -> PathBuf {
+/// Builds `target` (e.g. `["--example", "batch_agent"]`) with cargo, in the
+/// profile of this test binary, and returns the path of the executable,
+/// `<profile dir>/<subdir>/<name>`. The test binaries run after cargo
+/// released its build lock, so a nested `cargo build` is safe.
+fn cargo_built(args: &[&str], subdir: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/kill_batch_agent-<hash>
+    // target/<profile>/deps/<test>-<hash>
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // The same feature set as this test binary, so the library is not rebuilt.
-    let mut features = vec!["cli", "tokio"];
-    if cfg!(feature = "http") {
-        features.push("http");
-    }
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", name])
-        .args(["--no-default-features", "--features", &features.join(",")])
+    cmd.args(["build", "--quiet"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if release {
         cmd.arg("--release");
     }
     let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build --example {name} failed");
-    let path = profile_dir.join("examples").join(name);
+    assert!(status.success(), "cargo build {args:?} failed");
+    let path = profile_dir.join(subdir).join(name);
     assert!(path.exists(), "{} not found", path.display());
     path
+}
+
+/// Builds an example of this package with `features` (plus `http` when this
+/// test binary has it, so that the library is not rebuilt for the example)
+/// and returns its path.
+pub fn example(name: &str, features: &[&str]) -> PathBuf {
+    let mut features = features.to_vec();
+    if cfg!(feature = "http") {
+        features.push("http");
+    }
+    let features = features.join(",");
+    cargo_built(
+        &[
+            "--example",
+            name,
+            "--no-default-features",
+            "--features",
+            &features,
+        ],
+        "examples",
+        name,
+    )
+}
+
+/// Builds the demo agent, `examples/batch_agent.rs`, and returns its path.
+pub fn batch_agent() -> PathBuf {
+    example("batch_agent", &["tokio"])
+}
+
+/// The operator tool's executable. `wal-inspect` is its own workspace
+/// package (so the library has no CLI dependency), so cargo does not build
+/// it for this package's tests (no `CARGO_BIN_EXE_wal-inspect` here): it is
+/// built once per test binary with `cargo build -p wal-inspect`.
+pub fn wal_inspect() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        cargo_built(
+            &["-p", "wal-inspect", "--bin", "wal-inspect"],
+            "",
+            "wal-inspect",
+        )
+    })
 }
 
 pub fn agent(bin: &Path, journal: &Path, sink: &Path, records: u32, work_ms: u64) -> Command {
@@ -91,7 +125,7 @@ pub fn dead_letters(dir: &Path, n: usize) -> Vec<u64> {
 
 pub fn inspect(args: &[&str], journal: &Path) -> Output {
     let (cmd, rest) = args.split_first().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_wal-inspect"))
+    Command::new(wal_inspect())
         .arg(cmd)
         .arg(journal)
         .args(rest)

@@ -148,24 +148,5 @@ pub fn restart_server(pg: &Pg) -> Option<()> {
 /// Builds `examples/fleet_agent.rs` with the profile of this test binary and
 /// returns its path.
 pub fn fleet_agent() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut features = vec!["cli", "tokio", "postgres"];
-    if cfg!(feature = "http") {
-        features.push("http");
-    }
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", "fleet_agent"])
-        .args(["--no-default-features", "--features", &features.join(",")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build --example fleet_agent failed");
-    let path = profile_dir.join("examples").join("fleet_agent");
-    assert!(path.exists(), "{} not found", path.display());
-    path
+    crate::agent_support::example("fleet_agent", &["tokio", "postgres"])
 }

@@ -75,7 +75,7 @@ fn to_run(o: Output) -> Run {
 
 /// Runs `wal-inspect` with `args`.
 pub fn inspect<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
-    let o = Command::new(env!("CARGO_BIN_EXE_wal-inspect"))
+    let o = Command::new(crate::agent_support::wal_inspect())
         .args(args)
         .env("RUST_BACKTRACE", "1")
         .output()

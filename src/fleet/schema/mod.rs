@@ -1,4 +1,4 @@
-//! Embedded, versioned schema migrations. Promise: [`migrate`] brings the
+//! Embedded, versioned schema migrations. Promise: `migrate` brings the
 //! database to [`LATEST`] exactly once however many workers start at the same
 //! time (a transaction-scoped advisory lock serializes them), each migration
 //! applies in one transaction (all of it or none), and a database newer than

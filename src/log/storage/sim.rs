@@ -884,6 +884,11 @@ impl Storage for SimStorage {
         SimRng::new(first_lsn ^ ino.rotate_left(32) ^ 0x5A17_5A17).next_u64() as u32
     }
 
+    fn allows_background_io(&self) -> bool {
+        // Reproducible runs: every operation on the caller's thread.
+        false
+    }
+
     fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
         let mut s = self.state.lock();
         if !s.locks.insert(dir.to_path_buf()) {

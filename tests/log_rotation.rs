@@ -1,0 +1,279 @@
+//! Guarantee: a rotation installs a segment prepared ahead of time (a
+//! zero-filled, synced spare) instead of writing a segment of zeros under
+//! the writer lock; a spare is never mistaken for a segment (recovery
+//! removes leftovers, readers and `wal-inspect` ignore them); a failed
+//! preparation (a full disk) never fails an append; the preparer thread
+//! dies with the log and leaves no file behind.
+//!
+//! Crashes at every step of preparing and installing a spare are swept in
+//! tests/log_power_loss.rs (the simulator prepares spares on the appending
+//! thread, so a halt point lands on each step).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agentwal::inspect::summary::summary;
+use agentwal::inspect::verify::verify;
+use agentwal::inspect::{Inspection, OpenOptions};
+use agentwal::log::storage::sim::CrashMode;
+use agentwal::log::{Log, LogOptions, LogReader, SimStorage, Storage};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+const SEG: u64 = 4096 * 4;
+
+fn opts() -> LogOptions {
+    LogOptions {
+        segment_size: SEG,
+        max_record_bytes: 1024,
+        ..LogOptions::default()
+    }
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("record {i} ")
+        .repeat(1 + (i % 40) as usize)
+        .into_bytes()
+}
+
+fn spares(storage: &dyn Storage, dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = storage
+        .list_dir(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "spare"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Rotations counted by the `spare` label of `agentwal_segment_rotations_total`
+/// while `f` runs on this thread: (installed a spare, created inline).
+fn rotations(f: impl FnOnce()) -> (u64, u64) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, f);
+    let (mut used, mut none) = (0, 0);
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if key.key().name() != "agentwal_segment_rotations_total" {
+            continue;
+        }
+        let DebugValue::Counter(n) = value else {
+            continue;
+        };
+        match key
+            .key()
+            .labels()
+            .find(|l| l.key() == "spare")
+            .map(|l| l.value().to_string())
+        {
+            Some(v) if v == "used" => used += n,
+            _ => none += n,
+        }
+    }
+    (used, none)
+}
+
+fn read_all(log: &Log) -> Vec<Vec<u8>> {
+    log.read_from(1)
+        .unwrap()
+        .map(|r| r.unwrap().payload().to_vec())
+        .collect()
+}
+
+#[test]
+fn rotations_install_prepared_spares_and_the_log_reads_back() {
+    let sim = SimStorage::new();
+    let dir = Path::new("/j");
+    let log = Log::open_with(Arc::new(sim.clone()), dir, opts()).unwrap();
+    let (used, none) = rotations(|| {
+        for i in 1..=600u64 {
+            assert_eq!(log.append(&payload(i)).unwrap(), i);
+        }
+    });
+    // Every rotation after the first half of a segment finds its spare.
+    assert!(used >= 5, "spares installed: {used}, inline: {none}");
+    assert_eq!(none, 0, "no rotation had to create its segment inline");
+    // The spare for the next rotation counts in disk_bytes, not in segments.
+    assert!(log.disk_bytes() <= (log.segment_count() as u64 + 1) * SEG);
+    let want: Vec<Vec<u8>> = (1..=600).map(payload).collect();
+    assert_eq!(read_all(&log), want);
+    drop(log);
+    assert!(spares(&sim, dir).is_empty(), "close removes the spare");
+    let log = Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), dir, opts()).unwrap();
+    assert_eq!(read_all(&log), want);
+}
+
+#[test]
+fn without_preparation_every_rotation_creates_its_segment_inline() {
+    let sim = SimStorage::new();
+    let o = LogOptions {
+        prepare_segments: false,
+        ..opts()
+    };
+    let log = Log::open_with(Arc::new(sim.clone()), "/j", o).unwrap();
+    let (used, none) = rotations(|| {
+        for i in 1..=300u64 {
+            log.append(&payload(i)).unwrap();
+        }
+    });
+    assert_eq!(used, 0);
+    assert!(none >= 3);
+    assert!(spares(&sim, Path::new("/j")).is_empty());
+}
+
+/// A spare that looks exactly like a segment (a copy of one, header and
+/// records) must not be read as one, and neither may a half-written one.
+#[test]
+fn leftover_spares_are_removed_at_open_and_never_read() {
+    let sim = SimStorage::new();
+    let dir = Path::new("/j");
+    {
+        let log = Log::open_with(Arc::new(sim.clone()), dir, opts()).unwrap();
+        for i in 1..=100u64 {
+            log.append(&payload(i)).unwrap();
+        }
+    }
+    let first = sim
+        .list_dir(dir)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .unwrap();
+    let segment_copy = sim.read(&first).unwrap();
+    sim.put(&dir.join("segment-7.spare"), &segment_copy);
+    sim.put(&dir.join("segment-8.spare"), &vec![0u8; 1000]);
+    sim.put(&dir.join("segment-9.spare"), b"garbage, not zeros");
+
+    // Readers and wal-inspect: no segment more, no corruption, no leftover.
+    let reader = LogReader::open_with(Arc::new(sim.clone()), dir).unwrap();
+    assert!(reader.scan().corruption.is_none());
+    assert!(reader.scan().torn_tail.is_none());
+    let segments = reader.scan().segments.len() as u64;
+    let insp = Inspection::open_with(Arc::new(sim.clone()), dir, OpenOptions::default()).unwrap();
+    let v = verify(&insp).unwrap();
+    assert_eq!(v.exit_code(), 0, "verify on a directory with spares: {v:?}");
+    assert_eq!(v.segments, segments);
+    let s = summary(&insp);
+    assert_eq!(s.segments, segments);
+    assert_eq!(s.records, 100);
+    assert!(s.corruption.is_none() && s.torn_tail.is_none());
+    assert!(
+        s.leftovers.is_empty(),
+        "a spare is not a leftover: {:?}",
+        s.leftovers
+    );
+    drop(insp);
+
+    let log = Log::open_with(Arc::new(sim.clone()), dir, opts()).unwrap();
+    assert!(spares(&sim, dir).is_empty(), "open removes leftover spares");
+    assert_eq!(read_all(&log), (1..=100).map(payload).collect::<Vec<_>>());
+    for i in 101..=400u64 {
+        assert_eq!(log.append(&payload(i)).unwrap(), i);
+    }
+    drop(log);
+    let log = Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), dir, opts()).unwrap();
+    assert_eq!(read_all(&log), (1..=400).map(payload).collect::<Vec<_>>());
+}
+
+/// A full disk while preparing: the spare's partial file is removed, the
+/// appends go on, and the rotation creates its segment inline once there
+/// is room again.
+#[test]
+fn a_full_disk_while_preparing_never_fails_an_append() {
+    let sim = SimStorage::new();
+    let dir = Path::new("/j");
+    let log = Log::open_with(Arc::new(sim.clone()), dir, opts()).unwrap();
+    // Room for half a spare: its preparation runs out of space.
+    sim.set_capacity(Some(sim.live_bytes() + SEG / 2));
+    let record = [b'r'; 200];
+    // 45 records of 200 bytes fill more than half the segment (the spare
+    // is asked for) and less than all of it (no rotation yet).
+    for i in 1..=45u64 {
+        assert_eq!(
+            log.append(&record)
+                .expect("a failed preparation never fails an append"),
+            i
+        );
+    }
+    assert_eq!(log.segment_count(), 1);
+    assert!(spares(&sim, dir).is_empty(), "no partial spare left behind");
+    assert_eq!(log.disk_bytes(), SEG, "no spare counted");
+    // Space is back (an operator freed some): the rotation goes inline.
+    sim.set_capacity(None);
+    let (used, none) = rotations(|| {
+        for i in 46..=100u64 {
+            assert_eq!(log.append(&record).unwrap(), i);
+        }
+    });
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(
+        (used, none),
+        (0, 1),
+        "the rotation created its segment inline"
+    );
+    drop(log);
+    let log = Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), dir, opts()).unwrap();
+    assert_eq!(log.next_lsn() - 1, 100);
+}
+
+/// On a real file system the spare is prepared by a thread; the thread is
+/// joined and its spare removed when the last handle is dropped.
+#[test]
+fn the_background_preparer_dies_with_the_log_and_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let o = LogOptions {
+        segment_size: 64 << 10,
+        max_record_bytes: 1024,
+        ..LogOptions::default()
+    };
+    let want: Vec<Vec<u8>> = (1..=3000).map(payload).collect();
+    {
+        let log = Log::open(&dir, o.clone()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let log = log.clone();
+                let want = &want;
+                s.spawn(move || {
+                    for i in (t..3000).step_by(4) {
+                        log.append_with(0, &want[i as usize], agentwal::log::Durability::Buffered)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        log.sync().unwrap();
+        assert!(
+            log.segment_count() >= 10,
+            "rotated: {}",
+            log.segment_count()
+        );
+        assert_eq!(read_all(&log).len(), 3000);
+        // A reader and inspect while the owner runs (a spare may exist).
+        let insp = Inspection::open(&dir).unwrap();
+        assert_eq!(verify(&insp).unwrap().exit_code(), 0);
+        assert!(summary(&insp).leftovers.is_empty());
+    }
+    assert_eq!(spare_threads(), 0, "the preparer thread was joined");
+    assert!(
+        spares(&agentwal::log::FsStorage, &dir).is_empty(),
+        "no spare left"
+    );
+    let log = Log::open(&dir, o).unwrap();
+    let mut got = read_all(&log);
+    got.sort();
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(got, sorted);
+}
+
+/// Threads of this process named like the preparer (Linux).
+fn spare_threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "agentwal-spare")
+        .count()
+}

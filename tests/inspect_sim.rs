@@ -289,18 +289,20 @@ impl Storage for RacyOnce {
         }
         self.inner.map(p)
     }
-    fn read_prefix(
+    fn read_range(
         &self,
         p: &Path,
+        offset: u64,
         max: u64,
     ) -> std::io::Result<agentwal::log::storage::FileBytes> {
         if p == self.path {
             if let Some(mut fake) = self.first.lock().unwrap().take() {
+                fake.drain(..(offset as usize).min(fake.len()));
                 fake.truncate(max.min(fake.len() as u64) as usize);
                 return Ok(agentwal::log::storage::FileBytes::new(fake));
             }
         }
-        self.inner.read_prefix(p, max)
+        self.inner.read_range(p, offset, max)
     }
     fn lock_dir(
         &self,
@@ -340,7 +342,7 @@ fn a_scan_racing_with_the_writer_is_not_reported_as_corruption() {
         })
     };
     // One scan of that image alone would call it corruption...
-    let once = agentwal::log::testing::scan_dir(racy().as_ref(), dir, None).unwrap();
+    let once = agentwal::log::testing::scan_dir(&racy(), dir, None).unwrap();
     assert!(
         once.corruption.is_some(),
         "the doctored image must look corrupt"

@@ -585,9 +585,9 @@ impl Storage for View {
         self.count(path, &b);
         Ok(b)
     }
-    fn read_prefix(&self, path: &Path, max: u64) -> io::Result<FileBytes> {
+    fn read_range(&self, path: &Path, offset: u64, max: u64) -> io::Result<FileBytes> {
         // The live segment is read, not mapped (the owner may be writing it).
-        let b = self.inner.read_prefix(path, max)?;
+        let b = self.inner.read_range(path, offset, max)?;
         self.count(path, &b);
         Ok(b)
     }

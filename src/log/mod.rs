@@ -51,6 +51,7 @@ pub(crate) mod snapshot;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod window;
 mod writer;
 
 pub use error::{Error, Result};

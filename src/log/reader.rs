@@ -6,18 +6,20 @@
 //! when the iterator moves on, so memory stays flat in the log size. The
 //! last (live) segment, which the owner writes and recovery zeroes while we
 //! read, is read with positional reads up to the end of its valid records,
-//! so a concurrent recovery or an I/O error is a typed error, never a
-//! `SIGBUS`.
+//! one 1 MiB window at a time (see `window`), so a concurrent recovery or an
+//! I/O error is a typed error, never a `SIGBUS`, and memory does not grow
+//! with the segment size.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{Error, Result};
-use super::record::{decode_at, Codec, Decoded, Lsn, Record};
+use super::record::{Codec, Decoded, Lsn, Record};
 use super::scan::{scan_dir, ScanReport};
 use super::segment::{decode_header, HeaderProblem, SEGMENT_HEADER};
 use super::snapshot::{self, Snapshot};
-use super::storage::{FileBytes, FsStorage, Storage};
+use super::storage::{FsStorage, Storage};
+use super::window::Source;
 
 /// Iterator over records `from..=last` of a list of segments.
 #[derive(Debug)]
@@ -25,7 +27,7 @@ pub struct LogIter {
     storage: Arc<dyn Storage>,
     segments: Vec<(Lsn, PathBuf)>,
     idx: usize,
-    current: Option<(FileBytes, usize, Codec)>,
+    current: Option<(Source, u64, Codec)>,
     /// Where the valid records of the last segment end (how much of it to read).
     live_end: u64,
     next_lsn: Lsn,
@@ -90,11 +92,11 @@ impl Iterator for LogIter {
                 }
                 let live = self.idx + 1 == self.segments.len();
                 let read = if live {
-                    self.storage.read_prefix(&path, self.live_end)
+                    Source::live(self.storage.clone(), &path, self.live_end)
                 } else {
-                    self.storage.map(&path)
+                    self.storage.map(&path).map(Source::Mapped)
                 };
-                let bytes = match read {
+                let mut src = match read {
                     Ok(b) => b,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return self.fail(Error::LsnOutOfRange {
@@ -105,7 +107,11 @@ impl Iterator for LogIter {
                     }
                     Err(e) => return self.fail(Error::io("read segment", path, e)),
                 };
-                let codec = match decode_header(&path, &bytes) {
+                let header = match src.bytes(0, SEGMENT_HEADER as u64) {
+                    Ok(h) => h,
+                    Err(e) => return self.fail(Error::io("read segment", path, e)),
+                };
+                let codec = match decode_header(&path, header) {
                     Ok(h) => h.codec,
                     Err(HeaderProblem::Fatal(e)) => return self.fail(e),
                     Err(HeaderProblem::Damaged(why)) => {
@@ -116,12 +122,19 @@ impl Iterator for LogIter {
                         })
                     }
                 };
-                self.current = Some((bytes, SEGMENT_HEADER, codec));
+                self.current = Some((src, SEGMENT_HEADER as u64, codec));
             }
-            let (bytes, pos, codec) = self.current.as_mut().expect("read above");
-            match decode_at(bytes, *pos, *codec) {
+            let (src, pos, codec) = self.current.as_mut().expect("read above");
+            let decoded = match src.decode(*pos, *codec) {
+                Ok(d) => d,
+                Err(e) => {
+                    let path = self.segments[self.idx].1.clone();
+                    return self.fail(Error::io("read segment", path, e));
+                }
+            };
+            match decoded {
                 Decoded::Valid { record, next } if record.lsn == self.next_lsn => {
-                    *pos = next;
+                    *pos = next as u64;
                     self.next_lsn += 1;
                     if record.lsn >= self.from {
                         return Some(Ok(record));
@@ -129,7 +142,7 @@ impl Iterator for LogIter {
                 }
                 _ => {
                     // End of this segment: continue in the next one, if any.
-                    let at = *pos as u64;
+                    let at = *pos;
                     self.current = None;
                     self.idx += 1;
                     if self.idx >= self.segments.len() {
@@ -199,7 +212,7 @@ impl LogReader {
             attempt += 1;
             let read = snapshot::read_latest(storage.as_ref(), &dir).and_then(|snapshot| {
                 let expected_first = snapshot.as_ref().map(|s| s.lsn + 1);
-                let scan = scan_dir(storage.as_ref(), &dir, expected_first)?;
+                let scan = scan_dir(&storage, &dir, expected_first)?;
                 Ok((snapshot, scan))
             });
             let (snapshot, scan) = match read {

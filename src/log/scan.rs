@@ -23,11 +23,13 @@
 //! damage to the very last synced records with nothing written after them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::{Error, Result};
 use super::record::{decode_at, encoded_len, Codec, Decoded, Lsn, ALIGN};
 use super::segment::{decode_header, segment_files, HeaderProblem, SEGMENT_HEADER};
 use super::storage::{FileBytes, Storage};
+use super::window::Source;
 
 /// One segment as found by the scan.
 #[derive(Debug, Clone)]
@@ -209,7 +211,7 @@ fn acknowledged_after(
 /// Scans the segments of `dir`. `expected_first` is the LSN the log must
 /// contain next (one past the snapshot), if a snapshot exists.
 pub fn scan_dir(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     expected_first: Option<Lsn>,
 ) -> Result<ScanReport> {
@@ -229,14 +231,15 @@ pub fn scan_dir(
         }
         // The last segment is live: the owner appends to it and recovery
         // zeroes its torn tail while we read, so read it with positional
-        // reads (a read error is an error, never a SIGBUS). Sealed segments
-        // are never shrunk, so mapping them is safe.
+        // reads, one bounded window at a time (a read error is an error,
+        // never a SIGBUS; memory does not grow with the segment size).
+        // Sealed segments are never shrunk, so mapping them is safe.
         let read = if last {
-            storage.read_prefix(&path, u64::MAX)
+            Source::live(storage.clone(), &path, u64::MAX)
         } else {
-            storage.map(&path)
+            storage.map(&path).map(Source::Mapped)
         };
-        let bytes = match read {
+        let mut src = match read {
             Ok(b) => b,
             // Removed by the owner's compaction between listing and mapping.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && report.segments.is_empty() => {
@@ -244,22 +247,25 @@ pub fn scan_dir(
             }
             Err(e) => return Err(Error::io("read segment", &path, e)),
         };
+        let io = |e| Error::io("read segment", &path, e);
         let corrupt = |offset: u64, reason: String, expected_lsn: Lsn| Corruption {
             segment: path.clone(),
             offset,
             reason,
             expected_lsn,
         };
-        let (first_lsn, codec, version) = match decode_header(&path, &bytes) {
+        let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(io)?;
+        let (first_lsn, codec, version) = match decode_header(&path, header) {
             Ok(h) => (h.first_lsn, h.codec, h.version),
             Err(HeaderProblem::Fatal(e)) => return Err(e),
             Err(HeaderProblem::Damaged(why)) => {
-                let data_end = nonzero_end(&bytes, SEGMENT_HEADER.min(bytes.len()));
-                if last && data_end <= SEGMENT_HEADER {
+                let header_end = (SEGMENT_HEADER as u64).min(src.len());
+                let data_end = src.nonzero_end(header_end).map_err(io)?;
+                if last && data_end <= SEGMENT_HEADER as u64 {
                     report.torn_tail = Some(TornTail {
                         segment: path.clone(),
                         offset: 0,
-                        bytes: bytes.iter().filter(|&&b| b != 0).count() as u64,
+                        bytes: src.count_nonzero(0, header_end).map_err(io)?,
                         whole_segment: true,
                     });
                 } else {
@@ -306,7 +312,7 @@ pub fn scan_dir(
             first_lsn,
             records: 0,
             end_offset: SEGMENT_HEADER as u64,
-            file_len: bytes.len() as u64,
+            file_len: src.len(),
             version,
             codec,
             last_synced_lsn: 0,
@@ -314,7 +320,7 @@ pub fn scan_dir(
         let mut pos = SEGMENT_HEADER;
         let mut next = first_lsn;
         let stop_reason: Option<String> = loop {
-            match decode_at(&bytes, pos, codec) {
+            match src.decode(pos as u64, codec).map_err(io)? {
                 Decoded::Valid {
                     record,
                     next: after,
@@ -333,10 +339,19 @@ pub fn scan_dir(
             }
         };
         seg.end_offset = pos as u64;
-        let data_end = nonzero_end(&bytes, pos);
+        let data_end = src.nonzero_end(pos as u64).map_err(io)? as usize;
         if data_end > pos {
             let why = stop_reason.unwrap_or_else(|| "zero record header followed by data".into());
-            if let Some((at, lsn)) = acknowledged_after(&bytes, pos, data_end, next, codec) {
+            // The look-ahead needs random access: the damaged region only
+            // (records are aligned, so offsets relative to `pos` keep the
+            // alignment and the plausibility bound).
+            // The region ends at the last non-zero byte; the record there may
+            // still have zero padding up to the next alignment.
+            let padded_end = (data_end.next_multiple_of(ALIGN) as u64).min(src.len());
+            let damaged = src.region(pos as u64, padded_end).map_err(io)?;
+            let proof = acknowledged_after(&damaged, 0, data_end - pos, next, codec)
+                .map(|(at, lsn)| (at + pos as u64, lsn));
+            if let Some((at, lsn)) = proof {
                 report.corruption = Some(corrupt(
                     pos as u64,
                     format!("{why}; record LSN {lsn} at offset {at} proves LSN {next} was acknowledged durable"),

@@ -11,3 +11,4 @@ pub use super::record::{encode as encode_record, encoded_len, Codec, ALIGN, RECO
 pub use super::scan::scan_dir;
 pub use super::segment::{encode_header, encode_header_v1, segment_name, SEGMENT_HEADER};
 pub use super::snapshot::encode as encode_snapshot;
+pub use super::window::set_read_chunk;

@@ -49,16 +49,13 @@ mod async_core;
 
 use super::error::{Error, Result};
 use super::reader::LogIter;
-use super::record::{
-    decode_at, encode, encoded_len, Codec, Decoded, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER,
-};
+use super::record::{encode, encoded_len, Codec, Decoded, Lsn, FORMAT_MAX_PAYLOAD, RECORD_HEADER};
 use super::rotation::{create_segment, install_spare, remove_leftover_spares, Preparer};
 use super::scan::{scan_dir, Corruption, ScanReport, SegmentScan, TornTail};
 use super::segment::SEGMENT_HEADER;
 use super::snapshot::{self, Snapshot};
-use super::storage::{
-    read_file_prefix, DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile,
-};
+use super::storage::{DirLock, FsStorage, LockFailure, OpenMode, Storage, StorageFile};
+use super::window::Source;
 
 /// What to do when recovery finds corruption of acknowledged data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -292,12 +289,12 @@ impl Log {
         let spare_ids = remove_leftover_spares(storage.as_ref(), &dir);
         let snap = snapshot::read_latest(storage.as_ref(), &dir)?;
         let snap_lsn = snap.as_ref().map_or(0, |s| s.lsn);
-        let scan = scan_dir(storage.as_ref(), &dir, snap.as_ref().map(|s| s.lsn + 1))?;
+        let scan = scan_dir(&storage, &dir, snap.as_ref().map(|s| s.lsn + 1))?;
         let mut report = OpenReport {
             records: scan.records(),
             ..OpenReport::default()
         };
-        let (mut segments, pos) = apply_recovery(storage.as_ref(), &dir, &opts, scan, &mut report)?;
+        let (mut segments, pos) = apply_recovery(&storage, &dir, &opts, scan, &mut report)?;
         report_recovery(&dir, &report);
         // A lossy cut inside records the snapshot already covers leaves a log
         // that ends before the snapshot: the next append would take an LSN the
@@ -358,7 +355,7 @@ impl Log {
                 // later torn tail into "corruption" that refuses to open. A
                 // sync does not write clean pages, so first rewrite what no
                 // earlier owner proved durable.
-                rewrite_unproven(f.as_ref(), active)?;
+                rewrite_unproven(&storage, f.as_ref(), active)?;
                 f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
                 storage
                     .sync_dir(&dir)
@@ -819,11 +816,16 @@ impl Log {
 /// them again dirties them, so the caller's sync really persists them.
 /// Bounded by what was never proven durable (normally the last group of
 /// records), never the whole log.
-fn rewrite_unproven(f: &dyn StorageFile, seg: &SegmentScan) -> Result<()> {
+fn rewrite_unproven(
+    storage: &Arc<dyn Storage>,
+    f: &dyn StorageFile,
+    seg: &SegmentScan,
+) -> Result<()> {
     let path = &seg.path;
-    let bytes =
-        read_file_prefix(f, seg.end_offset).map_err(|e| Error::io("read segment", path, e))?;
-    if (bytes.len() as u64) < seg.end_offset {
+    let read_err = |e| Error::io("read segment", path, e);
+    // Read one bounded window at a time (see `window`), not the segment.
+    let mut src = Source::live(storage.clone(), path, seg.end_offset).map_err(read_err)?;
+    if src.len() < seg.end_offset {
         return Err(Error::io(
             "read segment",
             path,
@@ -831,24 +833,32 @@ fn rewrite_unproven(f: &dyn StorageFile, seg: &SegmentScan) -> Result<()> {
                 std::io::ErrorKind::UnexpectedEof,
                 format!(
                     "segment is {} bytes, recovery found records up to offset {}",
-                    bytes.len(),
+                    src.len(),
                     seg.end_offset
                 ),
             ),
         ));
     }
     let proven = seg.last_synced_lsn;
-    let mut pos = SEGMENT_HEADER;
-    while pos < bytes.len() {
-        match decode_at(&bytes, pos, seg.codec) {
-            Decoded::Valid { record, next } if record.lsn <= proven => pos = next,
+    let mut pos = SEGMENT_HEADER as u64;
+    while pos < seg.end_offset {
+        match src.decode(pos, seg.codec).map_err(read_err)? {
+            Decoded::Valid { record, next } if record.lsn <= proven => pos = next as u64,
             _ => break,
         }
     }
     let io = |e| Error::io("rewrite unproven bytes", path, e);
-    f.write_at(0, &bytes[..SEGMENT_HEADER]).map_err(io)?;
-    if pos < bytes.len() {
-        f.write_at(pos as u64, &bytes[pos..]).map_err(io)?;
+    let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(read_err)?;
+    f.write_at(0, header).map_err(io)?;
+    while pos < seg.end_offset {
+        let chunk = src
+            .bytes(pos, (seg.end_offset - pos).min(1 << 20))
+            .map_err(read_err)?;
+        if chunk.is_empty() {
+            break;
+        }
+        f.write_at(pos, chunk).map_err(io)?;
+        pos += chunk.len() as u64;
     }
     Ok(())
 }
@@ -888,7 +898,7 @@ fn report_recovery(dir: &Path, report: &OpenReport) {
 /// Applies the scan's decision: cut a torn tail (saving the bytes), or in
 /// lossy mode cut at corruption; returns the segments and the append offset.
 fn apply_recovery(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     opts: &LogOptions,
     scan: ScanReport,
@@ -943,7 +953,7 @@ fn apply_recovery(
     }
     if let Some((path, offset)) = cut {
         save_cut_or_report(storage, dir, &path, offset, report);
-        zero_from(storage, &path, offset)?;
+        zero_from(storage.as_ref(), &path, offset)?;
     }
     let pos = segments
         .last()
@@ -955,7 +965,7 @@ fn apply_recovery(
 /// full disk, an I/O error) recovery goes on: the bytes were never
 /// acknowledged, and cutting needs no space. The report says why.
 fn save_cut_or_report(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     path: &Path,
     offset: u64,
@@ -983,18 +993,17 @@ fn save_cut_or_report(
 /// On failure the side file is removed again (best effort), so no empty or
 /// partial copy is left to be mistaken for the cut bytes.
 fn save_cut(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     path: &Path,
     offset: u64,
 ) -> Result<Option<PathBuf>> {
     // The segment is live (recovery is about to zero part of it): positional
-    // reads, not a map.
-    let bytes = storage
-        .read_prefix(path, u64::MAX)
-        .map_err(|e| Error::io("read segment", path, e))?;
-    let start = (offset as usize).min(bytes.len());
-    let end = super::scan::nonzero_end(&bytes, start);
+    // reads, not a map, one bounded window at a time.
+    let read_err = |e| Error::io("read segment", path, e);
+    let mut src = Source::live(storage.clone(), path, u64::MAX).map_err(read_err)?;
+    let start = offset.min(src.len());
+    let end = src.nonzero_end(start).map_err(read_err)?;
     if end == start {
         return Ok(None);
     }
@@ -1011,9 +1020,20 @@ fn save_cut(
     let f = storage
         .open(&side, OpenMode::CreateNew)
         .map_err(|e| Error::io("create cut file", &side, e))?;
-    let written = f
-        .write_at(0, &bytes[start..end])
-        .map_err(|e| Error::io("write cut file", &side, e))
+    let mut copy = || -> Result<()> {
+        let mut off = start;
+        while off < end {
+            let b = src.bytes(off, (end - off).min(1 << 20)).map_err(read_err)?;
+            if b.is_empty() {
+                break;
+            }
+            f.write_at(off - start, b)
+                .map_err(|e| Error::io("write cut file", &side, e))?;
+            off += b.len() as u64;
+        }
+        Ok(())
+    };
+    let written = copy()
         .and_then(|()| {
             f.sync_all()
                 .map_err(|e| Error::io("fsync cut file", &side, e))

@@ -104,7 +104,7 @@ impl Storage for FsStorage {
         // file stays mapped intact), and snapshots are written to a temporary
         // file and renamed. The bytes of the live (last) segment do change
         // while mapped (appends into zeros, recovery zeroing a torn tail), so
-        // agentwal itself reads that segment with `read_prefix` (pread) and
+        // agentwal itself reads that segment with `read_range` (pread, one window at a time) and
         // maps only sealed segments and snapshots (rewritten only by a lossy
         // recovery zeroing damage in place, which a reader sees as damage,
         // never as a fault). What remains outside this contract: another program

@@ -97,13 +97,19 @@ impl Debug for FileBytes {
 /// positional reads, continuing short reads and retrying `EINTR`.
 /// Allocates at most the file's current length.
 pub fn read_file_prefix(f: &dyn StorageFile, max: u64) -> io::Result<FileBytes> {
-    let len = f.len()?.min(max);
+    read_file_range(f, 0, max)
+}
+
+/// Up to `max` bytes of an open file from `offset`, continuing short reads
+/// (fewer when the file ends first, none past its end).
+pub fn read_file_range(f: &dyn StorageFile, offset: u64, max: u64) -> io::Result<FileBytes> {
+    let len = f.len()?.saturating_sub(offset).min(max);
     let len = usize::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to read"))?;
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {
-        match f.read_at(got as u64, &mut buf[got..]) {
+        match f.read_at(offset + got as u64, &mut buf[got..]) {
             Ok(0) => break, // the file shrank meanwhile
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -156,8 +162,16 @@ pub trait Storage: Send + Sync + Debug {
     /// reads are continued, and a file that shrinks meanwhile yields the
     /// bytes that were there.
     fn read_prefix(&self, path: &Path, max: u64) -> io::Result<FileBytes> {
+        self.read_range(path, 0, max)
+    }
+    /// Up to `max` bytes of the file from `offset` (fewer at its end), read
+    /// with positional reads into memory, under the same rules as
+    /// [`Storage::read_prefix`] (which is this from offset 0). The log reads
+    /// the live segment through this method only, one bounded window at a
+    /// time; a wrapper that wants to see those reads overrides this one.
+    fn read_range(&self, path: &Path, offset: u64, max: u64) -> io::Result<FileBytes> {
         let f = self.open(path, OpenMode::ReadOnly)?;
-        read_file_prefix(f.as_ref(), max)
+        read_file_range(f.as_ref(), offset, max)
     }
     /// The salt for a new segment whose first LSN is `first_lsn` (see
     /// `docs/format.md`): random on a real file system; `SimStorage` (feature `testing`)

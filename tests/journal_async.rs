@@ -10,10 +10,10 @@
 mod async_support;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_support::{current_thread, watchdog};
+use async_support::{current_thread, with_stalled_disk};
 
 use agentwal::journal::{
     Approval, Effect, EffectCtx, Error, Journal, JournalOptions, Probe, UnitState,
@@ -23,28 +23,15 @@ use agentwal::log::SimStorage;
 
 const DIR: &str = "/sim/journal-async";
 
+fn open(sim: SimStorage) -> Journal {
+    Journal::open_with(Arc::new(sim), Path::new(DIR), JournalOptions::small()).unwrap()
+}
+
 #[test]
 fn unit_steps_wait_for_a_stalled_disk_without_blocking_the_executor() {
     let sim = SimStorage::new();
-    let j = Journal::open_with(
-        Arc::new(sim.clone()),
-        Path::new(DIR),
-        JournalOptions::small(),
-    )
-    .unwrap();
-    let counter = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let dog = watchdog(sim.clone(), counter.clone(), done.clone());
-    current_thread().block_on(async {
-        let ticker = {
-            let (counter, done) = (counter.clone(), done.clone());
-            tokio::spawn(async move {
-                while !done.load(Ordering::Acquire) {
-                    counter.fetch_add(1, Ordering::AcqRel);
-                    tokio::task::yield_now().await;
-                }
-            })
-        };
+    let j = open(sim.clone());
+    let (stalls, ran) = with_stalled_disk(&sim, async {
         let mut unit = j.begin_async("u1", "demo", &1).await.unwrap();
         let v: u32 = unit
             .run_async(Effect::never_repeat("charge"), |_ctx| async {
@@ -59,10 +46,7 @@ fn unit_steps_wait_for_a_stalled_disk_without_blocking_the_executor() {
             Approval::Pending
         );
         unit.commit_async().await.unwrap();
-        done.store(true, Ordering::Release);
-        ticker.await.unwrap();
     });
-    let (stalls, ran) = dog.join().unwrap();
     // At least: the never_repeat intent, the checkpoint, the approval
     // request, the commit.
     assert!(stalls >= 4, "{stalls} syncs stalled");
@@ -71,24 +55,14 @@ fn unit_steps_wait_for_a_stalled_disk_without_blocking_the_executor() {
         "the executor kept running during every stalled sync of the unit"
     );
     drop(j);
-    let j = Journal::open_with(
-        Arc::new(sim.crash(CrashMode::DropUnsynced)),
-        Path::new(DIR),
-        JournalOptions::small(),
-    )
-    .unwrap();
+    let j = open(sim.crash(CrashMode::DropUnsynced));
     assert_eq!(j.unit_state("u1"), Some(UnitState::Committed));
 }
 
 #[test]
 fn an_async_probe_reconciles_an_in_doubt_effect() {
     let sim = SimStorage::new();
-    let j = Journal::open_with(
-        Arc::new(sim.clone()),
-        Path::new(DIR),
-        JournalOptions::small(),
-    )
-    .unwrap();
+    let j = open(sim.clone());
     let mut unit = j.begin("u", "demo", &()).unwrap();
     // A power cut while the effect runs: its intent is durable, no outcome.
     let mut image = None;
@@ -103,12 +77,7 @@ fn an_async_probe_reconciles_an_in_doubt_effect() {
     )
     .unwrap();
     drop((unit, j));
-    let j = Journal::open_with(
-        Arc::new(image.unwrap()),
-        Path::new(DIR),
-        JournalOptions::small(),
-    )
-    .unwrap();
+    let j = open(image.unwrap());
     let mut unit = j.begin("u", "demo", &()).unwrap();
     // The sync API refuses an async probe before anything is written.
     let refused = unit.run(
@@ -147,19 +116,7 @@ fn queue_operations_wait_for_a_stalled_disk_without_blocking_the_executor() {
     use agentwal::queue::{QueueOptions, WorkQueue};
     let sim = SimStorage::new();
     let q = WorkQueue::open_with(Arc::new(sim.clone()), DIR, QueueOptions::default()).unwrap();
-    let counter = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let dog = watchdog(sim.clone(), counter.clone(), done.clone());
-    current_thread().block_on(async {
-        let ticker = {
-            let (counter, done) = (counter.clone(), done.clone());
-            tokio::spawn(async move {
-                while !done.load(Ordering::Acquire) {
-                    counter.fetch_add(1, Ordering::AcqRel);
-                    tokio::task::yield_now().await;
-                }
-            })
-        };
+    let (stalls, ran) = with_stalled_disk(&sim, async {
         let id = q.enqueue_async(b"job".to_vec()).await.unwrap();
         let c = q
             .claim_async("w1")
@@ -168,10 +125,7 @@ fn queue_operations_wait_for_a_stalled_disk_without_blocking_the_executor() {
             .expect("the item is ready");
         assert_eq!(c.id, id);
         q.ack_async(&c).await.unwrap();
-        done.store(true, Ordering::Release);
-        ticker.await.unwrap();
     });
-    let (stalls, ran) = dog.join().unwrap();
     assert!(stalls >= 3, "{stalls} syncs stalled (enqueue, claim, ack)");
     assert_eq!(
         ran, stalls,

@@ -576,11 +576,7 @@ impl Journal {
         payload: &P,
         for_rollback: bool,
     ) -> Result<Unit> {
-        let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
-            unit: id.to_string(),
-            what: "unit payload".into(),
-            reason: e.to_string(),
-        })?;
+        let value = unit_payload(id, payload)?;
         self.check_size(id, "unit payload", &value)?;
         if !self.inner.active.lock().insert(id.to_string()) {
             return Err(Error::UnitBusy {
@@ -1132,11 +1128,7 @@ impl Journal {
         kind: &str,
         payload: &P,
     ) -> Result<Unit> {
-        let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
-            unit: id.to_string(),
-            what: "unit payload".into(),
-            reason: e.to_string(),
-        })?;
+        let value = unit_payload(id, payload)?;
         let (j, id, kind) = (self.clone(), id.to_string(), kind.to_string());
         blocking(move || j.begin(&id, &kind, &value)).await
     }
@@ -1148,11 +1140,7 @@ impl Journal {
         kind: &str,
         payload: &P,
     ) -> Result<Begun> {
-        let value = serde_json::to_value(payload).map_err(|e| Error::Encode {
-            unit: id.to_string(),
-            what: "unit payload".into(),
-            reason: e.to_string(),
-        })?;
+        let value = unit_payload(id, payload)?;
         let (j, id, kind) = (self.clone(), id.to_string(), kind.to_string());
         blocking(move || j.begin_or_finished(&id, &kind, &value)).await
     }
@@ -1209,6 +1197,15 @@ impl Journal {
             .await;
         }
     }
+}
+
+/// A unit's payload as JSON, or the typed error naming the unit.
+fn unit_payload<P: Serialize + ?Sized>(id: &str, payload: &P) -> Result<serde_json::Value> {
+    serde_json::to_value(payload).map_err(|e| Error::Encode {
+        unit: id.to_string(),
+        what: "unit payload".into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Runs blocking journal work on tokio's blocking pool.

@@ -101,6 +101,12 @@ pub struct EffectCtx {
 }
 
 impl EffectCtx {
+    /// The context of the attempt after this one (a retry).
+    fn next_attempt(&mut self) {
+        self.number += 1;
+        self.attempt = Attempt::Retry;
+    }
+
     /// The attempt number, from 1, counted durably across crashes (a
     /// transient failure's retry and an in-doubt re-run both count).
     pub fn attempt_number(&self) -> u32 {
@@ -1171,14 +1177,7 @@ impl Unit {
                 Durability::Durable,
             )?;
         }
-        self.start_round(&mut start.round, &retry);
-        let Start {
-            mut ctx,
-            via,
-            held: _held,
-            mut round,
-            ..
-        } = start;
+        let (mut ctx, via, _held, mut round) = self.start_round(start, &retry);
         loop {
             let err = match f(&ctx) {
                 Ok(v) => return self.finish(&ctx, Ok::<T, String>(v), via),
@@ -1211,8 +1210,7 @@ impl Unit {
                     j.append(&id, &[failed], Durability::Durable)?;
                     std::thread::sleep(wait);
                     j.append(&id, &[started], Durability::Durable)?;
-                    ctx.number += 1;
-                    ctx.attempt = Attempt::Retry;
+                    ctx.next_attempt();
                 }
             }
         }
@@ -1335,12 +1333,25 @@ impl Unit {
     }
 
     /// The attempts' total deadline starts now (unless a resumed round
-    /// carries one), and the step is taken.
-    fn start_round(&mut self, round: &mut Round, retry: &RetryPolicy) {
+    /// carries one), and the step is taken; the parts of `start` the
+    /// attempt loop needs.
+    fn start_round(
+        &mut self,
+        start: Start,
+        retry: &RetryPolicy,
+    ) -> (EffectCtx, OutcomeVia, KeyGuard, Round) {
+        let Start {
+            ctx,
+            via,
+            held,
+            mut round,
+            ..
+        } = start;
         if round.deadline_ms.is_none() {
             round.deadline_ms = retry.deadline.map(|d| now_ms() + d.as_millis() as u64);
         }
         self.next_seq += 1;
+        (ctx, via, held, round)
     }
 
     /// How long until `not_before_ms` (zero when past).
@@ -1736,14 +1747,7 @@ impl Unit {
             start.ctx.number += 1;
             write(vec![Self::started_record(&start.ctx)], Durability::Durable).await?;
         }
-        self.start_round(&mut start.round, &retry);
-        let Start {
-            mut ctx,
-            via,
-            held: _held,
-            mut round,
-            ..
-        } = start;
+        let (mut ctx, via, _held, mut round) = self.start_round(start, &retry);
         let span = self.effect_span(seq, &name, kind, ctx.key());
         loop {
             let attempt = tracing::Instrument::instrument(f(ctx.clone()), span.clone());
@@ -1781,8 +1785,7 @@ impl Unit {
                     write(vec![failed], Durability::Durable).await?;
                     tokio::time::sleep(wait).await;
                     write(vec![started], Durability::Durable).await?;
-                    ctx.number += 1;
-                    ctx.attempt = Attempt::Retry;
+                    ctx.next_attempt();
                 }
             }
         }

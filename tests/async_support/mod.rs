@@ -64,3 +64,34 @@ pub fn watchdog(
         (stalls, ran)
     })
 }
+
+/// A task that counts while `done` is false, yielding after each step: the
+/// counter advances only while the executor runs other tasks.
+pub fn ticker(counter: Arc<AtomicU64>, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !done.load(Ordering::Acquire) {
+            counter.fetch_add(1, Ordering::AcqRel);
+            tokio::task::yield_now().await;
+        }
+    })
+}
+
+/// Runs `work` on a current-thread runtime next to a [`ticker`], every
+/// sync stalled until the executor has shown it runs ([`watchdog`]).
+/// Returns (syncs stalled, stalls during which the executor ran): equal
+/// when no async call blocked the executor.
+pub fn with_stalled_disk<F: std::future::Future<Output = ()>>(
+    sim: &SimStorage,
+    work: F,
+) -> (usize, usize) {
+    let counter = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let dog = watchdog(sim.clone(), counter.clone(), done.clone());
+    current_thread().block_on(async {
+        let ticking = ticker(counter.clone(), done.clone());
+        work.await;
+        done.store(true, Ordering::Release);
+        ticking.await.unwrap();
+    });
+    dog.join().unwrap()
+}

@@ -153,6 +153,10 @@ fn the_library_has_no_cli_dependency_and_the_root_still_builds_wal_inspect() {
             .any(|t| t["kind"][0] == "bin" && t["name"] == "wal-inspect"),
         "the wal-inspect package builds the wal-inspect binary"
     );
+    assert_eq!(
+        tool["rust_version"], lib["rust_version"],
+        "wal-inspect has the library's MSRV (checked in .ci/run)"
+    );
     let default_members: Vec<&str> = meta["workspace_default_members"]
         .as_array()
         .expect("cargo >= 1.71 reports workspace_default_members")

@@ -1,15 +1,19 @@
-//! The async journal does no file I/O on the executor and holds no thread
+//! The async journal and work queue do no file I/O on the executor and holds no thread
 //! while it waits for a sync: with a current-thread runtime and a disk whose
 //! syncs stall, other tasks keep running while `run_async` (a durable
 //! `never_repeat` intent), `checkpoint_async`, `approval_async` and
-//! `commit_async` wait; an async reconcile probe decides an in-doubt effect.
+//! `commit_async` wait, and while `WorkQueue::enqueue_async`, `claim_async`,
+//! `ack_async` wait; an async reconcile probe decides an in-doubt effect.
 //! Power loss under the async API is covered by `tests/crash_units.rs`.
 #![cfg(feature = "tokio")]
+
+mod async_support;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+use async_support::{current_thread, watchdog};
 
 use agentwal::journal::{
     Approval, Effect, EffectCtx, Error, Journal, JournalOptions, Probe, UnitState,
@@ -18,59 +22,6 @@ use agentwal::log::storage::sim::CrashMode;
 use agentwal::log::SimStorage;
 
 const DIR: &str = "/sim/journal-async";
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
-/// Stalls every sync; each time one is held, waits until a counter task
-/// on the executor advanced by 1000 (proof the executor runs while the disk
-/// is stuck), then releases that sync only. Returns (stalls, stalls during
-/// which the executor ran). A blocked executor never advances the counter:
-/// after a generous bound the sync is released anyway, so the test fails
-/// instead of hanging.
-fn watchdog(
-    sim: SimStorage,
-    counter: Arc<AtomicU64>,
-    done: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(usize, usize)> {
-    sim.stall_syncs(true);
-    std::thread::spawn(move || {
-        let (mut stalls, mut ran) = (0, 0);
-        loop {
-            eventually(Duration::from_secs(20), || {
-                sim.stalled_syncs() > 0 || done.load(Ordering::Acquire)
-            });
-            if sim.stalled_syncs() == 0 {
-                break;
-            }
-            stalls += 1;
-            let at = counter.load(Ordering::Acquire);
-            if eventually(Duration::from_secs(20), || {
-                counter.load(Ordering::Acquire) >= at + 1000
-            }) {
-                ran += 1;
-            }
-            sim.release_stalled_syncs();
-        }
-        sim.stall_syncs(false);
-        (stalls, ran)
-    })
-}
 
 #[test]
 fn unit_steps_wait_for_a_stalled_disk_without_blocking_the_executor() {
@@ -189,4 +140,49 @@ fn an_async_probe_reconciles_an_in_doubt_effect() {
     assert_eq!(got, "T-1");
     current_thread().block_on(unit.commit_async()).unwrap();
     assert_eq!(j.unit_state("u"), Some(UnitState::Committed));
+}
+
+#[test]
+fn queue_operations_wait_for_a_stalled_disk_without_blocking_the_executor() {
+    use agentwal::queue::{QueueOptions, WorkQueue};
+    let sim = SimStorage::new();
+    let q = WorkQueue::open_with(Arc::new(sim.clone()), DIR, QueueOptions::default()).unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let dog = watchdog(sim.clone(), counter.clone(), done.clone());
+    current_thread().block_on(async {
+        let ticker = {
+            let (counter, done) = (counter.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::Acquire) {
+                    counter.fetch_add(1, Ordering::AcqRel);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let id = q.enqueue_async(b"job".to_vec()).await.unwrap();
+        let c = q
+            .claim_async("w1")
+            .await
+            .unwrap()
+            .expect("the item is ready");
+        assert_eq!(c.id, id);
+        q.ack_async(&c).await.unwrap();
+        done.store(true, Ordering::Release);
+        ticker.await.unwrap();
+    });
+    let (stalls, ran) = dog.join().unwrap();
+    assert!(stalls >= 3, "{stalls} syncs stalled (enqueue, claim, ack)");
+    assert_eq!(
+        ran, stalls,
+        "the executor kept running during every stalled sync"
+    );
+    drop(q);
+    let q = WorkQueue::open_with(
+        Arc::new(sim.crash(CrashMode::DropUnsynced)),
+        DIR,
+        QueueOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(q.stats().acked_total, 1, "the acknowledged ack survived");
 }

@@ -4,9 +4,13 @@
 //! hang or leaked thread when the log is dropped with futures pending).
 #![cfg(feature = "tokio")]
 
+mod async_support;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use async_support::{current_thread, eventually};
 
 use agentwal::log::storage::sim::{CrashMode, FaultKind, FaultOp};
 use agentwal::log::{Durability, Error, Log, LogOptions, SimStorage};
@@ -19,27 +23,6 @@ fn opts() -> LogOptions {
         max_record_bytes: 2048,
         ..LogOptions::default()
     }
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Waits (on another OS thread, so a blocked executor cannot stop it) until
-/// `cond` holds, at most `limit`; `false` on timeout. A liveness bound
-/// against a hang, not a timing assertion.
-fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
 }
 
 /// Releases the stalled disk only once the executor has shown it runs

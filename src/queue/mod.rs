@@ -480,17 +480,22 @@ impl WorkQueue {
         // The record must be on disk before the caller acts on the result
         // (hands the payload to a worker, reports an ack, ...).
         self.inner.log.wait_durable(lsn)?;
-        if let Some(every) = self.inner.opts.compact_after_records {
-            let due = self.inner.shared.lock().records_since_snapshot >= every;
-            if due {
-                // The operation itself is already durable: a failed compaction
-                // must not report it as failed. It is retried after the next
-                // operation, and a real I/O fault poisons the log, so the next
-                // append reports it.
-                let _ = self.compact();
-            }
+        if self.compaction_due() {
+            // The operation itself is already durable: a failed compaction
+            // must not report it as failed. It is retried after the next
+            // operation, and a real I/O fault poisons the log, so the next
+            // append reports it.
+            let _ = self.compact();
         }
         Ok(())
+    }
+
+    /// Whether enough records were written since the last snapshot.
+    pub(crate) fn compaction_due(&self) -> bool {
+        self.inner
+            .opts
+            .compact_after_records
+            .is_some_and(|every| self.inner.shared.lock().records_since_snapshot >= every)
     }
 
     /// Adds an item ready now; returns its id once it is durable.
@@ -500,6 +505,17 @@ impl WorkQueue {
 
     /// Adds an item that may not be claimed before `delay` has passed.
     pub fn enqueue_after(&self, payload: &[u8], delay: Duration) -> Result<u64, Error> {
+        let (id, lsn) = self.enqueue_write(payload, delay)?;
+        self.finish(lsn)?;
+        Ok(id)
+    }
+
+    /// The check and the (buffered) record of an enqueue: its id and LSN.
+    pub(crate) fn enqueue_write(
+        &self,
+        payload: &[u8],
+        delay: Duration,
+    ) -> Result<(u64, Lsn), Error> {
         let at = self
             .now()
             .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
@@ -516,8 +532,7 @@ impl WorkQueue {
             };
             (id, self.write_locked(&mut sh, op)?)
         };
-        self.finish(lsn)?;
-        Ok(id)
+        Ok((id, lsn))
     }
 
     /// Adds an item whose payload is `value` as JSON.
@@ -533,6 +548,20 @@ impl WorkQueue {
     /// [`Error::Draining`] once [`WorkQueue::drain`] began: a worker loop
     /// should stop on that error.
     pub fn claim(&self, worker: &str) -> Result<Option<Claimed>, Error> {
+        let (claimed, lsn) = self.claim_write(worker)?;
+        if let Some(lsn) = lsn {
+            self.finish(lsn)?;
+        }
+        Ok(claimed)
+    }
+
+    /// The (buffered) records of a claim: the item, and the LSN to make
+    /// durable before handing it out (also when only dead letters were
+    /// written on the way).
+    pub(crate) fn claim_write(
+        &self,
+        worker: &str,
+    ) -> Result<(Option<Claimed>, Option<Lsn>), Error> {
         if worker.is_empty() || worker.len() > MAX_WORKER_LEN {
             return Err(Error::InvalidArgument(format!(
                 "worker id must be 1..={MAX_WORKER_LEN} bytes"
@@ -613,10 +642,7 @@ impl WorkQueue {
                 });
             }
         };
-        if let Some(lsn) = last_lsn {
-            self.finish(lsn)?;
-        }
-        Ok(claimed)
+        Ok((claimed, last_lsn))
     }
 
     fn held(&self, sh: &Shared, c: &Claimed) -> Result<(), Error> {
@@ -646,6 +672,12 @@ impl WorkQueue {
     /// Marks a claimed item done. Durable before it returns; the item is
     /// never handed out again.
     pub fn ack(&self, claimed: &Claimed) -> Result<(), Error> {
+        let lsn = self.ack_write(claimed)?;
+        self.finish(lsn)
+    }
+
+    /// The check and the (buffered) ack record; its LSN.
+    pub(crate) fn ack_write(&self, claimed: &Claimed) -> Result<Lsn, Error> {
         let lsn = {
             let mut sh = self.inner.shared.lock();
             self.held(&sh, claimed)?;
@@ -656,7 +688,7 @@ impl WorkQueue {
             self.write_locked(&mut sh, op)?
         };
         self.inner.settled.notify_all();
-        self.finish(lsn)
+        Ok(lsn)
     }
 
     /// Gives a claimed item back after a failure: pending again after
@@ -668,6 +700,18 @@ impl WorkQueue {
         delay: Duration,
         error: &str,
     ) -> Result<NackOutcome, Error> {
+        let (outcome, lsn) = self.nack_write(claimed, delay, error)?;
+        self.finish(lsn)?;
+        Ok(outcome)
+    }
+
+    /// The check and the (buffered) nack or dead-letter record.
+    pub(crate) fn nack_write(
+        &self,
+        claimed: &Claimed,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(NackOutcome, Lsn), Error> {
         let at = self
             .now()
             .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
@@ -698,8 +742,7 @@ impl WorkQueue {
             (self.write_locked(&mut sh, op)?, outcome)
         };
         self.inner.settled.notify_all();
-        self.finish(lsn)?;
-        Ok(outcome)
+        Ok((outcome, lsn))
     }
 
     /// Moves dead letters back to pending with a fresh attempt budget (an
@@ -727,6 +770,21 @@ impl WorkQueue {
         redrive: bool,
         command: Option<&str>,
     ) -> Result<Vec<u64>, Error> {
+        let (done, lsn) = self.operate_write(ids, by, redrive, command)?;
+        if let Some(lsn) = lsn {
+            self.finish(lsn)?;
+        }
+        Ok(done)
+    }
+
+    /// The checks and the (buffered) records of a redrive or purge.
+    pub(crate) fn operate_write(
+        &self,
+        ids: &[u64],
+        by: &str,
+        redrive: bool,
+        command: Option<&str>,
+    ) -> Result<(Vec<u64>, Option<Lsn>), Error> {
         let by = cut(by, MAX_WORKER_LEN);
         let at_ms = self.now();
         let (lsn, done) = {
@@ -781,10 +839,7 @@ impl WorkQueue {
             }
             (last, targets.into_iter().map(|t| t.0).collect::<Vec<_>>())
         };
-        if let Some(lsn) = lsn {
-            self.finish(lsn)?;
-        }
-        Ok(done)
+        Ok((done, lsn))
     }
 
     /// Applies every command waiting in the queue's operator inbox and

@@ -311,7 +311,8 @@ pub struct JournalStats {
     pub bytes_since_compaction: u64,
     /// Compactions done by this handle.
     pub compactions: u64,
-    /// Bytes held by live segment files.
+    /// Bytes held by live segment files, and by the spare segment prepared
+    /// for the next rotation when one is ready (`Log::disk_bytes`).
     pub disk_bytes: u64,
     /// The last automatic compaction's failure, if it failed.
     pub last_auto_compact_error: Option<String>,

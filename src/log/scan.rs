@@ -170,14 +170,18 @@ pub fn nonzero_end(b: &[u8], from: usize) -> usize {
 /// know), and its LSN must be plausible for its position — records
 /// `expected..lsn` need at least `encoded_len(0)` bytes each, so a record at
 /// `pos` can hold at most LSN `expected + (pos - from) / encoded_len(0)`.
+/// `b` may be the damaged region only; the work budget is that of the whole
+/// segment (`segment_len` bytes), so the classification does not depend on
+/// how much of the segment was read.
 fn acknowledged_after(
     b: &FileBytes,
     from: usize,
     end: usize,
     expected: Lsn,
     codec: Codec,
+    segment_len: u64,
 ) -> Option<(u64, Lsn)> {
-    let mut budget: u64 = 2 * b.len() as u64 + (1 << 20);
+    let mut budget: u64 = 2 * segment_len.max(b.len() as u64) + (1 << 20);
     let mut pos = from + ALIGN;
     while pos < end {
         let h = &b[pos..];
@@ -349,7 +353,7 @@ pub fn scan_dir(
             // still have zero padding up to the next alignment.
             let padded_end = (data_end.next_multiple_of(ALIGN) as u64).min(src.len());
             let damaged = src.region(pos as u64, padded_end).map_err(io)?;
-            let proof = acknowledged_after(&damaged, 0, data_end - pos, next, codec)
+            let proof = acknowledged_after(&damaged, 0, data_end - pos, next, codec, src.len())
                 .map(|(at, lsn)| (at + pos as u64, lsn));
             if let Some((at, lsn)) = proof {
                 report.corruption = Some(corrupt(

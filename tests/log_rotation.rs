@@ -277,3 +277,110 @@ fn spare_threads() -> usize {
         .filter(|c| c.trim() == "agentwal-spare")
         .count()
 }
+
+/// A simulator whose big writes (a spare's zero fill) are slow, and which
+/// lets the log prepare spares on a thread of its own.
+#[derive(Debug)]
+struct SlowFill(SimStorage);
+
+#[derive(Debug)]
+struct SlowFile(Arc<dyn agentwal::log::storage::StorageFile>);
+
+impl agentwal::log::storage::StorageFile for SlowFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        if buf.len() >= 1 << 20 {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+        self.0.write_at(offset, buf)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read_at(offset, buf)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn sync_all(&self) -> std::io::Result<()> {
+        self.0.sync_all()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+}
+
+impl Storage for SlowFill {
+    fn create_dir_all(&self, p: &Path) -> std::io::Result<()> {
+        self.0.create_dir_all(p)
+    }
+    fn list_dir(&self, d: &Path) -> std::io::Result<Vec<PathBuf>> {
+        self.0.list_dir(d)
+    }
+    fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
+        self.0.is_dir(p)
+    }
+    fn open(
+        &self,
+        p: &Path,
+        m: agentwal::log::storage::OpenMode,
+    ) -> std::io::Result<Arc<dyn agentwal::log::storage::StorageFile>> {
+        Ok(Arc::new(SlowFile(self.0.open(p, m)?)))
+    }
+    fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
+        self.0.rename(a, b)
+    }
+    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
+        self.0.remove_file(p)
+    }
+    fn sync_dir(&self, d: &Path) -> std::io::Result<()> {
+        self.0.sync_dir(d)
+    }
+    fn map(&self, p: &Path) -> std::io::Result<agentwal::log::storage::FileBytes> {
+        self.0.map(p)
+    }
+    fn lock_dir(
+        &self,
+        d: &Path,
+    ) -> Result<Box<dyn agentwal::log::storage::DirLock>, agentwal::log::storage::LockFailure> {
+        self.0.lock_dir(d)
+    }
+}
+
+/// Dropping the last handle while the thread is in the middle of a spare's
+/// zero fill waits for the thread: when `drop` returns, no spare (partial or
+/// whole) is left and nothing writes to the directory any more.
+#[test]
+fn dropping_the_log_mid_preparation_joins_the_thread_and_removes_the_spare() {
+    let sim = SimStorage::new();
+    let dir = Path::new("/j");
+    let o = LogOptions {
+        segment_size: 16 << 20,
+        max_record_bytes: 1 << 20,
+        ..LogOptions::default()
+    };
+    let log = Log::open_with(Arc::new(SlowFill(sim.clone())), dir, o).unwrap();
+    // Past half of the segment in one go: the thread starts the spare's
+    // 16 x 1 MiB zero fill (about half a second at 30 ms a write).
+    let big = vec![7u8; 1 << 20];
+    for _ in 0..9 {
+        log.append_with(0, &big, agentwal::log::Durability::Buffered)
+            .unwrap();
+    }
+    // Wait (bounded) until the spare exists: the thread is filling it.
+    for _ in 0..5000 {
+        if !spares(&sim, dir).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(spares(&sim, dir).len(), 1, "the thread began a spare");
+    drop(log);
+    assert!(
+        spares(&sim, dir).is_empty(),
+        "drop waited for the thread and removed the spare"
+    );
+    let after = sim.mutations();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(sim.mutations(), after, "nothing writes after drop returned");
+}

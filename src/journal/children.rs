@@ -244,6 +244,7 @@ impl Unit {
 }
 
 /// The future a child's body returns in [`Unit::run_children_async`].
+#[cfg(feature = "tokio")]
 pub type ChildFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>;
 

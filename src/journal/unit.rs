@@ -165,6 +165,9 @@ enum Policy<'p, T> {
     RetrySameKey,
     NeverRepeat,
     Reconcile(ProbeFn<'p, T>),
+    // Only the async path (feature `tokio`) calls the probe; without it the
+    // variant still exists (it is built by `Effect::reconcile_async`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     ReconcileAsync(AsyncProbeFn<'p, T>),
 }
 

@@ -175,6 +175,28 @@ fn leftover_spares_are_removed_at_open_and_never_read() {
     assert_eq!(read_all(&log), (1..=400).map(payload).collect::<Vec<_>>());
 }
 
+/// A leftover spare with the highest possible number (a stray or hostile
+/// file name) is removed at open like any other; numbering new spares after
+/// it must not overflow (a panic at open or in the append that asks for
+/// the next spare).
+#[test]
+fn a_leftover_spare_numbered_u64_max_neither_panics_nor_stops_rotation() {
+    for n in [u64::MAX, u64::MAX - 1] {
+        let sim = SimStorage::new();
+        let dir = Path::new("/j");
+        sim.put(&dir.join(format!("segment-{n}.spare")), &[0u8; 16]);
+        let log = Log::open_with(Arc::new(sim.clone()), dir, opts()).unwrap();
+        for i in 1..=300u64 {
+            assert_eq!(log.append(&payload(i)).unwrap(), i);
+        }
+        assert!(log.segment_count() > 1);
+        drop(log);
+        let log =
+            Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), dir, opts()).unwrap();
+        assert_eq!(read_all(&log), (1..=300).map(payload).collect::<Vec<_>>());
+    }
+}
+
 /// A full disk while preparing: the spare's partial file is removed, the
 /// appends go on, and the rotation creates its segment inline once there
 /// is room again.

@@ -247,7 +247,7 @@ impl Shared {
             }
             st.wanted = false;
             let id = st.next_id;
-            st.next_id += 1;
+            st.next_id = id.wrapping_add(1);
             drop(st);
             let spare = self.prepare(id);
             st = self.state.lock();
@@ -312,8 +312,9 @@ impl Preparer {
                 if st.ready.is_some() || st.shutdown {
                     return;
                 }
-                st.next_id += 1;
-                st.next_id - 1
+                let id = st.next_id;
+                st.next_id = id.wrapping_add(1);
+                id
             };
             let spare = self.shared.prepare(id);
             self.shared.state.lock().ready = spare;

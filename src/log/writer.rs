@@ -368,7 +368,13 @@ impl Log {
                 (f, SEGMENT_HEADER as u64, codec)
             }
         };
-        let preparer = Preparer::new(storage.clone(), &dir, &opts, spare_ids + 1);
+        let preparer = Preparer::new(
+            storage.clone(),
+            &dir,
+            &opts,
+            // A leftover named `segment-<u64::MAX>.spare` must not overflow.
+            spare_ids.wrapping_add(1),
+        );
         let inner = Inner {
             #[cfg(feature = "tokio")]
             core: std::sync::OnceLock::new(),

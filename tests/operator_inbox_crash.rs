@@ -302,3 +302,62 @@ fn the_operator_inbox_follows_the_option_for_custom_storage() {
     let reply: OperatorReply = reply_to(&inbox, &id);
     assert!(reply.ok, "{reply:?}");
 }
+
+/// The owner's poller and an explicit `apply_inbox` (or two explicit calls)
+/// may run at once. A command claimed by one of them must not be claimed,
+/// and applied a second time, by the other: its tool would read the second
+/// application's refusal ("already approved") for a command that was
+/// applied.
+#[test]
+fn concurrent_apply_inbox_calls_apply_each_command_once() {
+    const N: usize = 24;
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(tmp.path(), JournalOptions::small()).unwrap();
+        for i in 0..N {
+            let mut u = j.begin(&format!("u{i}"), "refund", &()).unwrap();
+            assert_eq!(u.approval("ok", &i).unwrap(), Approval::Pending);
+            drop(u);
+        }
+        j.close().unwrap();
+    }
+    let j = Journal::open(tmp.path(), JournalOptions::small()).unwrap();
+    let inbox = Inbox::new(tmp.path());
+    let ids: Vec<String> = (0..N)
+        .map(|i| {
+            let cmd = OperatorCommand {
+                by: "alice".into(),
+                reason: "ok".into(),
+                request: OperatorRequest::Approve {
+                    unit: format!("u{i}"),
+                    name: "ok".into(),
+                    approved: true,
+                },
+            };
+            inbox.submit(&serde_json::to_vec(&cmd).unwrap()).unwrap()
+        })
+        .collect();
+    let replied = |id: &String| inbox.dir().join(format!("{id}.reply")).exists();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while !ids.iter().all(replied) && std::time::Instant::now() < deadline {
+                    let _ = j.apply_inbox();
+                }
+            });
+        }
+    });
+    // Let a straggling second application finish before reading.
+    std::thread::sleep(Duration::from_millis(200));
+    for id in &ids {
+        let reply: OperatorReply = reply_to(&inbox, id);
+        assert!(reply.ok, "command {id}: {reply:?}");
+    }
+    drop(j);
+    assert_eq!(
+        operator_records(tmp.path()),
+        N,
+        "each decision recorded once"
+    );
+}

@@ -445,6 +445,9 @@ impl Journal {
         let Some(inbox) = &self.inner.inbox else {
             return Ok(0);
         };
+        // One pass at a time: a command claimed by a concurrent pass (the
+        // poller) is `.applying`, which `claim_all` would claim again.
+        let _turn = inbox.owner_turn();
         let claimed = inbox.claim_all().map_err(|e| Error::InvalidCall {
             unit: String::new(),
             reason: format!("operator inbox {}: {e}", inbox.dir().display()),

@@ -38,6 +38,9 @@ pub const MAX_MESSAGE_BYTES: u64 = 32 << 20;
 #[derive(Debug, Clone)]
 pub struct Inbox {
     dir: PathBuf,
+    /// Held by the owner across claim, apply and reply (see
+    /// [`Inbox::owner_turn`]); shared by clones.
+    turn: std::sync::Arc<parking_lot::Mutex<()>>,
 }
 
 /// A command waiting in the inbox, claimed by the owner.
@@ -128,7 +131,15 @@ impl Inbox {
     pub fn new(owned_dir: impl AsRef<Path>) -> Inbox {
         Inbox {
             dir: owned_dir.as_ref().join(INBOX_DIR),
+            turn: std::sync::Arc::default(),
         }
+    }
+
+    /// The owner's turn to claim, apply and reply: held for the whole
+    /// pass, so two passes of one owner (its poller and an explicit call)
+    /// never claim the same `<id>.applying` and apply it twice.
+    pub(crate) fn owner_turn(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.turn.lock()
     }
 
     /// The inbox directory.

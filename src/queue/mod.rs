@@ -851,6 +851,9 @@ impl WorkQueue {
         let io = |e: std::io::Error| {
             Error::InvalidArgument(format!("operator inbox {}: {e}", inbox.dir().display()))
         };
+        // One pass at a time: a command claimed by a concurrent pass (the
+        // poller) is `.applying`, which `claim_all` would claim again.
+        let _turn = inbox.owner_turn();
         let claimed = inbox.claim_all().map_err(io)?;
         let n = claimed.len();
         for c in claimed {

@@ -492,3 +492,26 @@ fn a_compensated_key_is_shown_as_such_and_never_hands_out_the_undone_result() {
     let keys = json(&inspect(&["keys", "--json"], d.path()));
     assert_eq!(keys[0]["status"], "compensated", "{keys}");
 }
+
+/// A redrive naming an item twice changes it once: the command is written as
+/// one batch whose records must touch distinct items, and the queue reopens.
+#[test]
+fn a_redrive_naming_an_item_twice_changes_it_once_and_the_queue_reopens() {
+    use agentwal::queue::{QueueOptions, WorkQueue};
+    let d = tempfile::tempdir().unwrap();
+    let ids = dead_letters(d.path(), 3);
+    let q = WorkQueue::open(d.path(), QueueOptions::default()).unwrap();
+    let done = q.redrive(&[ids[0], ids[0], ids[1]], "alice").unwrap();
+    assert_eq!(done, vec![ids[0], ids[1]]);
+    assert_eq!(q.stats().dead_lettered, 1);
+    drop(q);
+    let q = WorkQueue::open(d.path(), QueueOptions::default()).unwrap();
+    assert_eq!(q.stats().dead_lettered, 1);
+    assert_eq!(
+        q.purge_dead(&[ids[2], ids[2]], "bob").unwrap(),
+        vec![ids[2]]
+    );
+    drop(q);
+    let q = WorkQueue::open(d.path(), QueueOptions::default()).unwrap();
+    assert_eq!(q.stats().dead_lettered, 0);
+}

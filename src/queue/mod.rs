@@ -463,10 +463,18 @@ impl WorkQueue {
     /// log order is the state order. The caller waits for durability after
     /// releasing the lock, so concurrent operations share one fdatasync.
     fn write_locked(&self, shared: &mut Shared, op: Op) -> Result<Lsn, Error> {
+        self.write_all_locked(shared, vec![op])
+    }
+
+    /// Writes `ops` as one batch (one `write` of the log): a process killed
+    /// while an operator command is applied leaves all of its records or
+    /// none, never some of its items. Returns the last LSN.
+    fn write_all_locked(&self, shared: &mut Shared, ops: Vec<Op>) -> Result<Lsn, Error> {
         let dir = self.inner.log.dir();
-        let (range, _) = engine::append_checked(&self.inner.log, &mut shared.state, vec![op])
+        let n = ops.len() as u64;
+        let (range, _) = engine::append_checked(&self.inner.log, &mut shared.state, ops)
             .map_err(|e| replay_error(dir, e))?;
-        shared.records_since_snapshot += 1;
+        shared.records_since_snapshot += n;
         crate::observe::queue_gauges(
             shared.state.pending(),
             shared.state.in_flight,
@@ -798,7 +806,13 @@ impl WorkQueue {
                     .collect()
             } else {
                 let mut v = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 for id in ids {
+                    // The ops of one batch must touch distinct items (each
+                    // is checked against the state before the batch).
+                    if !seen.insert(*id) {
+                        continue;
+                    }
                     match sh.state.items.get(id) {
                         Some(i) if i.state == ItemState::DeadLettered => v.push((i.id, i.attempts)),
                         Some(i) => {
@@ -816,9 +830,9 @@ impl WorkQueue {
                 }
                 v
             };
-            let mut last = None;
+            let mut ops = Vec::with_capacity(targets.len());
             for (id, attempt) in &targets {
-                let op = if redrive {
+                ops.push(if redrive {
                     Op::Redrive {
                         id: *id,
                         attempt: *attempt,
@@ -834,9 +848,16 @@ impl WorkQueue {
                         at_ms,
                         command: command.map(str::to_string),
                     }
-                };
-                last = Some(self.write_locked(&mut sh, op)?);
+                });
             }
+            // One batch: a kill between per-item writes would leave the
+            // command half applied, and its re-application after the restart
+            // would answer "already applied" for the items recorded.
+            let last = if ops.is_empty() {
+                None
+            } else {
+                Some(self.write_all_locked(&mut sh, ops)?)
+            };
             (last, targets.into_iter().map(|t| t.0).collect::<Vec<_>>())
         };
         Ok((done, lsn))

@@ -210,11 +210,22 @@ impl LogReader {
         let mut attempt = 0;
         let (snapshot, scan) = loop {
             attempt += 1;
-            let read = snapshot::read_latest(storage.as_ref(), &dir).and_then(|snapshot| {
-                let expected_first = snapshot.as_ref().map(|s| s.lsn + 1);
-                let scan = scan_dir(&storage, &dir, expected_first)?;
-                Ok((snapshot, scan))
-            });
+            let look = || {
+                snapshot::read_latest(storage.as_ref(), &dir).and_then(|snapshot| {
+                    let expected_first = snapshot.as_ref().map(|s| s.lsn + 1);
+                    let scan = scan_dir(&storage, &dir, expected_first)?;
+                    Ok((snapshot, scan))
+                })
+            };
+            // After a first look that found damage, the live segment is
+            // read as one snapshot (see `whole_live_reads`): windows read
+            // at different moments can show the owner's append in progress
+            // as a hole before later records.
+            let read = if last_corruption.is_none() && attempt == 1 {
+                look()
+            } else {
+                super::window::whole_live_reads(look)
+            };
             let (snapshot, scan) = match read {
                 Err(Error::Io { ref source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound && attempt < 9 =>

@@ -19,22 +19,32 @@ use super::storage::{FileBytes, OpenMode, Storage};
 /// Bytes read from the live segment at a time.
 pub(crate) const READ_CHUNK: usize = 1 << 20;
 
-#[cfg(any(test, feature = "testing"))]
 thread_local! {
+    /// The window size on this thread: [`READ_CHUNK`], shrunk by tests
+    /// (feature `testing`) and unbounded inside [`whole_live_reads`].
     static CHUNK: std::cell::Cell<usize> = const { std::cell::Cell::new(READ_CHUNK) };
 }
 
-/// The window size on this thread (tests shrink it to put record
-/// boundaries everywhere).
+/// The window size on this thread.
 fn chunk() -> usize {
-    #[cfg(any(test, feature = "testing"))]
-    {
-        CHUNK.with(|c| c.get())
-    }
-    #[cfg(not(any(test, feature = "testing")))]
-    {
-        READ_CHUNK
-    }
+    CHUNK.with(|c| c.get())
+}
+
+/// Runs `f` reading each live segment in one window (one positional read
+/// from offset 0 to its end), as one snapshot of the file.
+///
+/// Why: a reader that does not own the log races the owner's appends.
+/// Windows read one after the other show the file at different moments: a
+/// record position still zero in one window, and the records written after
+/// it in a window read a moment later, which looks exactly like a hole
+/// before acknowledged data (corruption). [`super::reader::LogReader`] reads
+/// in windows first (bounded memory) and, only when that found damage,
+/// looks again with whole reads before it believes it.
+pub(crate) fn whole_live_reads<R>(f: impl FnOnce() -> R) -> R {
+    let before = CHUNK.with(|c| c.replace(usize::MAX));
+    let r = f();
+    CHUNK.with(|c| c.set(before));
+    r
 }
 
 /// Sets the live-segment window size for reads on this thread (feature
@@ -210,7 +220,21 @@ impl Source {
                 let hi = usize::try_from(to).unwrap_or(usize::MAX).min(b.len());
                 Ok(FileBytes::new(b[lo..hi].to_vec()))
             }
-            Source::Live { storage, path, .. } => {
+            Source::Live {
+                storage,
+                path,
+                start,
+                window,
+                ..
+            } => {
+                // From the window when it holds the region: the same
+                // snapshot of the file as the records decoded from it.
+                let have_end = *start + window.len() as u64;
+                if from >= *start && to <= have_end && from <= to {
+                    let lo = usize::try_from(from - *start).unwrap_or(usize::MAX);
+                    let hi = usize::try_from(to - *start).unwrap_or(usize::MAX);
+                    return Ok(FileBytes::new(window[lo..hi].to_vec()));
+                }
                 storage.read_range(path, from, to.saturating_sub(from))
             }
         }

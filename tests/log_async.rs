@@ -485,3 +485,25 @@ fn an_async_append_into_a_new_segment_survives_power_loss_right_after_it_complet
     });
     assert!(checked >= 3, "rotations checked: {checked}");
 }
+
+/// A writer thread that could not be started (a failed spawn: a transient
+/// resource limit) fails that one call with `Io`, poisons nothing, and the
+/// next async call starts the thread.
+#[test]
+fn a_failed_writer_thread_start_is_retried_by_the_next_call() {
+    let sim = SimStorage::new();
+    let log = Log::open_with(Arc::new(sim.clone()), "/sim/async-start", opts()).unwrap();
+    current_thread().block_on(async {
+        Log::fail_next_writer_start();
+        let e = log.append_async(1, b"first".to_vec()).await.unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        let lsn = log.append_async(1, b"second".to_vec()).await.unwrap();
+        assert_eq!(lsn, 1, "nothing was written by the failed call");
+        log.sync_async().await.unwrap();
+    });
+    assert!(log
+        .writer_thread_alive()
+        .expect("started")
+        .load(Ordering::Acquire));
+    log.append(b"sync").unwrap();
+}

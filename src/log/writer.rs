@@ -893,6 +893,10 @@ impl Log {
 /// them again dirties them, so the caller's sync really persists them.
 /// Bounded by what was never proven durable (normally the last group of
 /// records), never the whole log.
+/// Physical block size recovery assumes a device may rewrite as a whole
+/// (4 KiB sectors; see "Torn 4 KiB sectors" in `docs/recovery.md`).
+const DEVICE_BLOCK: u64 = 4096;
+
 fn rewrite_unproven(
     storage: &Arc<dyn Storage>,
     f: &dyn StorageFile,
@@ -925,8 +929,21 @@ fn rewrite_unproven(
         }
     }
     let io = |e| Error::io("rewrite unproven bytes", path, e);
-    let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(read_err)?;
-    f.write_at(0, header).map_err(io)?;
+    // Rewrite whole device blocks: start at the 4 KiB boundary at or before
+    // the first unproven byte (the proven bytes in between are rewritten
+    // with what they already hold). A device that stores part of a
+    // physical sector by rewriting all of it can destroy the bytes before
+    // a write in its block when power fails; a write that starts on the
+    // boundary has none. Without this, a power cut during this rewrite
+    // could destroy the header (and its salt) of a segment whose records
+    // were acknowledged but not yet vouched for by a later record, and the
+    // next open would cut them all as a torn creation
+    // (`log_torn_header`).
+    let mut pos = pos / DEVICE_BLOCK * DEVICE_BLOCK;
+    if pos > 0 {
+        let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(read_err)?;
+        f.write_at(0, header).map_err(io)?;
+    }
     while pos < seg.end_offset {
         let chunk = src
             .bytes(pos, (seg.end_offset - pos).min(1 << 20))

@@ -164,9 +164,16 @@ struct WriterState {
     /// Checksum scheme of the active segment (a segment of the previous
     /// format version is continued in that version until it is sealed).
     codec: Codec,
+    /// End of what was written to `file`: `pending` goes there next.
     pos: u64,
     next_lsn: Lsn,
-    buf: Vec<u8>,
+    /// Encoded durable records not written yet (LSNs up to `next_lsn - 1`),
+    /// in file order from `pos`. Their callers are blocked in
+    /// `wait_durable` until a sync covers them, so the next group-commit
+    /// leader writes them all with one `pwrite` just before its
+    /// `fdatasync`; anything that needs them in the file first (a buffered
+    /// append, `read_from`, rotation) writes them before it goes on.
+    pending: Vec<u8>,
     /// A spare was requested for the rotation that ends the active segment.
     spare_requested: bool,
 }
@@ -387,7 +394,7 @@ impl Log {
                 codec,
                 pos,
                 next_lsn,
-                buf: Vec::new(),
+                pending: Vec::new(),
                 spare_requested: false,
             }),
             syncing: Mutex::new(SyncState::default()),
@@ -489,7 +496,7 @@ impl Log {
         self.check_poison()?;
         let range = {
             let mut w = self.inner.writer.lock();
-            let r = self.write_locked(&mut w, records);
+            let r = self.write_locked(&mut w, records, durability);
             if let Err(e) = &r {
                 self.poison(e);
             }
@@ -505,28 +512,34 @@ impl Log {
         Ok(range)
     }
 
+    /// Encodes `records` after the pending ones. A durable batch stays
+    /// pending: its caller waits for a sync anyway, and the leader of that
+    /// sync writes every pending record with one `pwrite` (the group's
+    /// callers no longer take turns writing under this lock while the
+    /// previous sync runs). A buffered batch is written at once, with the
+    /// pending records before it (file order is LSN order).
     fn write_locked(
         &self,
         w: &mut WriterState,
         records: &[(u8, &[u8])],
+        durability: Durability,
     ) -> Result<RangeInclusive<Lsn>> {
         let first = w.next_lsn;
-        let mut buf = std::mem::take(&mut w.buf);
-        buf.clear();
         let synced = self.durable_lsn();
         for (kind, payload) in records {
             let need = encoded_len(payload.len()) as u64;
-            if w.pos + buf.len() as u64 + need > self.inner.opts.segment_size {
-                self.flush_buf(w, &buf)?;
-                buf.clear();
+            if w.pos + w.pending.len() as u64 + need > self.inner.opts.segment_size {
+                self.flush_pending(w)?;
                 self.rotate(w)?;
             }
-            encode(&mut buf, w.codec, w.next_lsn, synced, *kind, payload);
+            encode(&mut w.pending, w.codec, w.next_lsn, synced, *kind, payload);
             w.next_lsn += 1;
         }
-        self.flush_buf(w, &buf)?;
-        w.buf = buf;
-        if !w.spare_requested && w.pos >= self.inner.opts.segment_size / 2 {
+        if durability != Durability::Durable {
+            self.flush_pending(w)?;
+        }
+        let end = w.pos + w.pending.len() as u64;
+        if !w.spare_requested && end >= self.inner.opts.segment_size / 2 {
             // Half full: time to get the next segment ready.
             w.spare_requested = true;
             self.inner.preparer.request();
@@ -534,14 +547,24 @@ impl Log {
         Ok(first..=w.next_lsn - 1)
     }
 
-    fn flush_buf(&self, w: &mut WriterState, buf: &[u8]) -> Result<()> {
-        if buf.is_empty() {
+    /// Writes the pending records (one `pwrite`). A failure leaves them
+    /// unwritten for good: the caller poisons the log, so no sync can ever
+    /// vouch for them. A poisoned log writes nothing more (a failed write
+    /// left a hole before these records): they are dropped, and their
+    /// callers get `Poisoned` from `wait_durable`.
+    fn flush_pending(&self, w: &mut WriterState) -> Result<()> {
+        if w.pending.is_empty() {
             return Ok(());
         }
-        w.file
-            .write_at(w.pos, buf)
-            .map_err(|e| Error::io("write", &w.segments.last().expect("active segment").1, e))?;
-        w.pos += buf.len() as u64;
+        if let Err(e) = self.check_poison() {
+            w.pending.clear();
+            return Err(e);
+        }
+        let r = w.file.write_at(w.pos, &w.pending);
+        let len = w.pending.len() as u64;
+        w.pending.clear();
+        r.map_err(|e| Error::io("write", &w.segments.last().expect("active segment").1, e))?;
+        w.pos += len;
         Ok(())
     }
 
@@ -627,18 +650,32 @@ impl Log {
             if let Some((want, budget)) = gather {
                 self.gather(want, budget);
             }
-            // Everything up to `target` is in `file` or in a sealed (already
-            // durable) segment, so one fdatasync of `file` covers it.
-            let (file, target, path) = {
-                let w = inner.writer.lock();
+            // The pending records of every caller in the group go into
+            // `file` with one write, right before the sync that covers
+            // them. Then everything up to `target` is in `file` or in a
+            // sealed (already durable) segment, so one fdatasync of `file`
+            // covers it. A log poisoned meanwhile (a failed write dropped
+            // records below `target`) must not sync: its sync would vouch
+            // for records that are not in the file.
+            let (file, target, path, written) = {
+                let mut w = inner.writer.lock();
+                let written = self
+                    .check_poison()
+                    .and_then(|()| self.flush_pending(&mut w));
                 (
                     w.file.clone(),
                     w.next_lsn - 1,
                     w.segments.last().expect("active").1.clone(),
+                    written,
                 )
             };
             let started = Instant::now();
-            let r = file.sync_data();
+            let r = match written {
+                Ok(()) => file
+                    .sync_data()
+                    .map_err(|e| Error::io("fdatasync", path, e)),
+                Err(e) => Err(e),
+            };
             let took = started.elapsed();
             st = inner.syncing.lock();
             st.active = false;
@@ -655,8 +692,9 @@ impl Log {
                     st.expected = before;
                     st.last_sync = took;
                 }
-                Err(e) => {
-                    let err = Error::io("fdatasync", path, e);
+                Err(err) => {
+                    // Every caller of the group fails: this one with the
+                    // error, the others with `Poisoned`.
                     self.poison(&err);
                     st.waiters.clear();
                     inner.synced.notify_all();
@@ -703,7 +741,17 @@ impl Log {
     /// Reads records with LSN `>= from` up to the last record written now.
     pub fn read_from(&self, from: Lsn) -> Result<LogIter> {
         let (segments, last, end) = {
-            let w = self.inner.writer.lock();
+            let mut w = self.inner.writer.lock();
+            // Every record appended so far is readable, as before pending
+            // records existed: a reader never waits for a sync. A poisoned
+            // log stays readable up to what was written.
+            match self.flush_pending(&mut w) {
+                Ok(()) | Err(Error::Poisoned { .. }) => {}
+                Err(e) => {
+                    self.poison(&e);
+                    return Err(e);
+                }
+            }
             (w.segments.clone(), w.next_lsn - 1, w.pos)
         };
         Ok(LogIter::new(

@@ -11,6 +11,8 @@ use agentwal::inspect::summary::summary;
 use agentwal::inspect::verify::verify;
 use agentwal::inspect::{Inspection, OpenOptions};
 use agentwal::log::storage::sim::CrashMode;
+use agentwal::log::storage::FileBytes;
+use agentwal::log::testing::{ForwardingStorage, StorageHooks};
 use agentwal::log::{Durability, Log, LogOptions, LogReader, SimStorage, Storage};
 
 fn opts() -> LogOptions {
@@ -246,69 +248,38 @@ fn progress_reports_every_segment_and_ends_at_the_total() {
     assert!(calls.contains(&(before_last, total)), "{calls:?}");
 }
 
-/// A storage whose first read of one file returns a doctored image: what a
-/// reader racing with the writer could see for an instant.
+/// The first read of one file returns a doctored image: what a reader
+/// racing with the writer could see for an instant.
 #[derive(Debug)]
 struct RacyOnce {
-    inner: SimStorage,
     path: std::path::PathBuf,
     first: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
-impl Storage for RacyOnce {
-    fn create_dir_all(&self, p: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(p)
-    }
-    fn list_dir(&self, d: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-        self.inner.list_dir(d)
-    }
-    fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
-        self.inner.is_dir(p)
-    }
-    fn open(
-        &self,
-        p: &Path,
-        m: agentwal::log::storage::OpenMode,
-    ) -> std::io::Result<Arc<dyn agentwal::log::storage::StorageFile>> {
-        self.inner.open(p, m)
-    }
-    fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
-        self.inner.rename(a, b)
-    }
-    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
-        self.inner.remove_file(p)
-    }
-    fn sync_dir(&self, d: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(d)
-    }
-    fn map(&self, p: &Path) -> std::io::Result<agentwal::log::storage::FileBytes> {
+impl StorageHooks for RacyOnce {
+    fn map(&self, inner: &dyn Storage, p: &Path) -> std::io::Result<FileBytes> {
         if p == self.path {
             if let Some(fake) = self.first.lock().unwrap().take() {
-                return Ok(agentwal::log::storage::FileBytes::new(fake));
+                return Ok(FileBytes::new(fake));
             }
         }
-        self.inner.map(p)
+        inner.map(p)
     }
     fn read_range(
         &self,
+        inner: &dyn Storage,
         p: &Path,
         offset: u64,
         max: u64,
-    ) -> std::io::Result<agentwal::log::storage::FileBytes> {
+    ) -> std::io::Result<FileBytes> {
         if p == self.path {
             if let Some(mut fake) = self.first.lock().unwrap().take() {
                 fake.drain(..(offset as usize).min(fake.len()));
                 fake.truncate(max.min(fake.len() as u64) as usize);
-                return Ok(agentwal::log::storage::FileBytes::new(fake));
+                return Ok(FileBytes::new(fake));
             }
         }
-        self.inner.read_range(p, offset, max)
-    }
-    fn lock_dir(
-        &self,
-        d: &Path,
-    ) -> Result<Box<dyn agentwal::log::storage::DirLock>, agentwal::log::storage::LockFailure> {
-        self.inner.lock_dir(d)
+        inner.read_range(p, offset, max)
     }
 }
 
@@ -335,11 +306,13 @@ fn a_scan_racing_with_the_writer_is_not_reported_as_corruption() {
     fake[start..start + len].fill(0);
 
     let racy = || -> Arc<dyn Storage> {
-        Arc::new(RacyOnce {
-            inner: sim.clone(),
-            path: seg.path.clone(),
-            first: std::sync::Mutex::new(Some(fake.clone())),
-        })
+        Arc::new(ForwardingStorage::new(
+            sim.clone(),
+            RacyOnce {
+                path: seg.path.clone(),
+                first: std::sync::Mutex::new(Some(fake.clone())),
+            },
+        ))
     };
     // One scan of that image alone would call it corruption...
     let once = agentwal::log::testing::scan_dir(&racy(), dir, None).unwrap();

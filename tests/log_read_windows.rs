@@ -4,86 +4,51 @@
 //! Records that span window boundaries are read exactly as a whole-segment
 //! read would (any record sizes, any window size).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use agentwal::log::storage::sim::CrashMode;
-use agentwal::log::storage::{DirLock, FileBytes, LockFailure, OpenMode, Storage, StorageFile};
-use agentwal::log::testing::set_read_chunk;
+use agentwal::log::storage::{FileBytes, OpenMode, Storage, StorageFile};
+use agentwal::log::testing::{
+    set_read_chunk, FileHooks, ForwardingFile, ForwardingStorage, StorageHooks,
+};
 use agentwal::log::{Durability, Log, LogOptions, LogReader, SimStorage};
 use proptest::prelude::*;
 
-/// A storage that remembers the largest buffer read at once, through any
-/// path (`read_range`, a file's `read_at`); maps (sealed segments, page
-/// cache) are not heap reads and are not counted.
+/// Remembers the largest buffer read at once, through any path
+/// (`read_range`, a file's `read_at`); maps (sealed segments, page cache)
+/// are not heap reads and are not counted.
 #[derive(Debug)]
 struct Counting {
-    inner: SimStorage,
     largest: Arc<AtomicU64>,
 }
 
-#[derive(Debug)]
-struct CountingFile {
-    inner: Arc<dyn StorageFile>,
-    largest: Arc<AtomicU64>,
-}
-
-impl StorageFile for CountingFile {
-    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        self.inner.write_at(offset, buf)
+impl StorageHooks for Counting {
+    fn open(
+        &self,
+        inner: &dyn Storage,
+        p: &Path,
+        m: OpenMode,
+    ) -> std::io::Result<Arc<dyn StorageFile>> {
+        Ok(ForwardingFile::wrap(
+            inner.open(p, m)?,
+            Counting {
+                largest: self.largest.clone(),
+            },
+        ))
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+}
+
+impl FileHooks for Counting {
+    fn read_at(
+        &self,
+        inner: &dyn StorageFile,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<usize> {
         self.largest.fetch_max(buf.len() as u64, Ordering::Relaxed);
-        self.inner.read_at(offset, buf)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn sync_all(&self) -> std::io::Result<()> {
-        self.inner.sync_all()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-}
-
-impl Storage for Counting {
-    fn create_dir_all(&self, p: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(p)
-    }
-    fn list_dir(&self, d: &Path) -> std::io::Result<Vec<PathBuf>> {
-        self.inner.list_dir(d)
-    }
-    fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
-        self.inner.is_dir(p)
-    }
-    fn open(&self, p: &Path, m: OpenMode) -> std::io::Result<Arc<dyn StorageFile>> {
-        Ok(Arc::new(CountingFile {
-            inner: self.inner.open(p, m)?,
-            largest: self.largest.clone(),
-        }))
-    }
-    fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
-        self.inner.rename(a, b)
-    }
-    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
-        self.inner.remove_file(p)
-    }
-    fn sync_dir(&self, d: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(d)
-    }
-    fn map(&self, p: &Path) -> std::io::Result<FileBytes> {
-        self.inner.map(p)
-    }
-    fn allows_background_io(&self) -> bool {
-        false
-    }
-    fn lock_dir(&self, d: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
-        self.inner.lock_dir(d)
+        inner.read_at(offset, buf)
     }
 }
 
@@ -117,10 +82,12 @@ fn largest_read(segment_size: u64) -> u64 {
         assert_eq!(log.segment_count(), 1, "one live segment");
     }
     let largest = Arc::new(AtomicU64::new(0));
-    let counting: Arc<dyn Storage> = Arc::new(Counting {
-        inner: sim.crash(CrashMode::KeepAll),
-        largest: largest.clone(),
-    });
+    let counting: Arc<dyn Storage> = Arc::new(ForwardingStorage::new(
+        sim.crash(CrashMode::KeepAll),
+        Counting {
+            largest: largest.clone(),
+        },
+    ));
     {
         let log = Log::open_with(counting.clone(), dir, opts).unwrap();
         let back: Vec<_> = log.read_from(1).unwrap().map(|r| r.unwrap().lsn).collect();
@@ -139,6 +106,7 @@ fn reading_the_live_segment_holds_a_window_not_the_segment() {
     eprintln!("largest single read: {small} bytes (4 MiB segment), {big} bytes (32 MiB segment)");
     // One 1 MiB window plus, at most, one record spanning its end.
     let bound = (1 << 20) + (64 << 10) + 64;
+    assert!(small > 0 && big > 0, "the wrapper saw the reads");
     assert!(small <= bound, "4 MiB segment: read {small} bytes at once");
     assert!(big <= bound, "32 MiB segment: read {big} bytes at once");
     assert_eq!(
@@ -236,55 +204,30 @@ proptest! {
     }
 }
 
-/// A storage whose every re-read of the live segment past its start first
-/// lets the owner append two durable records: the reader's windows see the
-/// file at different moments, as they do while a real owner appends.
+/// Every re-read of the live segment past its start first lets the owner
+/// append two durable records: the reader's windows see the file at
+/// different moments, as they do while a real owner appends.
 #[derive(Debug)]
 struct Racing {
-    inner: SimStorage,
     log: Log,
     appended: AtomicU64,
 }
 
-impl Storage for Racing {
-    fn create_dir_all(&self, p: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(p)
-    }
-    fn list_dir(&self, d: &Path) -> std::io::Result<Vec<PathBuf>> {
-        self.inner.list_dir(d)
-    }
-    fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
-        self.inner.is_dir(p)
-    }
-    fn open(&self, p: &Path, m: OpenMode) -> std::io::Result<Arc<dyn StorageFile>> {
-        self.inner.open(p, m)
-    }
-    fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
-        self.inner.rename(a, b)
-    }
-    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
-        self.inner.remove_file(p)
-    }
-    fn sync_dir(&self, d: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(d)
-    }
-    fn map(&self, p: &Path) -> std::io::Result<FileBytes> {
-        self.inner.map(p)
-    }
-    fn read_range(&self, p: &Path, offset: u64, max: u64) -> std::io::Result<FileBytes> {
+impl StorageHooks for Racing {
+    fn read_range(
+        &self,
+        inner: &dyn Storage,
+        p: &Path,
+        offset: u64,
+        max: u64,
+    ) -> std::io::Result<FileBytes> {
         if offset > 0 {
             for _ in 0..2 {
                 self.log.append(&payload(7, 200)).unwrap();
                 self.appended.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.inner.read_range(p, offset, max)
-    }
-    fn allows_background_io(&self) -> bool {
-        false
-    }
-    fn lock_dir(&self, d: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
-        self.inner.lock_dir(d)
+        inner.read_range(p, offset, max)
     }
 }
 
@@ -306,14 +249,16 @@ fn a_reader_racing_the_owners_appends_reports_no_corruption() {
     for i in 1..=100 {
         log.append(&payload(i, 300)).unwrap();
     }
-    let racing = Arc::new(Racing {
-        inner: sim.clone(),
-        log: log.clone(),
-        appended: AtomicU64::new(0),
-    });
+    let racing = Arc::new(ForwardingStorage::new(
+        sim.clone(),
+        Racing {
+            log: log.clone(),
+            appended: AtomicU64::new(0),
+        },
+    ));
     let reader = LogReader::open_with(racing.clone(), dir).unwrap();
     assert!(
-        racing.appended.load(Ordering::Relaxed) > 0,
+        racing.hooks().appended.load(Ordering::Relaxed) > 0,
         "the owner appended while the reader read"
     );
     assert!(

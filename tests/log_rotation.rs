@@ -303,69 +303,36 @@ fn spare_threads() -> usize {
 /// A simulator whose big writes (a spare's zero fill) are slow, and which
 /// lets the log prepare spares on a thread of its own.
 #[derive(Debug)]
-struct SlowFill(SimStorage);
+struct SlowFill;
 
-#[derive(Debug)]
-struct SlowFile(Arc<dyn agentwal::log::storage::StorageFile>);
-
-impl agentwal::log::storage::StorageFile for SlowFile {
-    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        if buf.len() >= 1 << 20 {
-            std::thread::sleep(std::time::Duration::from_millis(30));
-        }
-        self.0.write_at(offset, buf)
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read_at(offset, buf)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.0.sync_data()
-    }
-    fn sync_all(&self) -> std::io::Result<()> {
-        self.0.sync_all()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
-    }
-}
-
-impl Storage for SlowFill {
-    fn create_dir_all(&self, p: &Path) -> std::io::Result<()> {
-        self.0.create_dir_all(p)
-    }
-    fn list_dir(&self, d: &Path) -> std::io::Result<Vec<PathBuf>> {
-        self.0.list_dir(d)
-    }
-    fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
-        self.0.is_dir(p)
-    }
+impl agentwal::log::testing::StorageHooks for SlowFill {
     fn open(
         &self,
+        inner: &dyn Storage,
         p: &Path,
         m: agentwal::log::storage::OpenMode,
     ) -> std::io::Result<Arc<dyn agentwal::log::storage::StorageFile>> {
-        Ok(Arc::new(SlowFile(self.0.open(p, m)?)))
+        Ok(agentwal::log::testing::ForwardingFile::wrap(
+            inner.open(p, m)?,
+            SlowFill,
+        ))
     }
-    fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
-        self.0.rename(a, b)
+    fn allows_background_io(&self, _: &dyn Storage) -> bool {
+        true
     }
-    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
-        self.0.remove_file(p)
-    }
-    fn sync_dir(&self, d: &Path) -> std::io::Result<()> {
-        self.0.sync_dir(d)
-    }
-    fn map(&self, p: &Path) -> std::io::Result<agentwal::log::storage::FileBytes> {
-        self.0.map(p)
-    }
-    fn lock_dir(
+}
+
+impl agentwal::log::testing::FileHooks for SlowFill {
+    fn write_at(
         &self,
-        d: &Path,
-    ) -> Result<Box<dyn agentwal::log::storage::DirLock>, agentwal::log::storage::LockFailure> {
-        self.0.lock_dir(d)
+        inner: &dyn agentwal::log::storage::StorageFile,
+        offset: u64,
+        buf: &[u8],
+    ) -> std::io::Result<()> {
+        if buf.len() >= 1 << 20 {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+        inner.write_at(offset, buf)
     }
 }
 
@@ -381,7 +348,15 @@ fn dropping_the_log_mid_preparation_joins_the_thread_and_removes_the_spare() {
         max_record_bytes: 1 << 20,
         ..LogOptions::default()
     };
-    let log = Log::open_with(Arc::new(SlowFill(sim.clone())), dir, o).unwrap();
+    let log = Log::open_with(
+        Arc::new(agentwal::log::testing::ForwardingStorage::new(
+            sim.clone(),
+            SlowFill,
+        )),
+        dir,
+        o,
+    )
+    .unwrap();
     // Past half of the segment in one go: the thread starts the spare's
     // 16 x 1 MiB zero fill (about half a second at 30 ms a write).
     let big = vec![7u8; 1 << 20];

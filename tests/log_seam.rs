@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use agentwal::log::storage::{DirLock, FileBytes, LockFailure, OpenMode, StorageFile};
+use agentwal::log::storage::{FileBytes, OpenMode, StorageFile};
+use agentwal::log::testing::{FileHooks, ForwardingFile, ForwardingStorage, StorageHooks};
 use agentwal::log::{Durability, Log, LogOptions, LogReader, RecoveryMode, SimStorage, Storage};
 
 const KEY: u8 = 0x5A;
@@ -19,89 +20,78 @@ fn scramble(b: &[u8]) -> Vec<u8> {
     b.iter().map(|x| x ^ KEY).collect()
 }
 
-/// A storage that XORs every byte on the way in and out, counting calls.
-#[derive(Debug)]
+/// XORs every byte on the way in and out, counting calls: the hooks of the
+/// storage and of each file it opens.
+#[derive(Debug, Clone)]
 struct Scrambled {
-    inner: SimStorage,
     calls: Arc<AtomicU64>,
 }
 
-#[derive(Debug)]
-struct ScrambledFile {
-    inner: Arc<dyn StorageFile>,
-    calls: Arc<AtomicU64>,
-}
-
-impl StorageFile for ScrambledFile {
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+impl Scrambled {
+    fn count(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.write_at(offset, &scramble(buf))
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let n = self.inner.read_at(offset, buf)?;
+}
+
+impl FileHooks for Scrambled {
+    fn write_at(&self, inner: &dyn StorageFile, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.count();
+        inner.write_at(offset, &scramble(buf))
+    }
+    fn read_at(&self, inner: &dyn StorageFile, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.count();
+        let n = inner.read_at(offset, buf)?;
         for b in &mut buf[..n] {
             *b ^= KEY;
         }
         Ok(n)
     }
-    fn sync_data(&self) -> io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync_data()
+    fn sync_data(&self, inner: &dyn StorageFile) -> io::Result<()> {
+        self.count();
+        inner.sync_data()
     }
-    fn sync_all(&self) -> io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync_all()
+    fn sync_all(&self, inner: &dyn StorageFile) -> io::Result<()> {
+        self.count();
+        inner.sync_all()
     }
-    fn set_len(&self, len: u64) -> io::Result<()> {
+    fn set_len(&self, inner: &dyn StorageFile, len: u64) -> io::Result<()> {
         // Extending with zeros must read back as zeros: extend by writing.
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let cur = self.inner.len()?;
+        self.count();
+        let cur = inner.len()?;
         if len > cur {
-            self.inner.write_at(cur, &vec![KEY; (len - cur) as usize])
+            inner.write_at(cur, &vec![KEY; (len - cur) as usize])
         } else {
-            self.inner.set_len(len)
+            inner.set_len(len)
         }
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
     }
 }
 
-impl Storage for Scrambled {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.create_dir_all(path)
+impl StorageHooks for Scrambled {
+    fn create_dir_all(&self, inner: &dyn Storage, path: &Path) -> io::Result<()> {
+        self.count();
+        inner.create_dir_all(path)
     }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.list_dir(dir)
+    fn list_dir(&self, inner: &dyn Storage, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        self.count();
+        inner.list_dir(dir)
     }
-    fn is_dir(&self, path: &Path) -> io::Result<bool> {
-        self.inner.is_dir(path)
+    fn open(
+        &self,
+        inner: &dyn Storage,
+        path: &Path,
+        mode: OpenMode,
+    ) -> io::Result<Arc<dyn StorageFile>> {
+        self.count();
+        Ok(ForwardingFile::wrap(inner.open(path, mode)?, self.clone()))
     }
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        Ok(Arc::new(ScrambledFile {
-            inner: self.inner.open(path, mode)?,
-            calls: self.calls.clone(),
-        }))
+    fn map(&self, inner: &dyn Storage, path: &Path) -> io::Result<FileBytes> {
+        self.count();
+        Ok(FileBytes::new(scramble(&inner.map(path)?)))
     }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn map(&self, path: &Path) -> io::Result<FileBytes> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        Ok(FileBytes::new(scramble(&self.inner.map(path)?)))
-    }
-    fn lock_dir(&self, dir: &Path) -> Result<Box<dyn DirLock>, LockFailure> {
-        self.inner.lock_dir(dir)
+    fn allows_background_io(&self, _: &dyn Storage) -> bool {
+        // As a real file system: spares are prepared on the log's own
+        // thread, which must go through the seam too.
+        true
     }
 }
 
@@ -129,10 +119,12 @@ fn nothing_bypasses_the_storage_seam() {
     assert!(!root.exists());
     let sim = SimStorage::new();
     let calls = Arc::new(AtomicU64::new(0));
-    let storage: Arc<dyn Storage> = Arc::new(Scrambled {
-        inner: sim.clone(),
-        calls: calls.clone(),
-    });
+    let storage: Arc<dyn Storage> = Arc::new(ForwardingStorage::new(
+        sim.clone(),
+        Scrambled {
+            calls: calls.clone(),
+        },
+    ));
 
     let log = Log::open_with(storage.clone(), &dir, opts(RecoveryMode::Strict)).unwrap();
     for lsn in 1..=30 {

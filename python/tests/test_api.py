@@ -9,7 +9,7 @@ import os
 import pytest
 
 import agentwal
-from conftest import run_python
+from conftest import open_journal, run_python
 
 
 def interrupt_inside(unit: agentwal.Unit, name: str, policy: str, **kw) -> None:
@@ -78,11 +78,11 @@ def test_exception_leaves_unit_resumable_and_completed_effects_replay(journal):
 
 def test_results_survive_reopen_exactly(jdir):
     value = {"s": "é✓", "i": -(2**63), "u": 2**64 - 1, "f": 0.1, "l": [[], {}], "t": (1, 2), "b": False}
-    with agentwal.Journal(jdir) as j:
+    with open_journal(jdir) as j:
         u = j.unit("r")
         first = u.run("x", lambda: value, policy="retry_same_key")
         u.abandon()
-    with agentwal.Journal(jdir) as j:
+    with open_journal(jdir) as j:
         with j.unit("r") as u:
             got = u.run("x", lambda: pytest.fail("must replay"), policy="retry_same_key")
     expected = dict(value, t=[1, 2])  # tuples come back as lists (JSON arrays)
@@ -186,7 +186,7 @@ def test_policy_is_required_and_checked(journal):
 
 
 def test_payload_too_large_is_typed_and_writes_nothing(jdir):
-    with agentwal.Journal(jdir, max_payload_bytes=1024) as j:
+    with open_journal(jdir, max_payload_bytes=1024) as j:
         with pytest.raises(agentwal.PayloadTooLarge) as ei:
             j.unit("big", payload="x" * 5000)
         assert ei.value.limit == 1024 and ei.value.size > 1024
@@ -317,13 +317,13 @@ def test_failing_compensation_is_retryable(journal):
 
 
 def test_checkpoints_survive_a_crash(jdir):
-    with agentwal.Journal(jdir) as j:
+    with open_journal(jdir) as j:
         u = j.unit("ck")
         assert u.last_checkpoint() is None
         u.checkpoint({"page": 3})
         u.checkpoint({"page": 4})
         u.abandon()
-    with agentwal.Journal(jdir) as j:
+    with open_journal(jdir) as j:
         with j.unit("ck") as u:
             assert u.resumed and u.last_checkpoint() == {"page": 4}
 
@@ -362,7 +362,7 @@ def test_unit_busy_in_the_same_process(journal):
 
 
 def test_a_second_process_gets_locked(jdir):
-    with agentwal.Journal(jdir):
+    with open_journal(jdir):
         p = run_python(
             "import sys, agentwal\n"
             "try:\n"
@@ -376,7 +376,7 @@ def test_a_second_process_gets_locked(jdir):
 
 
 def test_corrupt_journal_is_a_typed_error(jdir):
-    with agentwal.Journal(jdir) as j:
+    with open_journal(jdir) as j:
         with j.unit("c") as u:
             u.run("x", lambda: "a" * 100, policy="retry_same_key")
     segs = sorted(p for p in os.listdir(jdir) if p.endswith(".wal") or p.startswith("seg") or p[0].isdigit())
@@ -386,7 +386,7 @@ def test_corrupt_journal_is_a_typed_error(jdir):
         f.seek(0)
         f.write(b"XXXXXXXX")
     with pytest.raises(agentwal.Error) as ei:
-        agentwal.Journal(jdir)
+        open_journal(jdir)
     assert isinstance(ei.value, (agentwal.Corrupt, agentwal.NotAJournal)), repr(ei.value)
 
 
@@ -412,19 +412,19 @@ def test_views_units_summary_show(journal):
 
 
 def test_compact_keeps_committed_ids(jdir):
-    with agentwal.Journal(jdir, retain_forever=True) as j:
+    with open_journal(jdir, retain_forever=True) as j:
         for i in range(20):
             with j.unit(f"c{i}") as u:
                 u.run("x", lambda: i, policy="retry_same_key")
         rep = j.compact()
         assert rep["snapshot_lsn"] > 0
-    with agentwal.Journal(jdir) as j:
+    with open_journal(jdir) as j:
         assert all(j.is_committed(f"c{i}") for i in range(20))
         assert j.summary()["units"]["committed"] == 20
 
 
 def test_closed_journal_and_unit_raise_invalid_call(jdir):
-    j = agentwal.Journal(jdir)
+    j = open_journal(jdir)
     u = j.unit("x")
     u.commit()
     with pytest.raises(agentwal.InvalidCall, match="closed"):
@@ -512,7 +512,7 @@ def test_using_the_unit_from_inside_its_own_effect_raises_instead_of_deadlocking
 
 
 def test_approvals_never_block_and_survive_a_restart(jdir):
-    with agentwal.Journal(jdir) as j:
+    with open_journal(jdir) as j:
         unit = j.unit("refund-9", kind="refund")
         a = unit.approval("refund", {"eur": 40})
         assert a.pending and not a.approved
@@ -520,7 +520,7 @@ def test_approvals_never_block_and_survive_a_restart(jdir):
         j.decide_approval("refund-9", "refund", approved=True, by="alice", reason="ok")
         with pytest.raises(agentwal.OperatorRefused):
             j.decide_approval("refund-9", "refund", approved=False, by="bob")
-    with agentwal.Journal(jdir) as j:
+    with open_journal(jdir) as j:
         with j.unit("refund-9") as unit:
             a = unit.approval("refund", {"eur": 40})
             assert a.approved and a.by == "alice" and a.reason == "ok" and a.at_ms > 0

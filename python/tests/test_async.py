@@ -8,6 +8,7 @@ import time
 import pytest
 
 import agentwal
+from conftest import open_journal
 
 
 def run(coro):
@@ -23,7 +24,7 @@ def test_async_unit_commits_and_replays(jdir):
         return {"answer": 42}
 
     async def main():
-        with agentwal.Journal(jdir) as j:
+        with open_journal(jdir) as j:
             async with j.unit_async("a1", kind="chat", payload={"q": "?"}) as unit:
                 assert agentwal.current_unit() is unit
                 assert await unit.run_async("llm", llm, policy="retry_same_key") == {"answer": 42}
@@ -44,7 +45,7 @@ def test_exception_in_async_unit_leaves_it_resumable(jdir):
         return "reply"
 
     async def first():
-        with agentwal.Journal(jdir) as j:
+        with open_journal(jdir) as j:
             with pytest.raises(RuntimeError):
                 async with j.unit_async("a2") as unit:
                     await unit.run_async("llm", llm, policy="retry_same_key")
@@ -52,7 +53,7 @@ def test_exception_in_async_unit_leaves_it_resumable(jdir):
             assert j.unit_state("a2") == "incomplete"
 
     async def second():
-        with agentwal.Journal(jdir) as j:
+        with open_journal(jdir) as j:
             async with j.unit_async("a2") as unit:
                 assert unit.resumed
                 assert await unit.run_async("llm", llm, policy="retry_same_key") == "reply"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import agentwal
+from conftest import SMALL_SOURCE, open_journal
 
 AGENT = r'''
 import os, sys
@@ -35,7 +36,7 @@ def append(name, line):
 
 
 status = 0
-with agentwal.Journal(jdir) as j:
+with agentwal.Journal(jdir, **SMALL) as j:
     for t in range(5):
         uid = f"ticket-{t}"
         if j.is_committed(uid):
@@ -96,7 +97,7 @@ def lines(tmp: Path, name: str) -> list:
 
 @pytest.mark.parametrize("crash", POINTS)
 def test_crash_at_every_effect_boundary(tmp_path, crash):
-    (tmp_path / "agent.py").write_text(AGENT)
+    (tmp_path / "agent.py").write_text(SMALL_SOURCE + AGENT)
     p = run_agent(tmp_path, crash)
     assert p.returncode == 137, p.stderr
     p = run_agent(tmp_path)
@@ -104,14 +105,14 @@ def test_crash_at_every_effect_boundary(tmp_path, crash):
         # never_repeat in doubt: stops for an operator, the others go on.
         assert p.returncode == 3, p.stderr
         assert p.stdout.strip() == "INDOUBT ticket-2 ledger 1"
-        with agentwal.Journal(tmp_path / "journal") as j:
+        with open_journal(tmp_path / "journal") as j:
             assert [u["id"] for u in j.incomplete_units()] == ["ticket-2"]
             assert all(j.is_committed(f"ticket-{t}") for t in (0, 1, 3, 4))
             # The operator checks the ledger (the line is there) and records it.
             j.resolve("ticket-2", 1, happened=True, result={"entry": 2})
         p = run_agent(tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
-    with agentwal.Journal(tmp_path / "journal") as j:
+    with open_journal(tmp_path / "journal") as j:
         assert all(j.is_committed(f"ticket-{t}") for t in range(5))
         s = j.summary()
         assert s["units"] == {"committed": 5, "aborted": 0, "incomplete": 0}

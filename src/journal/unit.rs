@@ -531,6 +531,40 @@ fn check_round_trip<T: Serialize + DeserializeOwned>(
     Ok(())
 }
 
+/// Why a recorded key cannot serve the effect asking for it.
+#[derive(Clone, Copy)]
+enum KeyClash {
+    /// The key is recorded for an effect of another name.
+    OtherEffect,
+    /// The key's effect was compensated by its unit's rollback: its result
+    /// no longer holds.
+    Compensated,
+}
+
+/// The one [`Error::KeyConflict`] for step `step` of unit `unit` asking for
+/// effect `effect` under the key that `holder` records.
+fn key_conflict(
+    unit: &str,
+    step: u32,
+    effect: &str,
+    holder: &super::state::KeyEntry,
+    why: KeyClash,
+) -> Error {
+    let recorded = format!("effect {:?} of unit {:?}", holder.effect, holder.unit);
+    Error::KeyConflict {
+        unit: unit.to_string(),
+        step,
+        effect: effect.to_string(),
+        key: holder.key.clone(),
+        recorded: match why {
+            KeyClash::OtherEffect => recorded,
+            KeyClash::Compensated => format!(
+                "{recorded}, since compensated by that unit's rollback (use a new key to do it again)"
+            ),
+        },
+    }
+}
+
 fn clip(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
@@ -810,25 +844,10 @@ impl Unit {
                     // Settled for another effect (journals written before
                     // keys were checked against names): never hand it over.
                     Some((k, _)) if k.effect != name => {
-                        return Err(Error::KeyConflict {
-                            unit: id.to_string(),
-                            step: seq,
-                            effect: name.to_string(),
-                            key,
-                            recorded: format!("effect {:?} of unit {:?}", k.effect, k.unit),
-                        })
+                        return Err(key_conflict(id, seq, name, k, KeyClash::OtherEffect))
                     }
                     Some((k, _)) if k.status == super::view::KeyStatus::Compensated => {
-                        return Err(Error::KeyConflict {
-                            unit: id.to_string(),
-                            step: seq,
-                            effect: name.to_string(),
-                            key,
-                            recorded: format!(
-                                "effect {:?} of unit {:?}, since compensated by that unit's rollback",
-                                k.effect, k.unit
-                            ),
-                        })
+                        return Err(key_conflict(id, seq, name, k, KeyClash::Compensated))
                     }
                     Some((_, o)) => Prep::Settled(ctx(&key, Attempt::Retry), o),
                     // Its intent may be in memory only (its sync failed):
@@ -856,27 +875,12 @@ impl Unit {
             // A compensated key's result was undone: handing it out would
             // report an effect that no longer holds.
             if k.status == super::view::KeyStatus::Compensated {
-                return Err(Error::KeyConflict {
-                    unit: id.to_string(),
-                    step: seq,
-                    effect: name.to_string(),
-                    key,
-                    recorded: format!(
-                        "effect {:?} of unit {:?}, since compensated by that unit's rollback (use a new key to do it again)",
-                        k.effect, k.unit
-                    ),
-                });
+                return Err(key_conflict(id, seq, name, k, KeyClash::Compensated));
             }
             // A key belongs to one effect: never hand its result (or its
             // in-doubt state) to an effect of another name.
             if k.effect != name {
-                return Err(Error::KeyConflict {
-                    unit: id.to_string(),
-                    step: seq,
-                    effect: name.to_string(),
-                    key,
-                    recorded: format!("effect {:?} of unit {:?}", k.effect, k.unit),
-                });
+                return Err(key_conflict(id, seq, name, k, KeyClash::OtherEffect));
             }
         }
         let intent = JournalRecord::EffectIntent {

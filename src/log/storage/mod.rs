@@ -21,6 +21,8 @@
 //! * After a failed `sync_data` the content of unsynced pages is unknown; the
 //!   caller must not retry the sync and pretend it succeeded (see "fsyncgate").
 
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod forwarding;
 mod fs;
 #[cfg(any(test, feature = "testing"))]
 pub mod sim;

@@ -247,7 +247,7 @@ fn records_waiting_for_the_next_sync_are_readable_and_a_crash_keeps_everything_a
         CrashMode::KeepAll,
         CrashMode::DropUnsynced,
         CrashMode::Random(7),
-        CrashMode::TornSectors(11),
+        CrashMode::Random(11),
     ] {
         let image = Log::open_with(Arc::new(sim.crash(mode)), DIR, one_segment()).unwrap();
         let got = lsns(&image);

@@ -11,7 +11,17 @@
 //!    size change (about 40 % cheaper than an appending sync). When the
 //!    previous sync served several writers, the new leader first waits (at
 //!    most one sync, see `gather`) for them to queue again, so concurrent
-//!    writers share one sync instead of alternating between two.
+//!    writers share one sync instead of alternating between two. A durable
+//!    append does not write its record: it encodes it after the *pending*
+//!    records (under the writer lock) and waits, and the leader writes every
+//!    pending record with one `pwrite` right before its `fdatasync`, so a
+//!    group of *n* callers costs one write instead of *n* taken in turn
+//!    under the writer lock while the previous sync runs. A record is in
+//!    the file before its append returns, as before: a buffered append,
+//!    `read_from` and rotation write the pending records first (file order
+//!    stays LSN order), and a failed write of them poisons the log, so
+//!    every caller whose record was pending gets an error and no sync ever
+//!    vouches for them.
 //! 2. **Rotation**: the full segment is `fdatasync`ed *before* the next one is
 //!    created, so every sealed segment is entirely durable (recovery relies on
 //!    this: damage in a sealed segment is always corruption); the sync is

@@ -42,24 +42,9 @@ use agentwal::runtime::Shutdown;
 use serde::{Deserialize, Serialize};
 
 #[path = "support/args.rs"]
+#[macro_use]
 mod args;
 use args::ParseExit;
-
-/// Prints a line on stdout. Output is advisory: a closed pipe
-/// (`batch_agent ... | head`) must not stop the agent mid-batch, and
-/// `println!` would panic on EPIPE.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// Like [`say!`], on stderr.
-macro_rules! say_err {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
 
 /// Process records as journaled units; safe to kill and re-run.
 ///

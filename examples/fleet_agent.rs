@@ -37,20 +37,9 @@ use agentwal::runtime::Shutdown;
 use serde::{Deserialize, Serialize};
 
 #[path = "support/args.rs"]
+#[macro_use]
 mod args;
 use args::ParseExit;
-
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-macro_rules! say_err {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
 
 const USAGE: &str = "\
 Many workers, one queue in PostgreSQL, one local journal each.

@@ -46,6 +46,10 @@ use serde::{Deserialize, Serialize};
 mod args;
 use args::ParseExit;
 
+#[path = "support/model.rs"]
+mod model;
+use model::{fake_model, ModelReply};
+
 /// Process records as journaled units; safe to kill and re-run.
 ///
 /// Parsed by hand (examples/support/args.rs, shared with the fleet
@@ -206,30 +210,10 @@ fn model_retry_policy() -> RetryPolicy {
         .on_exhausted(OnExhausted::LeaveInDoubt)
 }
 
-/// What the (fake) model answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ModelReply {
-    text: String,
-    tokens: u64,
-}
-
 /// The record's input, kept in the unit's begin record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Input {
     index: u32,
-}
-
-/// A deterministic stand-in for an LLM call: the same prompt always gives
-/// the same text and token count.
-fn fake_model(prompt: &str) -> ModelReply {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prompt.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    ModelReply {
-        text: format!("summary-{:08x}", h as u32),
-        tokens: 50 + h % 200,
-    }
 }
 
 #[derive(Debug, Default)]

@@ -654,20 +654,26 @@ impl Journal {
         value: &T,
         durability: Durability,
     ) -> Result<u64> {
+        let rec = self.cursor_record(name, value)?;
+        let lsn = self.append(name, &[rec], durability)?;
+        self.maybe_auto_compact();
+        Ok(lsn)
+    }
+
+    /// The record of [`Journal::set_cursor`] (checked: encodable, within
+    /// the payload limit).
+    fn cursor_record<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<JournalRecord> {
         let value = serde_json::to_value(value).map_err(|e| Error::Encode {
             unit: name.to_string(),
             what: "cursor".into(),
             reason: e.to_string(),
         })?;
         self.check_size(name, "cursor", &value)?;
-        let rec = JournalRecord::Cursor {
+        Ok(JournalRecord::Cursor {
             name: name.to_string(),
             value,
             at_ms: record::now_ms(),
-        };
-        let lsn = self.append(name, &[rec], durability)?;
-        self.maybe_auto_compact();
-        Ok(lsn)
+        })
     }
 
     /// The newest value of cursor `name`, if it was ever set.
@@ -820,13 +826,29 @@ impl Journal {
     /// process: the open unit may be running that very step, and two
     /// outcomes for one step would make the journal unreadable at replay.
     pub fn resolve_in_doubt(&self, id: &str, seq: u32, outcome: Outcome) -> Result<u64> {
+        // The id stays held until the outcome is durable.
+        let (lsn, _held) = self.resolve_in_doubt_write(id, seq, outcome)?;
+        // Durable: the operator's decision must not be lost.
+        self.inner.log.wait_durable(lsn)?;
+        Ok(lsn)
+    }
+
+    /// [`Journal::resolve_in_doubt`]'s checks and its record, written
+    /// buffered: the record's LSN and the guard holding unit `id` (no unit
+    /// handle can open it until the caller drops the guard).
+    fn resolve_in_doubt_write(
+        &self,
+        id: &str,
+        seq: u32,
+        outcome: Outcome,
+    ) -> Result<(u64, unit::ActiveGuard)> {
         if !self.inner.active.lock().insert(id.to_string()) {
             return Err(Error::UnitBusy {
                 unit: id.to_string(),
             });
         }
-        // Released on every return; no unit handle can open `id` meanwhile.
-        let _guard = unit::ActiveGuard::new(self.clone(), id.to_string());
+        // Released on every early return; no unit handle can open `id` meanwhile.
+        let guard = unit::ActiveGuard::new(self.clone(), id.to_string());
         let key = {
             let st = self.inner.state.lock();
             let u = st
@@ -857,8 +879,8 @@ impl Journal {
             via: OutcomeVia::Operator,
             at_ms: record::now_ms(),
         };
-        // Durable: the operator's decision must not be lost.
-        self.append(id, &[rec], Durability::Durable)
+        let lsn = self.append(id, &[rec], Durability::Buffered)?;
+        Ok((lsn, guard))
     }
 
     /// Rolls back incomplete unit `id`: see [`Unit::rollback`].
@@ -867,6 +889,12 @@ impl Journal {
         E: std::fmt::Display,
         F: FnMut(&Compensation) -> std::result::Result<(), E>,
     {
+        self.open_for_rollback(id)?.rollback(reason, compensate)
+    }
+
+    /// Opens incomplete unit `id` to roll it back (an abort request does
+    /// not refuse it); a finished or unknown unit is refused.
+    fn open_for_rollback(&self, id: &str) -> Result<Unit> {
         match self.unit_state(id) {
             Some(UnitState::Incomplete) => {}
             Some(s) => {
@@ -881,8 +909,7 @@ impl Journal {
                 })
             }
         }
-        self.begin_inner(id, "", &(), true)?
-            .rollback(reason, compensate)
+        self.begin_inner(id, "", &(), true)
     }
 
     /// Writes a snapshot of the live state (incomplete units, key index after
@@ -956,6 +983,16 @@ impl Journal {
     }
 
     // ---- internals ------------------------------------------------------
+
+    /// The sync shell of a write that returned `(lsn, value)`: waits until
+    /// `lsn` is durable (an operator's decision must not be lost once it
+    /// is reported), then returns `value`. [`Journal::durably_async`] is
+    /// the async shell of the same writes.
+    fn durably<T>(&self, written: Result<(u64, T)>) -> Result<T> {
+        let (lsn, value) = written?;
+        self.inner.log.wait_durable(lsn)?;
+        Ok(value)
+    }
 
     fn check_size(&self, unit: &str, what: &str, value: &serde_json::Value) -> Result<()> {
         let limit = self.inner.opts.max_payload_bytes;
@@ -1121,6 +1158,68 @@ impl Journal {
         blocking(move || Journal::open(dir, opts)).await
     }
 
+    /// Async [`Journal::open_with`] (recovery and replay run on tokio's
+    /// blocking pool).
+    pub async fn open_with_async(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: JournalOptions,
+    ) -> Result<Journal> {
+        let dir = dir.as_ref().to_path_buf();
+        blocking(move || Journal::open_with(storage, dir, opts)).await
+    }
+
+    /// Async [`Journal::set_cursor`]: the record written buffered on the
+    /// blocking pool, a `Durable` cursor's `fdatasync` awaited without a
+    /// thread, a compaction (when due) on the blocking pool.
+    pub async fn set_cursor_async<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<u64> {
+        let rec = self.cursor_record(name, value)?;
+        let lsn = self.append_async(name, vec![rec], durability).await?;
+        self.upkeep_async().await;
+        Ok(lsn)
+    }
+
+    /// Async [`Journal::resolve_in_doubt`]: the checks and the buffered
+    /// record on the blocking pool, the `fdatasync` awaited without a
+    /// thread; the unit id stays held (no unit handle opens it) until the
+    /// outcome is durable, as in the sync call.
+    pub async fn resolve_in_doubt_async(
+        &self,
+        id: &str,
+        seq: u32,
+        outcome: Outcome,
+    ) -> Result<u64> {
+        let (j, owned) = (self.clone(), id.to_string());
+        let (lsn, _held) = blocking(move || j.resolve_in_doubt_write(&owned, seq, outcome)).await?;
+        self.wait_durable_async(lsn).await?;
+        Ok(lsn)
+    }
+
+    /// Async [`Journal::rollback`]: rolls back incomplete unit `id` with
+    /// async compensations, see [`Unit::rollback_async`].
+    pub async fn rollback_async<E, F, Fut>(
+        &self,
+        id: &str,
+        reason: &str,
+        compensate: F,
+    ) -> Result<RollbackReport>
+    where
+        E: std::fmt::Display,
+        F: FnMut(Compensation) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), E>>,
+    {
+        let (j, owned) = (self.clone(), id.to_string());
+        blocking(move || j.open_for_rollback(&owned))
+            .await?
+            .rollback_async(reason, compensate)
+            .await
+    }
+
     /// Async [`Journal::begin`] (the buffered append runs on tokio's
     /// blocking pool; a begin waits for no sync).
     pub async fn begin_async<P: Serialize + ?Sized>(
@@ -1179,6 +1278,20 @@ impl Journal {
             self.wait_durable_async(last).await?;
         }
         Ok(last)
+    }
+
+    /// The async shell of a write that returns `(lsn, value)` (the sync
+    /// one is [`Journal::durably`]): `write` runs on the blocking pool (a
+    /// locked check and a buffered record), then `lsn` is awaited durable
+    /// without holding a thread.
+    pub(crate) async fn durably_async<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Journal) -> Result<(u64, T)> + Send + 'static,
+    ) -> Result<T> {
+        let j = self.clone();
+        let (lsn, value) = blocking(move || write(&j)).await?;
+        self.wait_durable_async(lsn).await?;
+        Ok(value)
     }
 
     /// Completes when `lsn` is durable, holding no thread while it waits.

@@ -185,11 +185,14 @@ impl Journal {
         by: &str,
         reason: &str,
     ) -> Result<String> {
-        self.resolve_as(unit, step, resolution, by, reason, None)
+        self.durably(self.resolve_write(unit, step, resolution, by, reason, None))
     }
 
-    /// [`Journal::resolve`], recording the inbox command id that carried it.
-    fn resolve_as(
+    /// [`Journal::resolve`]'s check and record, written buffered under the
+    /// state lock (recording the inbox command id that carried it, if any):
+    /// the record's LSN, to be made durable before the description is
+    /// returned, and the description.
+    fn resolve_write(
         &self,
         unit: &str,
         step: u32,
@@ -197,7 +200,7 @@ impl Journal {
         by: &str,
         reason: &str,
         command: Option<&str>,
-    ) -> Result<String> {
+    ) -> Result<(u64, String)> {
         if let Resolution::Happened(Some(v)) = &resolution {
             self.check_size(unit, "operator result", v)?;
         }
@@ -274,9 +277,7 @@ impl Journal {
             };
             (lsn, msg)
         };
-        // Durable: the decision must not be lost.
-        self.inner.log.wait_durable(lsn)?;
-        Ok(msg)
+        Ok((lsn, msg))
     }
 
     /// Records an operator's abort of incomplete unit `unit`. With nothing
@@ -286,17 +287,18 @@ impl Journal {
     /// which knows the compensations) finishes it. Refused while the unit is
     /// open in this process.
     pub fn request_abort(&self, unit: &str, by: &str, reason: &str) -> Result<String> {
-        self.request_abort_as(unit, by, reason, None)
+        self.durably(self.request_abort_write(unit, by, reason, None))
     }
 
-    /// [`Journal::request_abort`], recording the inbox command id.
-    fn request_abort_as(
+    /// [`Journal::request_abort`]'s check and buffered record (with the
+    /// inbox command id, if any): its LSN and the description.
+    fn request_abort_write(
         &self,
         unit: &str,
         by: &str,
         reason: &str,
         command: Option<&str>,
-    ) -> Result<String> {
+    ) -> Result<(u64, String)> {
         if self.inner.active.lock().contains(unit) {
             return Err(Self::refused(
                 unit,
@@ -326,8 +328,7 @@ impl Journal {
             };
             (lsn, msg)
         };
-        self.inner.log.wait_durable(lsn)?;
-        Ok(msg)
+        Ok((lsn, msg))
     }
 
     /// Records a human decision for approval `name` of incomplete unit
@@ -342,11 +343,12 @@ impl Journal {
         by: &str,
         reason: &str,
     ) -> Result<String> {
-        self.decide_approval_as(unit, name, approved, by, reason, None)
+        self.durably(self.decide_approval_write(unit, name, approved, by, reason, None))
     }
 
-    /// [`Journal::decide_approval`], recording the inbox command id.
-    fn decide_approval_as(
+    /// [`Journal::decide_approval`]'s check and buffered record (with the
+    /// inbox command id, if any): its LSN and the description.
+    fn decide_approval_write(
         &self,
         unit: &str,
         name: &str,
@@ -354,7 +356,7 @@ impl Journal {
         by: &str,
         reason: &str,
         command: Option<&str>,
-    ) -> Result<String> {
+    ) -> Result<(u64, String)> {
         let lsn = {
             let mut st = self.inner.state.lock();
             let u = Self::live(&st, unit)?;
@@ -392,33 +394,36 @@ impl Journal {
             };
             self.append_locked(&mut st, unit, &[rec])?
         };
-        self.inner.log.wait_durable(lsn)?;
-        Ok(format!(
-            "unit {unit:?} approval {name:?}: pending -> {} by {by:?}",
-            if approved { "approved" } else { "rejected" }
+        Ok((
+            lsn,
+            format!(
+                "unit {unit:?} approval {name:?}: pending -> {} by {by:?}",
+                if approved { "approved" } else { "rejected" }
+            ),
         ))
     }
 
     /// Applies one [`OperatorCommand`] (what the inbox carries).
     pub fn apply_operator(&self, cmd: &OperatorCommand) -> Result<String> {
-        self.apply_command(cmd, None)
+        self.durably(self.command_write(cmd, None))
     }
 
-    /// Applies `cmd`, recording the inbox command id `command` with it.
-    fn apply_command(&self, cmd: &OperatorCommand, command: Option<&str>) -> Result<String> {
+    /// Checks and writes `cmd` buffered, recording the inbox command id
+    /// `command` with it: the record's LSN and the description.
+    fn command_write(&self, cmd: &OperatorCommand, command: Option<&str>) -> Result<(u64, String)> {
         let (by, why) = (&cmd.by, &cmd.reason);
         match &cmd.request {
             OperatorRequest::Resolve {
                 unit,
                 step,
                 resolution,
-            } => self.resolve_as(unit, *step, resolution.clone(), by, why, command),
-            OperatorRequest::Abort { unit } => self.request_abort_as(unit, by, why, command),
+            } => self.resolve_write(unit, *step, resolution.clone(), by, why, command),
+            OperatorRequest::Abort { unit } => self.request_abort_write(unit, by, why, command),
             OperatorRequest::Approve {
                 unit,
                 name,
                 approved,
-            } => self.decide_approval_as(unit, name, *approved, by, why, command),
+            } => self.decide_approval_write(unit, name, *approved, by, why, command),
         }
     }
 
@@ -458,7 +463,8 @@ impl Journal {
                 Ok(_) if self.already_applied(&c.id).is_some() => self
                     .already_applied(&c.id)
                     .unwrap_or_else(|| unreachable!()),
-                Ok(cmd) => match self.apply_command(&cmd, Some(&c.id)) {
+                // Durable before the reply: a replied decision is never lost.
+                Ok(cmd) => match self.durably(self.command_write(&cmd, Some(&c.id))) {
                     Ok(message) => OperatorReply { ok: true, message },
                     Err(e) => OperatorReply {
                         ok: false,
@@ -523,6 +529,69 @@ impl Journal {
         if !t.contains_key(name) {
             t.insert(name.to_string(), check);
         }
+    }
+}
+
+/// The async operator calls: the check and the buffered record on tokio's
+/// blocking pool (the same `*_write` as the sync call), the `fdatasync`
+/// awaited on the log's writer thread ([`Journal::durably_async`]).
+#[cfg(feature = "tokio")]
+impl Journal {
+    /// Async [`Journal::resolve`].
+    pub async fn resolve_async(
+        &self,
+        unit: &str,
+        step: u32,
+        resolution: Resolution,
+        by: &str,
+        reason: &str,
+    ) -> Result<String> {
+        let (unit, by, reason) = (unit.to_string(), by.to_string(), reason.to_string());
+        self.durably_async(move |j| j.resolve_write(&unit, step, resolution, &by, &reason, None))
+            .await
+    }
+
+    /// Async [`Journal::request_abort`].
+    pub async fn request_abort_async(&self, unit: &str, by: &str, reason: &str) -> Result<String> {
+        let (unit, by, reason) = (unit.to_string(), by.to_string(), reason.to_string());
+        self.durably_async(move |j| j.request_abort_write(&unit, &by, &reason, None))
+            .await
+    }
+
+    /// Async [`Journal::decide_approval`].
+    pub async fn decide_approval_async(
+        &self,
+        unit: &str,
+        name: &str,
+        approved: bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<String> {
+        let (unit, name, by, reason) = (
+            unit.to_string(),
+            name.to_string(),
+            by.to_string(),
+            reason.to_string(),
+        );
+        self.durably_async(move |j| {
+            j.decide_approval_write(&unit, &name, approved, &by, &reason, None)
+        })
+        .await
+    }
+
+    /// Async [`Journal::apply_operator`].
+    pub async fn apply_operator_async(&self, cmd: &OperatorCommand) -> Result<String> {
+        let cmd = cmd.clone();
+        self.durably_async(move |j| j.command_write(&cmd, None))
+            .await
+    }
+
+    /// Async [`Journal::apply_inbox`]: the whole pass (claiming the
+    /// command files, each decision, each reply file) runs on tokio's
+    /// blocking pool — it is file I/O from end to end.
+    pub async fn apply_inbox_async(&self) -> Result<usize> {
+        let j = self.clone();
+        super::blocking(move || j.apply_inbox()).await
     }
 }
 

@@ -1587,80 +1587,123 @@ impl Unit {
         E: Display,
         F: FnMut(&Compensation) -> std::result::Result<(), E>,
     {
-        let mut report = RollbackReport::default();
-        let todo: Vec<(Compensation, Option<u64>)> = {
-            let st = self.j().inner.state.lock();
-            let u = st
-                .units
-                .get(self.id())
-                .filter(|u| u.end.is_none())
-                .ok_or_else(|| Error::UnknownUnit {
-                    unit: self.id().to_string(),
-                })?;
-            let mut v = Vec::new();
-            for e in u.effects.iter().rev().filter(|e| e.compensable) {
-                match e.status() {
-                    EffectStatus::Compensated => report.already_compensated.push(e.seq),
-                    EffectStatus::Completed | EffectStatus::InDoubt => {
-                        let result = match &e.outcome {
-                            Some((Outcome::Ok { value }, _, _)) => Some(value.clone()),
-                            _ => None,
-                        };
-                        v.push((
-                            Compensation {
-                                unit: self.id().to_string(),
-                                seq: e.seq,
-                                effect: e.name.clone(),
-                                effect_key: e.key.clone(),
-                                key: format!("{}/compensate", e.key),
-                                effect_in_doubt: e.outcome.is_none(),
-                                result,
-                                retry: e.comp_intent.is_some(),
-                            },
-                            e.comp_intent,
-                        ));
-                    }
-                    EffectStatus::Failed | EffectStatus::NotStarted => {}
-                }
-            }
-            v
-        };
-        for (c, comp_intent) in todo {
-            if let Some(lsn) = comp_intent {
-                // Recorded earlier; its sync may have failed (then this
-                // fails, poisoned): never compensate on a non-durable intent.
-                self.j().inner.log.wait_durable(lsn)?;
-            } else {
-                let rec = JournalRecord::CompensationIntent {
-                    unit: c.unit.clone(),
-                    seq: c.seq,
-                    key: c.key.clone(),
-                };
-                // Durable before the compensation runs, so that an
-                // interrupted rollback knows it may have run.
-                self.j().append(self.id(), &[rec], Durability::Durable)?;
-            }
-            compensate(&c).map_err(|e| Error::CompensationFailed {
-                unit: c.unit.clone(),
-                step: c.seq,
-                effect: c.effect.clone(),
-                message: e.to_string(),
-            })?;
-            let rec = JournalRecord::CompensationOutcome {
-                unit: c.unit.clone(),
-                seq: c.seq,
-                outcome: Outcome::Ok { value: Value::Null },
+        let (todo, mut report) = Self::rollback_plan(self.j(), self.id())?;
+        for (c, recorded) in todo {
+            let intent = match recorded {
+                Some(lsn) => lsn,
+                None => self.j().append(
+                    self.id(),
+                    &[Self::compensation_intent(&c)],
+                    Durability::Buffered,
+                )?,
             };
+            // Durable before the compensation runs, so that an interrupted
+            // rollback knows it may have run. An intent recorded earlier may
+            // have failed its sync (then this fails, poisoned): never
+            // compensate on a non-durable intent.
+            self.j().inner.log.wait_durable(intent)?;
+            let rec = Self::compensated(&c, compensate(&c))?;
             // Buffered: the next compensation intent or the abort syncs it.
             self.j().append(self.id(), &[rec], Durability::Buffered)?;
             report.compensated.push(c.seq);
         }
-        let rec = JournalRecord::Abort {
+        // Durable: the unit is reported aborted.
+        report.abort_lsn =
+            self.j()
+                .append(self.id(), &[self.abort_record(reason)], Durability::Durable)?;
+        self.rolled_back(&report, reason);
+        self.j().maybe_auto_compact();
+        Ok(report)
+    }
+
+    /// What a rollback of unit `id` does, for both [`Unit::rollback`] and
+    /// [`Unit::rollback_async`]: the compensations to run, in reverse step
+    /// order, each with the LSN of its compensation intent when an earlier,
+    /// interrupted rollback recorded one (it runs again as a retry), and
+    /// the report listing the steps already compensated.
+    #[allow(clippy::type_complexity)]
+    fn rollback_plan(
+        j: &Journal,
+        id: &str,
+    ) -> Result<(Vec<(Compensation, Option<u64>)>, RollbackReport)> {
+        let mut report = RollbackReport::default();
+        let st = j.inner.state.lock();
+        let u = st
+            .units
+            .get(id)
+            .filter(|u| u.end.is_none())
+            .ok_or_else(|| Error::UnknownUnit {
+                unit: id.to_string(),
+            })?;
+        let mut todo = Vec::new();
+        for e in u.effects.iter().rev().filter(|e| e.compensable) {
+            match e.status() {
+                EffectStatus::Compensated => report.already_compensated.push(e.seq),
+                EffectStatus::Completed | EffectStatus::InDoubt => {
+                    let result = match &e.outcome {
+                        Some((Outcome::Ok { value }, _, _)) => Some(value.clone()),
+                        _ => None,
+                    };
+                    todo.push((
+                        Compensation {
+                            unit: id.to_string(),
+                            seq: e.seq,
+                            effect: e.name.clone(),
+                            effect_key: e.key.clone(),
+                            key: format!("{}/compensate", e.key),
+                            effect_in_doubt: e.outcome.is_none(),
+                            result,
+                            retry: e.comp_intent.is_some(),
+                        },
+                        e.comp_intent,
+                    ));
+                }
+                EffectStatus::Failed | EffectStatus::NotStarted => {}
+            }
+        }
+        Ok((todo, report))
+    }
+
+    /// The intent of compensation `c`, to be durable before it runs.
+    fn compensation_intent(c: &Compensation) -> JournalRecord {
+        JournalRecord::CompensationIntent {
+            unit: c.unit.clone(),
+            seq: c.seq,
+            key: c.key.clone(),
+        }
+    }
+
+    /// The outcome record of compensation `c` that returned `r`; a failure
+    /// stops the rollback ([`Error::CompensationFailed`], nothing recorded:
+    /// the intent stays, and the next rollback runs it again as a retry).
+    fn compensated<E: Display>(
+        c: &Compensation,
+        r: std::result::Result<(), E>,
+    ) -> Result<JournalRecord> {
+        r.map_err(|e| Error::CompensationFailed {
+            unit: c.unit.clone(),
+            step: c.seq,
+            effect: c.effect.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(JournalRecord::CompensationOutcome {
+            unit: c.unit.clone(),
+            seq: c.seq,
+            outcome: Outcome::Ok { value: Value::Null },
+        })
+    }
+
+    /// The abort record ending a rollback.
+    fn abort_record(&self, reason: &str) -> JournalRecord {
+        JournalRecord::Abort {
             unit: self.id().to_string(),
             reason: reason.to_string(),
             at_ms: now_ms(),
-        };
-        report.abort_lsn = self.j().append(self.id(), &[rec], Durability::Durable)?;
+        }
+    }
+
+    /// Metrics and trace of a durable abort.
+    fn rolled_back(&self, report: &RollbackReport, reason: &str) {
         crate::observe::unit_ended("aborted");
         tracing::info!(
             target: "agentwal::unit",
@@ -1669,8 +1712,6 @@ impl Unit {
             reason,
             "unit rolled back and aborted"
         );
-        self.j().maybe_auto_compact();
-        Ok(report)
     }
 }
 
@@ -1819,6 +1860,89 @@ impl Unit {
         self.j()
             .append_async(self.id(), vec![rec], Durability::Durable)
             .await
+    }
+
+    /// Async [`Unit::rollback`]: `compensate` returns a future (it gets the
+    /// [`Compensation`] by value). The same rollback as the sync call
+    /// ([`Unit::rollback_plan`] decides, the same records in the same
+    /// order, each compensation intent durable before its compensation
+    /// runs, the abort durable before this returns), but no file I/O on the
+    /// executor: the plan and every buffered write run on tokio's blocking
+    /// pool, every `fdatasync` is awaited on the log's writer thread
+    /// without holding a thread, and the compensation's future is awaited
+    /// on the executor like [`Unit::run_async`]'s effect. A rollback
+    /// interrupted here — a crash, a failing compensation, or this future
+    /// dropped while a compensation runs — leaves that compensation's
+    /// intent without outcome: the next rollback (sync or async) runs it
+    /// again with [`Compensation::retry`] set, and [`Unit::run`] /
+    /// [`Unit::commit`] (and their async twins) refuse the unit with
+    /// [`Error::RollingBack`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "tokio")] {
+    /// use agentwal::journal::{Effect, Journal, JournalOptions, UnitState};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let journal = Journal::open(dir.path(), JournalOptions::small()).unwrap();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// let report = rt.block_on(async {
+    ///     let mut unit = journal.begin_async("u", "demo", &()).await.unwrap();
+    ///     unit.run_async(Effect::never_repeat("reserve").compensable(), |_| async {
+    ///         Ok::<_, String>(1)
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    ///     unit.rollback_async("customer cancelled", |c| async move {
+    ///         // inventory.release(c.key).await
+    ///         assert_eq!(c.effect, "reserve");
+    ///         Ok::<_, String>(())
+    ///     })
+    ///     .await
+    ///     .unwrap()
+    /// });
+    /// assert_eq!(report.compensated, [0]);
+    /// assert_eq!(journal.unit_state("u"), Some(UnitState::Aborted));
+    /// # }
+    /// ```
+    pub async fn rollback_async<E, F, Fut>(
+        self,
+        reason: &str,
+        mut compensate: F,
+    ) -> Result<RollbackReport>
+    where
+        E: Display,
+        F: FnMut(Compensation) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), E>>,
+    {
+        let j = self.j().clone();
+        let id = self.id().to_string();
+        let (todo, mut report) = {
+            let (j, id) = (j.clone(), id.clone());
+            super::blocking(move || Self::rollback_plan(&j, &id)).await?
+        };
+        for (c, recorded) in todo {
+            let intent = match recorded {
+                Some(lsn) => lsn,
+                None => {
+                    j.append_async(
+                        &id,
+                        vec![Self::compensation_intent(&c)],
+                        Durability::Buffered,
+                    )
+                    .await?
+                }
+            };
+            // As in `rollback`: durable before the compensation runs.
+            j.wait_durable_async(intent).await?;
+            let rec = Self::compensated(&c, compensate(c.clone()).await)?;
+            j.append_async(&id, vec![rec], Durability::Buffered).await?;
+            report.compensated.push(c.seq);
+        }
+        report.abort_lsn = j
+            .append_async(&id, vec![self.abort_record(reason)], Durability::Durable)
+            .await?;
+        self.rolled_back(&report, reason);
+        j.upkeep_async().await;
+        Ok(report)
     }
 
     /// Async [`Unit::commit`]: the checks and the buffered commit record on

@@ -455,3 +455,55 @@ fn async_appends_survive_power_loss_at_every_boundary() {
         }
     }
 }
+
+/// The async writer thread leads group commits through the same sync as
+/// the sync path: an `append_async` into a segment a rotation just
+/// installed completes only once the segment's name is durable, so a power
+/// loss right after it completes keeps the record. Fails if the leader
+/// publishes `durable_lsn` before the directory sync.
+#[test]
+fn an_async_append_into_a_new_segment_survives_power_loss_right_after_it_completes() {
+    let sim = SimStorage::new();
+    let log = Log::open_with(Arc::new(sim.clone()), DIR, opts()).unwrap();
+    let mut checked = 0;
+    current_thread().block_on(async {
+        for i in 0..60u32 {
+            let segments = log.segment_count();
+            let lsn = log.append_async(1, vec![i as u8; 700]).await.unwrap();
+            if log.segment_count() == segments {
+                continue;
+            }
+            checked += 1;
+            let after =
+                Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), DIR, opts()).unwrap();
+            assert_eq!(
+                after.next_lsn(),
+                lsn + 1,
+                "LSN {lsn}, acknowledged in a new segment, lost"
+            );
+        }
+    });
+    assert!(checked >= 3, "rotations checked: {checked}");
+}
+
+/// A writer thread that could not be started (a failed spawn: a transient
+/// resource limit) fails that one call with `Io`, poisons nothing, and the
+/// next async call starts the thread.
+#[test]
+fn a_failed_writer_thread_start_is_retried_by_the_next_call() {
+    let sim = SimStorage::new();
+    let log = Log::open_with(Arc::new(sim.clone()), "/sim/async-start", opts()).unwrap();
+    current_thread().block_on(async {
+        Log::fail_next_writer_start();
+        let e = log.append_async(1, b"first".to_vec()).await.unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        let lsn = log.append_async(1, b"second".to_vec()).await.unwrap();
+        assert_eq!(lsn, 1, "nothing was written by the failed call");
+        log.sync_async().await.unwrap();
+    });
+    assert!(log
+        .writer_thread_alive()
+        .expect("started")
+        .load(Ordering::Acquire));
+    log.append(b"sync").unwrap();
+}

@@ -16,7 +16,7 @@ use agentwal::inspect::summary::summary;
 use agentwal::inspect::verify::verify;
 use agentwal::inspect::{Inspection, OpenOptions};
 use agentwal::log::storage::sim::CrashMode;
-use agentwal::log::{Log, LogOptions, LogReader, SimStorage, Storage};
+use agentwal::log::{Durability, Log, LogOptions, LogReader, SimStorage, Storage};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 const SEG: u64 = 4096 * 4;
@@ -380,4 +380,87 @@ fn dropping_the_log_mid_preparation_joins_the_thread_and_removes_the_spare() {
     let after = sim.mutations();
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(sim.mutations(), after, "nothing writes after drop returned");
+}
+
+/// The append that rotates into a spare issues no sync of its own: no
+/// header `fdatasync`, no directory `fsync` (the writers queued behind it
+/// used to wait for both). The next group commit makes the header durable
+/// with its `fdatasync` and the name with one directory sync; the one after
+/// syncs the file only.
+#[test]
+fn the_rotating_append_issues_no_sync_and_the_next_group_commit_syncs_the_name_once() {
+    let sim = SimStorage::new();
+    let log = Log::open_with(Arc::new(sim.clone()), "/j", opts()).unwrap();
+    let mut i = 0;
+    let (used, none) = rotations(|| loop {
+        i += 1;
+        // Everything so far durable: the seal is covered, so any sync in
+        // the rotating append would be the installation's.
+        log.sync().unwrap();
+        let (files, dirs) = (sim.syncs(), sim.dir_syncs());
+        let segments = log.segment_count();
+        log.append_with(0, &payload(i), Durability::Buffered)
+            .unwrap();
+        if log.segment_count() > segments {
+            assert_eq!(sim.syncs() - files, 0, "file syncs in the rotating append");
+            assert_eq!(
+                sim.dir_syncs() - dirs,
+                0,
+                "directory syncs in the rotating append"
+            );
+            break;
+        }
+    });
+    assert_eq!((used, none), (1, 0), "the rotation installed a spare");
+    let (files, dirs) = (sim.syncs(), sim.dir_syncs());
+    assert_eq!(log.sync().unwrap(), i);
+    assert_eq!(
+        (sim.syncs() - files, sim.dir_syncs() - dirs),
+        (1, 1),
+        "the first group commit in the new segment: one fdatasync, one directory sync"
+    );
+    let (files, dirs) = (sim.syncs(), sim.dir_syncs());
+    log.append(&payload(i + 1)).unwrap();
+    assert_eq!(
+        (sim.syncs() - files, sim.dir_syncs() - dirs),
+        (1, 0),
+        "the name is durable: later group commits sync the file only"
+    );
+}
+
+/// A durable append into a segment a rotation just installed (or created
+/// inline) returns only once the segment's name is durable: a power loss
+/// right after it returns keeps the record. Fails if the group-commit
+/// leader publishes `durable_lsn` before the directory sync.
+#[test]
+fn a_durable_append_into_a_new_segment_survives_power_loss_right_after_it_returns() {
+    for prepare_segments in [true, false] {
+        let o = LogOptions {
+            prepare_segments,
+            ..opts()
+        };
+        let sim = SimStorage::new();
+        let log = Log::open_with(Arc::new(sim.clone()), "/j", o.clone()).unwrap();
+        let mut checked = 0;
+        for i in 1..=300u64 {
+            let segments = log.segment_count();
+            assert_eq!(log.append(&payload(i)).unwrap(), i);
+            if log.segment_count() == segments {
+                continue;
+            }
+            checked += 1;
+            let after = Log::open_with(
+                Arc::new(sim.crash(CrashMode::DropUnsynced)),
+                "/j",
+                o.clone(),
+            )
+            .unwrap();
+            assert_eq!(
+                after.next_lsn(),
+                i + 1,
+                "prepare {prepare_segments}: LSN {i}, acknowledged in a new segment, lost"
+            );
+        }
+        assert!(checked >= 3, "rotations checked: {checked}");
+    }
 }

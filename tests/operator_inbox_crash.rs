@@ -361,3 +361,37 @@ fn concurrent_apply_inbox_calls_apply_each_command_once() {
         "each decision recorded once"
     );
 }
+
+/// A command that changed nothing (no dead letters to purge) is remembered
+/// too: re-claimed after an owner crash it is answered "already applied"
+/// like any other, not applied a second time (then it would purge the dead
+/// letters that appeared since).
+#[test]
+fn a_command_that_changed_nothing_is_remembered_across_an_owner_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(dead_letters(tmp.path(), 0).is_empty());
+    let cmd = QueueCommand {
+        by: "dave".into(),
+        command: "purge_dead".into(),
+        ids: Vec::new(),
+    };
+    let reply = across_an_owner_crash(
+        &queue_dir(tmp.path()),
+        &serde_json::to_vec(&cmd).unwrap(),
+        || WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap(),
+        |q| {
+            let _ = q.apply_inbox();
+        },
+    );
+    let reply: QueueReply = serde_json::from_slice(&reply).unwrap();
+    assert!(reply.ok, "{reply:?}");
+    assert!(reply.message.contains("already applied"), "{reply:?}");
+    assert!(reply.message.contains("purged 0"), "{reply:?}");
+    assert!(reply.ids.is_empty(), "{reply:?}");
+    // A snapshot holding it is written and reopens.
+    let q = WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap();
+    assert!(q.compact().unwrap().is_some(), "a snapshot was written");
+    drop(q);
+    let q = WorkQueue::open(tmp.path(), QueueOptions::default()).unwrap();
+    assert_eq!(q.stats().dead_lettered, 0);
+}

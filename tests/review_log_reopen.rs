@@ -67,15 +67,17 @@ fn sync_after_reopen_makes_records_of_the_killed_process_durable() {
 }
 
 /// The process is killed inside a segment rotation, after the new segment's
-/// content was synced but before its directory entry was. The next process
+/// content was synced but before its directory entry was (the directory
+/// sync of the first group commit into it fails). The next process
 /// appends durably into that segment; a power loss must not take the
 /// acknowledged record away with the never-synced file name.
 #[test]
 fn durable_append_into_a_segment_whose_creation_was_interrupted_survives() {
     let sim = SimStorage::new();
     let log = open(&sim);
-    // The next directory sync (the rotation's) fails: the process stops
-    // there, as if killed between the segment's fsync and the directory's.
+    // The next directory sync (the first group commit's in the new
+    // segment) fails: the process stops there, as if killed between the
+    // segment's fdatasync and the directory's fsync.
     sim.inject(FaultOp::SyncDir, 0, FaultKind::Eio);
     let mut acked = Vec::new();
     for i in 0..100u32 {
@@ -89,7 +91,13 @@ fn durable_append_into_a_segment_whose_creation_was_interrupted_survives() {
     sim.clear_faults();
 
     let log = open(&sim);
-    assert_eq!(payloads(&log), acked);
+    // The failed append's record was written before its sync failed: the
+    // restart may find it (a failed append's outcome is unknown, as after a
+    // failed fdatasync); every acknowledged one is there, in order.
+    let seen = payloads(&log);
+    assert!(seen.len() <= acked.len() + 1, "phantom records");
+    assert_eq!(seen[..acked.len()], acked[..]);
+    let mut acked = seen;
     log.append(b"acknowledged after restart").unwrap();
     acked.push(b"acknowledged after restart".to_vec());
     drop(log);

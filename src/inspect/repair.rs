@@ -318,7 +318,7 @@ fn plan(insp: &Inspection, opts: RepairOptions) -> Result<RepairReport> {
         if t.whole_segment {
             r.action = RepairAction::RemovedTornSegment;
             r.messages.push(format!(
-                "{remove} {}: its creation was torn by a crash (no records); its {} non-zero bytes {saved} saved first",
+                "{remove} {}: its header never became durable before a crash (nothing in it was acknowledged); its {} non-zero bytes {saved} saved first",
                 t.segment, t.bytes
             ));
         } else {

@@ -5,8 +5,12 @@
 //! when a *spare* is ready: a file named `segment-<n>.spare`, zero-filled to
 //! `segment_size` with real zeros and `fsync`ed, that a background thread
 //! prepares while the active segment fills. Installing it costs one page
-//! write and three syncs (seal the old segment, the new header, the
-//! directory). When no spare is ready (the preparer is still writing, it
+//! write and a rename, and no sync of its own: the old segment's seal is
+//! usually covered by the last group commit, and the new header and the new
+//! name become durable with the first group commit into the new segment
+//! (its `fdatasync` covers the header, and its leader syncs the directory
+//! before acknowledging anything there; see "Where the syncs are" in
+//! `writer`). When no spare is ready (the preparer is still writing, it
 //! failed, for example on a full disk, or preparation is off) the rotation
 //! creates the segment inline as before: preparation is an optimisation,
 //! never a new way for an append to fail.
@@ -65,9 +69,10 @@ fn zero_fill(
     Ok(true)
 }
 
-/// Creates a new segment durably, inline: header (current format, fresh
-/// salt), zero fill, fsync, directory fsync. Returns the file, its path and
-/// its codec.
+/// Creates a new segment inline: header (current format, fresh salt), zero
+/// fill, fsync. Its *name* is not synced here: the caller syncs the
+/// directory (at open) or leaves it to the first group commit (a rotation).
+/// Returns the file, its path and its codec.
 pub(crate) fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
@@ -93,19 +98,21 @@ pub(crate) fn create_segment(
     let salt = storage.segment_salt(first_lsn);
     file.write_at(0, &encode_header(first_lsn, salt))
         .map_err(|e| io("write header", e))?;
-    // Header and size durable before any record is written into the file…
+    // Zeros and size durable now: recovery reads zeros past the last record
+    // as the clean end, and without this the first group commit would have
+    // to write the zeros and commit the size while appenders wait.
     file.sync_all().map_err(|e| io("fsync", e))?;
-    // …and the file's name durable too, or a crash could lose the whole
-    // segment together with records acknowledged from it.
-    storage
-        .sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok((file, path, Codec::V2 { salt }))
 }
 
 /// Turns a prepared spare into the segment starting at `first_lsn`: header,
-/// header sync, rename, directory sync. Returns what [`create_segment`]
-/// returns.
+/// rename. No sync: the header becomes durable with the first `fdatasync`
+/// of the segment, the name with the directory sync the group-commit
+/// leader does before it acknowledges a record in it (`writer`). Until
+/// then a crash leaves either the spare (removed at open) or a last segment
+/// whose header may be torn, with nothing acknowledged in it, which
+/// recovery removes as a torn creation (`docs/recovery.md`, row 6).
+/// Returns what [`create_segment`] returns.
 pub(crate) fn install_spare(
     storage: &dyn Storage,
     dir: &Path,
@@ -120,24 +127,9 @@ pub(crate) fn install_spare(
     let salt = storage.segment_salt(first_lsn);
     file.write_at(0, &encode_header(first_lsn, salt))
         .map_err(|e| Error::io("write header", &spare_path, e))?;
-    // The header durable before the name: a segment name never points at a
-    // file whose header a power loss can still take away. (Recovery would
-    // remove such a last segment as a torn creation, which is only harmless
-    // while nothing was acknowledged from it; syncing here keeps the rule
-    // "a named segment has a durable header" true without that argument.)
-    // The zeros and the size were synced when the spare was prepared, so
-    // this flushes one page and commits no metadata.
-    file.sync_data()
-        .map_err(|e| Error::io("fdatasync", &spare_path, e))?;
     storage
         .rename(&spare_path, &path)
         .map_err(|e| Error::io("install spare segment", &spare_path, e))?;
-    // The new name durable before the first record goes in, or a crash
-    // could lose the whole segment together with records acknowledged
-    // from it.
-    storage
-        .sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok((file, path, Codec::V2 { salt }))
 }
 

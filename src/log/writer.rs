@@ -12,15 +12,35 @@
 //!    previous sync served several writers, the new leader first waits (at
 //!    most one sync, see `gather`) for them to queue again, so concurrent
 //!    writers share one sync instead of alternating between two.
-//! 2. **Rotation**: the full segment is `fdatasync`ed *before* the next one is
-//!    created, so every sealed segment is entirely durable (recovery relies on
-//!    this: damage in a sealed segment is always corruption); the sync is
-//!    skipped when a completed group commit already covers every record in
-//!    it. The new segment's header is made durable and its directory entry
-//!    `fsync`ed *before* the first record goes into it, so a crash can never
-//!    leave acknowledged records in a file whose name is not durable. The
-//!    segment's zeros were written and `fsync`ed ahead of time in a spare
-//!    (see `rotation`), off the writer lock, when one was ready.
+//! 2. **Rotation**: the full segment is *sealed* before the next one is
+//!    created: `fdatasync`ed, and its name made durable if no directory
+//!    sync did yet, so every sealed segment is entirely durable, content and
+//!    name (recovery relies on this: damage in a sealed segment is always
+//!    corruption, a missing one an LSN gap). The sync is skipped when a
+//!    completed group commit already covers every record in it (which then
+//!    also made its name durable, see 1). The new segment's zeros were
+//!    written and `fsync`ed ahead of time in a spare (see `rotation`), off
+//!    the writer lock, when one was ready; installing it only writes the
+//!    header and renames the spare. **No sync of its own**: neither the
+//!    header nor the new name is synced by the rotating append.
+//!    * The header becomes durable with the first group commit that
+//!      `fdatasync`s the new segment: the same file, so one `fdatasync`
+//!      covers header and records, and no record of the segment is
+//!      acknowledged before it. A crash before that leaves a last segment
+//!      whose header may be missing or torn, possibly with records after it
+//!      that were never acknowledged: recovery removes it as a torn creation
+//!      (bytes saved) unless something proves it was synced (`scan`,
+//!      rows 6 and 7 of `docs/recovery.md`).
+//!    * The new name becomes durable with a directory `fsync` by the
+//!      group-commit leader (`sync_active`, shared by `wait_durable` and so
+//!      by the async writer thread): a sync whose target lies in a segment
+//!      whose name is not known durable (`Inner::named_lsn`) syncs the
+//!      directory (once per segment) after the `fdatasync` and before
+//!      `durable_lsn` moves, so a crash can never leave acknowledged records
+//!      in a file whose name is not durable. Records in the new segment wait
+//!      for one directory sync more than the others; the appends queued
+//!      behind the rotating one no longer wait for two extra syncs under the
+//!      writer lock.
 //! 3. **Recovery**: a torn tail is zeroed (never truncated: a reader may
 //!    have the file mapped) and `fdatasync`ed before the first new append,
 //!    so stale bytes can never reappear behind new records. Then the active
@@ -96,10 +116,12 @@ pub struct LogOptions {
     /// Prepare the next segment ahead of time (default true; only with
     /// `preallocate`): once the active segment is half full, a background
     /// thread writes and syncs a zero-filled spare file, so the append that
-    /// rotates only seals the old segment, writes the new header and syncs
-    /// the directory instead of writing a whole segment of zeros under the
-    /// writer lock. Costs one spare segment of disk. When no spare is ready
-    /// the rotation creates the segment inline, as with `false`. On a
+    /// rotates only seals the old segment (usually covered by the last group
+    /// commit), writes the new header and renames the spare, instead of
+    /// writing a whole segment of zeros under the writer lock; the next
+    /// group commit syncs the header and the directory. Costs one spare
+    /// segment of disk. When no spare is ready the rotation creates the
+    /// segment inline, as with `false`. On a
     /// storage that allows no background I/O (the simulator) the append that
     /// crosses the half prepares the spare itself.
     pub prepare_segments: bool,
@@ -209,6 +231,11 @@ struct Inner {
     syncing: Mutex<SyncState>,
     synced: Condvar,
     durable_lsn: AtomicU64,
+    /// First LSN of the newest segment whose name is known durable (a
+    /// directory sync completed after it got its name). The active segment's
+    /// name is durable iff its first LSN is `<=` this; only the active one
+    /// can be pending (sealing makes a segment's name durable).
+    named_lsn: AtomicU64,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     report: OpenReport,
@@ -364,6 +391,11 @@ impl Log {
             }
             None => {
                 let (f, path, codec) = create_segment(storage.as_ref(), &dir, &opts, next_lsn)?;
+                // The name durable now (not at the first group commit): an
+                // open that returned leaves a journal that reopens.
+                storage
+                    .sync_dir(&dir)
+                    .map_err(|e| Error::io("fsync directory", &dir, e))?;
                 list.push((next_lsn, path));
                 (f, SEGMENT_HEADER as u64, codec)
             }
@@ -375,6 +407,7 @@ impl Log {
             // A leftover named `segment-<u64::MAX>.spare` must not overflow.
             spare_ids.wrapping_add(1),
         );
+        let named = list.last().map_or(next_lsn, |s| s.0);
         let inner = Inner {
             #[cfg(feature = "tokio")]
             core: std::sync::OnceLock::new(),
@@ -394,6 +427,8 @@ impl Log {
             synced: Condvar::new(),
             // Everything recovered is on disk (a torn tail was cut and synced).
             durable_lsn: AtomicU64::new(next_lsn - 1),
+            // The active segment's name was synced above.
+            named_lsn: AtomicU64::new(named),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             report,
@@ -546,18 +581,21 @@ impl Log {
     }
 
     fn rotate(&self, w: &mut WriterState) -> Result<()> {
-        let path = w.segments.last().expect("active segment").1.clone();
-        // Seal: the whole segment must be durable before a successor exists
-        // (recovery treats damage in a sealed segment as corruption).
-        // When a completed group commit already covers every record written
-        // into it, the segment is durable (its zeros were synced when it was
-        // made, a failed sync poisons) and sealing needs no sync of its own.
+        let (first, path) = w.segments.last().expect("active segment").clone();
+        // Seal: the whole segment, content and name, must be durable before
+        // a successor exists (recovery treats damage in a sealed segment as
+        // corruption, and a missing sealed segment as an LSN gap). When a
+        // completed group commit already covers every record written into
+        // it, the segment is durable (its zeros were synced when it was
+        // made, a failed sync poisons, and the leader made its name durable
+        // before publishing) and sealing needs no sync of its own.
         if self.durable_lsn() < w.next_lsn - 1 {
             let started = Instant::now();
             w.file
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync", &path, e))?;
             crate::observe::fsync(started.elapsed());
+            self.make_name_durable(first)?;
             self.inner
                 .durable_lsn
                 .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
@@ -565,6 +603,8 @@ impl Log {
         let storage = self.inner.storage.as_ref();
         let spare = self.inner.preparer.take();
         crate::observe::rotated(spare.is_some());
+        // Neither path syncs the new header or the new name: the first
+        // group commit into the new segment does (`sync_active`).
         let (file, new_path, codec) = match spare {
             Some(spare) => install_spare(storage, &self.inner.dir, spare, w.next_lsn)?,
             None => create_segment(storage, &self.inner.dir, &self.inner.opts, w.next_lsn)?,
@@ -574,6 +614,37 @@ impl Log {
         w.segments.push((w.next_lsn, new_path));
         w.pos = SEGMENT_HEADER as u64;
         w.spare_requested = false;
+        Ok(())
+    }
+
+    /// The group commit's sync of the active segment `file` (`path`, first
+    /// LSN `first`): `fdatasync` for its content (and, the first time, its
+    /// header), then, if its name is not known durable yet, a directory
+    /// `fsync` (see "Where the syncs are"). Only after both may
+    /// `durable_lsn` cover records in it. Shared by every group-commit
+    /// leader: sync callers and the async writer thread (through
+    /// `wait_durable`).
+    fn sync_active(&self, file: &dyn StorageFile, path: &Path, first: Lsn) -> Result<()> {
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync", path, e))?;
+        self.make_name_durable(first)
+    }
+
+    /// Makes the name of the segment starting at `first` durable, unless a
+    /// directory sync already did: at most one directory `fsync` per
+    /// segment. A directory sync makes every earlier rename durable too, so
+    /// a leader that syncs for an older segment than the active one is
+    /// never wrong, only conservative.
+    fn make_name_durable(&self, first: Lsn) -> Result<()> {
+        if self.inner.named_lsn.load(Ordering::Acquire) >= first {
+            return Ok(());
+        }
+        let dir = &self.inner.dir;
+        self.inner
+            .storage
+            .sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+        self.inner.named_lsn.fetch_max(first, Ordering::AcqRel);
         Ok(())
     }
 
@@ -628,17 +699,18 @@ impl Log {
                 self.gather(want, budget);
             }
             // Everything up to `target` is in `file` or in a sealed (already
-            // durable) segment, so one fdatasync of `file` covers it.
-            let (file, target, path) = {
+            // durable, name included) segment, so one fdatasync of `file`
+            // (plus, once per segment, a directory sync) covers it.
+            let (file, target, (first, path)) = {
                 let w = inner.writer.lock();
                 (
                     w.file.clone(),
                     w.next_lsn - 1,
-                    w.segments.last().expect("active").1.clone(),
+                    w.segments.last().expect("active").clone(),
                 )
             };
             let started = Instant::now();
-            let r = file.sync_data();
+            let r = self.sync_active(file.as_ref(), &path, first);
             let took = started.elapsed();
             st = inner.syncing.lock();
             st.active = false;
@@ -655,8 +727,7 @@ impl Log {
                     st.expected = before;
                     st.last_sync = took;
                 }
-                Err(e) => {
-                    let err = Error::io("fdatasync", path, e);
+                Err(err) => {
                     self.poison(&err);
                     st.waiters.clear();
                     inner.synced.notify_all();

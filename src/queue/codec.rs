@@ -15,6 +15,7 @@ pub(crate) mod kind {
     pub const RELEASE: u8 = 6;
     pub const REDRIVE: u8 = 7;
     pub const PURGE: u8 = 8;
+    pub const COMMAND: u8 = 9;
 }
 
 /// Magic of a queue snapshot payload.
@@ -194,6 +195,18 @@ pub(crate) fn encode_op(op: &Op) -> (u8, Vec<u8>) {
                 kind::PURGE
             }
         }
+        Op::Command {
+            redrive,
+            by,
+            at_ms,
+            command,
+        } => {
+            e.u8(u8::from(*redrive))
+                .u64(*at_ms)
+                .bytes(by.as_bytes())
+                .bytes(command.as_bytes());
+            kind::COMMAND
+        }
     };
     (kind, e.0)
 }
@@ -257,6 +270,16 @@ pub(crate) fn decode_op(kind: u8, payload: &[u8]) -> DecResult<Op> {
                 }
             }
         }
+        kind::COMMAND => Op::Command {
+            redrive: match d.u8()? {
+                0 => false,
+                1 => true,
+                t => return Err(format!("bad redrive flag {t}")),
+            },
+            at_ms: d.u64()?,
+            by: d.string()?,
+            command: d.string()?,
+        },
         k => return Err(format!("unknown queue record kind {k}")),
     };
     d.finish()?;
@@ -370,9 +393,11 @@ pub(crate) fn decode_snapshot(b: &[u8], keep_acked: bool) -> DecResult<QueueStat
                     "command {id:?} lists more items than the snapshot holds"
                 ));
             }
+            // Remembered even when it changed nothing (no items).
+            s.remember_command(&id, redrive, None, &by, at_ms);
             for _ in 0..k {
                 let item = d.u64()?;
-                s.remember_command(&id, redrive, item, &by, at_ms);
+                s.remember_command(&id, redrive, Some(item), &by, at_ms);
             }
         }
     }
@@ -425,6 +450,12 @@ mod tests {
                 at_ms: 10,
                 command: None,
             },
+            Op::Command {
+                redrive: true,
+                by: "ops".into(),
+                at_ms: 11,
+                command: "000001764662400000-42-0".into(),
+            },
         ];
         for op in ops {
             let (k, p) = encode_op(&op);
@@ -451,8 +482,11 @@ mod tests {
         let (k, p) = encode_op(&op);
         assert_eq!(decode_op(k, &p).unwrap(), op);
         let mut s = QueueState::new(false);
-        s.remember_command("000001764662400000-42-0", false, 7, "ops", 9);
+        s.remember_command("000001764662400000-42-0", false, Some(7), "ops", 9);
+        // A command that changed nothing is kept by a snapshot too.
+        s.remember_command("000001764662400001-42-1", true, None, "ops", 10);
         let back = decode_snapshot(&encode_snapshot(&s), false).unwrap();
+        assert_eq!(back.commands.len(), 2);
         assert_eq!(back.commands, s.commands);
     }
 

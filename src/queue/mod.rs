@@ -850,6 +850,18 @@ impl WorkQueue {
                     }
                 });
             }
+            // An inbox command that changes nothing is recorded all the
+            // same: re-claimed after an owner crash it must be answered
+            // "already applied", not applied again to the dead letters
+            // that appeared since.
+            if let (true, Some(c)) = (ops.is_empty(), command) {
+                ops.push(Op::Command {
+                    redrive,
+                    by: by.clone(),
+                    at_ms,
+                    command: c.to_string(),
+                });
+            }
             // One batch: a kill between per-item writes would leave the
             // command half applied, and its re-application after the restart
             // would answer "already applied" for the items recorded.

@@ -87,6 +87,15 @@ pub(crate) enum Op {
         at_ms: u64,
         command: Option<String>,
     },
+    /// An operator-inbox redrive or purge `command` that changed no item
+    /// (no dead letter matched): recorded so that, re-claimed after an
+    /// owner crash, it is answered "already applied" like any other.
+    Command {
+        redrive: bool,
+        by: String,
+        at_ms: u64,
+        command: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -158,9 +167,17 @@ impl QueueState {
     }
 
     /// Remembers that command `id` changed item `item` (one record per
-    /// item), forgetting the oldest commands beyond the cap (command ids
-    /// begin with their submission time, so they sort by age).
-    pub fn remember_command(&mut self, id: &str, redrive: bool, item: u64, by: &str, at_ms: u64) {
+    /// item; `None`: a command that changed nothing), forgetting the oldest
+    /// commands beyond the cap (command ids begin with their submission
+    /// time, so they sort by age).
+    pub fn remember_command(
+        &mut self,
+        id: &str,
+        redrive: bool,
+        item: Option<u64>,
+        by: &str,
+        at_ms: u64,
+    ) {
         let c = self
             .commands
             .entry(id.to_string())
@@ -170,8 +187,10 @@ impl QueueState {
                 by: by.to_string(),
                 at_ms,
             });
-        if !c.ids.contains(&item) {
-            c.ids.push(item);
+        if let Some(item) = item {
+            if !c.ids.contains(&item) {
+                c.ids.push(item);
+            }
         }
         while self.commands.len() > MAX_APPLIED_COMMANDS {
             self.commands.pop_first();
@@ -223,6 +242,8 @@ impl QueueState {
     /// Checks that `op` is a valid transition now, without applying it.
     pub fn check(&self, op: &Op) -> Result<(), String> {
         let (id, attempt) = match op {
+            // Touches no item: always applies.
+            Op::Command { .. } => return Ok(()),
             Op::Enqueue { id, .. } => {
                 if *id < self.next_id || self.items.contains_key(id) {
                     return Err(format!(
@@ -292,6 +313,16 @@ impl QueueState {
             self.items.insert(id, item);
             return Ok(());
         }
+        if let Op::Command {
+            redrive,
+            by,
+            at_ms,
+            command,
+        } = &op
+        {
+            self.remember_command(command, *redrive, None, by, *at_ms);
+            return Ok(());
+        }
         let id = match &op {
             Op::Claim { id, .. }
             | Op::Ack { id, .. }
@@ -300,7 +331,7 @@ impl QueueState {
             | Op::Release { id, .. }
             | Op::Redrive { id, .. }
             | Op::Purge { id, .. } => *id,
-            Op::Enqueue { .. } => unreachable!("handled above"),
+            Op::Enqueue { .. } | Op::Command { .. } => unreachable!("handled above"),
         };
         if let Op::Redrive {
             command: Some(c),
@@ -316,7 +347,7 @@ impl QueueState {
         } = &op
         {
             let redrive = matches!(op, Op::Redrive { .. });
-            self.remember_command(c, redrive, id, by, *at_ms);
+            self.remember_command(c, redrive, Some(id), by, *at_ms);
         }
         let mut item = self.items.remove(&id).expect("checked above");
         self.unindex(&item);
@@ -374,7 +405,7 @@ impl QueueState {
                 self.purged_total += 1;
                 return Ok(());
             }
-            Op::Enqueue { .. } => unreachable!("handled above"),
+            Op::Enqueue { .. } | Op::Command { .. } => unreachable!("handled above"),
         }
         self.index(&item);
         self.items.insert(id, item);

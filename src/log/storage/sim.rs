@@ -178,6 +178,7 @@ struct State {
     halt_after: Option<u64>,
     mutations: u64,
     syncs: u64,
+    dir_syncs: u64,
     capacity: Option<u64>,
     sync_delay: Option<std::time::Duration>,
     /// The gate file syncs wait at while it is closed ([`SimStorage::stall_syncs`]).
@@ -419,6 +420,11 @@ impl SimStorage {
     /// Number of successful `sync_data`/`sync_all` calls so far.
     pub fn syncs(&self) -> u64 {
         self.state.lock().syncs
+    }
+
+    /// Number of successful `sync_dir` calls so far.
+    pub fn dir_syncs(&self) -> u64 {
+        self.state.lock().dir_syncs
     }
 
     /// The live content of a file, if it exists.
@@ -853,6 +859,7 @@ impl Storage for SimStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         s.mutate(FaultOp::SyncDir)?;
+        s.dir_syncs += 1;
         let (now, later): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut s.pending_dir)
             .into_iter()
             .partition(|op| op.parent() == Some(dir));

@@ -91,9 +91,21 @@ impl std::fmt::Debug for Req {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+thread_local! {
+    /// Tests: the next writer-thread start on this thread fails.
+    static FAIL_NEXT_START: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl AsyncCore {
     /// Starts the writer thread for the log behind `inner`.
     pub(super) fn start(inner: Weak<Inner>) -> std::io::Result<AsyncCore> {
+        #[cfg(any(test, feature = "testing"))]
+        if FAIL_NEXT_START.with(|f| f.replace(false)) {
+            return Err(std::io::Error::other(
+                "injected: the writer thread could not be spawned",
+            ));
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         #[cfg(feature = "testing")]
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -431,31 +443,23 @@ impl Log {
         self.check_poison().err().unwrap_or_else(poisoned_fallback)
     }
 
-    /// The writer thread, started at the first async call.
+    /// The writer thread, started at the first async call. A failed start
+    /// (no thread could be spawned: a resource limit, often transient)
+    /// fails that call with `Io` and stores nothing, so the next async call
+    /// tries again; it says nothing about the log, which is not poisoned.
     fn core(&self) -> Result<&AsyncCore> {
         if let Some(c) = self.inner.core.get() {
             return Ok(c);
         }
-        let mut err = None;
-        let c =
-            self.inner
-                .core
-                .get_or_init(|| match AsyncCore::start(Arc::downgrade(&self.inner)) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        err = Some(e);
-                        AsyncCore {
-                            tx: None,
-                            thread: None,
-                            #[cfg(feature = "testing")]
-                            alive: Arc::default(),
-                        }
-                    }
-                });
-        match err {
-            Some(e) => Err(Error::io("start writer thread", self.dir(), e)),
-            None => Ok(c),
+        let c = AsyncCore::start(Arc::downgrade(&self.inner))
+            .map_err(|e| Error::io("start writer thread", self.dir(), e))?;
+        // Two first calls racing may both have started a thread: one is
+        // kept; dropping the other closes its channel, so its thread (idle,
+        // waiting for a first request) exits at once and is joined.
+        if let Err(lost) = self.inner.core.set(c) {
+            drop(lost);
         }
+        Ok(self.inner.core.get().expect("set just above"))
     }
 
     async fn ask<T>(
@@ -539,6 +543,15 @@ impl Log {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Makes the next start of a log's writer thread attempted on the
+    /// calling thread fail, as a failed thread spawn (a resource limit)
+    /// would: the async call that needed it returns `Error::Io` (tests).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn fail_next_writer_start() {
+        FAIL_NEXT_START.with(|f| f.set(true));
     }
 
     /// Whether this log's writer thread is still running: the flag turns

@@ -47,10 +47,12 @@
 //!      whose name is not known durable (`Inner::named_lsn`) syncs the
 //!      directory (once per segment) after the `fdatasync` and before
 //!      `durable_lsn` moves, so a crash can never leave acknowledged records
-//!      in a file whose name is not durable. Records in the new segment wait
-//!      for one directory sync more than the others; the appends queued
-//!      behind the rotating one no longer wait for two extra syncs under the
-//!      writer lock.
+//!      in a file whose name is not durable. The preparer's thread starts
+//!      that directory sync in the background right after the rename
+//!      (`Preparer::sync_name`), so it overlaps the leader's `fdatasync` and
+//!      the leader usually finds the name durable already; the appends
+//!      queued behind the rotating one no longer wait for two extra syncs
+//!      under the writer lock.
 //! 3. **Recovery**: a torn tail is zeroed (never truncated: a reader may
 //!    have the file mapped) and `fdatasync`ed before the first new append,
 //!    so stale bytes can never reappear behind new records. Then the active
@@ -251,8 +253,9 @@ struct Inner {
     /// First LSN of the newest segment whose name is known durable (a
     /// directory sync completed after it got its name). The active segment's
     /// name is durable iff its first LSN is `<=` this; only the active one
-    /// can be pending (sealing makes a segment's name durable).
-    named_lsn: AtomicU64,
+    /// can be pending (sealing makes a segment's name durable). Shared with
+    /// the preparer, whose thread may sync the directory ahead of the leader.
+    named_lsn: Arc<AtomicU64>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     report: OpenReport,
@@ -417,14 +420,16 @@ impl Log {
                 (f, SEGMENT_HEADER as u64, codec)
             }
         };
+        // The active segment's name was synced above.
+        let named_lsn = Arc::new(AtomicU64::new(list.last().map_or(next_lsn, |s| s.0)));
         let preparer = Preparer::new(
             storage.clone(),
             &dir,
             &opts,
             // A leftover named `segment-<u64::MAX>.spare` must not overflow.
             spare_ids.wrapping_add(1),
+            named_lsn.clone(),
         );
-        let named = list.last().map_or(next_lsn, |s| s.0);
         let inner = Inner {
             #[cfg(feature = "tokio")]
             core: std::sync::OnceLock::new(),
@@ -444,8 +449,7 @@ impl Log {
             synced: Condvar::new(),
             // Everything recovered is on disk (a torn tail was cut and synced).
             durable_lsn: AtomicU64::new(next_lsn - 1),
-            // The active segment's name was synced above.
-            named_lsn: AtomicU64::new(named),
+            named_lsn,
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             report,
@@ -642,6 +646,10 @@ impl Log {
             Some(spare) => install_spare(storage, &self.inner.dir, spare, w.next_lsn)?,
             None => create_segment(storage, &self.inner.dir, &self.inner.opts, w.next_lsn)?,
         };
+        // The name's directory sync, started now in the background, runs
+        // while the first group commit in the new segment is in its
+        // fdatasync; the leader then usually finds it done.
+        self.inner.preparer.sync_name(w.next_lsn);
         w.file = file;
         w.codec = codec;
         w.segments.push((w.next_lsn, new_path));
@@ -673,6 +681,14 @@ impl Log {
             return Ok(());
         }
         let dir = &self.inner.dir;
+        if let Some(cause) = self.inner.preparer.name_sync_failure() {
+            // The background sync for this name failed: never retried (see 4).
+            return Err(Error::io(
+                "fsync directory (in the background)",
+                dir,
+                std::io::Error::other(cause),
+            ));
+        }
         self.inner
             .storage
             .sync_dir(dir)

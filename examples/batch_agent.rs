@@ -42,24 +42,13 @@ use agentwal::runtime::Shutdown;
 use serde::{Deserialize, Serialize};
 
 #[path = "support/args.rs"]
+#[macro_use]
 mod args;
 use args::ParseExit;
 
-/// Prints a line on stdout. Output is advisory: a closed pipe
-/// (`batch_agent ... | head`) must not stop the agent mid-batch, and
-/// `println!` would panic on EPIPE.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// Like [`say!`], on stderr.
-macro_rules! say_err {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
+#[path = "support/model.rs"]
+mod model;
+use model::{fake_model, ModelReply};
 
 /// Process records as journaled units; safe to kill and re-run.
 ///
@@ -221,30 +210,10 @@ fn model_retry_policy() -> RetryPolicy {
         .on_exhausted(OnExhausted::LeaveInDoubt)
 }
 
-/// What the (fake) model answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ModelReply {
-    text: String,
-    tokens: u64,
-}
-
 /// The record's input, kept in the unit's begin record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Input {
     index: u32,
-}
-
-/// A deterministic stand-in for an LLM call: the same prompt always gives
-/// the same text and token count.
-fn fake_model(prompt: &str) -> ModelReply {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prompt.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    ModelReply {
-        text: format!("summary-{:08x}", h as u32),
-        tokens: 50 + h % 200,
-    }
 }
 
 #[derive(Debug, Default)]

@@ -34,23 +34,15 @@ use std::time::{Duration, Instant};
 use agentwal::fleet::{Error as FleetError, Fleet, FleetOptions, Intent, Lease, NewItem, OnDoubt};
 use agentwal::journal::{Effect, Journal, JournalOptions};
 use agentwal::runtime::Shutdown;
-use serde::{Deserialize, Serialize};
 
 #[path = "support/args.rs"]
+#[macro_use]
 mod args;
 use args::ParseExit;
 
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-macro_rules! say_err {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
+#[path = "support/model.rs"]
+mod model;
+use model::{fake_model, ModelReply};
 
 const USAGE: &str = "\
 Many workers, one queue in PostgreSQL, one local journal each.
@@ -146,25 +138,6 @@ impl Cmd {
                 }
             }
         })
-    }
-}
-
-/// What the (fake) model answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ModelReply {
-    text: String,
-    tokens: u64,
-}
-
-/// A deterministic stand-in for an LLM call.
-fn fake_model(prompt: &str) -> ModelReply {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prompt.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    ModelReply {
-        text: format!("summary-{:08x}", h as u32),
-        tokens: 50 + h % 200,
     }
 }
 

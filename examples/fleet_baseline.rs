@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 mod args;
 use args::ParseExit;
 
+#[path = "support/model.rs"]
+mod model;
+use model::fake_model;
+
 const USAGE: &str = "\
 A plain SKIP LOCKED queue doing fleet_agent's work with none of its guarantees.
 
@@ -77,14 +81,6 @@ impl Cmd {
             worker_id: f.get_or("--worker-id", "baseline".to_string())?,
         })
     }
-}
-
-fn fake_model(prompt: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prompt.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    format!("summary-{:08x}", h as u32)
 }
 
 type BoxError = Box<dyn std::error::Error>;
@@ -143,7 +139,7 @@ async fn run(cmd: Cmd) -> Result<(), BoxError> {
             let mut done = 0u64;
             while let Some(row) = c.query_opt(&claim, &[]).await? {
                 let key: String = row.get(0);
-                let reply = fake_model(&format!("summarize {key}"));
+                let reply = fake_model(&format!("summarize {key}")).text;
                 tokio::time::sleep(Duration::from_millis(work_ms)).await;
                 ledger.write_all(format!("{key}\t{worker_id}\n").as_bytes())?;
                 sink.write_all(format!("{key}/send/1\t{key} {reply}\n").as_bytes())?;

@@ -11,7 +11,7 @@ mod agent_support;
 use std::path::Path;
 
 use agent_support::*;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Found by hand: a full disk under the sink made the send's *error* the
@@ -26,9 +26,7 @@ fn full_sink_leaves_the_send_in_doubt_and_a_rerun_delivers_it() {
         return;
     }
     let bin = batch_agent();
-    let d = tempfile::tempdir().unwrap();
-    let j = d.path().join("journal");
-    let sink = d.path().join("sink.txt");
+    let (_d, j, sink) = agent_dir();
 
     let o = agent(&bin, &j, full, 3, 0).output().unwrap();
     assert_clean_error(&o, "sink");
@@ -74,9 +72,7 @@ fn a_sink_that_cannot_be_opened_is_named_in_the_error() {
 #[test]
 fn wrong_magic_in_the_only_segment_is_reported_as_corruption() {
     let bin = batch_agent();
-    let d = tempfile::tempdir().unwrap();
-    let j = d.path().join("journal");
-    let sink = d.path().join("sink.txt");
+    let (_d, j, sink) = agent_dir();
     assert!(agent(&bin, &j, &sink, 5, 0)
         .output()
         .unwrap()
@@ -119,9 +115,7 @@ fn wrong_magic_in_the_only_segment_is_reported_as_corruption() {
 #[test]
 fn a_second_agent_fails_naming_the_lock_holder_and_writes_no_sink() {
     let bin = batch_agent();
-    let d = tempfile::tempdir().unwrap();
-    let j = d.path().join("journal");
-    let sink = d.path().join("sink.txt");
+    let (d, j, sink) = agent_dir();
     let mut first = agent(&bin, &j, &sink, 100_000, 5)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -157,9 +151,7 @@ fn a_second_agent_fails_naming_the_lock_holder_and_writes_no_sink() {
 #[test]
 fn sigterm_with_a_budget_shorter_than_the_unit_exits_in_time_and_consistent() {
     let bin = batch_agent();
-    let d = tempfile::tempdir().unwrap();
-    let j = d.path().join("journal");
-    let sink = d.path().join("sink.txt");
+    let (_d, j, sink) = agent_dir();
     for (sig, code) in [("TERM", 0), ("INT", 130)] {
         let mut child = agent(&bin, &j, &sink, 3, 3000)
             .env("SHUTDOWN_TIMEOUT", "1")
@@ -168,20 +160,13 @@ fn sigterm_with_a_budget_shorter_than_the_unit_exits_in_time_and_consistent() {
             .spawn()
             .unwrap();
         // Wait for the banner: the journal is open and the unit is running.
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(line.starts_with("batch_agent:"), "{line}");
+        let _out = banner(&mut child);
         // The banner comes right after open; give the first unit time to
         // begin (its work is 3 s), or the signal lands between units and the
         // agent exits at once without needing the deadline.
         std::thread::sleep(Duration::from_millis(500));
         let t0 = Instant::now();
-        let k = Command::new("kill")
-            .args([&format!("-{sig}"), &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(k.success());
+        assert!(signal(&child, sig));
         let status = child.wait().unwrap();
         let took = t0.elapsed();
         assert_eq!(status.code(), Some(code), "SIG{sig}");
@@ -214,18 +199,13 @@ fn sigterm_with_a_budget_shorter_than_the_unit_exits_in_time_and_consistent() {
 #[test]
 fn a_closed_stdout_pipe_does_not_stop_the_agent() {
     let bin = batch_agent();
-    let d = tempfile::tempdir().unwrap();
-    let j = d.path().join("journal");
-    let sink = d.path().join("sink.txt");
+    let (_d, j, sink) = agent_dir();
     let mut child = agent(&bin, &j, &sink, 200, 1)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert!(line.starts_with("batch_agent:"), "{line}");
+    let out = banner(&mut child);
     drop(out); // like `| head -1`: the reader goes away
     let o = child.wait_with_output().unwrap();
     let err = text(&o.stderr);
@@ -242,26 +222,17 @@ fn a_closed_stdout_pipe_does_not_stop_the_agent() {
 #[test]
 fn sigterm_with_a_huge_record_count_still_exits_promptly() {
     let bin = batch_agent();
-    let d = tempfile::tempdir().unwrap();
-    let j = d.path().join("journal");
-    let sink = d.path().join("sink.txt");
+    let (_d, j, sink) = agent_dir();
     let mut child = agent(&bin, &j, &sink, 4_000_000_000, 1)
         .env("SHUTDOWN_TIMEOUT", "2")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert!(line.starts_with("batch_agent:"), "{line}");
+    let mut out = banner(&mut child);
     std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
-    let k = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(k.success());
+    assert!(signal(&child, "TERM"));
     // Generous: the point is "seconds, not minutes"; a hang fails below.
     let limit = Duration::from_secs(15);
     let status = loop {

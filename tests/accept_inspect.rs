@@ -63,9 +63,7 @@ fn assert_all_sent_once(sink: &Path, n: u32) {
 #[test]
 fn reading_never_modifies_the_journal() {
     let bin = batch_agent();
-    let d = tempfile::tempdir().unwrap();
-    let j = d.path().join("journal");
-    let sink = d.path().join("sink.txt");
+    let (_d, j, sink) = agent_dir();
     // Leave an incomplete unit and a torn tail: the states a reader must not "fix".
     assert!(agent(&bin, &j, &sink, 20, 0)
         .output()
@@ -176,9 +174,7 @@ fn a_torn_or_garbage_tail_is_repaired_with_a_copy_and_the_agent_resumes() {
 #[test]
 fn a_flipped_bit_in_acknowledged_data_is_corruption_everyone_refuses() {
     let bin = batch_agent();
-    let d = tempfile::tempdir().unwrap();
-    let j = d.path().join("journal");
-    let sink = d.path().join("sink.txt");
+    let (_d, j, sink) = agent_dir();
     assert!(agent(&bin, &j, &sink, 30, 0)
         .output()
         .unwrap()

@@ -7,52 +7,31 @@
 
 mod agent_support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use agent_support::{
-    assert_every_message_delivered, assert_every_record_committed_once, batch_agent,
-    kill_at_random, resends, Rng,
+    assert_every_message_delivered, assert_every_record_committed_once, batch_agent, resends,
+    KillRig,
 };
 
 /// Enough work (>= 4 s at 2 ms a record) that six kills of at most 450 ms
 /// each always land, however fast the disk is.
 const RECORDS: u32 = 2000;
 
-fn command(bin: &Path, journal: &Path, sink: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.arg("--journal")
-        .arg(journal)
-        .arg("--sink")
-        .arg(sink)
-        .args(["--records", &RECORDS.to_string(), "--work-ms", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
-}
-
 #[test]
 fn sigkill_at_random_points_then_rerun_commits_every_record_exactly_once() {
     let started = Instant::now();
-    let bin = batch_agent();
-    let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("journal");
-    let sink = dir.path().join("sink.txt");
-    let mut rng = Rng::from_env_or_clock();
-
-    let kills = kill_at_random(6, 50, &mut rng, || command(&bin, &journal, &sink));
-
-    // Run to completion.
-    let status = command(&bin, &journal, &sink).status().unwrap();
-    assert!(status.success(), "final run exited with {status}");
+    let records = RECORDS.to_string();
+    let mut rig = KillRig::new(batch_agent(), &["--records", &records, "--work-ms", "2"]);
+    let kills = rig.kill_at_random(6, 50);
+    rig.run_to_completion();
 
     // Journal: every record committed exactly once, nothing incomplete.
-    assert_every_record_committed_once(&journal, RECORDS);
+    assert_every_record_committed_once(&rig.journal, RECORDS);
 
     // Sink: each key at least once; duplicates only for in-doubt sends, at
     // most one per kill, always the same key with the same payload.
-    let lines = assert_every_message_delivered(&sink, RECORDS);
+    let lines = assert_every_message_delivered(&rig.sink, RECORDS);
     let duplicates = resends(&lines);
     assert!(
         duplicates <= kills,

@@ -9,46 +9,30 @@
 
 mod agent_support;
 
-use std::path::Path;
-use std::process::Command;
-
-use agent_support::{example, kill_at_random, quiet_agent, resends, sink_by_key, Rng};
+use agent_support::{example, resends, sink_by_key, KillRig};
 use agentwal::journal::{JournalView, UnitState};
 
 /// Enough work (about 40 ms a task) that six kills of at most 450 ms land.
 const TASKS: u32 = 150;
 const TOOLS: [&str; 3] = ["search", "weather", "calendar"];
 
-fn command(bin: &Path, journal: &Path, sink: &Path) -> Command {
-    quiet_agent(
-        bin,
-        journal,
-        sink,
-        &["--tasks", &TASKS.to_string(), "--work-ms", "15"],
-    )
-}
-
 #[test]
 fn sigkill_in_the_middle_of_fan_outs_then_rerun_repeats_nothing() {
-    let bin = example("parallel_tools", &["tokio"]);
-    let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("journal");
-    let sink = dir.path().join("sink.txt");
-    let mut rng = Rng::from_env_or_clock();
-
-    let kills = kill_at_random(6, 50, &mut rng, || command(&bin, &journal, &sink));
-    let status = command(&bin, &journal, &sink).status().unwrap();
-    assert!(status.success(), "final run exited with {status}");
+    let tasks = TASKS.to_string();
+    let args = ["--tasks", &tasks, "--work-ms", "15"];
+    let mut rig = KillRig::new(example("parallel_tools", &["tokio"]), &args);
+    let kills = rig.kill_at_random(6, 50);
+    rig.run_to_completion();
 
     // Journal: each task and each of its three children committed once.
-    let view = JournalView::load(&agentwal::log::LogReader::open(&journal).unwrap()).unwrap();
+    let view = JournalView::load(&agentwal::log::LogReader::open(&rig.journal).unwrap()).unwrap();
     assert_eq!(view.units_in(UnitState::Incomplete).count(), 0);
     assert_eq!(view.aborted_total(), 0);
     assert_eq!(view.committed_total(), u64::from(TASKS) * 4);
 
     // Sink: every tool call and answer under its one key, re-sent only with
     // the same payload; answers in tool order.
-    let by_key = sink_by_key(&sink);
+    let by_key = sink_by_key(&rig.sink);
     let mut expected = 0;
     for t in 0..TASKS {
         let task = format!("task-{t:04}");

@@ -35,11 +35,12 @@
 mod agent_support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agent_support::Rng;
 use agentwal::journal::{
     AutoCompact, Effect, EffectState, Error as JError, Journal, JournalOptions, KeyStatus, Outcome,
     Probe, Retention, UnitState,
@@ -64,21 +65,6 @@ fn is_final() -> bool {
 }
 
 // ---------------------------------------------------------------- shared
-
-/// splitmix64 (seeded; the seed is printed so a failure can be replayed).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -157,15 +143,7 @@ fn run_child(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn the child");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (rx, reader) = agent_support::stdout_lines(&mut child);
     let mut lines = Vec::new();
     let started = Instant::now();
     let mut killed = false;
@@ -266,7 +244,7 @@ fn kill_loop(
 ) -> usize {
     let seed = seed();
     eprintln!("{mode}: AGENTWAL_KILL_SEED={seed} kills={kills}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded(seed);
     let stderr = dir.parent().unwrap().join(format!("{mode}.stderr"));
     let started = Instant::now();
     let mut landed = 0;

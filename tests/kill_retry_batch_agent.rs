@@ -9,46 +9,33 @@
 
 mod agent_support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use agent_support::{
-    assert_every_message_delivered, assert_every_record_committed_once, batch_agent,
-    kill_at_random, resends, Rng,
+    assert_every_message_delivered, assert_every_record_committed_once, batch_agent, resends,
+    KillRig,
 };
 
 /// Enough work (>= 4 s at 2 ms a record) that six kills of at most 450 ms
 /// each always land, however fast the disk is.
 const RECORDS: u32 = 2000;
 
-fn command(bin: &Path, journal: &Path, sink: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.arg("--journal")
-        .arg(journal)
-        .arg("--sink")
-        .arg(sink)
-        .args(["--records", &RECORDS.to_string(), "--work-ms", "2"])
-        .args(["--fail-rate", "0.3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
-}
-
 #[test]
 fn sigkill_with_transient_failures_then_rerun_commits_every_record_exactly_once() {
-    let bin = batch_agent();
-    let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("journal");
-    let sink = dir.path().join("sink.txt");
-    let mut rng = Rng::from_env_or_clock();
-
-    let kills = kill_at_random(6, 50, &mut rng, || command(&bin, &journal, &sink));
+    let records = RECORDS.to_string();
+    let args = [
+        "--records",
+        &records,
+        "--work-ms",
+        "2",
+        "--fail-rate",
+        "0.3",
+    ];
+    let mut rig = KillRig::new(batch_agent(), &args);
+    let kills = rig.kill_at_random(6, 50);
 
     // Run to completion; the summary counts the retries it absorbed.
-    let out = command(&bin, &journal, &sink)
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap();
+    let out = rig.command().stdout(Stdio::piped()).output().unwrap();
     assert!(out.status.success(), "final run exited with {}", out.status);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();
@@ -60,11 +47,11 @@ fn sigkill_with_transient_failures_then_rerun_commits_every_record_exactly_once(
     assert!(retries > 0, "{last}");
 
     // Journal: every record committed exactly once, nothing incomplete.
-    assert_every_record_committed_once(&journal, RECORDS);
+    assert_every_record_committed_once(&rig.journal, RECORDS);
 
     // Sink: each key at least once; duplicates only for in-doubt sends, at
     // most one per kill, always the same key with the same payload.
-    let lines = assert_every_message_delivered(&sink, RECORDS);
+    let lines = assert_every_message_delivered(&rig.sink, RECORDS);
     let duplicates = resends(&lines);
     assert!(
         duplicates <= kills,

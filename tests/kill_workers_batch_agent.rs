@@ -7,45 +7,33 @@
 
 mod agent_support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agentwal::journal::{JournalView, UnitState};
 use agentwal::log::LogReader;
 
 use agent_support::{
-    assert_every_message_delivered, assert_every_record_committed_once, batch_agent,
-    kill_at_random, resends, sink_by_key, Rng,
+    assert_every_message_delivered, assert_every_record_committed_once, batch_agent, resends,
+    signal, sink_by_key, KillRig,
 };
 
 const RECORDS: u32 = 2000;
 const WORKERS: u32 = 4;
 
-fn command(bin: &Path, journal: &Path, sink: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.arg("--journal")
-        .arg(journal)
-        .arg("--sink")
-        .arg(sink)
-        .args(["--records", &RECORDS.to_string(), "--work-ms", "5"])
-        .args(["--workers", &WORKERS.to_string()])
-        .env_remove("SHUTDOWN_TIMEOUT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
-}
-
 #[test]
 fn four_workers_survive_sigkill_and_sigterm_committing_every_record_once() {
-    let bin = batch_agent();
-    let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("journal");
-    let sink = dir.path().join("sink.txt");
-    let mut rng = Rng::from_env_or_clock();
-
-    let kills = kill_at_random(5, 80, &mut rng, || command(&bin, &journal, &sink));
-    let after_kills = resends(&sink_by_key(&sink));
+    let (records, workers) = (RECORDS.to_string(), WORKERS.to_string());
+    let args = [
+        "--records",
+        &records,
+        "--work-ms",
+        "5",
+        "--workers",
+        &workers,
+    ];
+    let mut rig = KillRig::new(batch_agent(), &args);
+    let kills = rig.kill_at_random(5, 80);
+    let after_kills = resends(&sink_by_key(&rig.sink));
     assert!(
         after_kills <= kills * WORKERS as usize,
         "{after_kills} re-sends for {kills} kills of {WORKERS} workers"
@@ -53,35 +41,29 @@ fn four_workers_survive_sigkill_and_sigterm_committing_every_record_once() {
 
     // SIGTERM: the units in flight finish and commit, exit 0, no re-send
     // caused by it (a re-run finds nothing in doubt).
-    let mut child = command(&bin, &journal, &sink).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(150 + rng.next() % 300));
+    let mut child = rig.command().spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(150 + rig.rng.below(300)));
     let termed = child.try_wait().unwrap().is_none();
     if termed {
-        let pid = child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        assert!(signal(&child, "TERM"));
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM run exited with {status}");
     if termed {
-        let view = JournalView::load(&LogReader::open(&journal).unwrap()).unwrap();
+        let view = JournalView::load(&LogReader::open(&rig.journal).unwrap()).unwrap();
         assert_eq!(
             view.units_in(UnitState::Incomplete).count(),
             0,
             "a graceful stop leaves no unit half done"
         );
     }
-    let before_final = resends(&sink_by_key(&sink));
+    let before_final = resends(&sink_by_key(&rig.sink));
 
     // Run to completion.
-    let status = command(&bin, &journal, &sink).status().unwrap();
-    assert!(status.success(), "final run exited with {status}");
+    rig.run_to_completion();
 
-    assert_every_record_committed_once(&journal, RECORDS);
-    let dups = resends(&assert_every_message_delivered(&sink, RECORDS));
+    assert_every_record_committed_once(&rig.journal, RECORDS);
+    let dups = resends(&assert_every_message_delivered(&rig.sink, RECORDS));
     assert_eq!(
         dups, before_final,
         "the runs after the kills re-sent nothing (SIGTERM and the final run)"

@@ -189,3 +189,156 @@ fn read_only_reader_while_writer_appends_real_fs() {
     };
     reader_while_writing(Arc::new(FsStorage), dir.path(), opts);
 }
+
+/// Options of the pending-buffer tests: one segment holds every record.
+fn one_segment() -> LogOptions {
+    LogOptions {
+        segment_size: 64 << 10,
+        max_record_bytes: 1024,
+        ..LogOptions::default()
+    }
+}
+
+/// Polls `cond` for up to 20 s (the test fails instead of hanging).
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// With syncs stalled, LSN 1 is durable, LSN 2's leader is stuck in its
+/// `fdatasync`, and three followers (LSNs 3..=5) appended durably and wait
+/// for the next sync: their records are pending, not yet written. Returns
+/// the threads of LSNs 2..=5.
+type Waiter = thread::JoinHandle<agentwal::log::Result<u64>>;
+fn leader_stuck_and_three_pending(sim: &SimStorage, log: &Log) -> Vec<Waiter> {
+    assert_eq!(log.append(b"acknowledged").unwrap(), 1);
+    sim.stall_syncs(true);
+    let spawn = |p: &'static [u8]| {
+        let log = log.clone();
+        thread::spawn(move || log.append(p))
+    };
+    let mut waiting = vec![spawn(b"leader")];
+    assert!(eventually(|| sim.stalled_syncs() == 1), "the leader syncs");
+    for p in [b"follower a", b"follower b", b"follower c"] {
+        waiting.push(spawn(p));
+    }
+    assert!(eventually(|| log.next_lsn() == 6), "the followers appended");
+    waiting
+}
+
+fn lsns(log: &Log) -> Vec<u64> {
+    log.read_from(1).unwrap().map(|r| r.unwrap().lsn).collect()
+}
+
+#[test]
+fn records_waiting_for_the_next_sync_are_readable_and_a_crash_keeps_everything_acknowledged() {
+    let sim = SimStorage::new();
+    let log = Log::open_with(Arc::new(sim.clone()), DIR, one_segment()).unwrap();
+    let waiting = leader_stuck_and_three_pending(&sim, &log);
+    // A kill or a power loss now: LSN 1 was acknowledged, nothing else.
+    // Whatever else survives, recovery finds a clean prefix.
+    for mode in [
+        CrashMode::KeepAll,
+        CrashMode::DropUnsynced,
+        CrashMode::Random(7),
+        CrashMode::Random(11),
+    ] {
+        let image = Log::open_with(Arc::new(sim.crash(mode)), DIR, one_segment()).unwrap();
+        let got = lsns(&image);
+        assert_eq!(got.first(), Some(&1), "{mode:?}: the acknowledged record");
+        assert!(
+            got.iter().copied().eq(1..=got.len() as u64),
+            "{mode:?}: {got:?}"
+        );
+    }
+    // A reader sees every record appended, pending ones included, while
+    // the sync that will cover them has not even started.
+    assert_eq!(lsns(&log), vec![1, 2, 3, 4, 5]);
+    sim.stall_syncs(false);
+    let mut acked: Vec<u64> = waiting
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    acked.sort_unstable();
+    assert_eq!(acked, vec![2, 3, 4, 5]);
+    drop(log);
+    let log = Log::open_with(
+        Arc::new(sim.crash(CrashMode::DropUnsynced)),
+        DIR,
+        one_segment(),
+    )
+    .unwrap();
+    assert_eq!(lsns(&log), vec![1, 2, 3, 4, 5], "all acknowledged");
+}
+
+/// Who writes the pending records when the write fails.
+#[derive(Debug, Clone, Copy)]
+enum FailingWrite {
+    /// The next group-commit leader, right before its sync.
+    NextLeader,
+    /// A buffered append, which writes them before its own record.
+    BufferedAppend,
+}
+
+fn failed_write_of_pending_records_fails_every_waiter(by: FailingWrite) {
+    use agentwal::log::storage::sim::{FaultKind, FaultOp};
+    use agentwal::log::{Durability, Error};
+    let sim = SimStorage::new();
+    let log = Log::open_with(Arc::new(sim.clone()), DIR, one_segment()).unwrap();
+    let mut waiting = leader_stuck_and_three_pending(&sim, &log);
+    sim.inject(FaultOp::Write, 0, FaultKind::Eio);
+    let mut errors = Vec::new();
+    if let FailingWrite::BufferedAppend = by {
+        errors.push(
+            log.append_with(0, b"buffered", Durability::Buffered)
+                .unwrap_err(),
+        );
+    }
+    sim.stall_syncs(false);
+    let leader = waiting.remove(0).join().unwrap();
+    match by {
+        FailingWrite::NextLeader => assert_eq!(leader.unwrap(), 2, "its sync went through"),
+        // Poisoned before its sync returned: it says so (its record is
+        // durable all the same, as the reopen shows).
+        FailingWrite::BufferedAppend => {
+            assert!(matches!(leader, Err(Error::Poisoned { .. })), "{leader:?}")
+        }
+    }
+    errors.extend(waiting.into_iter().map(|t| t.join().unwrap().unwrap_err()));
+    let io: Vec<&Error> = errors
+        .iter()
+        .filter(|e| !matches!(e, Error::Poisoned { .. }))
+        .collect();
+    assert!(
+        matches!(io[..], [Error::Io { source, .. }] if source.raw_os_error() == Some(5)),
+        "{by:?}: one caller gets the write's EIO, the others Poisoned: {errors:?}"
+    );
+    // No sync vouched for the records that were never written.
+    assert_eq!(log.durable_lsn(), 2, "{by:?}");
+    assert!(matches!(log.append(b"x"), Err(Error::Poisoned { .. })));
+    drop(log);
+    let log = Log::open_with(
+        Arc::new(sim.crash(CrashMode::DropUnsynced)),
+        DIR,
+        one_segment(),
+    )
+    .unwrap();
+    assert_eq!(lsns(&log), vec![1, 2], "{by:?}");
+    assert_eq!(log.append(b"after").unwrap(), 3, "{by:?}: the log goes on");
+}
+
+#[test]
+fn a_failed_write_of_pending_records_by_the_next_leader_fails_every_waiter() {
+    failed_write_of_pending_records_fails_every_waiter(FailingWrite::NextLeader);
+}
+
+#[test]
+fn a_failed_write_of_pending_records_by_a_buffered_append_fails_every_waiter() {
+    failed_write_of_pending_records_fails_every_waiter(FailingWrite::BufferedAppend);
+}

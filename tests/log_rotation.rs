@@ -16,6 +16,7 @@ use agentwal::inspect::summary::summary;
 use agentwal::inspect::verify::verify;
 use agentwal::inspect::{Inspection, OpenOptions};
 use agentwal::log::storage::sim::CrashMode;
+use agentwal::log::testing::{ForwardingStorage, StorageHooks};
 use agentwal::log::{Durability, Log, LogOptions, LogReader, SimStorage, Storage};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
@@ -463,4 +464,108 @@ fn a_durable_append_into_a_new_segment_survives_power_loss_right_after_it_return
         }
         assert!(checked >= 3, "rotations checked: {checked}");
     }
+}
+
+/// What the hooks below saw and do; `fail` makes every directory sync
+/// fail once set.
+#[derive(Debug, Default)]
+struct Background {
+    /// Directory syncs made by the spare thread.
+    by_thread: std::sync::atomic::AtomicU64,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+/// A simulator that allows background I/O, so the spare thread runs.
+#[derive(Debug)]
+struct Hooks(Arc<Background>);
+
+impl StorageHooks for Hooks {
+    fn allows_background_io(&self, _: &dyn Storage) -> bool {
+        true
+    }
+    fn sync_dir(&self, inner: &dyn Storage, dir: &Path) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if std::thread::current().name() == Some("agentwal-spare") {
+            self.0.by_thread.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.0.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        inner.sync_dir(dir)
+    }
+}
+
+/// Appends buffered records until one rotates; returns its LSN.
+fn rotate_buffered(log: &Log, from: u64) -> u64 {
+    let mut i = from;
+    loop {
+        i += 1;
+        let segments = log.segment_count();
+        log.append_with(0, &payload(i), Durability::Buffered)
+            .unwrap();
+        if log.segment_count() > segments {
+            return i;
+        }
+    }
+}
+
+/// Liveness bound for the background thread (not a timing assertion).
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    for _ in 0..20_000 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    false
+}
+
+/// With background I/O the spare thread makes a new segment's name durable
+/// right after the rotation (ahead of the group commit that needs it); a
+/// durable append into the segment survives a power loss either way.
+#[test]
+fn the_spare_thread_syncs_the_new_name_ahead_of_the_group_commit() {
+    use std::sync::atomic::Ordering;
+    let sim = SimStorage::new();
+    let hooks = Arc::new(Background::default());
+    let storage = ForwardingStorage::new(sim.clone(), Hooks(hooks.clone()));
+    let log = Log::open_with(Arc::new(storage), "/j", opts()).unwrap();
+    let mut lsn = 0;
+    for _ in 0..3 {
+        let before = hooks.by_thread.load(Ordering::SeqCst);
+        lsn = rotate_buffered(&log, lsn);
+        assert!(
+            eventually(|| hooks.by_thread.load(Ordering::SeqCst) > before),
+            "the spare thread synced the directory after the rotation"
+        );
+        lsn = log.append(&payload(lsn + 1)).unwrap();
+        let after =
+            Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), "/j", opts()).unwrap();
+        assert_eq!(after.next_lsn(), lsn + 1, "LSN {lsn} acknowledged, lost");
+    }
+}
+
+/// A failed directory sync after a rotation (the spare thread's, then the
+/// leader's) acknowledges nothing in the new segment: the durable append
+/// fails, the log is poisoned, and a power loss keeps every acknowledged
+/// record.
+#[test]
+fn a_failed_directory_sync_after_a_rotation_acknowledges_nothing_and_poisons() {
+    use std::sync::atomic::Ordering;
+    let sim = SimStorage::new();
+    let hooks = Arc::new(Background::default());
+    let storage = ForwardingStorage::new(sim.clone(), Hooks(hooks.clone()));
+    let log = Log::open_with(Arc::new(storage), "/j", opts()).unwrap();
+    let acked = log.append(&payload(1)).unwrap();
+    hooks.fail.store(true, Ordering::SeqCst);
+    let lsn = rotate_buffered(&log, acked);
+    assert!(eventually(|| hooks.by_thread.load(Ordering::SeqCst) > 0));
+    assert!(
+        log.sync().is_err(),
+        "nothing in the new segment is acknowledged"
+    );
+    assert!(log.append(&payload(lsn + 1)).is_err(), "poisoned");
+    drop(log);
+    let after = Log::open_with(Arc::new(sim.crash(CrashMode::DropUnsynced)), "/j", opts()).unwrap();
+    assert!(after.next_lsn() > acked);
 }

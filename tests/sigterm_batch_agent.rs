@@ -8,13 +8,12 @@
 mod agent_support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use agent_support::batch_agent;
+use agent_support::{batch_agent, signal, sink_by_key, stdout_lines, Rng};
 use agentwal::journal::{JournalView, UnitState};
 use agentwal::log::LogReader;
 
@@ -45,15 +44,7 @@ fn start(bin: &Path, dir: &Path, work_ms: u64, budget: u64) -> Agent {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn batch_agent");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (rx, _) = stdout_lines(&mut child);
     let mut a = Agent {
         child,
         lines: rx,
@@ -80,15 +71,7 @@ impl Agent {
 
     /// Sends a signal; false if the process had already exited.
     fn signal(&mut self, sig: &str) -> bool {
-        if self.child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .expect("run kill")
-            .success()
+        self.child.try_wait().unwrap().is_none() && signal(&self.child, sig)
     }
 
     /// Waits for the exit; returns (code, time taken, all output).
@@ -145,14 +128,9 @@ fn resends(out: &[String]) -> u64 {
         .unwrap()
 }
 
-fn sink_counts(dir: &Path) -> HashMap<String, u32> {
-    let text = std::fs::read_to_string(dir.join("sink.txt")).unwrap_or_default();
-    let mut counts = HashMap::new();
-    for line in text.lines() {
-        let key = line.split('\t').next().unwrap().to_string();
-        *counts.entry(key).or_default() += 1;
-    }
-    counts
+/// The sink's deliveries by key.
+fn sink_counts(dir: &Path) -> HashMap<String, Vec<String>> {
+    sink_by_key(&dir.join("sink.txt"))
 }
 
 fn all_committed(dir: &Path) {
@@ -170,27 +148,11 @@ fn all_committed(dir: &Path) {
     assert_eq!(listed + view.compacted_committed, u64::from(RECORDS));
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 #[test]
 fn sigterm_and_sigint_at_random_moments_lose_nothing_and_repeat_nothing() {
     let bin = batch_agent();
     let dir = tempfile::tempdir().unwrap();
-    let seed = std::env::var("SIGTERM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| u64::from(std::process::id()));
-    eprintln!("SIGTERM_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env_or("SIGTERM_SEED", u64::from(std::process::id()));
     let mut stops = 0;
     for round in 0..6 {
         let (sig, want) = if round % 2 == 0 {
@@ -199,7 +161,7 @@ fn sigterm_and_sigint_at_random_moments_lose_nothing_and_repeat_nothing() {
             ("INT", 130)
         };
         let mut agent = start(&bin, dir.path(), 3, BUDGET_SECS);
-        std::thread::sleep(Duration::from_millis(rng.next() % 250));
+        std::thread::sleep(Duration::from_millis(rng.below(250)));
         let _ = agent.signal(sig);
         let (code, took, out) = agent.wait(Duration::from_secs(BUDGET_SECS + 20));
         if out.iter().any(|l| l.starts_with("shutdown (")) {
@@ -233,7 +195,7 @@ fn sigterm_and_sigint_at_random_moments_lose_nothing_and_repeat_nothing() {
     assert_eq!(resends(&out), 0);
     let counts = sink_counts(dir.path());
     assert_eq!(counts.len(), RECORDS as usize, "every message sent");
-    let dups: Vec<_> = counts.iter().filter(|(_, &n)| n != 1).collect();
+    let dups: Vec<_> = counts.iter().filter(|(_, v)| v.len() != 1).collect();
     assert!(dups.is_empty(), "keys sent more than once: {dups:?}");
     all_committed(dir.path());
 }
@@ -264,7 +226,7 @@ fn second_signal_exits_at_once_and_the_journal_replays() {
     let counts = sink_counts(dir.path());
     assert_eq!(counts.len(), RECORDS as usize);
     assert!(
-        counts.values().all(|&n| n == 1),
+        counts.values().all(|v| v.len() == 1),
         "the cut unit had not sent yet: no re-send"
     );
     all_committed(dir.path());

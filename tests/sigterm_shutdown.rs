@@ -3,10 +3,12 @@
 //! signal exits at once. The test binary re-runs itself as the child process
 //! (selected by an environment variable), so no extra binary is needed.
 
-use std::io::{BufRead, BufReader};
+mod agent_support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agent_support::{signal, stdout_lines};
 use agentwal::runtime::Shutdown;
 
 const CHILD_ENV: &str = "AGENTWAL_SIGTEST_CHILD";
@@ -51,16 +53,7 @@ fn spawn(mode: &str, timeout: &str) -> (Child, Lines) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");
-    // Read on a thread so a stuck child fails the test instead of hanging it.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (lines, _) = stdout_lines(&mut child);
     if let Err(e) = std::panic::catch_unwind(|| wait_line(&lines, "ready")) {
         let _ = child.kill();
         std::panic::resume_unwind(e);
@@ -79,12 +72,7 @@ fn wait_line(lines: &Lines, want: &str) -> String {
 }
 
 fn kill(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([format!("-{sig}"), child.id().to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -{sig} failed");
+    assert!(signal(child, sig), "kill -{sig} failed");
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> i32 {

@@ -1,6 +1,9 @@
 //! Measurement primitives: fixed-duration throughput with N threads or N tokio
-//! tasks, per-operation latency, and peak memory of the current process.
+//! tasks, per-operation latency, peak memory of the current process, and
+//! the child processes that measure in a process of their own.
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -212,6 +215,50 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The parent side of a child process: runs this executable as
+/// `--child WHAT DIR` (see `scenarios::child`) and returns the one JSON
+/// object it prints.
+pub fn child_json(dir: &Path, what: &str) -> Res<serde_json::Value> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .arg(what)
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "child {what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The child side: runs `body` and adds what every child reports to the
+/// JSON object it returns: its seconds (unless it timed itself) and the
+/// peak RSS of its process, `peak_rss`.
+pub fn child_report(body: impl FnOnce() -> Res<serde_json::Value>) -> Res<serde_json::Value> {
+    let start = Instant::now();
+    let mut out = body()?;
+    if let Some(o) = out.as_object_mut() {
+        o.entry("secs")
+            .or_insert(start.elapsed().as_secs_f64().into());
+        o.insert("peak_rss".into(), peak_rss_bytes().unwrap_or(0).into());
+    }
+    Ok(out)
+}
+
+/// Field `k` of a child's report as a number (NaN when missing).
+pub fn f64_of(j: &serde_json::Value, k: &str) -> f64 {
+    j[k].as_f64().unwrap_or(f64::NAN)
+}
+
+/// Field `k` of a child's report as a count (0 when missing).
+pub fn u64_of(j: &serde_json::Value, k: &str) -> u64 {
+    j[k].as_u64().unwrap_or(0)
 }
 
 /// Median of a non-empty slice.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use agentwal::journal::{Effect, Journal, JournalOptions};
 use agentwal::log::{Durability, Log, LogOptions};
 
-use crate::measure::{median, Res};
+use crate::measure::{child_json, f64_of, median, Res};
 use crate::scenarios::PAYLOAD;
 
 /// The workloads, in the order they are reported.
@@ -51,12 +51,8 @@ impl ObserveRow {
 }
 
 /// Runs the phase: `rounds` rounds, each running every workload in both
-/// modes (order alternating) in a child process started by `child`.
-pub fn run(
-    root: &Path,
-    quick: bool,
-    child: impl Fn(&Path, &str) -> Res<serde_json::Value>,
-) -> Res<Vec<ObserveRow>> {
+/// modes (order alternating) in a child process of its own.
+pub fn run(root: &Path, quick: bool) -> Res<Vec<ObserveRow>> {
     let rounds = if quick { 3 } else { 7 };
     let mut rows: Vec<ObserveRow> = WORKLOADS
         .iter()
@@ -76,8 +72,7 @@ pub fn run(
             for mode in modes {
                 let dir = root.join(format!("observe-{}-{mode}-{round}", row.workload));
                 let what = format!("observe:{}:{mode}:{}", row.workload, u8::from(quick));
-                let j = child(&dir, &what)?;
-                let per_sec = j["per_sec"].as_f64().unwrap_or(f64::NAN);
+                let per_sec = f64_of(&child_json(&dir, &what)?, "per_sec");
                 if mode == "on" {
                     row.on.push(per_sec)
                 } else {

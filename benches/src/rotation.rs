@@ -76,19 +76,66 @@ fn timed_threads<G: FnMut() -> Res>(
     Ok((all.into_inner().unwrap(), secs))
 }
 
+/// The modes of the phase, in the order of the rows. "no rotation": one
+/// 64 MiB segment that a round never fills, the same appends without any
+/// rotation (what the machine's noise alone costs).
+const MODES: [&str; 4] = [
+    "agentwal, spares",
+    "agentwal, inline",
+    "agentwal, no rotation",
+    "okaywal",
+];
+
+/// One round of mode `MODES[i]` in the fresh directory `d`: every append's
+/// latency, the seconds they took, and the segments created.
+fn one_round(i: usize, d: &Path, dur: Duration) -> Res<(Vec<u64>, f64, usize)> {
+    if MODES[i] == "okaywal" {
+        let wal = systems::okaywal_open(d)?;
+        let (lat, secs) = timed_threads(WRITERS, dur, &|| {
+            systems::okaywal_writer(wal.clone(), PAYLOAD)
+        })?;
+        wal.shutdown()?;
+        return Ok((lat, secs, 0));
+    }
+    let log = Log::open(
+        d,
+        LogOptions {
+            segment_size: if MODES[i] == "agentwal, no rotation" {
+                64 << 20
+            } else {
+                SEGMENT
+            },
+            max_record_bytes: 64 << 10,
+            prepare_segments: MODES[i] == "agentwal, spares",
+            ..LogOptions::default()
+        },
+    )?;
+    let p = systems::payload(PAYLOAD);
+    let (lat, secs) = timed_threads(WRITERS, dur, &|| {
+        let (log, p) = (log.clone(), p.clone());
+        move || -> Res {
+            log.append_with(1, &p, Durability::Durable)?;
+            Ok(())
+        }
+    })?;
+    let segments = log.segment_count();
+    log.close()?;
+    Ok((lat, secs, segments))
+}
+
+impl RotationRow {
+    /// p50, p99 and p99.9 in µs, and p99.9 / p50.
+    fn quantiles(&self) -> [f64; 4] {
+        let q = |x| self.latencies.quantile_us(x);
+        [q(0.5), q(0.99), q(0.999), q(0.999) / q(0.5)]
+    }
+}
+
 /// Runs the phase in `root`.
 pub fn run(root: &Path, quick: bool) -> Res<Vec<RotationRow>> {
     let rounds = if quick { 3 } else { 7 };
     let dur = Duration::from_secs_f64(if quick { 1.5 } else { 4.0 });
-    // "no rotation": one 64 MiB segment that a round never fills, the same
-    // appends without any rotation (what the machine's noise alone costs).
-    let modes: [&'static str; 4] = [
-        "agentwal, spares",
-        "agentwal, inline",
-        "agentwal, no rotation",
-        "okaywal",
-    ];
-    let mut rows: Vec<RotationRow> = modes
+    let mut rows: Vec<RotationRow> = MODES
         .iter()
         .map(|&mode| RotationRow {
             mode,
@@ -97,40 +144,13 @@ pub fn run(root: &Path, quick: bool) -> Res<Vec<RotationRow>> {
             segments: 0,
         })
         .collect();
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); modes.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); MODES.len()];
     for round in 0..rounds {
-        for (i, mode) in modes.iter().enumerate() {
+        for i in 0..MODES.len() {
             let d = systems::fresh_dir(root, &format!("rotation-{i}-{round}"))?;
-            let (lat, secs) = if *mode == "okaywal" {
-                let wal = systems::okaywal_open(&d)?;
-                let r = timed_threads(WRITERS, dur, &|| {
-                    systems::okaywal_writer(wal.clone(), PAYLOAD)
-                })?;
-                wal.shutdown()?;
-                r
-            } else {
-                let log = Log::open(
-                    &d,
-                    LogOptions {
-                        segment_size: if i == 2 { 64 << 20 } else { SEGMENT },
-                        max_record_bytes: 64 << 10,
-                        prepare_segments: i == 0,
-                        ..LogOptions::default()
-                    },
-                )?;
-                let p = systems::payload(PAYLOAD);
-                let r = timed_threads(WRITERS, dur, &|| {
-                    let (log, p) = (log.clone(), p.clone());
-                    move || -> Res {
-                        log.append_with(1, &p, Durability::Durable)?;
-                        Ok(())
-                    }
-                })?;
-                rows[i].segments += log.segment_count();
-                log.close()?;
-                r
-            };
+            let (lat, secs, segments) = one_round(i, &d, dur)?;
+            rows[i].segments += segments;
             rates[i].push(lat.len() as f64 / secs);
             samples[i].extend(lat);
             std::fs::remove_dir_all(&d)?;
@@ -141,15 +161,10 @@ pub fn run(root: &Path, quick: bool) -> Res<Vec<RotationRow>> {
         row.latencies = Latencies::from_samples(v, 0.0);
         r.sort_by(f64::total_cmp);
         row.per_sec = r[r.len() / 2];
+        let [p50, p99, p999, ratio] = row.quantiles();
         eprintln!(
-            "  {}: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us (p99.9/p50 {:.2}), {:.0}/s, {} segments",
-            row.mode,
-            row.latencies.quantile_us(0.5),
-            row.latencies.quantile_us(0.99),
-            row.latencies.quantile_us(0.999),
-            row.latencies.quantile_us(0.999) / row.latencies.quantile_us(0.5),
-            row.per_sec,
-            row.segments
+            "  {}: p50 {p50:.0} us, p99 {p99:.0} us, p99.9 {p999:.0} us (p99.9/p50 {ratio:.2}), {:.0}/s, {} segments",
+            row.mode, row.per_sec, row.segments
         );
     }
     Ok(rows)
@@ -173,16 +188,11 @@ pub fn markdown(rows: &[RotationRow], quick: bool) -> String {
         "| mode | p50 | p99 | p99.9 | p99.9 / p50 | appends/s | segments |\n|---|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
+        let [p50, p99, p999, ratio] = r.quantiles();
         let _ = writeln!(
             s,
-            "| {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {:.0} | {} |",
-            r.mode,
-            r.latencies.quantile_us(0.5),
-            r.latencies.quantile_us(0.99),
-            r.latencies.quantile_us(0.999),
-            r.latencies.quantile_us(0.999) / r.latencies.quantile_us(0.5),
-            r.per_sec,
-            r.segments
+            "| {} | {p50:.0} µs | {p99:.0} µs | {p999:.0} µs | {ratio:.2} | {:.0} | {} |",
+            r.mode, r.per_sec, r.segments
         );
     }
     if let [spares, inline, none, okaywal] = rows {

@@ -18,7 +18,7 @@ use std::time::Instant;
 use agentwal::journal::{Effect, Journal, JournalOptions, UnitState};
 use agentwal::log::{Durability, LogOptions};
 
-use crate::measure::{peak_rss_bytes, Res};
+use crate::measure::{child_json, f64_of, u64_of, Res};
 
 /// One history size.
 #[derive(Debug, Clone, Default)]
@@ -83,19 +83,14 @@ pub fn sizes(quick: bool) -> Vec<u64> {
 }
 
 /// Runs every size in children and collects the rows.
-pub fn run(
-    root: &Path,
-    quick: bool,
-    child: impl Fn(&Path, &str) -> Res<serde_json::Value>,
-) -> Res<Vec<ScaleRow>> {
+pub fn run(root: &Path, quick: bool) -> Res<Vec<ScaleRow>> {
     let mut rows = Vec::new();
     for n in sizes(quick) {
         let d = root.join(format!("scaling-{n}"));
         std::fs::create_dir_all(&d)?;
-        let j = child(&d, &format!("scale-run:{n}"))?;
-        let o = child(&d, "scale-open")?;
-        let f = |j: &serde_json::Value, k: &str| j[k].as_f64().unwrap_or(f64::NAN);
-        let u = |j: &serde_json::Value, k: &str| j[k].as_u64().unwrap_or(0);
+        let j = child_json(&d, &format!("scale-run:{n}"))?;
+        let o = child_json(&d, "scale-open")?;
+        let (f, u) = (f64_of, u64_of);
         let row = ScaleRow {
             records: n,
             secs: f(&j, "secs"),
@@ -222,7 +217,6 @@ pub fn child_run(dir: &Path, n: u64) -> Res<serde_json::Value> {
         "secs": secs,
         "first_rate": rate(marks.first()),
         "last_rate": rate(marks.last()),
-        "peak_rss": peak_rss_bytes().unwrap_or(0),
         "written_per_record": written as f64 / n as f64,
         "log_per_record": log_per_record,
         "compactions": stats.compactions,
@@ -242,7 +236,6 @@ pub fn child_open(dir: &Path) -> Res<serde_json::Value> {
         "open_secs": secs,
         "replayed": replayed,
         "cursor": next,
-        "peak_rss": peak_rss_bytes().unwrap_or(0),
     }))
 }
 

@@ -2,7 +2,6 @@
 //! processes that measure replay memory.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentwal::log::{Durability, FsStorage, Log, LogOptions, LogReader, Storage};
@@ -312,7 +311,7 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
         }
     }
     if wants(opts, "replay") {
-        r.idle_rss = child_json(root, "idle")?["peak_rss"].as_u64().unwrap_or(0);
+        r.idle_rss = measure::u64_of(&measure::child_json(root, "idle")?, "peak_rss");
         let sizes: &[u64] = if q {
             &[32 << 20, 128 << 20, 512 << 20]
         } else {
@@ -338,10 +337,10 @@ pub fn run_all(opts: &Opts, root: &Path) -> Res<Results> {
         r.rotation = crate::rotation::run(root, q)?;
     }
     if wants(opts, "scaling") {
-        r.scaling = crate::scaling::run(root, q, child_json)?;
+        r.scaling = crate::scaling::run(root, q)?;
     }
     if wants(opts, "observe") {
-        r.observe = crate::observe::run(root, q, child_json)?;
+        r.observe = crate::observe::run(root, q)?;
     }
     if wants(opts, "compaction") {
         let c = compaction(root, q)?;
@@ -392,26 +391,8 @@ fn grow_log(dir: &Path, target: u64) -> Res {
     Ok(())
 }
 
-fn child_json(dir: &Path, what: &str) -> Res<serde_json::Value> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg("--child")
-        .arg(what)
-        .arg(dir)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "child {what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 fn replay_row(dir: &Path) -> Res<ReplayRow> {
-    let u = |j: &serde_json::Value, k: &str| j[k].as_u64().unwrap_or(0);
-    let f = |j: &serde_json::Value, k: &str| j[k].as_f64().unwrap_or(f64::NAN);
+    let (u, f) = (measure::u64_of, measure::f64_of);
     // CPU-bound and the CPUs are shared: verify and crc alternate three
     // times and the fastest of each counts (the least disturbed run).
     let (mut v, mut c, mut cr) = (
@@ -420,20 +401,20 @@ fn replay_row(dir: &Path) -> Res<ReplayRow> {
         serde_json::Value::Null,
     );
     for _ in 0..3 {
-        let n = child_json(dir, "crc-records")?;
+        let n = measure::child_json(dir, "crc-records")?;
         if cr.is_null() || f(&n, "secs") < f(&cr, "secs") {
             cr = n;
         }
-        let nv = child_json(dir, "verify")?;
+        let nv = measure::child_json(dir, "verify")?;
         if v.is_null() || f(&nv, "secs") < f(&v, "secs") {
             v = nv;
         }
-        let nc = child_json(dir, "crc")?;
+        let nc = measure::child_json(dir, "crc")?;
         if c.is_null() || f(&nc, "secs") < f(&c, "secs") {
             c = nc;
         }
     }
-    let rp = child_json(dir, "replay")?;
+    let rp = measure::child_json(dir, "replay")?;
     if u(&v, "records") != u(&rp, "records") {
         return Err(format!(
             "verify saw {} records, replay {}",
@@ -455,9 +436,13 @@ fn replay_row(dir: &Path) -> Res<ReplayRow> {
     })
 }
 
-/// The measured part of a child process; prints one JSON object.
+/// The measured part of a child process (`--child WHAT DIR`, started by
+/// [`measure::child_json`]); prints one JSON object.
 pub fn child(what: &str, dir: &Path) -> Res<serde_json::Value> {
-    let start = Instant::now();
+    measure::child_report(|| child_phase(what, dir))
+}
+
+fn child_phase(what: &str, dir: &Path) -> Res<serde_json::Value> {
     let mut out = serde_json::Map::new();
     if let Some(n) = what.strip_prefix("scale-run:") {
         let n: u64 = n.parse().map_err(|_| format!("bad record count {n:?}"))?;
@@ -536,11 +521,6 @@ pub fn child(what: &str, dir: &Path) -> Res<serde_json::Value> {
         }
         other => return Err(format!("unknown child phase {other}").into()),
     }
-    out.insert("secs".into(), start.elapsed().as_secs_f64().into());
-    out.insert(
-        "peak_rss".into(),
-        measure::peak_rss_bytes().unwrap_or(0).into(),
-    );
     Ok(serde_json::Value::Object(out))
 }
 

@@ -1,6 +1,7 @@
 //! The examples' command-line parser, written by hand and shared by
 //! `batch_agent`, `fleet_agent` and `fleet_baseline` (each includes it with
-//! `#[path = "support/args.rs"] mod args;`).
+//! `#[path = "support/args.rs"] mod args;`, with `#[macro_use]` for its
+//! `say!` / `say_err!`).
 //!
 //! Why not clap: the examples are the fixed interfaces of DESIGN.md, run as
 //! `cargo run --release --example <name> -- ...` with the default features,
@@ -12,6 +13,30 @@
 
 use std::io::Write;
 use std::str::FromStr;
+
+/// Prints a line on stdout. Output is advisory: a closed pipe
+/// (`batch_agent ... | head`) must not stop the agent mid-batch, and
+/// `println!` would panic on EPIPE. (Exported by `#[macro_use] mod args;`.)
+#[allow(unused_macros)]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = ::std::io::Write::write_fmt(
+            &mut ::std::io::stdout(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
+
+/// Like `say!`, on stderr.
+#[allow(unused_macros)]
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        let _ = ::std::io::Write::write_fmt(
+            &mut ::std::io::stderr(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
 
 /// Why parsing did not produce arguments.
 #[derive(Debug, PartialEq)]

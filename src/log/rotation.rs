@@ -10,7 +10,22 @@
 //! name become durable with the first group commit into the new segment
 //! (its `fdatasync` covers the header, and its leader syncs the directory
 //! before acknowledging anything there; see "Where the syncs are" in
-//! `writer`). When no spare is ready (the preparer is still writing, it
+//! `writer`).
+//!
+//! **The new name, ahead of the group commit.** Right after a rotation
+//! renamed its segment, the same background thread `fsync`s the directory
+//! (`Preparer::sync_name`) and publishes the segment's first LSN as named
+//! (`named`) once that sync succeeded. It runs while the first group commit
+//! in the new segment is still in its `fdatasync`, so the leader usually
+//! finds the name durable and issues no directory sync of its own; when it
+//! does not (the thread is busy zero-filling, or slow), the leader syncs
+//! the directory itself. Sound either way: `named` only moves after a
+//! directory sync that *started after the rename returned* succeeded. A
+//! failed background sync is never retried: it is kept and poisons the log
+//! at the next group commit, as any failed sync does. Without background
+//! I/O (the simulator) the leader always syncs the directory itself.
+//!
+//! When no spare is ready (the preparer is still writing, it
 //! failed, for example on a full disk, or preparation is off) the rotation
 //! creates the segment inline as before: preparation is an optimisation,
 //! never a new way for an append to fail.
@@ -26,6 +41,7 @@
 //! owner lock is released.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -169,6 +185,11 @@ struct SpareState {
     ready: Option<Spare>,
     /// Number of the next spare file.
     next_id: u64,
+    /// A rotation asks for the directory to be synced for the segment
+    /// starting at this LSN (see the module docs).
+    name_wanted: Option<Lsn>,
+    /// A background directory sync failed (never retried; see the module docs).
+    name_failed: Option<String>,
     /// The log is closing: stop and exit.
     shutdown: bool,
 }
@@ -178,6 +199,9 @@ struct Shared {
     storage: Arc<dyn Storage>,
     dir: PathBuf,
     segment_size: u64,
+    /// First LSN of the newest segment whose name is known durable (shared
+    /// with the log, see `writer`).
+    named: Arc<AtomicU64>,
     state: Mutex<SpareState>,
     wake: Condvar,
 }
@@ -232,6 +256,27 @@ impl Shared {
             if st.shutdown {
                 return;
             }
+            if let Some(first) = st.name_wanted.take() {
+                // Before any zero fill: the next group commit may be waiting.
+                drop(st);
+                let synced = self.storage.sync_dir(&self.dir);
+                st = self.state.lock();
+                match synced {
+                    Ok(()) => {
+                        self.named.fetch_max(first, Ordering::AcqRel);
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            target: "agentwal::log",
+                            dir = %self.dir.display(),
+                            error = %e,
+                            "background directory sync failed; the log poisons at its next group commit"
+                        );
+                        st.name_failed.get_or_insert(e.to_string());
+                    }
+                }
+                continue;
+            }
             if !st.wanted || st.ready.is_some() {
                 st.wanted = false;
                 self.wake.wait(&mut st);
@@ -265,12 +310,14 @@ pub(crate) struct Preparer {
 }
 
 impl Preparer {
-    /// A preparer for the log in `dir`; spares are numbered from `next_id`.
+    /// A preparer for the log in `dir`; spares are numbered from `next_id`;
+    /// `named` is the log's first LSN of the newest durably named segment.
     pub(crate) fn new(
         storage: Arc<dyn Storage>,
         dir: &Path,
         opts: &LogOptions,
         next_id: u64,
+        named: Arc<AtomicU64>,
     ) -> Preparer {
         let background = storage.allows_background_io();
         Preparer {
@@ -278,6 +325,7 @@ impl Preparer {
                 storage,
                 dir: dir.to_path_buf(),
                 segment_size: opts.segment_size,
+                named,
                 state: Mutex::new(SpareState {
                     next_id,
                     ..SpareState::default()
@@ -319,6 +367,34 @@ impl Preparer {
             }
             st.wanted = true;
         }
+        self.wake();
+    }
+
+    /// Asks the background thread to make the name of the segment starting
+    /// at `first` durable (a directory sync) ahead of the group commit that
+    /// needs it (see the module docs). Nothing without background I/O or
+    /// with preparation off: the group-commit leader syncs it.
+    pub(crate) fn sync_name(&self, first: Lsn) {
+        if !self.enabled || !self.background {
+            return;
+        }
+        {
+            let mut st = self.shared.state.lock();
+            if st.shutdown {
+                return;
+            }
+            st.name_wanted = Some(st.name_wanted.map_or(first, |f| f.max(first)));
+        }
+        self.wake();
+    }
+
+    /// Why a background directory sync failed, if one did.
+    pub(crate) fn name_sync_failure(&self) -> Option<String> {
+        self.shared.state.lock().name_failed.clone()
+    }
+
+    /// Wakes the thread, starting it on first use.
+    fn wake(&self) {
         let mut thread = self.thread.lock();
         if thread.is_none() {
             let shared = self.shared.clone();
@@ -328,9 +404,12 @@ impl Preparer {
             {
                 Ok(h) => *thread = Some(h),
                 Err(e) => {
-                    // No thread, no spare: rotations create segments inline.
+                    // No thread, no spare: rotations create segments inline
+                    // (and group commits sync the directory themselves).
                     tracing::warn!(target: "agentwal::log", error = %e, "could not start the spare-segment thread");
-                    self.shared.state.lock().wanted = false;
+                    let mut st = self.shared.state.lock();
+                    st.wanted = false;
+                    st.name_wanted = None;
                     return;
                 }
             }

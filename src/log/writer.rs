@@ -11,7 +11,17 @@
 //!    size change (about 40 % cheaper than an appending sync). When the
 //!    previous sync served several writers, the new leader first waits (at
 //!    most one sync, see `gather`) for them to queue again, so concurrent
-//!    writers share one sync instead of alternating between two.
+//!    writers share one sync instead of alternating between two. A durable
+//!    append does not write its record: it encodes it after the *pending*
+//!    records (under the writer lock) and waits, and the leader writes every
+//!    pending record with one `pwrite` right before its `fdatasync`, so a
+//!    group of *n* callers costs one write instead of *n* taken in turn
+//!    under the writer lock while the previous sync runs. A record is in
+//!    the file before its append returns, as before: a buffered append,
+//!    `read_from` and rotation write the pending records first (file order
+//!    stays LSN order), and a failed write of them poisons the log, so
+//!    every caller whose record was pending gets an error and no sync ever
+//!    vouches for them.
 //! 2. **Rotation**: the full segment is *sealed* before the next one is
 //!    created: `fdatasync`ed, and its name made durable if no directory
 //!    sync did yet, so every sealed segment is entirely durable, content and
@@ -37,10 +47,12 @@
 //!      whose name is not known durable (`Inner::named_lsn`) syncs the
 //!      directory (once per segment) after the `fdatasync` and before
 //!      `durable_lsn` moves, so a crash can never leave acknowledged records
-//!      in a file whose name is not durable. Records in the new segment wait
-//!      for one directory sync more than the others; the appends queued
-//!      behind the rotating one no longer wait for two extra syncs under the
-//!      writer lock.
+//!      in a file whose name is not durable. The preparer's thread starts
+//!      that directory sync in the background right after the rename
+//!      (`Preparer::sync_name`), so it overlaps the leader's `fdatasync` and
+//!      the leader usually finds the name durable already; the appends
+//!      queued behind the rotating one no longer wait for two extra syncs
+//!      under the writer lock.
 //! 3. **Recovery**: a torn tail is zeroed (never truncated: a reader may
 //!    have the file mapped) and `fdatasync`ed before the first new append,
 //!    so stale bytes can never reappear behind new records. Then the active
@@ -186,9 +198,16 @@ struct WriterState {
     /// Checksum scheme of the active segment (a segment of the previous
     /// format version is continued in that version until it is sealed).
     codec: Codec,
+    /// End of what was written to `file`: `pending` goes there next.
     pos: u64,
     next_lsn: Lsn,
-    buf: Vec<u8>,
+    /// Encoded durable records not written yet (LSNs up to `next_lsn - 1`),
+    /// in file order from `pos`. Their callers are blocked in
+    /// `wait_durable` until a sync covers them, so the next group-commit
+    /// leader writes them all with one `pwrite` just before its
+    /// `fdatasync`; anything that needs them in the file first (a buffered
+    /// append, `read_from`, rotation) writes them before it goes on.
+    pending: Vec<u8>,
     /// A spare was requested for the rotation that ends the active segment.
     spare_requested: bool,
 }
@@ -234,8 +253,9 @@ struct Inner {
     /// First LSN of the newest segment whose name is known durable (a
     /// directory sync completed after it got its name). The active segment's
     /// name is durable iff its first LSN is `<=` this; only the active one
-    /// can be pending (sealing makes a segment's name durable).
-    named_lsn: AtomicU64,
+    /// can be pending (sealing makes a segment's name durable). Shared with
+    /// the preparer, whose thread may sync the directory ahead of the leader.
+    named_lsn: Arc<AtomicU64>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     report: OpenReport,
@@ -400,14 +420,16 @@ impl Log {
                 (f, SEGMENT_HEADER as u64, codec)
             }
         };
+        // The active segment's name was synced above.
+        let named_lsn = Arc::new(AtomicU64::new(list.last().map_or(next_lsn, |s| s.0)));
         let preparer = Preparer::new(
             storage.clone(),
             &dir,
             &opts,
             // A leftover named `segment-<u64::MAX>.spare` must not overflow.
             spare_ids.wrapping_add(1),
+            named_lsn.clone(),
         );
-        let named = list.last().map_or(next_lsn, |s| s.0);
         let inner = Inner {
             #[cfg(feature = "tokio")]
             core: std::sync::OnceLock::new(),
@@ -420,15 +442,14 @@ impl Log {
                 codec,
                 pos,
                 next_lsn,
-                buf: Vec::new(),
+                pending: Vec::new(),
                 spare_requested: false,
             }),
             syncing: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
             // Everything recovered is on disk (a torn tail was cut and synced).
             durable_lsn: AtomicU64::new(next_lsn - 1),
-            // The active segment's name was synced above.
-            named_lsn: AtomicU64::new(named),
+            named_lsn,
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             report,
@@ -524,7 +545,7 @@ impl Log {
         self.check_poison()?;
         let range = {
             let mut w = self.inner.writer.lock();
-            let r = self.write_locked(&mut w, records);
+            let r = self.write_locked(&mut w, records, durability);
             if let Err(e) = &r {
                 self.poison(e);
             }
@@ -540,28 +561,34 @@ impl Log {
         Ok(range)
     }
 
+    /// Encodes `records` after the pending ones. A durable batch stays
+    /// pending: its caller waits for a sync anyway, and the leader of that
+    /// sync writes every pending record with one `pwrite` (the group's
+    /// callers no longer take turns writing under this lock while the
+    /// previous sync runs). A buffered batch is written at once, with the
+    /// pending records before it (file order is LSN order).
     fn write_locked(
         &self,
         w: &mut WriterState,
         records: &[(u8, &[u8])],
+        durability: Durability,
     ) -> Result<RangeInclusive<Lsn>> {
         let first = w.next_lsn;
-        let mut buf = std::mem::take(&mut w.buf);
-        buf.clear();
         let synced = self.durable_lsn();
         for (kind, payload) in records {
             let need = encoded_len(payload.len()) as u64;
-            if w.pos + buf.len() as u64 + need > self.inner.opts.segment_size {
-                self.flush_buf(w, &buf)?;
-                buf.clear();
+            if w.pos + w.pending.len() as u64 + need > self.inner.opts.segment_size {
+                self.flush_pending(w)?;
                 self.rotate(w)?;
             }
-            encode(&mut buf, w.codec, w.next_lsn, synced, *kind, payload);
+            encode(&mut w.pending, w.codec, w.next_lsn, synced, *kind, payload);
             w.next_lsn += 1;
         }
-        self.flush_buf(w, &buf)?;
-        w.buf = buf;
-        if !w.spare_requested && w.pos >= self.inner.opts.segment_size / 2 {
+        if durability != Durability::Durable {
+            self.flush_pending(w)?;
+        }
+        let end = w.pos + w.pending.len() as u64;
+        if !w.spare_requested && end >= self.inner.opts.segment_size / 2 {
             // Half full: time to get the next segment ready.
             w.spare_requested = true;
             self.inner.preparer.request();
@@ -569,14 +596,24 @@ impl Log {
         Ok(first..=w.next_lsn - 1)
     }
 
-    fn flush_buf(&self, w: &mut WriterState, buf: &[u8]) -> Result<()> {
-        if buf.is_empty() {
+    /// Writes the pending records (one `pwrite`). A failure leaves them
+    /// unwritten for good: the caller poisons the log, so no sync can ever
+    /// vouch for them. A poisoned log writes nothing more (a failed write
+    /// left a hole before these records): they are dropped, and their
+    /// callers get `Poisoned` from `wait_durable`.
+    fn flush_pending(&self, w: &mut WriterState) -> Result<()> {
+        if w.pending.is_empty() {
             return Ok(());
         }
-        w.file
-            .write_at(w.pos, buf)
-            .map_err(|e| Error::io("write", &w.segments.last().expect("active segment").1, e))?;
-        w.pos += buf.len() as u64;
+        if let Err(e) = self.check_poison() {
+            w.pending.clear();
+            return Err(e);
+        }
+        let r = w.file.write_at(w.pos, &w.pending);
+        let len = w.pending.len() as u64;
+        w.pending.clear();
+        r.map_err(|e| Error::io("write", &w.segments.last().expect("active segment").1, e))?;
+        w.pos += len;
         Ok(())
     }
 
@@ -609,6 +646,10 @@ impl Log {
             Some(spare) => install_spare(storage, &self.inner.dir, spare, w.next_lsn)?,
             None => create_segment(storage, &self.inner.dir, &self.inner.opts, w.next_lsn)?,
         };
+        // The name's directory sync, started now in the background, runs
+        // while the first group commit in the new segment is in its
+        // fdatasync; the leader then usually finds it done.
+        self.inner.preparer.sync_name(w.next_lsn);
         w.file = file;
         w.codec = codec;
         w.segments.push((w.next_lsn, new_path));
@@ -640,6 +681,14 @@ impl Log {
             return Ok(());
         }
         let dir = &self.inner.dir;
+        if let Some(cause) = self.inner.preparer.name_sync_failure() {
+            // The background sync for this name failed: never retried (see 4).
+            return Err(Error::io(
+                "fsync directory (in the background)",
+                dir,
+                std::io::Error::other(cause),
+            ));
+        }
         self.inner
             .storage
             .sync_dir(dir)
@@ -698,19 +747,28 @@ impl Log {
             if let Some((want, budget)) = gather {
                 self.gather(want, budget);
             }
-            // Everything up to `target` is in `file` or in a sealed (already
-            // durable, name included) segment, so one fdatasync of `file`
-            // (plus, once per segment, a directory sync) covers it.
-            let (file, target, (first, path)) = {
-                let w = inner.writer.lock();
+            // The pending records of every caller in the group go into
+            // `file` with one write, right before the sync that covers
+            // them. Then everything up to `target` is in `file` or in a
+            // sealed (already durable, name included) segment, so one
+            // fdatasync of `file` (plus, once per segment, a directory
+            // sync) covers it. A log poisoned meanwhile (a failed write
+            // dropped records below `target`) must not sync: its sync would
+            // vouch for records that are not in the file.
+            let (file, target, (first, path), written) = {
+                let mut w = inner.writer.lock();
+                let written = self
+                    .check_poison()
+                    .and_then(|()| self.flush_pending(&mut w));
                 (
                     w.file.clone(),
                     w.next_lsn - 1,
                     w.segments.last().expect("active").clone(),
+                    written,
                 )
             };
             let started = Instant::now();
-            let r = self.sync_active(file.as_ref(), &path, first);
+            let r = written.and_then(|()| self.sync_active(file.as_ref(), &path, first));
             let took = started.elapsed();
             st = inner.syncing.lock();
             st.active = false;
@@ -728,6 +786,8 @@ impl Log {
                     st.last_sync = took;
                 }
                 Err(err) => {
+                    // Every caller of the group fails: this one with the
+                    // error, the others with `Poisoned`.
                     self.poison(&err);
                     st.waiters.clear();
                     inner.synced.notify_all();
@@ -774,7 +834,17 @@ impl Log {
     /// Reads records with LSN `>= from` up to the last record written now.
     pub fn read_from(&self, from: Lsn) -> Result<LogIter> {
         let (segments, last, end) = {
-            let w = self.inner.writer.lock();
+            let mut w = self.inner.writer.lock();
+            // Every record appended so far is readable, as before pending
+            // records existed: a reader never waits for a sync. A poisoned
+            // log stays readable up to what was written.
+            match self.flush_pending(&mut w) {
+                Ok(()) | Err(Error::Poisoned { .. }) => {}
+                Err(e) => {
+                    self.poison(&e);
+                    return Err(e);
+                }
+            }
             (w.segments.clone(), w.next_lsn - 1, w.pos)
         };
         Ok(LogIter::new(

@@ -85,8 +85,8 @@ pub fn agent(bin: &Path, journal: &Path, sink: &Path, records: u32, work_ms: u64
     c
 }
 
-/// `bin --journal JOURNAL --sink SINK ARGS...`, output discarded (the
-/// kill tests' runs).
+/// `bin --journal JOURNAL --sink SINK ARGS...`, output discarded, the
+/// shutdown budget the agent's own default (the kill tests' runs).
 pub fn quiet_agent(bin: &Path, journal: &Path, sink: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin);
     c.arg("--journal")
@@ -94,6 +94,7 @@ pub fn quiet_agent(bin: &Path, journal: &Path, sink: &Path, args: &[&str]) -> Co
         .arg("--sink")
         .arg(sink)
         .args(args)
+        .env_remove("SHUTDOWN_TIMEOUT")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c
@@ -167,22 +168,35 @@ pub fn sink_lines(sink: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// splitmix64 for kill timings, seeded from `KILL_SEED` or the clock (the
-/// seed is printed so that a failure can be replayed).
+/// splitmix64 for kill and signal timings (the seed is printed so that a
+/// failure can be replayed).
 pub struct Rng(u64);
 
 impl Rng {
+    /// Seeded from `KILL_SEED` or the clock.
     pub fn from_env_or_clock() -> Rng {
-        let seed = std::env::var("KILL_SEED")
+        Rng::from_env_or(
+            "KILL_SEED",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        )
+    }
+
+    /// Seeded from the environment variable `var`, else `fallback`; prints
+    /// `var=seed`.
+    pub fn from_env_or(var: &str, fallback: u64) -> Rng {
+        let seed = std::env::var(var)
             .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("KILL_SEED={seed}");
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(fallback);
+        eprintln!("{var}={seed}");
+        Rng(seed)
+    }
+
+    /// Seeded with `seed` (the caller prints it).
+    pub fn seeded(seed: u64) -> Rng {
         Rng(seed)
     }
 
@@ -193,6 +207,114 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A fresh directory for an agent's runs, with the paths of its `journal`
+/// and its `sink.txt` (neither created yet); removed when dropped.
+pub fn agent_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, sink) = (dir.path().join("journal"), dir.path().join("sink.txt"));
+    (dir, journal, sink)
+}
+
+/// Waits for the demo agent's banner, its first line on the (piped)
+/// stdout, printed once the journal is open and the signal handlers are
+/// installed; returns the rest of the output.
+pub fn banner(child: &mut std::process::Child) -> std::io::BufReader<std::process::ChildStdout> {
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout piped"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("batch_agent:"), "{line}");
+    out
+}
+
+/// The prologue of the kill tests: the agent, a fresh directory with its
+/// `journal` and `sink.txt`, the arguments of every run, and seeded
+/// timings.
+pub struct KillRig {
+    pub bin: PathBuf,
+    pub journal: PathBuf,
+    pub sink: PathBuf,
+    pub rng: Rng,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl KillRig {
+    /// Runs of `bin --journal DIR/journal --sink DIR/sink.txt ARGS...` in a
+    /// fresh directory, seeded from `KILL_SEED` or the clock.
+    pub fn new(bin: PathBuf, args: &[&str]) -> KillRig {
+        let (dir, journal, sink) = agent_dir();
+        KillRig {
+            bin,
+            journal,
+            sink,
+            rng: Rng::from_env_or_clock(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            _dir: dir,
+        }
+    }
+
+    /// One run, output discarded.
+    pub fn command(&self) -> Command {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        quiet_agent(&self.bin, &self.journal, &self.sink, &args)
+    }
+
+    /// [`kill_at_random`] over this rig's runs.
+    pub fn kill_at_random(&mut self, rounds: usize, base_ms: u64) -> usize {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let (bin, journal, sink) = (&self.bin, &self.journal, &self.sink);
+        kill_at_random(rounds, base_ms, &mut self.rng, || {
+            quiet_agent(bin, journal, sink, &args)
+        })
+    }
+
+    /// A last run, which must finish the work and exit 0.
+    pub fn run_to_completion(&self) {
+        let status = self.command().status().unwrap();
+        assert!(status.success(), "final run exited with {status}");
+    }
+}
+
+/// Sends `kill -SIG` to `child`; false if it failed (the process is gone).
+pub fn signal(child: &std::process::Child, sig: &str) -> bool {
+    Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run kill")
+        .success()
+}
+
+/// The lines `child` prints on its (piped) stdout, read on a thread so
+/// that a stuck child fails the test instead of hanging it; the thread ends
+/// with the output.
+pub fn stdout_lines(
+    child: &mut std::process::Child,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, reader)
 }
 
 /// Runs `command()` `rounds` times, SIGKILLing each run after

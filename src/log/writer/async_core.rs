@@ -10,10 +10,11 @@
 //!   the writer mutex, never writes, never syncs: a stalled disk stalls the
 //!   future, not the executor.
 //! * **The writer thread** (`agentwal-log-writer`, started at the first
-//!   async call) takes every request queued, encodes all the appends into
-//!   one buffer and writes it with one `pwrite` (through the same
-//!   `write_locked` as [`Log::append_batch`], so rotation and LSN order are
-//!   the sync path's), then waits for one sync covering the highest LSN any
+//!   async call) takes every request queued, encodes all the appends as
+//!   pending records (through the same `write_locked` as
+//!   [`Log::append_batch`], so rotation and LSN order are the sync path's;
+//!   the sync's leader writes every pending record with one `pwrite`),
+//!   then waits for one sync covering the highest LSN any
 //!   request needs through [`Log::wait_durable`]: it takes part in the same
 //!   group commit as threads calling [`Log::append`] (it may lead the sync
 //!   or ride on another caller's). Then it completes each future with its
@@ -342,7 +343,7 @@ impl Log {
                 records.iter().map(|(k, p)| (*k, p.as_slice())).collect();
             let written = {
                 let mut w = self.inner.writer.lock();
-                self.write_locked(&mut w, &borrowed)
+                self.write_locked(&mut w, &borrowed, super::Durability::Durable)
             };
             match written {
                 Ok(range) => {

@@ -5,12 +5,13 @@
 //! when a *spare* is ready: a file named `segment-<n>.spare`, zero-filled to
 //! `segment_size` with real zeros and `fsync`ed, that a background thread
 //! prepares while the active segment fills. Installing it costs one page
-//! write and a rename, and no sync of its own: the old segment's seal is
-//! usually covered by the last group commit, and the new header and the new
-//! name become durable with the first group commit into the new segment
-//! (its `fdatasync` covers the header, and its leader syncs the directory
-//! before acknowledging anything there; see "Where the syncs are" in
-//! `writer`).
+//! write, one `fdatasync` of that page (the header, durable before the name
+//! and before any record, so recovery's rule "a damaged header with records
+//! after it is corruption" stays strict) and a rename; no directory sync:
+//! the old segment's seal is usually covered by the last group commit, and
+//! the new name becomes durable before the first group commit into the new
+//! segment acknowledges anything there (its leader syncs the directory if
+//! nothing did yet; see "Where the syncs are" in `writer`).
 //!
 //! **The new name, ahead of the group commit.** Right after a rotation
 //! renamed its segment, the same background thread `fsync`s the directory
@@ -122,12 +123,11 @@ pub(crate) fn create_segment(
 }
 
 /// Turns a prepared spare into the segment starting at `first_lsn`: header,
-/// rename. No sync: the header becomes durable with the first `fdatasync`
-/// of the segment, the name with the directory sync the group-commit
-/// leader does before it acknowledges a record in it (`writer`). Until
-/// then a crash leaves either the spare (removed at open) or a last segment
-/// whose header may be torn, with nothing acknowledged in it, which
-/// recovery removes as a torn creation (`docs/recovery.md`, row 6).
+/// header sync, rename. No directory sync: the name becomes durable with
+/// the directory sync the spare thread or the group-commit leader does
+/// before a record in it is acknowledged (`writer`). Until then a crash
+/// leaves the spare (removed at open, nothing in it was acknowledged) or
+/// the renamed segment with a durable header.
 /// Returns what [`create_segment`] returns.
 pub(crate) fn install_spare(
     storage: &dyn Storage,
@@ -143,6 +143,15 @@ pub(crate) fn install_spare(
     let salt = storage.segment_salt(first_lsn);
     file.write_at(0, &encode_header(first_lsn, salt))
         .map_err(|e| Error::io("write header", &spare_path, e))?;
+    // The header durable before the name and before any record: a named
+    // segment never has a header a power loss can take away, so recovery
+    // keeps its strict rule "a damaged header with records after it is
+    // corruption" (a header wiped with its salt would otherwise leave
+    // acknowledged records that nothing can check, and they would be cut
+    // quietly). The zeros and the size were synced when the spare was
+    // prepared, so this flushes one page and commits no metadata.
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync", &spare_path, e))?;
     storage
         .rename(&spare_path, &path)
         .map_err(|e| Error::io("install spare segment", &spare_path, e))?;

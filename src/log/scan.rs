@@ -12,8 +12,8 @@
 //! | damage anywhere, and a later valid record (salted checksum, LSN plausible for its offset) has `synced_lsn >=` the damaged LSN | corruption |
 //! | damage (any non-zero byte past the end) in a **sealed** segment | corruption |
 //! | next segment does not start at the expected LSN | corruption (LSN gap) |
-//! | bad header in the **last** segment, nothing proves it was synced (see `header_synced`) | torn segment creation: remove |
-//! | bad header in a sealed segment, or in the last one with proof it was synced | corruption |
+//! | bad header in the **last** segment, nothing but zeros after it | torn segment creation: remove |
+//! | bad header in a sealed segment, or records after a bad header | corruption |
 //! | wrong magic / newer version | typed error |
 //!
 //! A sealed segment is always fully synced before its successor is created,
@@ -70,9 +70,7 @@ pub struct TornTail {
     pub offset: u64,
     /// Non-zero bytes after that offset (what a cut removes).
     pub bytes: u64,
-    /// True when the whole segment is a torn creation: the last segment, its
-    /// header damaged and nothing proving it was ever synced (any records
-    /// after it were never acknowledged; see `docs/recovery.md`, row 6).
+    /// True when the whole segment is a torn creation (bad header, no data).
     pub whole_segment: bool,
 }
 
@@ -214,71 +212,6 @@ fn acknowledged_after(
     None
 }
 
-/// Whether something proves that the damaged header of the **last**
-/// segment (named for `first_lsn`; `header` its damaged bytes, `data_end`
-/// the end of its non-zero bytes) was once durable, in which case the damage
-/// is corruption; `None` when nothing does: a torn creation.
-///
-/// A rotation writes the header and renames the spare without syncing
-/// either; the header becomes durable with the first `fdatasync` of the
-/// segment, and no record in it is acknowledged before that sync (nor
-/// before the directory sync after it). So a last segment whose header
-/// never became durable holds no acknowledged record, whatever records a
-/// crash kept after it. Proof that it did become durable:
-///
-/// * the snapshot covers `first_lsn` (a snapshot waits until its LSN is
-///   durable);
-/// * a record in the segment, checked with the salt the damaged header
-///   still holds (a bit flip rarely hits it), has `synced_lsn >=
-///   first_lsn` (the same proof rule as for damage after a record). When
-///   the salt is gone too, no record can be checked: the segment is cut
-///   as a torn creation (its bytes are saved), the limit `docs/recovery.md`
-///   describes for damage to the last synced data.
-fn header_synced(
-    src: &mut Source,
-    header: &[u8],
-    first_lsn: Lsn,
-    data_end: u64,
-    expected_first: Option<Lsn>,
-) -> std::io::Result<Option<String>> {
-    if let Some(e) = expected_first.filter(|&e| e > first_lsn) {
-        return Ok(Some(format!(
-            "the snapshot covers up to LSN {}, so the header was synced",
-            e - 1
-        )));
-    }
-    let start = SEGMENT_HEADER as u64;
-    if data_end <= start {
-        return Ok(None);
-    }
-    let field = |at: usize| -> u32 {
-        header
-            .get(at..at + 4)
-            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    };
-    let codec = match field(8) {
-        1 => Codec::V1,
-        _ => Codec::V2 { salt: field(12) },
-    };
-    let padded_end = (data_end.next_multiple_of(ALIGN as u64)).min(src.len());
-    let damaged = src.region(start, padded_end)?;
-    let len = src.len();
-    Ok(acknowledged_after(
-        &damaged,
-        0,
-        (data_end - start) as usize,
-        first_lsn,
-        codec,
-        len,
-    )
-    .map(|(at, lsn)| {
-        format!(
-            "record LSN {lsn} at offset {} proves LSN {first_lsn} was acknowledged durable",
-            at + start
-        )
-    }))
-}
-
 /// Scans the segments of `dir`. `expected_first` is the LSN the log must
 /// contain next (one past the snapshot), if a snapshot exists.
 pub fn scan_dir(
@@ -325,33 +258,23 @@ pub fn scan_dir(
             reason,
             expected_lsn,
         };
-        // Copied: a damaged header is looked at again after more reads.
-        let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(io)?.to_vec();
-        let (first_lsn, codec, version) = match decode_header(&path, &header) {
+        let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(io)?;
+        let (first_lsn, codec, version) = match decode_header(&path, header) {
             Ok(h) => (h.first_lsn, h.codec, h.version),
             Err(HeaderProblem::Fatal(e)) => return Err(e),
             Err(HeaderProblem::Damaged(why)) => {
                 let header_end = (SEGMENT_HEADER as u64).min(src.len());
                 let data_end = src.nonzero_end(header_end).map_err(io)?;
-                let proof = if !last {
-                    Some(format!("{why} in a sealed segment"))
+                if last && data_end <= SEGMENT_HEADER as u64 {
+                    report.torn_tail = Some(TornTail {
+                        segment: path.clone(),
+                        offset: 0,
+                        bytes: src.count_nonzero(0, header_end).map_err(io)?,
+                        whole_segment: true,
+                    });
                 } else {
-                    header_synced(&mut src, &header, name_lsn, data_end, expected_first)
-                        .map_err(io)?
-                        .map(|p| format!("{why}; {p}"))
-                };
-                match proof {
-                    Some(reason) => {
-                        report.corruption = Some(corrupt(0, reason, expected.unwrap_or(name_lsn)))
-                    }
-                    None => {
-                        report.torn_tail = Some(TornTail {
-                            segment: path.clone(),
-                            offset: 0,
-                            bytes: src.count_nonzero(0, data_end).map_err(io)?,
-                            whole_segment: true,
-                        })
-                    }
+                    report.corruption =
+                        Some(corrupt(0, why.to_string(), expected.unwrap_or(name_lsn)));
                 }
                 continue;
             }

@@ -30,17 +30,13 @@
 //!    completed group commit already covers every record in it (which then
 //!    also made its name durable, see 1). The new segment's zeros were
 //!    written and `fsync`ed ahead of time in a spare (see `rotation`), off
-//!    the writer lock, when one was ready; installing it only writes the
-//!    header and renames the spare. **No sync of its own**: neither the
-//!    header nor the new name is synced by the rotating append.
-//!    * The header becomes durable with the first group commit that
-//!      `fdatasync`s the new segment: the same file, so one `fdatasync`
-//!      covers header and records, and no record of the segment is
-//!      acknowledged before it. A crash before that leaves a last segment
-//!      whose header may be missing or torn, possibly with records after it
-//!      that were never acknowledged: recovery removes it as a torn creation
-//!      (bytes saved) unless something proves it was synced (`scan`,
-//!      rows 6 and 7 of `docs/recovery.md`).
+//!    the writer lock, when one was ready; installing it writes the header
+//!    and `fdatasync`s it (one page, no metadata) *before* the rename and
+//!    before any record goes in, so a named segment's header is always
+//!    durable and recovery's rule "a damaged header with records after it is
+//!    corruption" stays strict (a header wiped together with its salt would
+//!    otherwise leave records nothing can check, cut quietly). The rotating
+//!    append does **not** sync the directory:
 //!    * The new name becomes durable with a directory `fsync` by the
 //!      group-commit leader (`sync_active`, shared by `wait_durable` and so
 //!      by the async writer thread): a sync whose target lies in a segment
@@ -129,9 +125,10 @@ pub struct LogOptions {
     /// `preallocate`): once the active segment is half full, a background
     /// thread writes and syncs a zero-filled spare file, so the append that
     /// rotates only seals the old segment (usually covered by the last group
-    /// commit), writes the new header and renames the spare, instead of
-    /// writing a whole segment of zeros under the writer lock; the next
-    /// group commit syncs the header and the directory. Costs one spare
+    /// commit), writes and syncs the new header and renames the spare,
+    /// instead of writing a whole segment of zeros under the writer lock;
+    /// the directory is synced in the background or by the next group
+    /// commit. Costs one spare
     /// segment of disk. When no spare is ready the rotation creates the
     /// segment inline, as with `false`. On a
     /// storage that allows no background I/O (the simulator) the append that
@@ -640,8 +637,9 @@ impl Log {
         let storage = self.inner.storage.as_ref();
         let spare = self.inner.preparer.take();
         crate::observe::rotated(spare.is_some());
-        // Neither path syncs the new header or the new name: the first
-        // group commit into the new segment does (`sync_active`).
+        // Both paths make the new header durable; neither syncs the new
+        // name: the spare thread or the first group commit into the new
+        // segment does (`sync_active`).
         let (file, new_path, codec) = match spare {
             Some(spare) => install_spare(storage, &self.inner.dir, spare, w.next_lsn)?,
             None => create_segment(storage, &self.inner.dir, &self.inner.opts, w.next_lsn)?,
@@ -1005,10 +1003,9 @@ fn rewrite_unproven(
     // physical sector by rewriting all of it can destroy the bytes before
     // a write in its block when power fails; a write that starts on the
     // boundary has none. Without this, a power cut during this rewrite
-    // could destroy the header (and its salt) of a segment whose records
-    // were acknowledged but not yet vouched for by a later record, and the
-    // next open would cut them all as a torn creation
-    // (`log_torn_header`).
+    // could destroy the header (and its salt) of a segment full of
+    // acknowledged records, and the next open would refuse the log as
+    // corrupt (`log_torn_header`).
     let mut pos = pos / DEVICE_BLOCK * DEVICE_BLOCK;
     if pos > 0 {
         let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(read_err)?;

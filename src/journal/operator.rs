@@ -534,7 +534,7 @@ impl Journal {
 
 /// The async operator calls: the check and the buffered record on tokio's
 /// blocking pool (the same `*_write` as the sync call), the `fdatasync`
-/// awaited on the log's writer thread ([`Journal::durably_async`]).
+/// awaited on the log's writer thread (`Journal::durably_async`).
 #[cfg(feature = "tokio")]
 impl Journal {
     /// Async [`Journal::resolve`].

@@ -1864,7 +1864,7 @@ impl Unit {
 
     /// Async [`Unit::rollback`]: `compensate` returns a future (it gets the
     /// [`Compensation`] by value). The same rollback as the sync call
-    /// ([`Unit::rollback_plan`] decides, the same records in the same
+    /// (one shared plan decides, the same records in the same
     /// order, each compensation intent durable before its compensation
     /// runs, the abort durable before this returns), but no file I/O on the
     /// executor: the plan and every buffered write run on tokio's blocking

@@ -570,6 +570,10 @@ impl Log {
         records: &[(u8, &[u8])],
         durability: Durability,
     ) -> Result<RangeInclusive<Lsn>> {
+        // Checked again under the writer lock: a caller that passed the
+        // check before the lock may find the log poisoned by the holder it
+        // waited for (whose failed write dropped records of others).
+        self.check_poison()?;
         let first = w.next_lsn;
         let synced = self.durable_lsn();
         for (kind, payload) in records {
@@ -609,7 +613,15 @@ impl Log {
         let r = w.file.write_at(w.pos, &w.pending);
         let len = w.pending.len() as u64;
         w.pending.clear();
-        r.map_err(|e| Error::io("write", &w.segments.last().expect("active segment").1, e))?;
+        if let Err(e) = r {
+            // Poisoned here, while the writer lock is still held: the lost
+            // records' LSNs are taken and `pos` no longer matches them, so no
+            // other caller may write at `pos`, rotate or sync (and publish
+            // `durable_lsn` over them) once this lock is released.
+            let err = Error::io("write", &w.segments.last().expect("active segment").1, e);
+            self.poison(&err);
+            return Err(err);
+        }
         w.pos += len;
         Ok(())
     }
@@ -630,6 +642,9 @@ impl Log {
                 .map_err(|e| Error::io("fdatasync", &path, e))?;
             crate::observe::fsync(started.elapsed());
             self.make_name_durable(first)?;
+            // A sync that succeeds after another one failed may vouch for
+            // pages the kernel dropped: never publish over a poisoned log.
+            self.check_poison()?;
             self.inner
                 .durable_lsn
                 .fetch_max(w.next_lsn - 1, Ordering::AcqRel);
@@ -954,17 +969,18 @@ impl Log {
     }
 }
 
-/// Rewrites, with the very bytes read back, the active segment's header and
-/// every record after the last LSN a previous owner proved durable (the
-/// newest record's `synced_lsn`). On Linux, pages whose writeback failed are
-/// marked clean: they stay readable but a later `fsync` skips them. Writing
-/// them again dirties them, so the caller's sync really persists them.
-/// Bounded by what was never proven durable (normally the last group of
-/// records), never the whole log.
 /// Physical block size recovery assumes a device may rewrite as a whole
 /// (4 KiB sectors; see "Torn 4 KiB sectors" in `docs/recovery.md`).
 const DEVICE_BLOCK: u64 = 4096;
 
+/// Rewrites, with the very bytes read back, every record after the last LSN
+/// a previous owner proved durable (the newest record's `synced_lsn`), from
+/// the 4 KiB block that holds the first of them (the header too when that
+/// is the first block). On Linux, pages whose writeback failed are marked
+/// clean: they stay readable but a later `fsync` skips them. Writing them
+/// again dirties them, so the caller's sync really persists them. Bounded
+/// by what was never proven durable (normally the last group of records),
+/// never the whole log.
 fn rewrite_unproven(
     storage: &Arc<dyn Storage>,
     f: &dyn StorageFile,
@@ -1006,11 +1022,13 @@ fn rewrite_unproven(
     // could destroy the header (and its salt) of a segment full of
     // acknowledged records, and the next open would refuse the log as
     // corrupt (`log_torn_header`).
+    // The header is rewritten only with the first block: a segment with
+    // records past its first block had its header synced before the first
+    // record went in (creation and spare installation sync it; a failed
+    // sync poisons before any record is written), and a separate write at
+    // offset 0 would put that block, header and acknowledged records, at
+    // the mercy of a torn write.
     let mut pos = pos / DEVICE_BLOCK * DEVICE_BLOCK;
-    if pos > 0 {
-        let header = src.bytes(0, SEGMENT_HEADER as u64).map_err(read_err)?;
-        f.write_at(0, header).map_err(io)?;
-    }
     while pos < seg.end_offset {
         let chunk = src
             .bytes(pos, (seg.end_offset - pos).min(1 << 20))

@@ -343,7 +343,13 @@ impl Log {
                 records.iter().map(|(k, p)| (*k, p.as_slice())).collect();
             let written = {
                 let mut w = self.inner.writer.lock();
-                self.write_locked(&mut w, &borrowed, super::Durability::Durable)
+                let r = self.write_locked(&mut w, &borrowed, super::Durability::Durable);
+                // Poisoned before the writer lock is released, as in
+                // `append_batch`: records of other callers may be lost.
+                if let Err(e) = &r {
+                    self.poison(e);
+                }
+                r
             };
             match written {
                 Ok(range) => {
@@ -354,10 +360,8 @@ impl Log {
                     first = *range.start();
                 }
                 Err(e) => {
-                    // As `append_batch`: the failed write poisons the log;
-                    // its error goes to the first request, `Poisoned` to
-                    // the others.
-                    self.poison(&e);
+                    // The log is poisoned (above); the error goes to the
+                    // first request, `Poisoned` to the others.
                     let mut err = Some(e);
                     for p in pending {
                         let e = err.take().unwrap_or_else(|| self.poisoned_error());
